@@ -1,0 +1,71 @@
+"""The `embedx` command line: a thin Typer layer over the library.
+
+Each area registers its own commands from its module here (data, train, store, analysis, dashboard,
+demo) so that the command modules stay small and parse arguments only; the work lives in the library.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from embedx._version import __version__
+from embedx.errors import EmbedxError
+from embedx.logs import configure_logging
+from embedx.progress import console
+
+app = typer.Typer(
+    name="embedx",
+    help="Show what medical images carry besides anatomy and disease: site, scanner, view, sex, age.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"embedx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More logging (-v info, -vv debug)."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    configure_logging(verbose)
+
+
+def _register_all() -> None:
+    from embedx.cli import analysis, dashboard, data, demo, store, train
+
+    for module in (data, train, store, analysis, dashboard, demo):
+        module.register(app)
+
+
+_register_all()
+
+
+def main() -> None:
+    """Entry point: user errors print one clear message and exit 2, bugs keep their traceback."""
+    try:
+        app(standalone_mode=False)
+    except EmbedxError as error:
+        console.print(f"[bold red]error:[/] {error}")
+        sys.exit(2)
+    except typer.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        console.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    except Exception as error:  # click usage errors arrive here in standalone_mode=False
+        import click
+
+        if isinstance(error, click.exceptions.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        raise
