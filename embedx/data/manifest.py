@@ -1,0 +1,344 @@
+"""The manifest: one row per image, the table every later step reads.
+
+Validation collects *every* problem before raising, because a cohort of ten thousand rows with three kinds
+of mistakes should cost the user one round trip, not three. Rows are reported the way a user finds them:
+"row N" is the N-th data row counting from 1 (the header is not a row); for CSV files the physical line
+number in the file is given too ("line N+1" when no value spans several lines).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from embedx.data.schema import (
+    RESERVED_COLUMNS,
+    AttributeSpec,
+    read_schema,
+    resolve_schema,
+    sidecar_path,
+    write_schema,
+)
+from embedx.errors import ManifestError
+
+log = logging.getLogger(__name__)
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+# How many offending rows one problem lists before it says "... and N more".
+MAX_LISTED = 20
+
+
+def sample_id(path_as_written: str) -> str:
+    """Stable id of one sample: sha1 of the path exactly as written in the manifest, 16 hex characters.
+
+    The path as written (not the resolved absolute path) is hashed so that the id survives moving the
+    cohort folder; it is the join key between the manifest and the store.
+    """
+    return hashlib.sha1(str(path_as_written).encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass
+class Manifest:
+    """A validated manifest: the table, where it came from, and what each attribute column is."""
+
+    table: pd.DataFrame
+    source: Path | None
+    root: Path
+    schema: dict[str, AttributeSpec] = field(default_factory=dict)
+
+    @property
+    def attributes(self) -> list[str]:
+        return [c for c in self.table.columns if c not in RESERVED_COLUMNS]
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def absolute_path(self, row: int) -> Path:
+        path = Path(str(self.table.at[row, "path"]))
+        return path if path.is_absolute() else self.root / path
+
+    def sample_ids(self) -> np.ndarray:
+        return np.array([sample_id(p) for p in self.table["path"]], dtype=str)
+
+    def missing_counts(self) -> dict[str, int]:
+        """Missing values per attribute; they are counted and reported, never filled."""
+        return {name: int(self.table[name].isna().sum()) for name in self.attributes}
+
+    @property
+    def n_subjects(self) -> int:
+        return int(self.table["subject_id"].nunique())
+
+
+def _where(row: int, lines: Sequence[int] | None) -> str:
+    """'row 3 (line 4)' for CSV, 'row 3' for Parquet; `row` is the 0-based table position."""
+    if lines is not None and row < len(lines):
+        return f"row {row + 1} (line {lines[row]})"
+    return f"row {row + 1}"
+
+
+def _capped(items: list[str]) -> str:
+    shown = "\n    ".join(items[:MAX_LISTED])
+    more = f"\n    ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return f"\n    {shown}{more}"
+
+
+def _scan_csv_records(path: Path, problems: list[str]) -> list[int]:
+    """First pass with the csv module: field counts per record, and the file line of each kept record.
+
+    pandas silently pads short rows and can only skip long ones without saying where; this pass gives the
+    user the line numbers. Returns the line number of each record that pandas will keep (blank lines and
+    over-long records are dropped by pandas, so they are dropped here too).
+    """
+    kept_lines: list[int] = []
+    bad: list[str] = []
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                raise ManifestError(f"{path}: the manifest is empty (no header line)")
+            n_fields = len(header)
+            record = 0
+            while True:
+                start_line = reader.line_num + 1
+                try:
+                    fields = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as err:
+                    record += 1
+                    bad.append(f"row {record} (line {start_line}): unreadable ({err})")
+                    continue
+                if not fields:
+                    continue
+                record += 1
+                if len(fields) > n_fields:
+                    bad.append(
+                        f"row {record} (line {start_line}): {len(fields)} fields, header has {n_fields}"
+                    )
+                    continue
+                if len(fields) < n_fields:
+                    bad.append(
+                        f"row {record} (line {start_line}): {len(fields)} fields, header has {n_fields}"
+                    )
+                kept_lines.append(start_line)
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {err.start}); save the manifest as UTF-8") from err
+    if bad:
+        problems.append(f"{len(bad)} unreadable row(s) (wrong number of fields):" + _capped(bad))
+    return kept_lines
+
+
+def _read_table(path: Path, problems: list[str]) -> tuple[pd.DataFrame, list[int] | None]:
+    if not path.exists():
+        raise ManifestError(f"manifest {path} does not exist")
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        try:
+            table = pd.read_parquet(path)
+        except Exception as err:  # pyarrow raises several types for a damaged file
+            raise ManifestError(f"{path}: cannot read Parquet file ({type(err).__name__}: {err})") from err
+        return table, None
+    lines = _scan_csv_records(path, problems)
+    try:
+        table = pd.read_csv(
+            path,
+            dtype={"path": str, "subject_id": str},
+            on_bad_lines="skip",
+            skip_blank_lines=True,
+            encoding="utf-8-sig",
+        )
+    except pd.errors.EmptyDataError as err:
+        raise ManifestError(f"{path}: the manifest is empty") from err
+    except (pd.errors.ParserError, ValueError) as err:
+        raise ManifestError(f"{path}: cannot parse CSV ({err})") from err
+    return table, lines
+
+
+def _check_values(
+    table: pd.DataFrame, schema: dict[str, AttributeSpec], lines: list[int] | None, problems: list[str]
+) -> None:
+    """Declared kinds must fit the values: numbers in continuous columns, at most two values in binary."""
+    for name, spec in schema.items():
+        if name not in table.columns:
+            continue
+        column = table[name]
+        if spec.kind == "continuous" and not pd.api.types.is_numeric_dtype(column):
+            numeric = pd.to_numeric(column, errors="coerce")
+            bad_rows = np.flatnonzero(numeric.isna().to_numpy() & column.notna().to_numpy())
+            if len(bad_rows):
+                items = [f"{_where(int(r), lines)}: {column.iloc[r]!r}" for r in bad_rows]
+                problems.append(
+                    f"column {name!r} is declared continuous but {len(bad_rows)} value(s) are not numbers:"
+                    + _capped(items)
+                )
+            else:
+                table[name] = numeric
+        if spec.kind == "binary":
+            values = column.dropna().unique()
+            if len(values) > 2:
+                shown = ", ".join(repr(v) for v in list(values)[:10])
+                problems.append(f"column {name!r} is declared binary but has {len(values)} values: {shown}")
+
+
+def load_manifest(
+    path: str | Path, schema_file: str | Path | None = None, check_files: bool = True
+) -> Manifest:
+    """Read and validate a CSV or Parquet manifest; raise one `ManifestError` listing every problem.
+
+    The schema comes from the sidecar `<stem>.yaml` beside the manifest, then `schema_file` (its entries
+    win), then inference for undeclared columns (logged). `check_files=False` skips the existence check,
+    which costs one filesystem call per row on a network share.
+    """
+    path = Path(path)
+    problems: list[str] = []
+    table, lines = _read_table(path, problems)
+    table.columns = [str(c).strip() for c in table.columns]
+
+    if "path" not in table.columns:
+        found = ", ".join(repr(c) for c in table.columns) or "none"
+        problems.append(
+            f"no 'path' column (columns found: {found}); the manifest needs one image path per row"
+        )
+        raise ManifestError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+    table = table.reset_index(drop=True)
+
+    paths = table["path"]
+    empty = np.flatnonzero(paths.isna().to_numpy() | (paths.astype(str).str.strip() == "").to_numpy())
+    if len(empty):
+        problems.append(
+            f"{len(empty)} row(s) with an empty 'path':" + _capped([_where(int(r), lines) for r in empty])
+        )
+    table["path"] = paths.where(paths.isna(), paths.astype(str).str.strip())
+
+    present = table["path"].dropna()
+    dup_mask = present.duplicated(keep=False)
+    if dup_mask.any():
+        items = []
+        for value, rows in present[dup_mask].groupby(present[dup_mask], sort=False).groups.items():
+            where = ", ".join(_where(int(r), lines) for r in rows)
+            items.append(f"{value!r} at {where}")
+        problems.append(f"{len(items)} duplicated path(s):" + _capped(items))
+
+    root = path.resolve().parent
+    if check_files:
+        missing = []
+        for r, value in present.items():
+            p = Path(value)
+            if not os.path.exists(p if p.is_absolute() else root / p):
+                missing.append(f"{_where(int(r), lines)}: {value}")
+        if missing:
+            problems.append(
+                f"{len(missing)} file(s) do not exist (relative paths are resolved against {root}):"
+                + _capped(missing)
+            )
+
+    if "subject_id" in table.columns:
+        sid = table["subject_id"]
+        blank = np.flatnonzero(sid.isna().to_numpy() | (sid.astype(str).str.strip() == "").to_numpy())
+        if len(blank):
+            problems.append(
+                f"{len(blank)} row(s) with an empty 'subject_id':"
+                + _capped([_where(int(r), lines) for r in blank])
+            )
+        table["subject_id"] = sid.astype(str).str.strip()
+    else:
+        log.warning("%s has no 'subject_id' column: every row is treated as its own subject", path)
+        table["subject_id"] = [sample_id(p) for p in table["path"].fillna("")]
+
+    declared: dict[str, AttributeSpec] = {}
+    sidecar = sidecar_path(path)
+    if sidecar.exists():
+        declared.update(read_schema(sidecar))
+    if schema_file is not None:
+        declared.update(read_schema(schema_file))
+    _check_values(table, declared, lines, problems)
+
+    if problems:
+        raise ManifestError(
+            f"{path}: {len(problems)} problem(s) "
+            "(row N = N-th data row, counting from 1; line = line number in the file):\n  "
+            + "\n  ".join(problems)
+        )
+
+    columns = ["path", "subject_id"] + [c for c in table.columns if c not in RESERVED_COLUMNS]
+    table = table[columns].reset_index(drop=True)
+    schema = resolve_schema(table, declared)
+    manifest = Manifest(table=table, source=path, root=root, schema=schema)
+    for name, count in manifest.missing_counts().items():
+        if count:
+            log.info(
+                "attribute %r: %d of %d values missing (kept missing, not filled)", name, count, len(table)
+            )
+    return manifest
+
+
+def write_manifest(
+    table: pd.DataFrame, path: str | Path, schema: dict[str, AttributeSpec] | None = None
+) -> Path:
+    """Write the table (CSV, or Parquet by suffix) and its sidecar YAML.
+
+    Columns missing from `schema` are inferred and written as declared, so the sidecar pins the kinds the
+    cohort was analysed with even if later rows would change the inference.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if "path" not in table.columns:
+        raise ManifestError(f"cannot write {path}: the table has no 'path' column")
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        table.to_parquet(path, index=False)
+    else:
+        table.to_csv(path, index=False)
+    full = resolve_schema(table, schema)
+    write_schema(
+        {k: AttributeSpec(k, s.kind, s.role, inferred=False) for k, s in full.items()}, sidecar_path(path)
+    )
+    return path
+
+
+def _values_summary(column: pd.Series, spec: AttributeSpec) -> str:
+    present = column.dropna()
+    if present.empty:
+        return "all missing"
+    if spec.kind == "continuous":
+        numeric = pd.to_numeric(present, errors="coerce")
+        return f"min {numeric.min():.4g}, median {numeric.median():.4g}, max {numeric.max():.4g}"
+    counts = present.value_counts()
+    shown = ", ".join(f"{k}: {v}" for k, v in counts.head(6).items())
+    more = f", ... ({len(counts)} values)" if len(counts) > 6 else ""
+    return shown + more
+
+
+def summarize_manifest(manifest: Manifest) -> str:
+    """Plain-text overview for `embedx data check`: size, subjects, and per attribute kind/role/missing."""
+    table = manifest.table
+    n = len(table)
+    lines = [
+        f"manifest: {manifest.source}" if manifest.source else "manifest: (in memory)",
+        f"rows: {n}   subjects: {manifest.n_subjects}   root: {manifest.root}",
+    ]
+    if not manifest.attributes:
+        lines.append("no attribute columns")
+        return "\n".join(lines)
+    width = max(len("attribute"), *(len(a) for a in manifest.attributes))
+    lines.append(f"{'attribute':<{width}}  {'kind':<11}  {'role':<11}  {'missing':>13}  values")
+    missing = manifest.missing_counts()
+    for name in manifest.attributes:
+        spec = manifest.schema[name]
+        mark = " (inferred)" if spec.inferred else ""
+        pct = f"{missing[name]} ({100 * missing[name] / max(n, 1):.1f}%)"
+        lines.append(
+            f"{name:<{width}}  {spec.kind:<11}  {spec.role:<11}  {pct:>13}  "
+            f"{_values_summary(table[name], spec)}{mark}"
+        )
+    if any(s.inferred for s in manifest.schema.values()):
+        sidecar = sidecar_path(manifest.source) if manifest.source else "a sidecar <manifest>.yaml"
+        lines.append(f"(inferred) kinds/roles were guessed from the values and names; pin them in {sidecar}")
+    return "\n".join(lines)

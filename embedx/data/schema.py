@@ -1,0 +1,265 @@
+"""Attribute schema: what each manifest column *is* (kind) and what it is *about* (role).
+
+Probes, fairness and the report treat a column by its kind (classifier vs regressor, balanced accuracy vs
+MAE) and group it by role (acquisition signatures vs demographics vs clinical labels), so a wrong guess
+changes the analysis. That is why declared kinds/roles always win, and every inference is logged so the
+user sees it and can pin it in the sidecar YAML.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from embedx.errors import ManifestError
+
+log = logging.getLogger(__name__)
+
+KINDS = ("categorical", "binary", "continuous")
+ROLES = ("acquisition", "demographic", "clinical")
+RESERVED_COLUMNS = ("path", "subject_id")
+
+# A numeric column needs at least this many distinct values to be read as continuous unless it holds
+# non-integer values; small integer codes (grade 0-4, site 1-6) are categories far more often than not.
+CONTINUOUS_MIN_DISTINCT = 10
+
+_ACQUISITION_WORDS = {
+    "site",
+    "hospital",
+    "institution",
+    "center",
+    "centre",
+    "manufacturer",
+    "vendor",
+    "scanner",
+    "model",
+    "station",
+    "kvp",
+    "kv",
+    "mas",
+    "exposure",
+    "kernel",
+    "convolution",
+    "view",
+    "viewposition",
+    "modality",
+    "protocol",
+    "sequence",
+    "field",
+    "fieldstrength",
+    "tesla",
+    "thickness",
+    "slicethickness",
+    "spacing",
+    "pixelspacing",
+    "resolution",
+    "device",
+    "machine",
+    "software",
+    "bodypart",
+    "bodypartexamined",
+    "portable",
+    "orientation",
+    "projection",
+    "frontal",
+    "lateral",
+    "ap",
+    "pa",
+    "session",
+    "batch",
+    "source",
+    "dataset",
+    "contrast",
+    "reconstruction",
+    "recon",
+    "detector",
+    "tr",
+    "te",
+    "echo",
+    "repetition",
+    "magnetic",
+    "manufacturermodelname",
+    "institutionname",
+    "stationname",
+    "convolutionkernel",
+}
+_DEMOGRAPHIC_WORDS = {
+    "sex",
+    "gender",
+    "age",
+    "race",
+    "ethnicity",
+    "ethnic",
+    "weight",
+    "height",
+    "bmi",
+    "insurance",
+    "language",
+    "income",
+    "education",
+    "patientsex",
+    "patientage",
+    "ancestry",
+    "skin",
+}
+
+
+@dataclass(frozen=True)
+class AttributeSpec:
+    """One attribute column: its kind, its role, and whether these were inferred rather than declared."""
+
+    name: str
+    kind: str
+    role: str
+    inferred: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ManifestError(
+                f"attribute {self.name!r}: unknown kind {self.kind!r} (one of {', '.join(KINDS)})"
+            )
+        if self.role not in ROLES:
+            raise ManifestError(
+                f"attribute {self.name!r}: unknown role {self.role!r} (one of {', '.join(ROLES)})"
+            )
+
+
+def _words(name: str) -> list[str]:
+    """Split a column name into lower-case words: 'PatientAge' -> patient, age; 'scanner_model' -> ..."""
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name)
+    return [w for w in re.split(r"[^A-Za-z0-9]+", spaced.lower()) if w]
+
+
+def infer_role(name: str) -> str:
+    """Guess the role from the column name; demographic words win over acquisition ones ('site_age')."""
+    words = _words(name)
+    joined = "".join(words)
+    if any(w in _DEMOGRAPHIC_WORDS for w in words) or joined in _DEMOGRAPHIC_WORDS:
+        return "demographic"
+    if any(w in _ACQUISITION_WORDS for w in words) or joined in _ACQUISITION_WORDS:
+        return "acquisition"
+    return "clinical"
+
+
+def infer_kind(values: pd.Series) -> str:
+    """Guess the kind from the non-missing values.
+
+    Two distinct values -> binary; numeric with non-integer values or many distinct values -> continuous;
+    everything else (strings, few integer codes) -> categorical.
+    """
+    present = values.dropna()
+    distinct = present.unique()
+    if len(distinct) == 2:
+        return "binary"
+    if pd.api.types.is_bool_dtype(present):
+        return "binary"
+    if pd.api.types.is_numeric_dtype(present) and len(distinct) > 2:
+        as_float = present.to_numpy(dtype=float)
+        non_integer = bool(np.any(np.abs(as_float - np.round(as_float)) > 1e-9))
+        if non_integer or len(distinct) >= CONTINUOUS_MIN_DISTINCT:
+            return "continuous"
+    return "categorical"
+
+
+def infer_spec(name: str, values: pd.Series) -> AttributeSpec:
+    return AttributeSpec(name=name, kind=infer_kind(values), role=infer_role(name), inferred=True)
+
+
+def resolve_schema(
+    table: pd.DataFrame, declared: dict[str, AttributeSpec] | None = None
+) -> dict[str, AttributeSpec]:
+    """One spec per attribute column: declared ones as given, the rest inferred (and logged)."""
+    declared = declared or {}
+    schema: dict[str, AttributeSpec] = {}
+    for column in table.columns:
+        if column in RESERVED_COLUMNS:
+            continue
+        if column in declared:
+            schema[column] = declared[column]
+            continue
+        spec = infer_spec(column, table[column])
+        log.info(
+            "attribute %r inferred as %s / %s (declare it in the sidecar YAML to pin it)",
+            column,
+            spec.kind,
+            spec.role,
+        )
+        schema[column] = spec
+    unused = sorted(set(declared) - set(schema) - set(RESERVED_COLUMNS))
+    if unused:
+        log.warning("schema declares attributes that the manifest does not have: %s", ", ".join(unused))
+    return schema
+
+
+def parse_schema(data: Any, source: str) -> dict[str, AttributeSpec]:
+    """Validate the YAML structure `{attributes: {name: {kind, role}}}`, naming the attribute and field."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or "attributes" not in data:
+        raise ManifestError(f"{source}: expected a mapping with an 'attributes' key")
+    unknown_top = sorted(set(data) - {"attributes"})
+    if unknown_top:
+        raise ManifestError(
+            f"{source}: unknown top-level key(s) {', '.join(unknown_top)} (only 'attributes')"
+        )
+    attributes = data["attributes"] or {}
+    if not isinstance(attributes, dict):
+        raise ManifestError(f"{source}: 'attributes' must be a mapping of column name -> {{kind, role}}")
+    problems: list[str] = []
+    schema: dict[str, AttributeSpec] = {}
+    for name, entry in attributes.items():
+        name = str(name)
+        if name in RESERVED_COLUMNS:
+            problems.append(f"attribute {name!r}: '{name}' is a reserved column, not an attribute")
+            continue
+        if not isinstance(entry, dict):
+            problems.append(f"attribute {name!r}: expected {{kind: ..., role: ...}}, got {entry!r}")
+            continue
+        extra = sorted(set(entry) - {"kind", "role"})
+        if extra:
+            problems.append(f"attribute {name!r}: unknown field(s) {', '.join(map(str, extra))} (kind, role)")
+        kind, role = entry.get("kind"), entry.get("role")
+        bad = False
+        if kind not in KINDS:
+            problems.append(f"attribute {name!r} field 'kind': {kind!r} is not one of {', '.join(KINDS)}")
+            bad = True
+        if role not in ROLES:
+            problems.append(f"attribute {name!r} field 'role': {role!r} is not one of {', '.join(ROLES)}")
+            bad = True
+        if not bad and not extra:
+            schema[name] = AttributeSpec(name=name, kind=kind, role=role, inferred=False)
+    if problems:
+        raise ManifestError(f"{source}: invalid schema:\n  " + "\n  ".join(problems))
+    return schema
+
+
+def read_schema(path: str | Path) -> dict[str, AttributeSpec]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ManifestError(f"schema file {path} does not exist") from err
+    except yaml.YAMLError as err:
+        raise ManifestError(f"schema file {path} is not valid YAML: {err}") from err
+    return parse_schema(data, str(path))
+
+
+def write_schema(schema: dict[str, AttributeSpec], path: str | Path) -> Path:
+    """Write every spec as declared, so that a reload reproduces this schema exactly."""
+    path = Path(path)
+    data = {"attributes": {name: {"kind": s.kind, "role": s.role} for name, s in schema.items()}}
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def sidecar_path(manifest_path: str | Path) -> Path:
+    """`manifest.csv` -> `manifest.yaml` in the same folder."""
+    manifest_path = Path(manifest_path)
+    return manifest_path.with_name(manifest_path.stem + ".yaml")
