@@ -1,0 +1,113 @@
+"""The linear-probe toolkit the control experiments share (grouped folds, fixed-prediction AUC bootstrap).
+
+The controls need things the per-attribute probes do not: fitting on one site and scoring another, and
+bootstrapping many AUCs over the same resampled subjects. The classifier is the same family as the probes
+(standardise -> linear SVM, in one Pipeline so scaling is learnt on training folds only), with C chosen by
+an inner grouped CV on the training rows only.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedGroupKFold
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+
+C_GRID = (0.01, 0.1, 1.0)
+
+
+def linear_svm(C: float = 0.1) -> Pipeline:
+    return make_pipeline(StandardScaler(), LinearSVC(C=C, class_weight="balanced", max_iter=5000))
+
+
+def fit_tuned(X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int = 0, tune: bool = True) -> Pipeline:
+    """Fit the linear SVM, C picked by a 3-fold grouped inner CV (balanced accuracy) on these rows only."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        n_groups = len(np.unique(groups))
+        if not tune or n_groups < 6 or len(np.unique(y)) < 2:
+            return linear_svm().fit(X, y)
+        search = GridSearchCV(
+            linear_svm(),
+            {"linearsvc__C": list(C_GRID)},
+            cv=GroupKFold(n_splits=3),
+            scoring="balanced_accuracy",
+            n_jobs=1,
+        )
+        search.fit(X, y, groups=groups)
+        return search.best_estimator_
+
+
+def grouped_folds(
+    y: np.ndarray, groups: np.ndarray, folds: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Subject-grouped, class-stratified folds; k shrinks to what the rarest class's subjects allow."""
+    y = np.asarray(y)
+    classes = np.unique(y)
+    per_class = min(len(np.unique(groups[y == c])) for c in classes)
+    k = int(min(folds, per_class, len(np.unique(groups))))
+    if k < 2:
+        raise ValueError(f"too few subjects per class for cross-validation ({per_class})")
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(y)), y, groups))
+
+
+def oof_scores(
+    X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, seed: int, tune: bool = True
+) -> np.ndarray:
+    """Out-of-fold decision scores (binary) or predicted labels (multiclass) under grouped CV."""
+    out: np.ndarray | None = None
+    for train, test in grouped_folds(y, groups, folds, seed):
+        model = fit_tuned(X[train], y[train], groups[train], seed, tune)
+        pred = model.decision_function(X[test]) if len(np.unique(y)) == 2 else model.predict(X[test])
+        if out is None:
+            out = np.empty(len(y), dtype=pred.dtype)
+        out[test] = pred
+    assert out is not None
+    return out
+
+
+def auc_weighted(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC (ties count one half) for each row of ``weights`` (B, n): the bootstrap without refitting.
+
+    A resample is a vector of multiplicities; AUC is the weighted Mann-Whitney statistic, computed from one
+    sort shared by all B resamples. Rows where a class has zero weight give NaN.
+    """
+    scores = np.asarray(scores, dtype=float)
+    positive = np.asarray(positive, dtype=bool)
+    weights = np.atleast_2d(np.asarray(weights, dtype=float))
+    order = np.argsort(scores, kind="stable")
+    s = scores[order]
+    boundaries = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    w = weights[:, order]
+    pos_w = np.add.reduceat(w * positive[order], boundaries, axis=1)
+    neg_w = np.add.reduceat(w * ~positive[order], boundaries, axis=1)
+    neg_below = np.cumsum(neg_w, axis=1) - neg_w
+    total_pos, total_neg = pos_w.sum(axis=1), neg_w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (pos_w * (neg_below + 0.5 * neg_w)).sum(axis=1) / (total_pos * total_neg)
+    auc[(total_pos == 0) | (total_neg == 0)] = np.nan
+    return auc
+
+
+def subject_weights(
+    strata: np.ndarray, groups: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
+    """(n_boot, n) row multiplicities: subjects drawn with replacement *within each stratum* (e.g. site).
+
+    Resampling within strata keeps every site's size fixed, so a cross-site cell never loses its test set;
+    every AUC of one replicate is computed on the same drawn subjects, which pairs the differences.
+    """
+    strata = np.asarray(strata)
+    groups = np.asarray(groups)
+    W = np.zeros((n_boot, len(groups)), dtype=np.float32)
+    for stratum in np.unique(strata):
+        rows = np.flatnonzero(strata == stratum)
+        subjects, codes = np.unique(groups[rows], return_inverse=True)
+        draws = rng.multinomial(len(subjects), np.full(len(subjects), 1.0 / len(subjects)), size=n_boot)
+        W[:, rows] = draws[:, codes.reshape(-1)]
+    return W

@@ -1,0 +1,293 @@
+"""Which attribute values are over-represented in a set of samples (a cluster, a lasso selection).
+
+A cluster or a selection on the map means little until one can say *what it is*: "72 % from site south,
+against 33 % in the rest of the cohort". This module turns a boolean selection into that statement, with a
+test per value so that a user auditing 220k images is not fooled by the hundreds of values that differ by
+chance:
+
+* categorical / binary attributes: one 2x2 table per value (value vs other values, selected vs rest).
+  Fisher's exact test where any expected count is below 5, otherwise the chi-square test with Yates'
+  correction (Fisher's and chi-square's p agree there, and chi-square is vectorised). Effect sizes: the
+  fold enrichment (share in the selection / share in the rest), the odds ratio with a Woolf 95 % CI
+  (Haldane +0.5 when a cell is empty), and per attribute Cramér's V of the value x selected table.
+* continuous attributes: Mann-Whitney U (location) and the Kolmogorov-Smirnov statistic (shape), with
+  medians inside and outside and their difference.
+* all p-values of one call are corrected together with Benjamini-Hochberg (`q_value`); callers that test
+  several selections at once (clusters) pass ``correct=False`` and correct across everything themselves.
+
+Missing values are left out per attribute and counted (`missing_selected`, `missing_rest`), never filled.
+Everything is numpy/scipy on integer codes, so a 220k-row cohort with a dozen attributes is well under
+half a second per call (the dashboard calls this on every lasso).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from embedx.data.schema import AttributeSpec, infer_kind
+from embedx.errors import EmbedxError
+
+COLUMNS = [
+    "attribute",
+    "kind",
+    "value",
+    "n_selected",
+    "selected_total",
+    "n_rest",
+    "rest_total",
+    "pct_selected",
+    "pct_rest",
+    "fold",
+    "odds_ratio",
+    "or_ci_low",
+    "or_ci_high",
+    "test",
+    "statistic",
+    "p_value",
+    "q_value",
+    "significant",
+    "direction",
+    "cramers_v",
+    "attribute_p",
+    "median_selected",
+    "median_rest",
+    "median_shift",
+    "ks_statistic",
+    "missing_selected",
+    "missing_rest",
+]
+
+# Below this expected count in any cell the chi-square approximation is poor: use Fisher's exact test.
+_MIN_EXPECTED = 5.0
+
+
+def bh_adjust(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg q-values; NaN p-values stay NaN and do not count as tests."""
+    p = np.asarray(p_values, dtype=float)
+    q = np.full_like(p, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        q[ok] = stats.false_discovery_control(np.clip(p[ok], 0.0, 1.0), method="bh")
+    return q
+
+
+def format_value(value: object) -> str:
+    """A value as users wrote it: 1.0 -> "1" (stores keep binary codes as floats), strings unchanged."""
+    if isinstance(value, (float, np.floating)) and np.isfinite(value) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _kind_of(name: str, values: pd.Series, schema: Mapping[str, AttributeSpec] | None) -> str:
+    if schema is not None and name in schema:
+        return schema[name].kind
+    return infer_kind(values)
+
+
+def _two_by_two_p(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, ...]:
+    """p-values for many 2x2 tables [[a, b], [c, d]] at once: chi-square (Yates) or Fisher where sparse."""
+    a, b, c, d = (np.asarray(x, dtype=float) for x in (a, b, c, d))
+    n = a + b + c + d
+    row1, row2, col1, col2 = a + b, c + d, a + c, b + d
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected_min = np.minimum.reduce([row1 * col1, row1 * col2, row2 * col1, row2 * col2]) / n
+        diff = np.maximum(np.abs(a * d - b * c) - n / 2.0, 0.0)
+        chi2 = n * diff**2 / (row1 * row2 * col1 * col2)
+    p = stats.chi2.sf(chi2, 1)
+    degenerate = (row1 == 0) | (row2 == 0) | (col1 == 0) | (col2 == 0)
+    p[degenerate] = 1.0
+    chi2[degenerate] = 0.0
+    test = np.where(expected_min < _MIN_EXPECTED, "fisher", "chi2").astype(object)
+    for i in np.flatnonzero((expected_min < _MIN_EXPECTED) & ~degenerate):
+        table = np.array([[a[i], b[i]], [c[i], d[i]]], dtype=np.int64)
+        result = stats.fisher_exact(table)
+        p[i] = result.pvalue
+        chi2[i] = result.statistic  # Fisher's statistic is the sample odds ratio
+    test[degenerate] = "none"
+    return p, chi2, test
+
+
+def _categorical_rows(name: str, kind: str, values: pd.Series, selected: np.ndarray) -> list[dict]:
+    present = values.notna().to_numpy()
+    codes, uniques = pd.factorize(values[present], sort=True)
+    sel = selected[present]
+    k = len(uniques)
+    missing_sel = int((selected & ~present).sum())
+    missing_rest = int((~selected & ~present).sum())
+    if k == 0:
+        return []
+    in_sel = np.bincount(codes[sel], minlength=k).astype(float)
+    total = np.bincount(codes, minlength=k).astype(float)
+    in_rest = total - in_sel
+    n_sel, n_rest = in_sel.sum(), in_rest.sum()
+    # Per-attribute association: chi-square of the k x 2 table, Cramér's V = sqrt(chi2 / n) for 2 columns.
+    cramers_v, attribute_p = np.nan, np.nan
+    if k >= 2 and n_sel > 0 and n_rest > 0:
+        table = np.stack([in_sel, in_rest], axis=1)
+        expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
+        chi2_attr = float(((table - expected) ** 2 / expected).sum())
+        cramers_v = float(np.sqrt(chi2_attr / table.sum()))
+        attribute_p = float(stats.chi2.sf(chi2_attr, k - 1))
+    a, b = in_sel, n_sel - in_sel  # selected: this value / other values
+    c, d = in_rest, n_rest - in_rest  # rest: this value / other values
+    p, statistic, test = _two_by_two_p(a, b, c, d)
+    if k == 1:  # one value only: nothing to compare against
+        p[:] = np.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pct_sel = a / n_sel if n_sel else np.full(k, np.nan)
+        pct_rest = c / n_rest if n_rest else np.full(k, np.nan)
+        fold = pct_sel / pct_rest
+        zero = (a == 0) | (b == 0) | (c == 0) | (d == 0)
+        ha, hb, hc, hd = (x + 0.5 * zero for x in (a, b, c, d))
+        odds = (ha * hd) / (hb * hc)
+        se = np.sqrt(1 / ha + 1 / hb + 1 / hc + 1 / hd)
+        or_low, or_high = np.exp(np.log(odds) - 1.96 * se), np.exp(np.log(odds) + 1.96 * se)
+    rows = []
+    for i, value in enumerate(uniques):
+        rows.append(
+            {
+                "attribute": name,
+                "kind": kind,
+                "value": format_value(value),
+                "n_selected": int(a[i]),
+                "selected_total": int(n_sel),
+                "n_rest": int(c[i]),
+                "rest_total": int(n_rest),
+                "pct_selected": float(pct_sel[i]),
+                "pct_rest": float(pct_rest[i]),
+                "fold": float(fold[i]),
+                "odds_ratio": float(odds[i]),
+                "or_ci_low": float(or_low[i]),
+                "or_ci_high": float(or_high[i]),
+                "test": str(test[i]),
+                "statistic": float(statistic[i]),
+                "p_value": float(p[i]),
+                "direction": "over" if pct_sel[i] > pct_rest[i] else "under",
+                "cramers_v": cramers_v,
+                "attribute_p": attribute_p,
+                "missing_selected": missing_sel,
+                "missing_rest": missing_rest,
+            }
+        )
+    return rows
+
+
+def _continuous_row(name: str, values: pd.Series, selected: np.ndarray) -> list[dict]:
+    x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    present = np.isfinite(x)
+    inside, outside = x[present & selected], x[present & ~selected]
+    row = {
+        "attribute": name,
+        "kind": "continuous",
+        "value": "",
+        "n_selected": int(inside.size),
+        "selected_total": int(inside.size),
+        "n_rest": int(outside.size),
+        "rest_total": int(outside.size),
+        "missing_selected": int((selected & ~present).sum()),
+        "missing_rest": int((~selected & ~present).sum()),
+        "test": "mannwhitney",
+        "p_value": np.nan,
+        "statistic": np.nan,
+    }
+    if inside.size == 0 or outside.size == 0:
+        return [row | {"test": "none"}]
+    med_in, med_out = float(np.median(inside)), float(np.median(outside))
+    mw = stats.mannwhitneyu(inside, outside, alternative="two-sided", method="asymptotic")
+    ks = stats.ks_2samp(inside, outside, method="asymp")
+    # Rank-biserial correlation: an effect size on the same footing as Cramér's V (0 none, 1 complete).
+    rank_biserial = float(2.0 * mw.statistic / (inside.size * outside.size) - 1.0)
+    row.update(
+        {
+            "statistic": float(mw.statistic),
+            "p_value": float(mw.pvalue),
+            "median_selected": med_in,
+            "median_rest": med_out,
+            "median_shift": med_in - med_out,
+            "ks_statistic": float(ks.statistic),
+            "cramers_v": abs(rank_biserial),
+            "attribute_p": float(mw.pvalue),
+            "direction": "over" if med_in > med_out else "under",
+        }
+    )
+    return [row]
+
+
+def enrichment(
+    attributes: pd.DataFrame,
+    selected: np.ndarray | Sequence[bool],
+    schema: Mapping[str, AttributeSpec] | None = None,
+    *,
+    columns: Sequence[str] | None = None,
+    alpha: float = 0.05,
+    correct: bool = True,
+) -> pd.DataFrame:
+    """Test every attribute value for over/under-representation in ``selected`` against the other rows.
+
+    ``attributes`` has one row per sample (store row order) and one column per attribute; ``selected`` is a
+    boolean mask of the same length; ``schema`` gives each attribute's kind (inferred from the values when
+    absent). Returns one row per (categorical attribute, value) and one per continuous attribute with the
+    columns in `COLUMNS`, sorted with the strongest evidence first (q-value, then effect size). ``q_value``
+    is BH-adjusted over all rows of this call when ``correct`` is true (else NaN, for callers that pool
+    several calls), and ``significant`` is ``q_value < alpha``. An empty selection, or one holding every
+    row, has nothing to compare against and returns an empty frame with these columns.
+    """
+    mask = np.asarray(selected, dtype=bool)
+    if mask.ndim != 1 or mask.shape[0] != len(attributes):
+        raise EmbedxError(
+            f"selection mask has shape {mask.shape}, expected ({len(attributes)},) — one flag per store row"
+        )
+    names = list(columns) if columns is not None else list(attributes.columns)
+    unknown = [n for n in names if n not in attributes.columns]
+    if unknown:
+        raise EmbedxError(
+            f"unknown attribute(s) {', '.join(unknown)}; the store has {', '.join(attributes.columns)}"
+        )
+    if not mask.any() or mask.all():
+        return pd.DataFrame(columns=COLUMNS)
+    rows: list[dict] = []
+    for name in names:
+        values = attributes[name]
+        kind = _kind_of(name, values, schema)
+        if kind == "continuous":
+            rows.extend(_continuous_row(name, values, mask))
+        else:
+            rows.extend(_categorical_rows(name, kind, values, mask))
+    frame = pd.DataFrame(rows)
+    frame = frame.reindex(columns=COLUMNS)
+    frame["q_value"] = bh_adjust(frame["p_value"].to_numpy()) if correct else np.nan
+    frame["significant"] = (frame["q_value"] < alpha).fillna(False).astype(bool)
+    return sort_rows(frame)
+
+
+def sort_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Strongest evidence first: smallest q (or p), then largest |log fold| / effect size."""
+    if frame.empty:
+        return frame
+    evidence = frame["q_value"].where(frame["q_value"].notna(), frame["p_value"]).fillna(1.0)
+    effect = (
+        np.abs(np.log(frame["fold"].astype(float).replace(0.0, np.nan)))
+        .fillna(frame["cramers_v"])
+        .fillna(0.0)
+    )
+    order = np.lexsort((-effect.to_numpy(), evidence.to_numpy()))
+    return frame.iloc[order].reset_index(drop=True)
+
+
+def top_enriched(frame: pd.DataFrame, n: int = 5, alpha: float = 0.05, min_fold: float = 1.0) -> pd.DataFrame:
+    """The over-represented categorical values with q < alpha, largest fold first (what names a cluster)."""
+    if frame.empty:
+        return frame
+    q = frame["q_value"].where(frame["q_value"].notna(), frame["p_value"])
+    keep = (frame["kind"] != "continuous") & (frame["direction"] == "over") & (q < alpha)
+    keep &= frame["fold"].astype(float) > min_fold
+    return (
+        frame[keep]
+        .sort_values(["fold", "n_selected"], ascending=[False, False])
+        .head(n)
+        .reset_index(drop=True)
+    )
