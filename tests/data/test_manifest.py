@@ -1,0 +1,191 @@
+"""Manifest reading and validation, the attribute schema, sample ids and the check summary."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from embedx.data.manifest import load_manifest, sample_id, summarize_manifest, write_manifest
+from embedx.data.schema import AttributeSpec, infer_kind, infer_role, read_schema
+from embedx.errors import ManifestError
+
+
+@pytest.fixture
+def cohort(tmp_path):
+    """Six tiny PNGs, three subjects, a NaN age, a site and a binary finding."""
+    (tmp_path / "img").mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((8, 8), i * 10, dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
+    table = pd.DataFrame(
+        {
+            "path": [f"img/{i}.png" for i in range(6)],
+            "subject_id": ["s0", "s0", "s1", "s1", "s2", "s2"],
+            "site": ["north", "south", "north", "east", "south", "east"],
+            "age": [34.5, np.nan, 61.0, 47.2, 29.9, 55.1],
+            "finding": [0, 1, 0, 1, 1, 0],
+        }
+    )
+    return tmp_path, table
+
+
+def test_csv_loads_with_inferred_schema_and_nan_age_counted_not_filled(cohort):
+    root, table = cohort
+    table.to_csv(root / "m.csv", index=False)
+    m = load_manifest(root / "m.csv")
+    assert list(m.table.columns) == ["path", "subject_id", "site", "age", "finding"]
+    assert m.attributes == ["site", "age", "finding"]
+    assert m.schema["site"] == AttributeSpec("site", "categorical", "acquisition", inferred=True)
+    assert m.schema["age"].kind == "continuous" and m.schema["age"].role == "demographic"
+    assert m.schema["finding"].kind == "binary" and m.schema["finding"].role == "clinical"
+    assert m.missing_counts() == {"site": 0, "age": 1, "finding": 0}
+    assert np.isnan(m.table.loc[1, "age"])  # never filled
+    assert m.absolute_path(2) == root / "img" / "2.png"
+    assert m.n_subjects == 3
+
+
+def test_parquet_loads_the_same_as_csv(cohort):
+    root, table = cohort
+    table.to_csv(root / "m.csv", index=False)
+    table.to_parquet(root / "m.parquet", index=False)
+    a, b = load_manifest(root / "m.csv"), load_manifest(root / "m.parquet")
+    pd.testing.assert_frame_equal(a.table, b.table, check_dtype=False)
+    assert a.schema == b.schema
+    np.testing.assert_array_equal(a.sample_ids(), b.sample_ids())
+
+
+def test_sample_id_is_a_stable_hash_of_the_path_as_written():
+    import hashlib
+
+    assert len(sample_id("img/0.png")) == 16 and int(sample_id("img/0.png"), 16) >= 0
+
+    assert sample_id("a/b.dcm") == hashlib.sha1(b"a/b.dcm").hexdigest()[:16]
+    assert sample_id("img/0.png") != sample_id("./img/0.png")
+
+
+def test_missing_path_column_is_named(tmp_path):
+    pd.DataFrame({"file": ["a.png"], "site": ["x"]}).to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(tmp_path / "m.csv")
+    assert "no 'path' column" in str(info.value) and "'file'" in str(info.value)
+
+
+def test_duplicates_missing_files_and_bad_rows_reported_together(cohort):
+    root, table = cohort
+    rows = [*table["path"], "img/0.png", "img/gone1.png", "img/gone2.png", "img/3.png"]
+    text = "path,subject_id,site\n" + "".join(f"{p},s{i},north\n" for i, p in enumerate(rows))
+    text += "img/5.png,s99,north,EXTRA\n"  # a row with one field too many: data row 11, file line 12
+    (root / "m.csv").write_text(text)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(root / "m.csv")
+    message = str(info.value)
+    # Every kind of problem in one message, each with its rows (row N = N-th data row; line = file line).
+    assert "2 duplicated path(s)" in message
+    assert "'img/0.png' at row 1 (line 2), row 7 (line 8)" in message
+    assert "'img/3.png' at row 4 (line 5), row 10 (line 11)" in message
+    assert "2 file(s) do not exist" in message
+    assert "row 8 (line 9): img/gone1.png" in message and "row 9 (line 10): img/gone2.png" in message
+    assert "row 11 (line 12): 4 fields, header has 3" in message
+
+
+def test_missing_files_listing_is_capped_with_a_count(tmp_path):
+    pd.DataFrame({"path": [f"x{i}.png" for i in range(50)]}).to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(tmp_path / "m.csv")
+    message = str(info.value)
+    assert "50 file(s) do not exist" in message and "... and 30 more" in message
+    m = load_manifest(tmp_path / "m.csv", check_files=False)
+    assert len(m) == 50
+
+
+def test_missing_subject_column_means_one_subject_per_row(cohort, caplog):
+    root, table = cohort
+    table.drop(columns="subject_id").to_csv(root / "m.csv", index=False)
+    with caplog.at_level(logging.WARNING, logger="embedx.data.manifest"):
+        m = load_manifest(root / "m.csv")
+    assert "no 'subject_id' column" in caplog.text
+    assert m.table["subject_id"].nunique() == 6
+    assert m.table.loc[0, "subject_id"] == sample_id("img/0.png")
+
+
+def test_sidecar_yaml_declares_and_overrides_inference(cohort):
+    root, table = cohort
+    table.to_csv(root / "m.csv", index=False)
+    (root / "m.yaml").write_text(
+        "attributes:\n"
+        "  finding: {kind: categorical, role: clinical}\n"
+        "  site: {kind: categorical, role: clinical}\n"
+    )
+    m = load_manifest(root / "m.csv")
+    assert m.schema["finding"] == AttributeSpec("finding", "categorical", "clinical", inferred=False)
+    assert m.schema["site"].role == "clinical" and not m.schema["site"].inferred
+    assert m.schema["age"].inferred
+    # An explicit schema file wins over the sidecar, attribute by attribute.
+    (root / "other.yaml").write_text("attributes:\n  site: {kind: categorical, role: acquisition}\n")
+    m2 = load_manifest(root / "m.csv", schema_file=root / "other.yaml")
+    assert m2.schema["site"].role == "acquisition" and m2.schema["finding"].kind == "categorical"
+
+
+def test_unknown_kind_or_role_names_attribute_and_field(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "attributes:\n  age: {kind: numeric, role: demographic}\n  site: {kind: binary, role: vendor}\n"
+    )
+    with pytest.raises(ManifestError) as info:
+        read_schema(path)
+    message = str(info.value)
+    assert "attribute 'age' field 'kind': 'numeric'" in message
+    assert "attribute 'site' field 'role': 'vendor'" in message
+
+
+def test_declared_continuous_with_text_values_is_reported_by_row(cohort):
+    root, table = cohort
+    table = table.astype({"age": object})
+    table.loc[3, "age"] = "forty"
+    table.to_csv(root / "m.csv", index=False)
+    (root / "m.yaml").write_text("attributes:\n  age: {kind: continuous, role: demographic}\n")
+    with pytest.raises(ManifestError, match=r"(?s)'age' is declared continuous.*row 4 \(line 5\): 'forty'"):
+        load_manifest(root / "m.csv")
+
+
+def test_write_manifest_round_trip_with_sidecar(cohort):
+    root, table = cohort
+    schema = {"finding": AttributeSpec("finding", "binary", "clinical")}
+    out = write_manifest(table, root / "out" / "m.parquet", schema=schema)
+    assert (root / "out" / "m.yaml").exists()
+    sidecar = read_schema(root / "out" / "m.yaml")
+    assert set(sidecar) == {"site", "age", "finding"}  # undeclared ones pinned as inferred at write time
+    (root / "out" / "img").symlink_to(root / "img")
+    m = load_manifest(out)
+    assert not any(s.inferred for s in m.schema.values())
+    assert m.schema["age"].kind == "continuous"
+
+
+def test_inference_rules():
+    assert infer_kind(pd.Series([1.5, 2.25, 3.0, np.nan])) == "continuous"
+    assert infer_kind(pd.Series(range(40))) == "continuous"
+    assert infer_kind(pd.Series([0, 1, 2, 3, 1])) == "categorical"  # few integer codes
+    assert infer_kind(pd.Series(["M", "F", None, "F"])) == "binary"
+    assert infer_kind(pd.Series(["GE", "Siemens", "Philips"])) == "categorical"
+    assert infer_role("ManufacturerModelName") == "acquisition"
+    assert infer_role("scanner_model") == "acquisition"
+    assert infer_role("kvp") == "acquisition"
+    assert infer_role("PatientAge") == "demographic"
+    assert infer_role("bmi") == "demographic"
+    assert infer_role("pleural_effusion") == "clinical"
+
+
+def test_summary_for_data_check(cohort):
+    root, table = cohort
+    table.to_csv(root / "m.csv", index=False)
+    (root / "m.yaml").write_text("attributes:\n  finding: {kind: binary, role: clinical}\n")
+    text = summarize_manifest(load_manifest(root / "m.csv"))
+    assert "rows: 6" in text and "subjects: 3" in text
+    age_line = next(line for line in text.splitlines() if line.startswith("age"))
+    assert "continuous" in age_line and "demographic" in age_line and "1 (16.7%)" in age_line
+    assert "(inferred)" in age_line
+    finding_line = next(line for line in text.splitlines() if line.startswith("finding"))
+    assert "(inferred)" not in finding_line
