@@ -1,0 +1,761 @@
+"""The HDF5 store: one file per cohort, the hand-off between models and every analysis.
+
+Layout (documented for h5py-only readers in docs/store.md):
+
+    /                         attrs: format, schema_version, embedx_version, created, subject_salt
+    /samples/id               (N,) str    sample id (hash of the manifest path), the join key
+    /samples/subject_id       (N,) str    pseudonymised subject id
+    /samples/attrs/<name>     (N,)        str (categorical, "" = missing) or float64 (NaN = missing);
+                                          attrs: name, kind, role, inferred, dtype
+    /samples/has_thumb        (N,) bool
+    /thumbs                   (N, 64, 64) uint8
+    /embeddings/<model>/z     (N, D) float32, NaN rows where not encoded; group attrs: provenance
+    /embeddings/<model>/encoded   (N,) bool — set only after the row's data is on disk
+    /embeddings/<model>/xT, xT_encoded    optional DAE stochastic code
+    /embeddings/<model>/failed_ids, failed_reasons   unreadable images of the last encode
+    /projections/<model>/<method>         (N, 2) float32, NaN where not projected; attrs: params, ...
+    /projection_state/<model>/<method>/   status (N,) int8 (0 none, 1 fitted, 2 transformed), fitted state
+    /analysis/<kind>/<key>    scalar str, JSON
+
+Crash safety. Row-aligned datasets are chunked, resizable and allocated *early* (every chunk exists on
+disk from the moment the dataset is created or grown), so writing latents during an encode changes raw data
+only, never HDF5 metadata; the `encoded` mask is written after the rows are flushed. A process killed
+mid-encode therefore leaves a file that opens, whose `encoded` rows are complete. Structural changes
+(adding samples, creating a model) are short and flushed at once. The default (earliest) HDF5 file format
+is used on purpose: `libver="latest"` marks the file "open for write" in its superblock and after a crash
+refuses every later open until `h5clear` is run, which h5py cannot do.
+
+HDF5's own file locking is off for every open: a reader must be able to open the store while an encode
+writes to it (HDF5's lock would refuse), and HDF5 refuses to open one file twice in a process with different
+locking flags. Writers are kept single by `WriterLock` (a flock'ed lock file naming PID and host).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from embedx._version import __version__
+from embedx.data.schema import AttributeSpec, resolve_schema
+from embedx.errors import StoreError
+from embedx.store.lock import WriterLock
+
+SCHEMA_VERSION = 1
+FORMAT = "embedx-store"
+THUMB_SIZE = 64
+ANALYSIS_KINDS = ("probes", "fairness", "clusters", "controls")
+PROJECTION_METHODS = ("tsne", "umap", "pca")
+STATUS_NONE, STATUS_FITTED, STATUS_TRANSFORMED = 0, 1, 2
+
+_STR = h5py.string_dtype("utf-8")
+_ALIGNED = "row_aligned"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def escape_name(name: str) -> str:
+    """HDF5 names cannot hold '/'; CheXpert has an 'AP/PA' column. Percent-escape it (and '%')."""
+    if name in ("", ".", ".."):
+        raise StoreError(f"{name!r} cannot be used as a name in the store")
+    return name.replace("%", "%25").replace("/", "%2F")
+
+
+def unescape_name(name: str) -> str:
+    return name.replace("%2F", "/").replace("%25", "%")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (Path, datetime)):
+        return str(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"cannot store {type(value).__name__} in JSON")
+
+
+def to_json(payload: Any) -> str:
+    return json.dumps(payload, default=_json_default)
+
+
+def _row_chunk(row_bytes: int) -> int:
+    """About 256 KiB per chunk: large enough for streaming, small enough for random-subset reads."""
+    return int(max(16, min(4096, (256 * 1024) // max(1, row_bytes))))
+
+
+def _create_aligned(
+    group: h5py.Group, name: str, n: int, tail: tuple[int, ...], dtype: Any, fill: Any = None
+) -> h5py.Dataset:
+    """A resizable, row-aligned dataset with every chunk allocated at once (see the module docstring)."""
+    itemsize = 8 if dtype is _STR else np.dtype(dtype).itemsize
+    row_bytes = itemsize * int(np.prod(tail, dtype=np.int64)) if tail else itemsize
+    chunks = (_row_chunk(row_bytes), *tail)
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    kwargs: dict[str, Any] = {}
+    if fill is not None:
+        kwargs["fillvalue"] = fill
+    ds = group.create_dataset(
+        name, shape=(n, *tail), maxshape=(None, *tail), chunks=chunks, dtype=dtype, dcpl=dcpl, **kwargs
+    )
+    ds.attrs[_ALIGNED] = True
+    return ds
+
+
+def _sorted_rows(rows: Any, n: int) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if rows.size and (rows.min() < 0 or rows.max() >= n):
+        raise StoreError(f"row index out of range: the store has {n} rows")
+    return rows
+
+
+def _read_rows(ds: h5py.Dataset, rows: np.ndarray | None) -> np.ndarray:
+    """Read rows in the caller's order; h5py wants increasing unique indices, so sort and scatter back."""
+    if rows is None:
+        return ds[()]
+    if rows.size == 0:
+        return np.empty((0, *ds.shape[1:]), dtype=ds.dtype)
+    uniq, inverse = np.unique(rows, return_inverse=True)
+    if uniq.size > 0.25 * ds.shape[0]:
+        data = ds[()][uniq]
+    elif uniq[-1] - uniq[0] + 1 == uniq.size:
+        data = ds[int(uniq[0]) : int(uniq[-1]) + 1]
+    else:
+        data = ds[uniq]
+    return data[inverse]
+
+
+def _write_rows(ds: h5py.Dataset, rows: np.ndarray, values: np.ndarray) -> None:
+    if rows.size == 0:
+        return
+    order = np.argsort(rows, kind="stable")
+    rows_sorted = rows[order]
+    if np.any(np.diff(rows_sorted) == 0):
+        raise StoreError("the same row was given twice in one write")
+    values = values[order]
+    if rows_sorted[-1] - rows_sorted[0] + 1 == rows_sorted.size:
+        ds[int(rows_sorted[0]) : int(rows_sorted[-1]) + 1] = values
+    else:
+        ds[rows_sorted] = values
+
+
+def _format_category(value: Any) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA or value is pd.NaT:
+        return ""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    return str(value)
+
+
+def _column_values(
+    name: str, series: pd.Series, spec: AttributeSpec, existing: str | None
+) -> tuple[np.ndarray, str]:
+    """Convert one manifest column to what the store holds: ("float", float64) or ("str", object)."""
+    numeric = pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
+    want = existing or (
+        "float" if spec.kind == "continuous" or (spec.kind == "binary" and numeric) else "str"
+    )
+    if want == "float":
+        values = pd.to_numeric(series.astype(object).where(series.notna(), None), errors="coerce")
+        bad = values.isna() & series.notna()
+        if bad.any():
+            first = series[bad].iloc[0]
+            raise StoreError(
+                f"attribute {name!r} is stored as numbers but row {int(np.flatnonzero(bad.to_numpy())[0])} "
+                f"holds {first!r}"
+            )
+        return values.to_numpy(dtype=np.float64), "float"
+    return np.array([_format_category(v) for v in series.tolist()], dtype=object), "str"
+
+
+class Store:
+    """An open embedx store. Use `Store.open(path)` (read) or `Store.open(path, "a")` (write, locked)."""
+
+    def __init__(self, file: h5py.File, path: Path, mode: str, lock: WriterLock | None) -> None:
+        self._f = file
+        self.path = path
+        self.mode = mode
+        self._lock = lock
+        self._ids_cache: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def create(cls, path: str | Path, overwrite: bool = False) -> Store:
+        """A new, empty store opened for writing (the writer lock is taken first)."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise StoreError(f"{path} already exists (open it with mode 'a' to add to it)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = WriterLock(path)
+        lock.acquire()
+        try:
+            file = h5py.File(path, "w", track_order=True, locking=False)
+        except OSError as err:
+            lock.release()
+            raise StoreError(f"cannot create store {path}: {err}") from err
+        file.attrs["format"] = FORMAT
+        file.attrs["schema_version"] = SCHEMA_VERSION
+        file.attrs["embedx_version"] = __version__
+        file.attrs["created"] = now_iso()
+        file.attrs["subject_salt"] = secrets.token_hex(16)
+        samples = file.create_group("samples", track_order=True)
+        _create_aligned(samples, "id", 0, (), _STR)
+        _create_aligned(samples, "subject_id", 0, (), _STR)
+        _create_aligned(samples, "has_thumb", 0, (), np.bool_, False)
+        samples.create_group("attrs", track_order=True)
+        _create_aligned(file, "thumbs", 0, (THUMB_SIZE, THUMB_SIZE), np.uint8, 0)
+        for group in ("embeddings", "projections", "projection_state", "analysis"):
+            file.create_group(group, track_order=True)
+        file.flush()
+        return cls(file, path, "a", lock)
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> Store:
+        """Open to read ("r": no lock, safe beside a running encode) or write ("a": locked, creates)."""
+        path = Path(path)
+        if mode not in ("r", "a"):
+            raise StoreError(f"unknown store mode {mode!r} (use 'r' or 'a')")
+        if mode == "a" and not path.exists():
+            return cls.create(path)
+        if not path.exists():
+            raise StoreError(f"store {path} does not exist (create it with `embedx encode`)")
+        lock = None
+        if mode == "a":
+            lock = WriterLock(path)
+            lock.acquire()
+        try:
+            try:
+                file = h5py.File(path, "r+" if mode == "a" else "r", locking=False)
+            except (OSError, BlockingIOError) as err:
+                text = str(err)
+                if "lock" in text.lower():
+                    raise StoreError(
+                        f"{path} is held by another process's HDF5 file lock; close it first ({text})"
+                    ) from err
+                raise StoreError(f"{path} is not a readable HDF5 store: {text}") from err
+            cls._check_format(file, path)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        return cls(file, path, mode, lock)
+
+    @staticmethod
+    def _check_format(file: h5py.File, path: Path) -> None:
+        if file.attrs.get("format") != FORMAT:
+            file.close()
+            raise StoreError(
+                f"{path} is an HDF5 file but not an embedx store (no format='{FORMAT}' attribute)"
+            )
+        version = int(file.attrs.get("schema_version", -1))
+        if version != SCHEMA_VERSION:
+            file.close()
+            raise StoreError(
+                f"{path} has store schema version {version}; this embedx ({__version__}) reads version "
+                f"{SCHEMA_VERSION}. Re-encode the cohort into a new store."
+            )
+
+    def close(self) -> None:
+        if self._f.id.valid:
+            if self.mode == "a":
+                self._f.flush()
+            self._f.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    @property
+    def h5(self) -> h5py.File:
+        """The underlying h5py file, for readers that need something the API does not offer."""
+        return self._f
+
+    def _need_write(self) -> None:
+        if self.mode != "a":
+            raise StoreError(f"{self.path} is open read-only; open it with mode 'a' to write")
+
+    # ------------------------------------------------------------------ samples
+    @property
+    def n(self) -> int:
+        return int(self._f["samples/id"].shape[0])
+
+    @property
+    def sample_ids(self) -> np.ndarray:
+        if self._ids_cache is None or self._ids_cache.shape[0] != self.n:
+            self._ids_cache = self._f["samples/id"].asstr()[()].astype(object)
+        return self._ids_cache
+
+    @property
+    def subject_ids(self) -> np.ndarray:
+        return self._f["samples/subject_id"].asstr()[()].astype(object)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self._f.attrs.items()}
+
+    def rows_of(self, sample_ids: Iterable[str], missing_ok: bool = False) -> np.ndarray:
+        """Store rows of the given sample ids (-1 where absent when missing_ok)."""
+        index = pd.Index(self.sample_ids)
+        rows = index.get_indexer(pd.Index(list(sample_ids), dtype=object))
+        if not missing_ok and np.any(rows < 0):
+            absent = [s for s, r in zip(sample_ids, rows, strict=False) if r < 0][:5]
+            raise StoreError(f"{self.path}: sample id(s) not in the store: {', '.join(map(str, absent))}")
+        return rows.astype(np.int64)
+
+    def pseudonymise(self, subject_ids: Iterable[Any]) -> np.ndarray:
+        """Salted hash of subject ids with this store's salt: same subject -> same code, no raw ID stored."""
+        salt = str(self._f.attrs["subject_salt"]).encode()
+        out = []
+        for value in subject_ids:
+            text = _format_category(value)
+            out.append("" if text == "" else "s" + hashlib.sha256(salt + text.encode()).hexdigest()[:15])
+        return np.array(out, dtype=object)
+
+    def attribute_names(self) -> list[str]:
+        group = self._f["samples/attrs"]
+        return [str(group[key].attrs.get("name", unescape_name(key))) for key in group]
+
+    def attributes(self) -> pd.DataFrame:
+        """One column per attribute in store row order; NaN / missing where the manifest had no value."""
+        group = self._f["samples/attrs"]
+        columns: dict[str, Any] = {}
+        for key in group:
+            ds = group[key]
+            name = str(ds.attrs.get("name", unescape_name(key)))
+            if ds.attrs.get("dtype", "float") == "str":
+                values = ds.asstr()[()].astype(object)
+                values[values == ""] = None
+                columns[name] = pd.Series(values)
+            else:
+                columns[name] = pd.Series(ds[()].astype(np.float64))
+        frame = pd.DataFrame(columns, index=pd.RangeIndex(self.n))
+        return frame
+
+    def schema(self) -> dict[str, AttributeSpec]:
+        group = self._f["samples/attrs"]
+        out: dict[str, AttributeSpec] = {}
+        for key in group:
+            attrs = group[key].attrs
+            name = str(attrs.get("name", unescape_name(key)))
+            out[name] = AttributeSpec(
+                name=name,
+                kind=str(attrs["kind"]),
+                role=str(attrs["role"]),
+                inferred=bool(attrs.get("inferred", False)),
+            )
+        return out
+
+    def thumbnails(self, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """(n, 64, 64) uint8 in the order asked; zeros for rows whose image was never encoded."""
+        sel = None if rows is None else _sorted_rows(rows, self.n)
+        return _read_rows(self._f["thumbs"], sel)
+
+    def has_thumbnail(self) -> np.ndarray:
+        return self._f["samples/has_thumb"][()].astype(bool)
+
+    def add_samples(
+        self,
+        sample_ids: Sequence[str] | np.ndarray,
+        subject_ids: Sequence[Any] | np.ndarray,
+        attributes: pd.DataFrame | None = None,
+        schema: Mapping[str, AttributeSpec] | None = None,
+        pseudonymise: bool = False,
+    ) -> np.ndarray:
+        """Insert new samples (appended) and update the given ones; returns their store rows, input order.
+
+        Existing rows keep their latents; their subject id and attribute values are refreshed from the
+        input, so the newest manifest is the truth. Every row-aligned dataset grows with the samples table.
+        """
+        self._need_write()
+        ids = np.asarray([str(s) for s in sample_ids], dtype=object)
+        subjects = np.asarray(list(subject_ids), dtype=object)
+        if attributes is None:
+            attributes = pd.DataFrame(index=pd.RangeIndex(len(ids)))
+        if not (len(ids) == len(subjects) == len(attributes)):
+            raise StoreError(
+                f"mismatched lengths: {len(ids)} sample ids, {len(subjects)} subject ids, "
+                f"{len(attributes)} attribute rows"
+            )
+        dupes = pd.Index(ids).duplicated()
+        if dupes.any():
+            raise StoreError(f"duplicate sample id(s) in the input: {', '.join(ids[dupes][:5])}")
+        attributes = attributes.reset_index(drop=True)
+        full_schema = resolve_schema(attributes, dict(schema or {}))
+        if pseudonymise:
+            subjects = self.pseudonymise(subjects)
+        else:
+            subjects = np.array([_format_category(s) for s in subjects], dtype=object)
+
+        rows = self.rows_of(ids, missing_ok=True)
+        new = rows < 0
+        old_n = self.n
+        if new.any():
+            self._grow(old_n + int(new.sum()))
+            rows[new] = np.arange(old_n, old_n + int(new.sum()))
+        _write_rows(self._f["samples/id"], rows, ids)
+        _write_rows(self._f["samples/subject_id"], rows, subjects)
+        group = self._f["samples/attrs"]
+        for name in attributes.columns:
+            spec = full_schema[name]
+            key = escape_name(str(name))
+            existing = group[key].attrs.get("dtype") if key in group else None
+            values, dtype = _column_values(str(name), attributes[name], spec, existing)
+            if key not in group:
+                ds = _create_aligned(
+                    group,
+                    key,
+                    self.n,
+                    (),
+                    _STR if dtype == "str" else np.float64,
+                    None if dtype == "str" else np.nan,
+                )
+                ds.attrs["name"] = str(name)
+                ds.attrs["dtype"] = dtype
+            ds = group[key]
+            ds.attrs["kind"] = spec.kind
+            ds.attrs["role"] = spec.role
+            ds.attrs["inferred"] = bool(spec.inferred)
+            _write_rows(ds, rows, values)
+        self._ids_cache = None
+        self._f.flush()
+        return rows
+
+    def _grow(self, new_n: int) -> None:
+        def visit(_name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset) and obj.attrs.get(_ALIGNED, False):
+                obj.resize(new_n, axis=0)
+
+        self._f.visititems(visit)
+
+    # ------------------------------------------------------------------ embeddings
+    def models(self) -> list[str]:
+        return [unescape_name(k) for k in self._f["embeddings"]]
+
+    def _model_group(self, model: str) -> h5py.Group:
+        key = escape_name(model)
+        if key not in self._f["embeddings"]:
+            known = ", ".join(self.models()) or "none yet"
+            raise StoreError(f"{self.path}: no model named {model!r} (known models: {known})")
+        return self._f["embeddings"][key]
+
+    def latents(self, model: str, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """(N, D) float32 aligned on store rows; NaN rows where the model has not encoded the sample."""
+        group = self._model_group(model)
+        sel = None if rows is None else _sorted_rows(rows, self.n)
+        return _read_rows(group["z"], sel).astype(np.float32, copy=False)
+
+    def encoded_mask(self, model: str) -> np.ndarray:
+        return self._model_group(model)["encoded"][()].astype(bool)
+
+    def stochastic_codes(self, model: str, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        group = self._model_group(model)
+        if "xT" not in group:
+            raise StoreError(
+                f"{self.path}: model {model!r} has no stochastic codes (encode with --stochastic)"
+            )
+        sel = None if rows is None else _sorted_rows(rows, self.n)
+        return _read_rows(group["xT"], sel)
+
+    def stochastic_mask(self, model: str) -> np.ndarray:
+        group = self._model_group(model)
+        if "xT_encoded" not in group:
+            return np.zeros(self.n, dtype=bool)
+        return group["xT_encoded"][()].astype(bool)
+
+    def embedding_info(self, model: str) -> dict[str, Any]:
+        """Provenance attrs plus `dim` and `n_encoded`."""
+        group = self._model_group(model)
+        info = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in group.attrs.items()}
+        info["dim"] = int(group["z"].shape[1])
+        info["n_encoded"] = int(np.count_nonzero(group["encoded"][()]))
+        info["stochastic"] = "xT" in group
+        return info
+
+    def failed(self, model: str) -> pd.DataFrame:
+        """Samples whose image could not be read in the last encode of this model, with the reason."""
+        group = self._model_group(model)
+        if "failed_ids" not in group:
+            return pd.DataFrame(
+                {"sample_id": pd.Series([], dtype=object), "reason": pd.Series([], dtype=object)}
+            )
+        return pd.DataFrame(
+            {
+                "sample_id": group["failed_ids"].asstr()[()].astype(object),
+                "reason": group["failed_reasons"].asstr()[()].astype(object),
+            }
+        )
+
+    def ensure_embedding(
+        self,
+        model: str,
+        dim: int,
+        attrs: Mapping[str, Any] | None = None,
+        stochastic_shape: tuple[int, ...] | None = None,
+    ) -> None:
+        """Create `/embeddings/<model>` (or check that its dimension matches) and set its provenance attrs."""
+        self._need_write()
+        key = escape_name(model)
+        emb = self._f["embeddings"]
+        if key in emb:
+            have = int(emb[key]["z"].shape[1])
+            if have != dim:
+                raise StoreError(
+                    f"{self.path}: model {model!r} already holds {have}-d latents; this run gives {dim}-d. "
+                    "Use another --name."
+                )
+            group = emb[key]
+        else:
+            group = emb.create_group(key, track_order=True)
+            _create_aligned(group, "z", self.n, (int(dim),), np.float32, np.nan)
+            _create_aligned(group, "encoded", self.n, (), np.bool_, False)
+        if stochastic_shape is not None and "xT" not in group:
+            _create_aligned(group, "xT", self.n, tuple(int(s) for s in stochastic_shape), np.float32, np.nan)
+            _create_aligned(group, "xT_encoded", self.n, (), np.bool_, False)
+        for k, v in (attrs or {}).items():
+            group.attrs[k] = v
+        self._f.flush()
+
+    def write_latents(
+        self,
+        model: str,
+        rows: Sequence[int] | np.ndarray,
+        z: np.ndarray,
+        thumbs: np.ndarray | None = None,
+        xt: np.ndarray | None = None,
+    ) -> None:
+        """Write a batch of rows, flush, then mark them encoded and flush again (the crash-safe order)."""
+        self._need_write()
+        group = self._model_group(model)
+        rows_arr = _sorted_rows(rows, self.n)
+        z = np.asarray(z, dtype=np.float32)
+        if z.shape != (rows_arr.size, group["z"].shape[1]):
+            raise StoreError(
+                f"latent batch has shape {z.shape}; model {model!r} expects "
+                f"({rows_arr.size}, {group['z'].shape[1]})"
+            )
+        _write_rows(group["z"], rows_arr, z)
+        if thumbs is not None:
+            _write_rows(self._f["thumbs"], rows_arr, np.asarray(thumbs, dtype=np.uint8))
+        if xt is not None:
+            _write_rows(group["xT"], rows_arr, np.asarray(xt, dtype=np.float32))
+        self._f.flush()
+        if thumbs is not None:
+            _write_rows(self._f["samples/has_thumb"], rows_arr, np.ones(rows_arr.size, dtype=bool))
+        _write_rows(group["encoded"], rows_arr, np.isfinite(z).all(axis=1))
+        if xt is not None:
+            _write_rows(group["xT_encoded"], rows_arr, np.ones(rows_arr.size, dtype=bool))
+        self._f.flush()
+
+    def write_thumbnails(self, rows: Sequence[int] | np.ndarray, thumbs: np.ndarray) -> None:
+        self._need_write()
+        rows_arr = _sorted_rows(rows, self.n)
+        thumbs = np.asarray(thumbs, dtype=np.uint8)
+        if thumbs.shape != (rows_arr.size, THUMB_SIZE, THUMB_SIZE):
+            raise StoreError(
+                f"thumbnails must be ({rows_arr.size}, {THUMB_SIZE}, {THUMB_SIZE}) uint8, got {thumbs.shape}"
+            )
+        _write_rows(self._f["thumbs"], rows_arr, thumbs)
+        self._f.flush()
+        _write_rows(self._f["samples/has_thumb"], rows_arr, np.ones(rows_arr.size, dtype=bool))
+        self._f.flush()
+
+    def set_failed(self, model: str, sample_ids: Sequence[str], reasons: Sequence[str]) -> None:
+        """Replace the list of unreadable samples of this model's encode."""
+        self._need_write()
+        group = self._model_group(model)
+        for name in ("failed_ids", "failed_reasons"):
+            if name in group:
+                del group[name]
+        group.create_dataset("failed_ids", data=np.array(list(sample_ids), dtype=object), dtype=_STR)
+        group.create_dataset("failed_reasons", data=np.array(list(reasons), dtype=object), dtype=_STR)
+        self._f.flush()
+
+    def set_embedding_attrs(self, model: str, **attrs: Any) -> None:
+        self._need_write()
+        group = self._model_group(model)
+        for k, v in attrs.items():
+            group.attrs[k] = v
+        self._f.flush()
+
+    # ------------------------------------------------------------------ projections
+    def projections(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for key, group in self._f["projections"].items():
+            out[unescape_name(key)] = list(group.keys())
+        return out
+
+    def _projection_ds(self, model: str, method: str) -> h5py.Dataset:
+        self._model_group(model)
+        key = escape_name(model)
+        group = self._f["projections"].get(key)
+        if group is None or method not in group:
+            have = ", ".join(f"{m}/{p}" for m, ps in self.projections().items() for p in ps) or "none"
+            raise StoreError(
+                f"{self.path}: no {method!r} projection of model {model!r} (present: {have}); "
+                f"run `embedx project {self.path} --method {method} --name {model}`"
+            )
+        return group[method]
+
+    def projection(self, model: str, method: str) -> np.ndarray:
+        """(N, 2) float32 aligned on store rows; NaN rows where the sample is not in the map."""
+        return self._projection_ds(model, method)[()].astype(np.float32, copy=False)
+
+    def projection_info(self, model: str, method: str) -> dict[str, Any]:
+        ds = self._projection_ds(model, method)
+        info = {
+            k: (v.item() if isinstance(v, np.generic) else v) for k, v in ds.attrs.items() if k != _ALIGNED
+        }
+        if "params" in info:
+            info["params"] = json.loads(info["params"])
+        return info
+
+    def projection_status(self, model: str, method: str) -> np.ndarray:
+        """int8 per row: 0 not in the map, 1 fitted, 2 placed later by `transform` (flag these in plots)."""
+        self._projection_ds(model, method)
+        return self._state_group(model, method)["status"][()].astype(np.int8)
+
+    def _state_group(self, model: str, method: str, create: bool = False) -> h5py.Group:
+        path = f"projection_state/{escape_name(model)}/{method}"
+        if path not in self._f:
+            if not create:
+                raise StoreError(f"{self.path}: projection {model}/{method} has no saved state")
+            self._f.require_group(f"projection_state/{escape_name(model)}").create_group(method)
+        return self._f[path]
+
+    def projection_state(self, model: str, method: str) -> dict[str, np.ndarray]:
+        """The arrays saved to place new samples into this map later (method-specific)."""
+        group = self._state_group(model, method)
+        return {k: group[k][()] for k in group if k != "status"}
+
+    def write_projection(
+        self,
+        model: str,
+        method: str,
+        coords: np.ndarray,
+        status: np.ndarray,
+        attrs: Mapping[str, Any],
+        state: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """Replace a projection: coords (N, 2), status per row, attrs (params as dict), fitted state."""
+        self._need_write()
+        self._model_group(model)
+        coords = np.asarray(coords, dtype=np.float32)
+        status = np.asarray(status, dtype=np.int8)
+        if coords.shape != (self.n, 2) or status.shape != (self.n,):
+            raise StoreError(
+                f"projection must be ({self.n}, 2) with ({self.n},) status; "
+                f"got {coords.shape}, {status.shape}"
+            )
+        group = self._f["projections"].require_group(escape_name(model))
+        if method in group:
+            del group[method]
+        ds = _create_aligned(group, method, self.n, (2,), np.float32, np.nan)
+        ds[...] = coords
+        for k, v in attrs.items():
+            ds.attrs[k] = to_json(v) if isinstance(v, (dict, list)) else v
+        state_group = self._state_group(model, method, create=True)
+        if state is not None:
+            for k in list(state_group.keys()):
+                del state_group[k]
+            for k, v in state.items():
+                state_group.create_dataset(k, data=v)
+        if "status" in state_group:
+            del state_group["status"]
+        st = _create_aligned(state_group, "status", self.n, (), np.int8, 0)
+        st[...] = status
+        self._f.flush()
+
+    # ------------------------------------------------------------------ analyses
+    def analyses(self) -> dict[str, list[str]]:
+        return {
+            kind: [unescape_name(k) for k in group]
+            for kind, group in self._f["analysis"].items()
+            if len(group)
+        }
+
+    def write_analysis(self, kind: str, key: str, payload: Mapping[str, Any] | list) -> None:
+        """Store one result (JSON) under `/analysis/<kind>/<key>`, replacing an older one with that key."""
+        self._need_write()
+        if kind not in ANALYSIS_KINDS:
+            raise StoreError(f"unknown analysis kind {kind!r} (one of {', '.join(ANALYSIS_KINDS)})")
+        group = self._f["analysis"].require_group(kind)
+        name = escape_name(key)
+        if name in group:
+            del group[name]
+        ds = group.create_dataset(name, data=to_json(payload), dtype=_STR)
+        ds.attrs["date"] = now_iso()
+        self._f.flush()
+
+    def read_analysis(self, kind: str, key: str | None = None) -> dict | list[dict]:
+        """One result by key, or every result of that kind (in the order written) when key is None."""
+        if kind not in ANALYSIS_KINDS:
+            raise StoreError(f"unknown analysis kind {kind!r} (one of {', '.join(ANALYSIS_KINDS)})")
+        group = self._f["analysis"].get(kind)
+        if key is None:
+            if group is None:
+                return []
+            return [json.loads(group[k].asstr()[()]) for k in group]
+        name = escape_name(key)
+        if group is None or name not in group:
+            have = ", ".join(unescape_name(k) for k in (group or {})) or "none"
+            raise StoreError(f"{self.path}: no {kind} result with key {key!r} (present: {have})")
+        return json.loads(group[name].asstr()[()])
+
+
+def write_store_from_arrays(
+    path: str | Path,
+    sample_ids: Sequence[str] | np.ndarray,
+    subject_ids: Sequence[Any] | np.ndarray,
+    attributes: pd.DataFrame,
+    schema: Mapping[str, AttributeSpec] | None,
+    latents: Mapping[str, np.ndarray],
+    thumbnails: np.ndarray | None = None,
+    embedding_attrs: Mapping[str, Mapping[str, Any]] | None = None,
+    overwrite: bool = True,
+) -> Path:
+    """Build a complete store from arrays — for tests and for scripts that have latents from elsewhere.
+
+    `latents[name]` is (N, D) aligned with `sample_ids`; rows that are all-NaN count as not encoded.
+    Subject ids are stored as given (encode pseudonymises them; arrays here are assumed already safe).
+    `schema` may be None or partial: missing kinds/roles are inferred as for a manifest.
+    """
+    path = Path(path)
+    if overwrite and path.exists():
+        path.unlink()
+    with Store.create(path) as store:
+        rows = store.add_samples(sample_ids, subject_ids, attributes, schema)
+        for name, z in latents.items():
+            z = np.asarray(z, dtype=np.float32)
+            if z.ndim != 2 or z.shape[0] != len(rows):
+                raise StoreError(f"latents {name!r} have shape {z.shape}; expected ({len(rows)}, D)")
+            attrs = {"kind": "arrays", "date": now_iso(), "embedx_version": __version__}
+            attrs.update((embedding_attrs or {}).get(name, {}))
+            store.ensure_embedding(name, z.shape[1], attrs)
+            ok = np.isfinite(z).all(axis=1)
+            store.write_latents(name, rows[ok], z[ok])
+        if thumbnails is not None:
+            store.write_thumbnails(rows, thumbnails)
+    return path
