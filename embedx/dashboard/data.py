@@ -1,0 +1,238 @@
+"""Cached loading for the explorer: the only module that uses `st.cache_data` / `st.cache_resource`.
+
+Large arrays (latents, projections, the attribute table, kNN indexes) are `cache_resource`: one shared
+object, no copy per rerun — at 220k rows a pickled copy on every lasso would cost more than the statistics.
+Pages must treat what they get as read-only. Every loader is keyed by the store path *and* its
+modification time, so re-running `embedx probe` on the store shows up without restarting the app.
+Small derived results (thumbnail data URLs, map quality, analysis JSON) are `cache_data`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from embedx.dashboard import shaping
+from embedx.data.schema import AttributeSpec
+
+STORE_ENV = "EMBEDX_STORE"
+
+
+def store_path() -> Path | None:
+    """The store given on the command line (`streamlit run app.py -- --store S`) or in $EMBEDX_STORE."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--store")
+    known, _ = parser.parse_known_args(sys.argv[1:])
+    value = known.store or os.environ.get(STORE_ENV)
+    return Path(value) if value else None
+
+
+def _stamp(path: Path) -> float:
+    return path.stat().st_mtime
+
+
+@dataclass
+class StoreMeta:
+    """What every page needs at once: small enough to keep for the whole session."""
+
+    path: str
+    n: int
+    sample_ids: np.ndarray
+    attributes: pd.DataFrame
+    schema: dict[str, AttributeSpec]
+    models: list[str]
+    projections: dict[str, list[str]]
+    embedding_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        return {name: spec.kind for name, spec in self.schema.items()}
+
+    @property
+    def attribute_names(self) -> list[str]:
+        return list(self.attributes.columns)
+
+
+@st.cache_resource(show_spinner="Opening the store…", max_entries=4)
+def _meta(path: str, stamp: float) -> StoreMeta:
+    from embedx.store.h5store import Store
+
+    with Store.open(path, "r") as store:  # embedding attrs carry run_dir / kind for the counterfactual view
+        schema = store.schema()
+        attributes = store.attributes()
+        models = list(store.models())
+        meta = StoreMeta(
+            path=path, n=int(store.n), sample_ids=np.asarray(store.sample_ids).astype(str),
+            attributes=attributes,
+            schema=dict(schema),
+            models=models, projections={m: list(v) for m, v in store.projections().items()},
+            embedding_attrs={m: store.embedding_info(m) for m in models},
+        )
+    return meta
+
+
+def meta(path: Path) -> StoreMeta:
+    return _meta(str(path), _stamp(path))
+
+
+@st.cache_resource(show_spinner="Loading latents…", max_entries=4)
+def _latents(path: str, stamp: float, model: str) -> np.ndarray:
+    from embedx.store.h5store import Store
+
+    with Store.open(path, "r") as store:
+        return np.asarray(store.latents(model), dtype=np.float32)
+
+
+def latents(path: Path, model: str) -> np.ndarray:
+    return _latents(str(path), _stamp(path), model)
+
+
+@st.cache_resource(show_spinner="Loading the map…", max_entries=8)
+def _projection(path: str, stamp: float, model: str, method: str) -> np.ndarray:
+    from embedx.store.h5store import Store
+
+    with Store.open(path, "r") as store:
+        return np.asarray(store.projection(model, method), dtype=np.float32)
+
+
+def projection(path: Path, model: str, method: str) -> np.ndarray:
+    return _projection(str(path), _stamp(path), model, method)
+
+
+@st.cache_resource(max_entries=16)
+def _hover(path: str, stamp: float) -> np.ndarray:
+    return shaping.hover_text(_meta(path, stamp).attributes)
+
+
+def hover(path: Path) -> np.ndarray:
+    return _hover(str(path), _stamp(path))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _thumbnail_urls(path: str, stamp: float, rows: tuple[int, ...]) -> list[str]:
+    from embedx.store.h5store import Store
+
+    if not rows:
+        return []
+    order = np.argsort(rows)
+    with Store.open(path, "r") as store:
+        thumbs = store.thumbnails(np.asarray(rows, dtype=np.int64)[order])
+    urls = [""] * len(rows)
+    for position, thumb in zip(order, thumbs, strict=True):
+        urls[position] = shaping.png_data_url(thumb)
+    return urls
+
+
+def thumbnail_urls(path: Path, rows: np.ndarray) -> list[str]:
+    """PNG data URLs for the given rows (in their order); cached, as encoding is the slow part."""
+    return _thumbnail_urls(str(path), _stamp(path), tuple(int(r) for r in rows))
+
+
+@st.cache_resource(show_spinner="Building the neighbour index…", max_entries=4)
+def _neighbour_index(path: str, stamp: float, model: str) -> tuple[Any, np.ndarray]:
+    from sklearn.neighbors import NearestNeighbors
+
+    z = _latents(path, stamp, model)
+    valid = np.flatnonzero(~np.isnan(z).any(axis=1))
+    return NearestNeighbors().fit(z[valid]), valid
+
+
+def nearest(path: Path, model: str, row: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest store rows to `row` in the model's latent space (not the 2-D map), with distances."""
+    index, valid = _neighbour_index(str(path), _stamp(path), model)
+    z = latents(path, model)
+    if np.isnan(z[row]).any():
+        return np.empty(0, dtype=np.int64), np.empty(0)
+    distances, found = index.kneighbors(z[row: row + 1], n_neighbors=min(k + 1, len(valid)))
+    rows, distances = valid[found[0]], distances[0]
+    keep = rows != row
+    return rows[keep][:k], distances[keep][:k]
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _analysis(path: str, stamp: float, kind: str) -> list[dict]:
+    from embedx.store.h5store import Store
+
+    with Store.open(path, "r") as store:
+        try:
+            found = store.read_analysis(kind)
+        except (KeyError, LookupError):
+            return []
+    if isinstance(found, dict):
+        return [found]
+    return list(found or [])
+
+
+def analysis(path: Path, kind: str) -> list[dict]:
+    """Every stored result of one kind (probes | fairness | clusters | controls), [] when none."""
+    return _analysis(str(path), _stamp(path), kind)
+
+
+@st.cache_data(show_spinner="Measuring map quality on a sample…", max_entries=16)
+def _map_quality(path: str, stamp: float, model: str, method: str, sample: int) -> dict[str, Any]:
+    meta_ = _meta(path, stamp)
+    return shaping.map_quality(_latents(path, stamp, model), _projection(path, stamp, model, method),
+                               meta_.attributes, sample=sample, kinds=meta_.kinds)
+
+
+def map_quality(path: Path, model: str, method: str, sample: int = 1500) -> dict[str, Any]:
+    return _map_quality(str(path), _stamp(path), model, method, sample)
+
+
+@st.cache_data(show_spinner="Comparing neighbourhoods…", max_entries=16)
+def _overlap(path: str, stamp: float, model_a: str, model_b: str, k: int) -> float:
+    return shaping.neighbour_overlap(_latents(path, stamp, model_a), _latents(path, stamp, model_b), k=k)
+
+
+def overlap(path: Path, model_a: str, model_b: str, k: int = 10) -> float:
+    return _overlap(str(path), _stamp(path), model_a, model_b, k)
+
+
+@st.cache_resource(max_entries=16)
+def _codes(path: str, stamp: float, column: str) -> pd.Series:
+    """Category labels of one attribute (strings, missing spelled out), computed once per store."""
+    return shaping.category_labels(_meta(path, stamp).attributes[column])
+
+
+def labels(path: Path, column: str) -> pd.Series:
+    return _codes(str(path), _stamp(path), column)
+
+
+@st.cache_resource(show_spinner="Loading the diffusion autoencoder…", max_entries=2)
+def trained_run(run_dir: str) -> Any:
+    """The DAE of a run folder, for the counterfactual view (CPU)."""
+    from embedx.training.checkpoint import load_trained
+
+    return load_trained(run_dir, device="cpu")
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _thumbnails(path: str, stamp: float, rows: tuple[int, ...]) -> np.ndarray:
+    from embedx.store.h5store import Store
+
+    with Store.open(path, "r") as store:
+        return store.thumbnails(np.asarray(rows, dtype=np.int64))
+
+
+def thumbnails(path: Path, rows: np.ndarray) -> np.ndarray:
+    """Raw (n, 64, 64) uint8 thumbnails of sorted rows."""
+    return _thumbnails(str(path), _stamp(path), tuple(int(r) for r in np.sort(rows)))
+
+
+def stochastic_codes(path: Path, model: str, rows: np.ndarray) -> np.ndarray | None:
+    """The stored DAE x_T of these (sorted) rows, or None when any of them has none."""
+    from embedx.store.h5store import Store
+
+    with Store.open(path, "r") as store:
+        mask = store.stochastic_mask(model)
+        if not mask[rows].all():
+            return None
+        return store.stochastic_codes(model, np.sort(rows))

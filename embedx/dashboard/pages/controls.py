@@ -1,0 +1,63 @@
+"""Controls page: the cross-site matrix (train on one site, test on another) and the background control."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from embedx.dashboard import data, figures, widgets
+
+path, meta = widgets.require_store()
+st.title("Controls")
+controls = data.analysis(path, "controls")
+cross = [c for c in controls if c.get("control") == "cross_site" or "matrix" in c]
+background = [c for c in controls if c.get("control") == "background"]
+other = [c for c in controls if c not in cross and c not in background]
+
+st.header("Cross-site matrix")
+if not cross:
+    target = next((a for a in ("finding", "label", "disease") if a in meta.attribute_names), "TARGET")
+    site = next((a for a in ("site", "manufacturer", "scanner") if a in meta.attribute_names), "SITE")
+    widgets.hint("No cross-site control in this store yet. Train on each site, test on every other:",
+                 f"embedx control cross-site {widgets.quote(path)} --target {target} --site {site}")
+for result in cross:
+    sites = [str(s) for s in result.get("sites", [])]
+    matrix = np.asarray([[np.nan if v is None else v for v in row] for row in result.get("matrix", [])], dtype=float)
+    title = f"{result.get('model', '')}: {result.get('target', '?')} AUC, trained on {result.get('site', 'site')} " \
+            "(rows) / tested on (columns)"
+    if matrix.size:
+        st.plotly_chart(figures.heatmap(matrix, sites, sites, title, result.get("metric", "auc")),
+                        width="stretch", key=f"cross_{result.get('model')}_{result.get('target')}")
+    headline = result.get("internal_vs_external") or {}
+    if headline:
+        a, b, c = st.columns(3)
+        a.metric("internal AUC", f"{headline.get('internal_auc') or float('nan'):.3f}")
+        b.metric("external AUC", f"{headline.get('external_auc') or float('nan'):.3f}")
+        c.metric("internal − external", f"{headline.get('difference') or float('nan'):.3f}")
+        if headline.get("verdict"):
+            st.caption(str(headline["verdict"]))
+    loso = result.get("leave_one_site_out")
+    if loso:
+        st.dataframe(pd.DataFrame(loso), hide_index=True, width="stretch")
+
+st.header("Background control")
+if not background:
+    site = next((a for a in ("site", "manufacturer", "scanner") if a in meta.attribute_names), "site")
+    widgets.hint("No background-patch control stored. It reads the images (not the store): a classifier on a "
+                 "corner patch with no anatomy that still finds the site means the site is in the pixels:",
+                 f"embedx control background --manifest manifest.csv --attribute {site}")
+for result in background:
+    scalars = {k: v for k, v in result.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    st.dataframe(pd.DataFrame([scalars]), hide_index=True, width="stretch")
+    nested = {k: v for k, v in result.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
+    for name, rows in nested.items():
+        st.markdown(f"**{name}**")
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+if other:
+    st.header("Other controls")
+    for result in other:
+        st.subheader(str(result.get("control", "control")) + (f" · {result['model']}" if "model" in result else ""))
+        for line in result.get("text", []):
+            st.markdown(f"- {line}")

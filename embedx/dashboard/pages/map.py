@@ -1,0 +1,46 @@
+"""Map page: one model's 2-D map, coloured and filtered, with box/lasso selection and its statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from embedx.dashboard import data, shaping, widgets
+
+path, meta = widgets.require_store()
+st.title("Map")
+picked = widgets.model_and_method(meta, "map")
+if picked is None:
+    st.stop()
+model, method = picked
+colour = widgets.colour_picker(meta, "map")
+cohort = shaping.apply_filters(meta.attributes, widgets.filters(path, meta, "map"))
+st.sidebar.caption(f"{int(cohort.sum()):,} of {meta.n:,} images pass the filters")
+
+
+@st.fragment
+def map_and_selection() -> None:
+    """Reruns alone on a selection: the sidebar, data loading and map quality stay as they are."""
+    widgets.selectable_map(path, meta, model, method, colour, cohort, key="map_chart")
+    widgets.selection_panel(path, meta, cohort, model, key="map_panel")
+
+
+left, right = st.columns([3, 1])
+with right:
+    st.subheader("Map quality")
+    quality = data.map_quality(path, model, method)
+    st.metric("Trustworthiness (k=10)", f"{quality['trustworthiness']:.3f}")
+    st.metric("kNN recall@10", f"{quality['knn_recall']:.3f}")
+    st.caption(f"On a seeded sample of {quality['n']:,} encoded images. Per attribute: balanced accuracy of a "
+               "10-NN classifier in latent space vs in the 2-D map; a large gap means the picture distorts.")
+    table = [{"attribute": a["attribute"], "latent": a["latent"], "map": a["map"], "gap": a["gap"]}
+             for a in quality["attributes"]]
+    widgets.frame_or_caption(pd.DataFrame(table), "No categorical attribute to score.",
+                             column_config={c: st.column_config.NumberColumn(format="%.2f")
+                                            for c in ("latent", "map", "gap")})
+with left:
+    map_and_selection()
+
+if len(widgets.selection()) and not np.isin(widgets.selection(), np.flatnonzero(cohort)).all():
+    st.caption("Part of the kept selection lies outside the current filters; statistics use the filtered cohort.")
