@@ -182,7 +182,26 @@ def read_dicom(
     except FileNotFoundError as err:
         raise ImageReadError(str(path), "file does not exist") from err
     except InvalidDicomError as err:
-        raise ImageReadError(str(path), f"not a DICOM file ({err})") from err
+        # Old files may lack the 128-byte preamble and file meta; read them as a bare dataset.
+        try:
+            ds = pydicom.dcmread(path, force=True)
+        except Exception:
+            ds = None
+        if ds is None or "Rows" not in ds:
+            raise ImageReadError(
+                str(path), "not a DICOM file (no 'DICM' marker and no image header)"
+            ) from err
+        if "TransferSyntaxUID" not in ds.file_meta:
+            from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+            implicit, little = ds.original_encoding
+            ds.file_meta.TransferSyntaxUID = (
+                ImplicitVRLittleEndian
+                if implicit
+                else ExplicitVRLittleEndian
+                if little
+                else ExplicitVRBigEndian
+            )
     except Exception as err:  # pydicom raises many types on damaged headers
         raise ImageReadError(str(path), f"corrupt DICOM header ({type(err).__name__}: {err})") from err
 
@@ -198,10 +217,14 @@ def read_dicom(
     except (NotImplementedError, RuntimeError) as err:
         uid = str(tsyntax) if tsyntax is not None else "unknown"
         name = getattr(tsyntax, "name", uid)
-        hint = _DECODER_HINTS.get(uid, "a pydicom pixel-data plugin (pylibjpeg or python-gdcm)")
-        raise ImageReadError(
-            str(path), f"unsupported transfer syntax {name} ({uid}): install {hint} to decode it"
-        ) from err
+        message = str(err)
+        if isinstance(err, NotImplementedError) or "missing dependencies" in message:
+            hint = _DECODER_HINTS.get(uid, "a pydicom pixel-data plugin (pylibjpeg or python-gdcm)")
+            reason = f"unsupported transfer syntax {name} ({uid}): install {hint} to decode it"
+        else:  # a decoder is installed but failed on this file's data
+            details = "; ".join(line.strip() for line in message.splitlines()[1:] if line.strip()) or message
+            reason = f"corrupt {name} pixel data ({details})"
+        raise ImageReadError(str(path), reason) from err
     except Exception as err:  # truncated pixel data, bad group 0028 values
         raise ImageReadError(
             str(path), f"corrupt or truncated pixel data ({type(err).__name__}: {err})"

@@ -328,15 +328,15 @@ def summarize_manifest(manifest: Manifest) -> str:
         lines.append("no attribute columns")
         return "\n".join(lines)
     width = max(len("attribute"), *(len(a) for a in manifest.attributes))
-    lines.append(f"{'attribute':<{width}}  {'kind':<11}  {'role':<11}  {'missing':>13}  values")
+    lines.append(f"{'attribute':<{width}}  {'kind':<11}  {'role':<11}  {'':<10}  {'missing':>13}  values")
     missing = manifest.missing_counts()
     for name in manifest.attributes:
         spec = manifest.schema[name]
-        mark = " (inferred)" if spec.inferred else ""
+        mark = "(inferred)" if spec.inferred else ""
         pct = f"{missing[name]} ({100 * missing[name] / max(n, 1):.1f}%)"
         lines.append(
-            f"{name:<{width}}  {spec.kind:<11}  {spec.role:<11}  {pct:>13}  "
-            f"{_values_summary(table[name], spec)}{mark}"
+            f"{name:<{width}}  {spec.kind:<11}  {spec.role:<11}  {mark:<10}  {pct:>13}  "
+            f"{_values_summary(table[name], spec)}"
         )
     if any(s.inferred for s in manifest.schema.values()):
         sidecar = sidecar_path(manifest.source) if manifest.source else "a sidecar <manifest>.yaml"

@@ -136,6 +136,21 @@ def test_real_truncated_dicom_is_an_image_read_error():
         read_image(_real("MR_truncated.dcm"))
 
 
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("GDCMJ2K_TextGBR.dcm", "corrupt JPEG 2000"),  # a decoder is there but the stream is broken
+        ("emri_small_jpeg_2k_lossless_too_short.dcm", "no pixel data"),
+        ("rtplan.dcm", "no pixel data (Modality RTPLAN"),
+        ("reportsi.dcm", "no pixel data (Modality SR"),
+    ],
+)
+def test_real_malformed_and_non_image_dicom_are_image_read_errors(name, reason):
+    with pytest.raises(ImageReadError) as info:
+        read_image(_real(name))
+    assert reason in info.value.reason
+
+
 # ---------------------------------------------------------------- DICOM written here with pydicom
 
 
@@ -180,6 +195,22 @@ def test_truncated_written_dicom(tmp_path, dicom_writer):
     with pytest.raises(ImageReadError) as info:
         read_image(path)
     assert str(path) in str(info.value)
+
+
+def test_dicom_without_preamble_and_a_file_that_is_not_dicom(tmp_path):
+    """Old implicit-VR files without the 'DICM' preamble still read; random bytes named .dcm do not."""
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.Modality = "CT"
+    ds.set_pixel_data(np.arange(64, dtype=np.uint16).reshape(8, 8), "MONOCHROME2", 16)
+    del ds.file_meta
+    ds.save_as(tmp_path / "old.dcm", implicit_vr=True, little_endian=True)
+    assert (tmp_path / "old.dcm").read_bytes()[128:132] != b"DICM"
+    np.testing.assert_array_equal(read_image(tmp_path / "old.dcm")[0], np.arange(8))
+    (tmp_path / "junk.dcm").write_bytes(b"not an image " * 40)
+    with pytest.raises(ImageReadError, match="not a DICOM file"):
+        read_image(tmp_path / "junk.dcm")
 
 
 # ---------------------------------------------------------------- NIfTI written with nibabel
