@@ -27,16 +27,23 @@ def command(store: Path, port: int, host: str) -> list[str]:
         "--browser.gatherUsageStats", "false",
         "--server.fileWatcherType", "none",
         "--global.developmentMode", "false",
+        "--client.toolbarMode", "viewer",
         "--", "--store", str(store),
     ]
 
 
 def launch(store: Path, port: int = 8501, host: str = "127.0.0.1") -> int:
-    """Run the server in the foreground until interrupted; returns Streamlit's exit status."""
+    """Print the URL, then become the Streamlit server (exec), so the PID the user sees is the server's.
+
+    Where exec is unavailable (Windows), run it as a child and return its exit status.
+    """
     store = Path(store).resolve()
     env = dict(os.environ, **{STORE_ENV: str(store)})
     print(f"embedx explorer for {store}\n  URL: http://{host}:{port}\n  (Ctrl+C to stop)", flush=True)
+    argv = command(store, port, host)
+    if hasattr(os, "execve") and sys.platform != "win32":
+        os.execve(argv[0], argv, env)
     try:
-        return subprocess.call(command(store, port, host), env=env)
+        return subprocess.call(argv, env=env)
     except KeyboardInterrupt:
         return 0

@@ -340,12 +340,20 @@ def fairness_records(payloads: Any) -> list[dict]:
 
 
 def fairness_group_table(result: Mapping[str, Any]) -> pd.DataFrame:
-    """Per-group metrics of one fairness result; `[lo, hi]` values become `<metric> lo/hi` columns."""
+    """Per-group metrics of one fairness result as a flat table.
+
+    CIs arrive either as `{metric: [lo, hi]}` under a `ci` key (the design card's shape) or as a
+    `[lo, hi]` metric value; both become `<metric> lo` / `<metric> hi` columns beside the metric.
+    """
     records = []
     for group, metrics in (result.get("by_group") or {}).items():
         row: dict[str, Any] = {"group": str(group)}
         for name, value in (metrics or {}).items():
-            if isinstance(value, (list, tuple)) and len(value) == 2:
+            if name == "ci" and isinstance(value, Mapping):
+                for metric, bounds in value.items():
+                    if isinstance(bounds, (list, tuple)) and len(bounds) == 2:
+                        row[f"{metric} lo"], row[f"{metric} hi"] = bounds
+            elif isinstance(value, (list, tuple)) and len(value) == 2:
                 row[f"{name} lo"], row[f"{name} hi"] = value
             elif isinstance(value, Mapping):
                 for sub, sub_value in value.items():

@@ -51,7 +51,7 @@ def require_store() -> tuple[Path, data.StoreMeta]:
 
 def hint(message: str, command: str) -> None:
     """What is missing and the exact command that produces it."""
-    st.info(message, icon="ℹ️")
+    st.info(message, icon=":material/info:")
     st.code(command, language="bash")
 
 

@@ -1,0 +1,148 @@
+"""Every page of the explorer runs under Streamlit's AppTest on a synthetic store and shows the right numbers.
+
+AppTest cannot draw a lasso (charts are opaque there), so the selection panel is driven by putting row ids
+into `st.session_state["selection"]`, exactly where the map's selection handler keeps them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+from synthstore import FAIRNESS_DPD, PROBE_SCORE, cohort
+
+import embedx.dashboard
+from embedx.dashboard.data import STORE_ENV
+
+PAGES = Path(embedx.dashboard.__file__).resolve().parent / "pages"
+APP = PAGES.parent / "app.py"
+
+
+def run_page(name: str, store: Path, monkeypatch: pytest.MonkeyPatch, **state: object) -> AppTest:
+    monkeypatch.setenv(STORE_ENV, str(store))
+    at = AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=120)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def frames(at: AppTest) -> list[pd.DataFrame]:
+    return [d.value for d in at.dataframe]
+
+
+def test_app_entry_point_runs_the_map_page(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(STORE_ENV, str(store))
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == "Map"
+
+
+def test_map_page_offers_every_attribute_and_reports_map_quality(store: Path, monkeypatch) -> None:
+    at = run_page("map", store, monkeypatch)
+    colour = at.sidebar.selectbox(key="map_colour")
+    assert set(colour.options) >= {"site", "sex", "age", "finding", "insurance"}
+    assert colour.value == "site"
+    metrics = {m.label: float(m.value) for m in at.metric}
+    assert 0.5 < metrics["Trustworthiness (k=10)"] <= 1.0
+    quality = frames(at)[0]
+    site = quality.set_index("attribute").loc["site"]
+    assert site["latent"] > 0.9  # the synthetic vae encodes the site
+    assert "Select points on the map" in " ".join(c.value for c in at.caption)
+
+
+def test_map_selection_panel_shows_composition_thumbnails_and_download(store, monkeypatch) -> None:
+    table = cohort(300)
+    north = np.flatnonzero(table["site"].to_numpy() == "north")[:60]
+    at = run_page("map", store, monkeypatch, selection=north)
+    assert any("Selection: 60 images" in s.value for s in at.subheader)
+    composition = next(f for f in frames(at) if "pct_selected" in f)
+    top = composition[(composition["attribute"] == "site") & (composition["value"] == "north")].iloc[0]
+    assert top["pct_selected"] == pytest.approx(1.0) and top["fold"] > 1.5 and top["q_value"] < 1e-6
+    assert len(at.get("download_button")) == 1
+    assert len(at.get("image")) >= 1  # the thumbnail grid
+    rows = next(f for f in frames(at) if "image" in f)
+    assert rows["image"].str.startswith("data:image/png;base64,").all()
+    assert set(rows["row"]) <= set(north.tolist()) and len(rows) == min(60, 48)
+
+
+def test_colour_by_continuous_and_filters_rerun_cleanly(store, monkeypatch) -> None:
+    at = run_page("map", store, monkeypatch, selection=np.arange(10))
+    at.sidebar.selectbox(key="map_colour").set_value("age").run()
+    assert not at.exception
+    at.sidebar.multiselect(key="map_f_site").set_value(["south"]).run()
+    assert not at.exception
+    south = int((cohort(300)["site"] == "south").sum())
+    assert f"{south:,} of 300 images pass the filters" in " ".join(c.value for c in at.sidebar.caption)
+    # the kept selection survives the recolour and the filter
+    assert at.session_state["selection"].tolist() == list(range(10))
+
+
+def test_probes_page_shows_the_stored_balanced_accuracy(store, monkeypatch) -> None:
+    at = run_page("probes", store, monkeypatch)
+    formatted = frames(at)[0].set_index("attribute")
+    assert formatted.loc["site", "dae"].startswith(f"{PROBE_SCORE:.2f} [")
+    assert formatted.loc["site", "dae"].endswith("*")  # encoded
+    detail = frames(at)[1]
+    site = detail[(detail["model"] == "vae") & (detail["attribute"] == "site")].iloc[0]
+    assert site["score"] == pytest.approx(PROBE_SCORE) and site["verdict"] == "encoded"
+    age = detail[(detail["model"] == "vae") & (detail["attribute"] == "age")].iloc[0]
+    assert age["verdict"] == "not distinguishable from chance"
+
+
+def test_fairness_page_shows_groups_cis_and_gaps(store, monkeypatch) -> None:
+    at = run_page("fairness", store, monkeypatch)
+    gaps = {m.label: m.value for m in at.metric}
+    assert gaps["demographic parity difference"] == f"{FAIRNESS_DPD:.3f}"
+    groups = frames(at)[0].set_index("group")
+    assert groups.loc["F", "tpr"] == pytest.approx(0.81) and groups.loc["F", "tpr lo"] == pytest.approx(0.74)
+
+
+def test_controls_page_draws_the_cross_site_matrix(store, monkeypatch) -> None:
+    at = run_page("controls", store, monkeypatch)
+    labels = [m.label for m in at.metric]
+    assert "internal AUC" in labels and "external AUC" in labels
+    assert any("control background" in c.value for c in at.code)  # background control not stored: hint
+
+
+def test_clusters_page_names_clusters_by_enriched_attributes(store, monkeypatch) -> None:
+    at = run_page("clusters", store, monkeypatch)
+    overview = frames(at)[0]
+    assert overview["size"].sum() == 300 and len(overview) == 3
+    assert overview["name"].str.contains("site=").any()  # dae clusters follow the injected site
+    at.button(key="cl_select").click().run()
+    chosen = int(at.selectbox(key="cl_pick").value)
+    assert len(at.session_state["selection"]) == int(overview.set_index("cluster").loc[chosen, "size"])
+
+
+def test_neighbours_are_taken_in_latent_space_and_share_the_site(store, monkeypatch) -> None:
+    at = run_page("neighbours", store, monkeypatch, focus_row=5)
+    assert any("nearest neighbours in `vae` latent space" in m.value for m in at.markdown)
+    agreement = frames(at)[-1].set_index("attribute")
+    assert agreement.loc["site", "neighbours sharing it"] > 0.8  # the vae encodes site
+    assert agreement.loc["site", "cohort share"] < 0.6
+
+
+def test_compare_page_scores_neighbourhood_overlap(store, monkeypatch) -> None:
+    at = run_page("compare", store, monkeypatch)
+    overlap = float(at.metric[0].value)
+    assert 0.0 < overlap < 1.0
+
+
+def test_counterfactual_page_explains_a_missing_run_folder(store, monkeypatch) -> None:
+    at = run_page("counterfactual", store, monkeypatch)
+    assert "not on this machine" in at.warning[0].value
+
+
+@pytest.mark.parametrize(("page", "command"), [
+    ("probes", "embedx probe "), ("fairness", "embedx fairness "), ("clusters", "embedx clusters "),
+    ("controls", "embedx control cross-site "),
+])
+def test_missing_analyses_show_the_command_to_run(bare_store, monkeypatch, page, command) -> None:
+    at = run_page(page, bare_store, monkeypatch)
+    codes = [c.value for c in at.code]
+    assert any(c.startswith(command) and str(bare_store) in c for c in codes), codes

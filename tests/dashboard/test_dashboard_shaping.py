@@ -1,0 +1,156 @@
+"""Pure shaping functions of the explorer: known answers, no Streamlit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from embedx.analysis.enrichment import enrichment, top_enriched
+from embedx.dashboard import figures, shaping
+
+
+def test_enrichment_of_a_hand_built_selection_finds_the_over_represented_site() -> None:
+    table = pd.DataFrame({"site": ["north"] * 100 + ["south"] * 100, "sex": ["F", "M"] * 100})
+    selected = np.zeros(200, dtype=bool)
+    selected[:40] = True  # 40 from north
+    selected[100:110] = True  # 10 from south
+    result = enrichment(table, selected)
+    top = top_enriched(result).iloc[0]
+    assert (top["attribute"], top["value"]) == ("site", "north")
+    assert top["pct_selected"] == pytest.approx(0.8)
+    assert top["fold"] > 1.5 and top["q_value"] < 0.01
+    sex = result[result["attribute"] == "sex"]
+    assert (sex["q_value"] > 0.05).all()  # sex was not selected on
+
+
+def test_customdata_maps_selection_back_to_rows_with_colour_by_traces() -> None:
+    rng = np.random.default_rng(0)
+    n = 60
+    xy = rng.normal(size=(n, 2)).astype(np.float32)
+    colour = pd.Series(np.where(np.arange(n) % 3 == 0, "a", "b"), name="site")
+    hover = shaping.hover_text(pd.DataFrame({"site": colour}))
+    figure = figures.map_figure(xy, np.arange(n), colour, categorical=True, hover=hover)
+    assert len(figure.data) == 2  # one trace per category: per-trace indices no longer equal rows
+    # A selection event as Streamlit returns it: point_index is per trace, customdata is the row id.
+    points = []
+    for trace_number, trace in enumerate(figure.data):
+        for index in (0, 2):
+            points.append({"curve_number": trace_number, "point_index": index,
+                           "customdata": int(trace.customdata[index])})
+    rows = shaping.selected_row_ids({"selection": {"points": points}})
+    expected = sorted(int(t.customdata[i]) for t in figure.data for i in (0, 2))
+    assert rows.tolist() == expected
+    assert rows.tolist() != sorted({0, 2})  # the per-trace indices would have named other rows
+    for row in rows:  # every returned row sits at the coordinates that were clicked
+        trace = next(t for t in figure.data if row in set(np.asarray(t.customdata).tolist()))
+        position = list(trace.customdata).index(row)
+        assert trace.x[position] == pytest.approx(xy[row, 0])
+
+
+def test_customdata_given_as_list_and_empty_events() -> None:
+    event = {"selection": {"points": [{"customdata": [7, "x"]}, {"customdata": 3}, {"x": 1}]}}
+    assert shaping.selected_row_ids(event).tolist() == [3, 7]
+    assert shaping.selected_row_ids(None).size == 0
+    assert shaping.selected_row_ids({"selection": {"points": []}}).size == 0
+
+
+def test_reconcile_keeps_selection_through_a_recolour_and_takes_only_new_events() -> None:
+    kept = np.array([1, 2, 3])
+    # the chart was remounted by a recolour: empty event, the selection stays
+    kept, seen = shaping.reconcile_selection(kept, np.array([], dtype=np.int64), np.array([1, 2, 3]))
+    assert kept.tolist() == [1, 2, 3]
+    # another chart still reports its old selection: not new, ignored
+    kept2, _ = shaping.reconcile_selection(np.array([9]), np.array([1, 2, 3]), np.array([1, 2, 3]))
+    assert kept2.tolist() == [9]
+    # a fresh lasso replaces it
+    kept3, seen3 = shaping.reconcile_selection(kept, np.array([4, 5]), seen)
+    assert kept3.tolist() == [4, 5] and seen3.tolist() == [4, 5]
+
+
+def test_density_sample_keeps_every_category_and_the_proportions() -> None:
+    rng = np.random.default_rng(1)
+    groups = np.array(["big"] * 9_000 + ["mid"] * 990 + ["rare"] * 10)
+    rows = np.arange(len(groups))
+    drawn = shaping.density_sample(rows, groups, max_points=1_000, seed=0, min_per_group=50)
+    kinds = pd.Series(groups[drawn]).value_counts()
+    assert set(kinds.index) == {"big", "mid", "rare"}
+    assert kinds["rare"] == 10  # a rare site is kept whole, not sampled away
+    assert kinds["big"] == pytest.approx(900, abs=2) and kinds["mid"] == pytest.approx(99, abs=2)
+    assert len(np.unique(drawn)) == len(drawn)
+    assert shaping.density_sample(rows[:50], None, max_points=100).tolist() == list(range(50))
+    # uniform within a group: a dense half of the map stays dense
+    xy_dense = rng.random(len(rows)) < 0.8
+    assert xy_dense[drawn].mean() == pytest.approx(0.8, abs=0.06)
+
+
+def test_fair_sample_is_capped_seeded_and_spread() -> None:
+    rows = np.arange(1000, 3000)
+    shown = shaping.fair_sample(rows, 48, seed=0)
+    assert len(shown) == 48 and np.array_equal(shown, shaping.fair_sample(rows, 48, seed=0))
+    assert shown.max() > 2500 and shown.min() < 1500  # not the first 48 rows
+
+
+def test_neighbour_overlap_identical_is_one_and_unrelated_near_random() -> None:
+    rng = np.random.default_rng(0)
+    n, k = 400, 10
+    z = rng.normal(size=(n, 8))
+    assert shaping.neighbour_overlap(z, z.copy(), k=k) == pytest.approx(1.0)
+    unrelated = shaping.neighbour_overlap(z, rng.normal(size=(n, 8)), k=k)
+    random_jaccard = k / (2 * (n - 1) - k)  # expected Jaccard of two random k-sets out of n-1
+    assert unrelated < 5 * random_jaccard and unrelated < 0.06
+    # a rescaled copy keeps every neighbourhood
+    assert shaping.neighbour_overlap(z, 3 * z + 1, k=k) == pytest.approx(1.0)
+
+
+def test_map_quality_sees_a_faithful_and_a_scrambled_map() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.choice(["a", "b"], 400)
+    z = rng.normal(size=(400, 6))
+    z[:, 0] += 5 * (labels == "a")
+    attributes = pd.DataFrame({"site": labels})
+    faithful = shaping.map_quality(z, z[:, :2], attributes, sample=400)
+    scrambled = shaping.map_quality(z, rng.normal(size=(400, 2)), attributes, sample=400)
+    assert faithful["trustworthiness"] > scrambled["trustworthiness"]
+    assert faithful["knn_recall"] > scrambled["knn_recall"]
+    site = {a["attribute"]: a for a in scrambled["attributes"]}["site"]
+    assert site["latent"] > 0.95 and site["gap"] > 0.3  # the latent knows the site, the scrambled map hides it
+
+
+def test_filters_categories_and_ranges() -> None:
+    table = pd.DataFrame({"site": ["a", "b", None, "a"], "age": [20.0, 40.0, 60.0, np.nan]})
+    assert shaping.apply_filters(table, {"site": ["a"]}).tolist() == [True, False, False, True]
+    assert shaping.apply_filters(table, {"site": [shaping.MISSING_LABEL]}).tolist() == [False, False, True, False]
+    assert shaping.apply_filters(table, {"age": (30.0, 70.0)}).tolist() == [False, True, True, False]
+
+
+def test_png_data_url_round_trips() -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    thumb = (np.arange(64 * 64) % 256).astype(np.uint8).reshape(64, 64)
+    url = shaping.png_data_url(thumb)
+    assert url.startswith("data:image/png;base64,")
+    back = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+    assert np.array_equal(back, thumb)
+
+
+def test_selection_csv_has_ids_and_attributes() -> None:
+    table = pd.DataFrame({"site": ["a", "b", "c"], "age": [1.0, 2.0, 3.0]})
+    text = shaping.selection_csv(table, np.array([2, 0]), np.array(["x", "y", "z"])).decode()
+    lines = text.strip().splitlines()
+    assert lines[0] == "row,sample_id,site,age"
+    assert lines[1] == "2,z,c,3.0" and lines[2] == "0,x,a,1.0"
+
+
+def test_result_readers_tolerate_nesting_and_extra_fields() -> None:
+    probe = {"model": "dae", "attribute": "site", "score": 0.9, "new_field": 1}
+    payloads = [probe, {"probes": [dict(probe, attribute="sex")]}]
+    assert [p["attribute"] for p in shaping.probe_records(payloads)] == ["site", "sex"]
+    fairness = {"target": "t", "sensitive": "sex", "demographic_parity_difference": 0.1, "n_groups": 2,
+                "by_group": {"F": {"n": 3, "tpr": 0.5, "ci": {"tpr": [0.4, 0.6]}}}}
+    table = shaping.fairness_group_table(fairness)
+    assert table.loc[0, "tpr lo"] == 0.4 and table.loc[0, "tpr hi"] == 0.6
+    assert shaping.fairness_gaps(fairness) == {"demographic_parity_difference": 0.1}
