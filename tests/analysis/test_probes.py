@@ -1,0 +1,124 @@
+"""Probes: known answers at array level, subject leakage, Holm family, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from embedx.analysis.probes import ProbeConfig, apply_holm, grouped_folds, probe_arrays
+from embedx.analysis.results import PROBE_FIELDS, VERDICT_ENCODED, VERDICT_NOT_FOUND, probe_table
+
+FAST = ProbeConfig(n_permutations=200, n_bootstrap=400, c_grid=(0.1, 1.0))
+
+
+@pytest.fixture(scope="module")
+def cohort() -> dict[str, np.ndarray]:
+    """300 subjects x 2 images; A linearly in the latents, B pure noise, age linear plus noise."""
+    rng = np.random.default_rng(0)
+    n_subjects, per = 300, 2
+    subject = np.repeat(np.arange(n_subjects), per)
+    a = rng.integers(0, 3, n_subjects)[subject]
+    b = rng.integers(0, 2, n_subjects)[subject]
+    age = rng.uniform(20, 80, n_subjects)[subject]
+    X = rng.normal(size=(len(subject), 24))
+    X[:, 0] += 1.5 * a
+    X[:, 1] += (age - 50) / 10
+    return {"X": X, "a": a, "b": b, "age": age, "groups": subject.astype(str)}
+
+
+def test_encoded_attribute_is_found_and_noise_is_not(cohort) -> None:
+    found = probe_arrays(
+        cohort["X"], cohort["a"], cohort["groups"], "categorical", attribute="A", config=FAST
+    )
+    noise = probe_arrays(cohort["X"], cohort["b"], cohort["groups"], "binary", attribute="B", config=FAST)
+    for r in (found, noise):
+        assert set(PROBE_FIELDS) <= set(r)
+    assert found["encoded"] and found["verdict"] == VERDICT_ENCODED
+    assert found["ci"][0] > found["chance"]
+    assert found["chance"] == pytest.approx(1 / 3, abs=0.02)
+    assert found["auc"] > 0.75
+    assert found["p_value"] < 0.01
+    assert found["classes"] == {str(k): int(np.sum(cohort["a"] == k)) for k in range(3)}
+    assert not noise["encoded"] and noise["verdict"] == VERDICT_NOT_FOUND
+    assert noise["ci"][0] <= noise["chance"] + 0.02
+    assert noise["chance"] == pytest.approx(0.5, abs=0.02)
+
+
+def test_continuous_attribute_beats_the_median_baseline(cohort) -> None:
+    r = probe_arrays(cohort["X"], cohort["age"], cohort["groups"], "continuous", attribute="age", config=FAST)
+    assert r["metric"] == "mae" and r["classes"] == {}
+    assert r["score"] < 0.7 * r["chance"]
+    assert r["ci"][1] < r["chance"]
+    assert r["r2"] > 0.3
+    assert r["encoded"]
+
+
+def test_grouped_folds_keep_subjects_on_one_side() -> None:
+    groups = np.repeat(np.arange(40), 3).astype(str)
+    y = np.repeat(np.arange(40) % 2, 3)
+    fold = grouped_folds(y, groups, 5, seed=0)
+    for g in np.unique(groups):
+        assert len(set(fold[groups == g].tolist())) == 1
+
+
+def test_subject_specific_noise_is_at_chance_only_with_grouped_folds() -> None:
+    """Near-duplicate images, subject-level random label: leakage finds it, grouping does not."""
+    rng = np.random.default_rng(1)
+    n_subjects, per, dim = 60, 5, 128
+    subject = np.repeat(np.arange(n_subjects), per)
+    centres = rng.normal(size=(n_subjects, dim))
+    X = centres[subject] + 0.05 * rng.normal(size=(len(subject), dim))
+    label = rng.integers(0, 2, n_subjects)[subject]
+    grouped = probe_arrays(X, label, subject.astype(str), "binary", config=FAST)
+    leaky = probe_arrays(X, label, np.arange(len(subject)).astype(str), "binary", config=FAST)
+    assert not grouped["encoded"]
+    assert abs(grouped["score"] - 0.5) < 0.15
+    assert leaky["score"] > 0.8  # ungrouped folds "find" a label that no image carries
+
+
+def test_missing_labels_and_unencoded_rows_are_excluded_and_counted(cohort) -> None:
+    X = cohort["X"].copy()
+    y = cohort["a"].astype(object)
+    y[:10] = None
+    X[10:14] = np.nan
+    r = probe_arrays(X, y, cohort["groups"], "categorical", config=FAST)
+    assert r["n_missing"] == 10 and r["n_not_encoded"] == 4
+    assert r["n"] == len(y) - 14
+
+
+def test_tiny_classes_are_merged_or_skipped_not_crashing() -> None:
+    rng = np.random.default_rng(2)
+    groups = np.arange(100).astype(str)
+    X = rng.normal(size=(100, 5))
+    y = np.array(["a"] * 50 + ["b"] * 46 + ["c"] * 2 + ["d"] * 2, dtype=object)
+    r = probe_arrays(X, y, groups, "categorical", config=FAST)
+    assert r["merged_classes"] == ["c", "d"]
+    assert "(other)" not in r["classes"]  # 4 subjects < 5 folds: merged class dropped, and said so
+    assert r["n_dropped_small_classes"] == 4
+    only_one = probe_arrays(X, np.array(["a"] * 97 + ["b"] * 3, dtype=object), groups, "binary", config=FAST)
+    assert only_one["skipped"] and not only_one["encoded"]
+    assert only_one["verdict"].startswith("skipped")
+
+
+def test_holm_family_can_overturn_a_single_test(cohort) -> None:
+    results = [
+        {"metric": "balanced_accuracy", "ci": [0.6, 0.7], "chance": 0.5, "p_value": p}
+        for p in (0.01, 0.02, 0.03)
+    ]
+    apply_holm(results)
+    assert [r["encoded"] for r in results] == [True, True, True]  # 0.03, 0.04, 0.03
+    results.append({"metric": "balanced_accuracy", "ci": [0.6, 0.7], "chance": 0.5, "p_value": 0.2})
+    apply_holm(results)
+    assert [r["p_holm"] for r in results] == pytest.approx([0.04, 0.06, 0.06, 0.2])
+    assert [r["encoded"] for r in results] == [True, False, False, False]
+
+
+def test_probe_table_has_models_as_rows_and_attributes_as_columns() -> None:
+    results = [
+        {"model": m, "attribute": a, "score": s, "ci": [s - 0.1, s + 0.1], "encoded": True}
+        for m, a, s in [("vae", "site", 0.9), ("vae", "sex", 0.7), ("dae", "site", 0.95), ("dae", "sex", 0.6)]
+    ]
+    table = probe_table(results)
+    assert list(table.index) == ["vae", "dae"] and list(table.columns) == ["site", "sex"]
+    assert table.loc["dae", "sex"] == 0.6
+    assert probe_table(results, value="formatted").loc["vae", "site"] == "0.90 [0.80, 1.00]*"

@@ -1,0 +1,94 @@
+"""Shared statistics: Holm by hand, subject-level resampling and permutation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score
+
+from embedx.analysis.stats import (
+    SubjectIndex,
+    bootstrap_balanced_accuracy,
+    bootstrap_mae,
+    holm,
+    percentile_ci,
+    permutation_pvalue,
+    permute_by_subject,
+)
+
+
+def test_holm_matches_hand_computation() -> None:
+    # sorted: 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1=0.04 -> monotone: 0.02, 0.03, 0.06, 0.06
+    adjusted = holm([0.01, 0.04, 0.03, 0.005])
+    np.testing.assert_allclose(adjusted, [0.03, 0.06, 0.06, 0.02])
+
+
+def test_holm_ignores_nan_and_caps_at_one() -> None:
+    adjusted = holm([0.2, np.nan, 0.6])
+    assert np.isnan(adjusted[1])
+    np.testing.assert_allclose(adjusted[[0, 2]], [0.4, 0.6])  # m = 2, not 3
+    assert holm([0.9, 0.8])[0] == 1.0 or holm([0.9, 0.8]).max() <= 1.0
+
+
+def test_permutation_pvalue_counts_ties_and_is_never_zero() -> None:
+    assert permutation_pvalue(0.9, np.array([0.1, 0.2, 0.9, 0.95])) == pytest.approx(3 / 5)
+    assert permutation_pvalue(5.0, np.array([6.0, 7.0]), greater=False) == pytest.approx(1 / 3)
+    assert permutation_pvalue(1.0, np.zeros(999)) == pytest.approx(1 / 1000)
+
+
+def test_resample_rows_keeps_subjects_whole() -> None:
+    groups = np.repeat(np.array(["a", "b", "c", "d"]), [1, 2, 3, 4])
+    index = SubjectIndex(groups)
+    rows = index.resample_rows(np.random.default_rng(1))
+    drawn, counts = np.unique(groups[rows], return_counts=True)
+    sizes = dict(zip(*np.unique(groups, return_counts=True), strict=True))
+    for g, c in zip(drawn, counts, strict=True):
+        assert c % sizes[g] == 0  # each drawn subject brings all of its rows
+
+
+def test_fast_bootstrap_agrees_with_resampled_rows() -> None:
+    """The sufficient-statistics bootstrap equals sklearn on explicitly resampled rows."""
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(50), 3)
+    y = rng.integers(0, 3, 150)
+    pred = np.where(rng.random(150) < 0.6, y, rng.integers(0, 3, 150))
+    index = SubjectIndex(groups)
+    rows = index.resample_rows(np.random.default_rng(3))
+    w = np.bincount(index.codes[rows], minlength=index.n_subjects)
+    onehot = np.eye(3)[y]
+    correct = w @ index.per_subject((y == pred)[:, None] * onehot)
+    total = w @ index.per_subject(onehot)
+    fast = np.nanmean(correct / total)
+    assert fast == pytest.approx(balanced_accuracy_score(y[rows], pred[rows]))
+    reps = bootstrap_balanced_accuracy(y, pred, groups, n_boot=400, seed=0)
+    low, high = percentile_ci(reps)
+    assert low < balanced_accuracy_score(y, pred) < high
+
+
+def test_cluster_bootstrap_is_wider_than_row_bootstrap_for_duplicated_subjects() -> None:
+    rng = np.random.default_rng(0)
+    err = rng.normal(size=40)
+    groups = np.repeat(np.arange(40), 10)  # ten identical copies per subject
+    y_true, y_pred = np.zeros(400), np.repeat(err, 10)
+    by_subject = percentile_ci(bootstrap_mae(y_true, y_pred, groups, n_boot=500))
+    by_row = percentile_ci(bootstrap_mae(y_true, y_pred, np.arange(400), n_boot=500))
+    assert (by_subject[1] - by_subject[0]) > 2 * (by_row[1] - by_row[0])
+
+
+def test_permute_by_subject_keeps_labels_constant_within_subject() -> None:
+    groups = np.repeat(np.arange(30), 4)
+    y = np.repeat(np.arange(30) % 3, 4)
+    index = SubjectIndex(groups)
+    perm = permute_by_subject(y, index, np.random.default_rng(0))
+    assert sorted(perm.tolist()) == sorted(y.tolist())
+    for g in range(30):
+        assert len(set(perm[groups == g].tolist())) == 1
+    assert not np.array_equal(perm, y)
+
+
+def test_permute_by_subject_moves_varying_labels_as_blocks() -> None:
+    groups = np.repeat(np.arange(20), 2)
+    y = np.tile([0, 1], 20)  # varies within every subject
+    perm = permute_by_subject(y, SubjectIndex(groups), np.random.default_rng(0))
+    for g in range(20):
+        assert sorted(perm[groups == g].tolist()) == [0, 1]
