@@ -1,9 +1,72 @@
-"""`embedx` commands of this area; `register` adds them to the root app."""
+"""`embedx encode`, `embedx project`, `embedx store info`: parse arguments and call `embedx.store`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+MAX_LISTED_FAILURES = 20
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the root app (filled in as the area lands)."""
+    """Add `encode`, `project` and the `store` sub-app (`store info`) to the root app."""
+
+    @app.command("encode")
+    def encode_command(
+        run_dir: Path = typer.Argument(..., help="Finished training run folder."),
+        manifest: Path = typer.Option(..., "--manifest", "-m", help="Manifest (CSV or Parquet) to encode."),
+        out: Path = typer.Option(..., "--out", "-o", help="Store file (created, or added to)."),
+        name: str | None = typer.Option(None, "--name", help="Name in the store (default: run folder)."),
+        batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per forward pass."),
+        workers: int | None = typer.Option(None, "--workers", "-w", help="DataLoader worker processes."),
+        stochastic: bool = typer.Option(False, "--stochastic", help="DAE only: also store x_T by DDIM "
+                                        "inversion (slow: --steps UNet calls per image)."),
+        steps: int | None = typer.Option(None, "--steps", help="DDIM inversion steps for --stochastic."),
+    ) -> None:
+        """Encode a cohort with a trained VAE / DAE / CNN into the HDF5 store.
+
+        Resumable: rerun the same command after an interruption, or with a grown manifest, and only the
+        missing rows are encoded. Runs unchanged under `accelerate launch -m embedx encode ...`.
+        """
+        from accelerate import PartialState
+
+        from embedx.progress import console
+        from embedx.store.encode import encode
+
+        result = encode(run_dir, manifest, out, name, batch_size=batch_size, workers=workers,
+                        stochastic=stochastic, steps=steps)
+        if not PartialState().is_main_process:
+            return
+        console.print(
+            f"[bold]{result.name}[/] ({result.kind}) -> {result.store}: {result.n_encoded_now} encoded now, "
+            f"{result.n_skipped_done} already there, {result.n_new_samples} new samples; "
+            f"{result.n_encoded_total}/{result.n_manifest} of the manifest encoded"
+        )
+        if result.failed:
+            console.print(f"[yellow]{len(result.failed)} image(s) could not be read and were skipped "
+                          f"(listed in the store under /embeddings/{result.name}/failed_ids):[/]")
+            for sample, reason in result.failed[:MAX_LISTED_FAILURES]:
+                console.print(f"  {sample}: {reason}", markup=False, highlight=False)
+            if len(result.failed) > MAX_LISTED_FAILURES:
+                console.print(f"  ... and {len(result.failed) - MAX_LISTED_FAILURES} more")
+        typer.echo(str(result.store))
+
+    store_app = typer.Typer(help="Inspect an embedx store.", no_args_is_help=True)
+    app.add_typer(store_app, name="store")
+
+    @store_app.command("info")
+    def info_command(
+        store: Path = typer.Argument(..., help="Store file (.h5)."),
+        json_: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    ) -> None:
+        """Models, attributes (kind, role, missing values), projections and analyses in a store."""
+        import json
+
+        from embedx.store.info import render_info, store_summary
+
+        summary = store_summary(store)
+        if json_:
+            typer.echo(json.dumps(summary, indent=2, default=str))
+        else:
+            render_info(summary)

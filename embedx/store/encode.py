@@ -1,0 +1,297 @@
+"""`embedx encode`: stream a cohort through a trained model into the store, resumably.
+
+Resumable by construction: the samples table is keyed by sample id, and only rows whose `encoded` flag is
+unset are encoded, so rerunning the same command after a crash (or with a manifest that grew) encodes
+exactly the missing rows. Under `accelerate launch` every process encodes a contiguous shard of the
+pending rows into its own shard file and the main process merges them (see `shards.py`); the main process
+holds the store's writer lock throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from embedx._version import __version__
+from embedx.data.dataset import ImageDataset, make_loader
+from embedx.data.images import NIFTI_SUFFIXES
+from embedx.data.manifest import Manifest, load_manifest
+from embedx.errors import EmbedxError, StoreError
+from embedx.progress import progress_bar
+from embedx.store.h5store import THUMB_SIZE, Store, escape_name, now_iso
+from embedx.store.shards import ShardWriter, merge_shards, shard_dir
+
+log = logging.getLogger(__name__)
+
+PREFLIGHT_ROWS = 8
+
+
+@dataclass
+class EncodeResult:
+    store: Path
+    name: str
+    kind: str
+    n_manifest: int  # rows of the manifest
+    n_new_samples: int  # rows the store gained
+    n_skipped_done: int  # rows already encoded before this run (not recomputed)
+    n_encoded_now: int
+    n_encoded_total: int  # of the manifest's rows, after this run
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (sample id, reason)
+
+
+def make_thumbnails(images: torch.Tensor) -> np.ndarray:
+    """(B, C, S, S) in [-1, 1] -> (B, 64, 64) uint8: the channel mean (a slice stack's middle tone),
+    resized with antialiasing when shrinking."""
+    grey = images.float().mean(dim=1, keepdim=True)
+    if grey.shape[-2:] != (THUMB_SIZE, THUMB_SIZE):
+        shrink = grey.shape[-1] > THUMB_SIZE
+        grey = F.interpolate(grey, size=(THUMB_SIZE, THUMB_SIZE), mode="bilinear", align_corners=False,
+                             antialias=shrink)
+    out = ((grey[:, 0].clamp(-1, 1) + 1.0) * 127.5).round()
+    return out.to(torch.uint8).cpu().numpy()
+
+
+def _volume(path: str) -> bool:
+    return path.lower().endswith(NIFTI_SUFFIXES)
+
+
+def check_manifest_fits_run(run: object, manifest: Manifest) -> None:
+    """Refuse a manifest whose images are not what the run was trained on.
+
+    Two checks: volumes (NIfTI) vs 2-D images against the training manifest when it is still there, and
+    a trial read + preprocessing of the first rows, which catches a channel mismatch or unreadable data
+    before the store is touched.
+    """
+    paths = manifest.table["path"].astype(str).tolist()
+    info = getattr(run, "info", {}) or {}
+    train_manifest = info.get("manifest")
+    if train_manifest and Path(train_manifest).exists():
+        try:
+            trained = load_manifest(train_manifest, check_files=False)
+            trained_volumes = _volume(str(trained.table["path"].iloc[0])) if len(trained.table) else None
+        except EmbedxError:
+            trained_volumes = None
+        here = {_volume(p) for p in paths}
+        if trained_volumes is not None and here != {trained_volumes}:
+            want = "NIfTI volumes" if trained_volumes else "2-D images (PNG/JPEG/TIFF/DICOM)"
+            odd = next(i for i, p in enumerate(paths) if _volume(p) != trained_volumes)
+            raise EmbedxError(
+                f"{manifest.source}: row {odd} ({paths[odd]}) does not match the run: {run.run_dir} was "  # type: ignore[attr-defined]
+                f"trained on {want} (training manifest {train_manifest})"
+            )
+    pre = run.preprocess  # type: ignore[attr-defined]
+    first = np.arange(min(PREFLIGHT_ROWS, len(paths)))
+    if first.size == 0:
+        raise EmbedxError(f"{manifest.source}: the manifest has no rows")
+    dataset = ImageDataset(manifest, pre, rows=first, train=False)
+    reasons = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if "error" not in item:
+            shape = tuple(item["image"].shape)
+            if shape != (pre.channels, pre.size, pre.size):
+                raise EmbedxError(f"{manifest.source}: row {i} preprocesses to {shape}, the run expects "
+                                  f"{(pre.channels, pre.size, pre.size)}")
+            return
+        reasons.append(f"row {int(first[i])}: {item['error']}")
+    raise EmbedxError(
+        f"{manifest.source}: none of the first {first.size} images can be prepared as run {run.run_dir} "  # type: ignore[attr-defined]
+        f"prepares them (size {pre.size}, channels {pre.channels}):\n  " + "\n  ".join(reasons)
+    )
+
+
+def _provenance(run: object, manifest: Manifest) -> dict[str, str]:
+    classes = getattr(run, "classes", None)
+    return {
+        "kind": run.kind,  # type: ignore[attr-defined]
+        "run_dir": str(Path(run.run_dir).resolve()),  # type: ignore[attr-defined]
+        "checkpoint_hash": run.checkpoint_hash,  # type: ignore[attr-defined]
+        "config": run.config.to_yaml(),  # type: ignore[attr-defined]
+        "preprocess": run.preprocess.model_dump_json(),  # type: ignore[attr-defined]
+        "embedx_version": __version__,
+        "date": now_iso(),
+        "classes": json.dumps(classes) if classes else "",
+        "manifest": Path(manifest.source).name if manifest.source else "",
+    }
+
+
+def _latent_dim(run: object, device: torch.device) -> int:
+    pre = run.preprocess  # type: ignore[attr-defined]
+    with torch.no_grad():
+        probe = torch.zeros(1, pre.channels, pre.size, pre.size, device=device)
+        return int(run.model.embed(probe).shape[1])  # type: ignore[attr-defined]
+
+
+def _pending(store: Store, name: str, rows: np.ndarray, stochastic: bool) -> np.ndarray:
+    need = ~store.encoded_mask(name)[rows]
+    if stochastic:
+        need |= ~store.stochastic_mask(name)[rows]
+    return np.flatnonzero(need)
+
+
+def _default_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def _run_batches(run: object, manifest: Manifest, manifest_rows: np.ndarray, store_rows: np.ndarray,
+                 sink, batch_size: int, workers: int, stochastic: bool, steps: int | None,
+                 device: torch.device, show_progress: bool) -> list[tuple[int, str]]:
+    """Encode `manifest_rows`; call `sink(store_rows, z, thumbs, xt)` per batch; return the failures."""
+    if manifest_rows.size == 0:
+        return []
+    to_store = dict(zip(manifest_rows.tolist(), store_rows.tolist(), strict=True))
+    dataset = ImageDataset(manifest, run.preprocess, rows=manifest_rows, train=False)  # type: ignore[attr-defined]
+    loader = make_loader(dataset, batch_size=batch_size, shuffle=False, workers=workers)
+    model = run.model  # type: ignore[attr-defined]
+    failed: list[tuple[int, str]] = []
+    total = int(manifest_rows.size) if show_progress else None
+    bar = progress_bar(total, f"encode {run.kind}", unit="img") if show_progress else _nullbar()  # type: ignore[attr-defined]
+    with bar as advance, torch.no_grad():
+        for batch in loader:
+            failed.extend(batch["failed"])
+            if batch["row"].numel():
+                images = batch["image"].to(device, non_blocking=True)
+                z = model.embed(images).float()
+                xt = None
+                if stochastic:
+                    xt = model.encode_stochastic(images, None, steps).float().cpu().numpy()
+                rows = np.array([to_store[int(r)] for r in batch["row"]], dtype=np.int64)
+                sink(rows, z.cpu().numpy(), make_thumbnails(images), xt)
+            advance(int(batch["row"].numel()) + len(batch["failed"]))
+    return failed
+
+
+class _nullbar:  # noqa: N801 - used like the progress_bar context manager
+    def __enter__(self):
+        return lambda n=1, **_: None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def encode(
+    run_dir: str | Path,
+    manifest: str | Path | Manifest,
+    store_path: str | Path,
+    name: str | None = None,
+    *,
+    batch_size: int = 64,
+    workers: int | None = None,
+    stochastic: bool = False,
+    steps: int | None = None,
+) -> EncodeResult:
+    """Encode every not-yet-encoded row of `manifest` with the run's model into `/embeddings/<name>`.
+
+    Under `accelerate launch` with several processes, every process must call this with the same
+    arguments; the result is complete on the main process.
+    """
+    from accelerate import PartialState
+
+    from embedx.training.checkpoint import load_trained
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise EmbedxError(f"run folder {run_dir} does not exist")
+    name = name or run_dir.resolve().name
+    escape_name(name)
+    if batch_size < 1:
+        raise EmbedxError(f"--batch-size must be at least 1, got {batch_size}")
+    state = PartialState()
+    device = state.device
+    run = load_trained(run_dir, device=device)
+    if stochastic and not hasattr(run.model, "encode_stochastic"):
+        raise EmbedxError(f"--stochastic needs a diffusion autoencoder; {run_dir} is a {run.kind}")
+    # Missing files are skipped and listed like unreadable ones, not fatal: hence check_files=False.
+    man = manifest if isinstance(manifest, Manifest) else load_manifest(manifest, check_files=False)
+    check_manifest_fits_run(run, man)
+    workers = _default_workers() if workers is None else int(workers)
+    dim = _latent_dim(run, device)
+    pre = run.preprocess
+    xt_shape = (pre.channels, pre.size, pre.size) if stochastic else None
+    ids = man.sample_ids().astype(object)
+    world, rank, main = state.num_processes, state.process_index, state.is_main_process
+
+    store: Store | None = None
+    if main:
+        store = Store.open(store_path, "a")
+    try:
+        if main:
+            assert store is not None
+            before_n = store.n
+            _check_same_checkpoint(store, name, run.checkpoint_hash)
+            rows = store.add_samples(ids, man.table["subject_id"], man.table[man.attributes], man.schema,
+                                     pseudonymise=True)
+            store.ensure_embedding(name, dim, _provenance(run, man), xt_shape)
+            merged, _ = merge_shards(store, name)  # work left by a crashed multi-process run
+            if merged:
+                log.info("merged %d rows from shards of an interrupted run", merged)
+            n_new = store.n - before_n
+        if world > 1:
+            state.wait_for_everyone()
+        if not main:
+            with Store.open(store_path) as reader:
+                rows = reader.rows_of(ids)
+                pending = _pending(reader, name, rows, stochastic)
+        else:
+            assert store is not None
+            pending = _pending(store, name, rows, stochastic)
+        n_pending = int(pending.size)
+
+        if world == 1:
+            assert store is not None
+            failed_rows = _run_batches(
+                run, man, pending, rows[pending],
+                lambda r, z, t, x: store.write_latents(name, r, z, t, x),
+                batch_size, workers, stochastic, steps, device, show_progress=True,
+            )
+            failed = [(str(ids[r]), reason) for r, reason in failed_rows]
+        else:
+            mine = np.array_split(pending, world)[rank]
+            writer = ShardWriter(shard_dir(store_path, name) / f"rank{rank:03d}.h5", rows[mine], ids[mine],
+                                 dim, xt_shape)
+            failed_rows = _run_batches(run, man, mine, rows[mine], writer.write, batch_size, workers,
+                                       stochastic, steps, device, show_progress=main)
+            writer.finish([(str(ids[r]), reason) for r, reason in failed_rows])
+            state.wait_for_everyone()
+            failed = []
+            if main:
+                assert store is not None
+                _, failed = merge_shards(store, name)
+
+        if main:
+            assert store is not None
+            store.set_failed(name, [f[0] for f in failed], [f[1] for f in failed])
+            store.set_embedding_attrs(name, date_finished=now_iso(), n_failed=len(failed))
+            done = int(store.encoded_mask(name)[rows].sum())
+            result = EncodeResult(
+                store=Path(store_path), name=name, kind=run.kind, n_manifest=len(ids), n_new_samples=n_new,
+                n_skipped_done=len(ids) - n_pending, n_encoded_now=n_pending - len(failed),
+                n_encoded_total=done, failed=failed,
+            )
+        else:
+            result = EncodeResult(store=Path(store_path), name=name, kind=run.kind, n_manifest=len(ids),
+                                  n_new_samples=0, n_skipped_done=0, n_encoded_now=0, n_encoded_total=0)
+    finally:
+        if store is not None:
+            store.close()
+    if world > 1:
+        state.wait_for_everyone()
+    return result
+
+
+def _check_same_checkpoint(store: Store, name: str, checkpoint_hash: str) -> None:
+    if name not in store.models():
+        return
+    have = str(store.embedding_info(name).get("checkpoint_hash", ""))
+    if have and have != checkpoint_hash:
+        raise StoreError(
+            f"{store.path}: model {name!r} holds latents of checkpoint {have[:12]}…, this run's weights are "
+            f"{checkpoint_hash[:12]}…; encode into another --name (or a new store) to keep them apart"
+        )

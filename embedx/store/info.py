@@ -1,0 +1,104 @@
+"""`embedx store info`: what a store holds, as a dict (for `--json`) and as rich tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedx.store.h5store import Store, _format_category
+
+
+def store_summary(path: str | Path) -> dict[str, Any]:
+    with Store.open(path) as store:
+        root = store.info
+        summary: dict[str, Any] = {
+            "path": str(path),
+            "schema_version": root.get("schema_version"),
+            "embedx_version": root.get("embedx_version"),
+            "created": root.get("created"),
+            "samples": store.n,
+            "subjects": len(set(store.subject_ids.tolist()) - {""}),
+            "thumbnails": int(store.has_thumbnail().sum()),
+            "models": [],
+            "attributes": [],
+            "projections": [],
+            "analyses": {k: len(v) for k, v in store.analyses().items()},
+        }
+        for model in store.models():
+            info = store.embedding_info(model)
+            summary["models"].append({
+                "name": model, "kind": info.get("kind", ""), "dim": info["dim"], "encoded": info["n_encoded"],
+                "failed": int(info.get("n_failed", 0)), "stochastic": info["stochastic"],
+                "date": info.get("date_finished", info.get("date", "")),
+                "checkpoint": str(info.get("checkpoint_hash", ""))[:12],
+            })
+        frame = store.attributes()
+        for name, spec in store.schema().items():
+            column = frame[name]
+            entry: dict[str, Any] = {"name": name, "kind": spec.kind, "role": spec.role,
+                                     "inferred": spec.inferred, "missing": int(column.isna().sum())}
+            present = column.dropna()
+            if spec.kind == "continuous" and len(present):
+                values = present.to_numpy(dtype=float)
+                entry["summary"] = f"mean {values.mean():.3g}, range {values.min():.3g}..{values.max():.3g}"
+            else:
+                counts = present.map(_format_category).value_counts()
+                top = ", ".join(f"{k} {v}" for k, v in counts.head(6).items())
+                entry["summary"] = f"{len(counts)} values: {top}" + (" ..." if len(counts) > 6 else "")
+            summary["attributes"].append(entry)
+        for model, methods in store.projections().items():
+            for method in methods:
+                pinfo = store.projection_info(model, method)
+                status = store.projection_status(model, method)
+                trust = pinfo.get("trustworthiness")
+                summary["projections"].append({
+                    "model": model, "method": method, "params": pinfo.get("params", {}),
+                    "trustworthiness": None if trust is None or np.isnan(trust) else float(trust),
+                    "fitted": int((status == 1).sum()), "transformed": int((status == 2).sum()),
+                    "library": f"{pinfo.get('library', '')} {pinfo.get('library_version', '')}".strip(),
+                })
+    return summary
+
+
+def render_info(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console()
+    out.print(f"[bold]{summary['path']}[/]  schema v{summary['schema_version']}, embedx "
+              f"{summary['embedx_version']}, created {summary['created']}")
+    out.print(f"{summary['samples']} samples, {summary['subjects']} subjects, "
+              f"{summary['thumbnails']} thumbnails")
+    models = Table(title="models")
+    for col in ("name", "kind", "dim", "encoded", "failed", "date", "checkpoint"):
+        models.add_column(col)
+    for m in summary["models"]:
+        models.add_row(m["name"], m["kind"], str(m["dim"]), f"{m['encoded']}/{summary['samples']}",
+                       str(m["failed"]), str(m["date"]), m["checkpoint"])
+    out.print(models)
+    attrs = Table(title="attributes")
+    for col in ("name", "kind", "role", "missing", "values"):
+        attrs.add_column(col)
+    for a in summary["attributes"]:
+        kind = a["kind"] + (" (inferred)" if a["inferred"] else "")
+        attrs.add_row(a["name"], kind, a["role"], str(a["missing"]), a["summary"])
+    out.print(attrs)
+    if summary["projections"]:
+        proj = Table(title="projections")
+        columns = ("model", "method", "fitted", "transformed", "trustworthiness (k=10)", "params", "library")
+        for col in columns:
+            proj.add_column(col)
+        for p in summary["projections"]:
+            trust = "-" if p["trustworthiness"] is None else f"{p['trustworthiness']:.3f}"
+            params = ", ".join(f"{k}={v}" for k, v in p["params"].items())
+            proj.add_row(p["model"], p["method"], str(p["fitted"]), str(p["transformed"]), trust, params,
+                         p["library"])
+        out.print(proj)
+    else:
+        out.print("projections: none (run `embedx project`)")
+    if summary["analyses"]:
+        out.print("analyses: " + ", ".join(f"{k} ({n})" for k, n in summary["analyses"].items()))
+    else:
+        out.print("analyses: none")
