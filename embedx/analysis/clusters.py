@@ -220,11 +220,13 @@ def describe_clusters(
         member = labels == cid
         rows = pooled[pooled["cluster"] == cid].drop(columns="cluster") if not pooled.empty else pooled
         rows = sort_rows(rows)
-        sig = rows[rows["significant"]]
-        enriched = sig[
-            (sig["kind"] != "continuous") & (sig["direction"] == "over") & (sig["fold"] >= min_fold)
+        sig = rows.loc[rows["significant"].astype(bool).to_numpy()]
+        enriched = sig.loc[
+            (
+                (sig["kind"] != "continuous") & (sig["direction"] == "over") & (sig["fold"] >= min_fold)
+            ).to_numpy()
         ]
-        continuous = sig[sig["kind"] == "continuous"]
+        continuous = sig.loc[(sig["kind"] == "continuous").to_numpy()]
         attr_v = rows.drop_duplicates("attribute")[
             ["attribute", "kind", "cramers_v", "attribute_p"]
         ].sort_values("cramers_v", ascending=False)
@@ -242,7 +244,7 @@ def describe_clusters(
                 "top_attribute": None if top.empty else str(top.iloc[0]["attribute"]),
                 "attributes": _records(attr_v),
                 "enriched": _records(enriched),
-                "continuous": _records(rows[rows["kind"] == "continuous"]),
+                "continuous": _records(rows.loc[(rows["kind"] == "continuous").to_numpy()]),
                 "tests": _records(rows),
                 "representatives": [str(sample_ids[i]) for i in reps],
                 "representative_rows": [int(i) for i in reps],
