@@ -272,31 +272,31 @@ def read_dicom(
 
 def _axial_slices(img: Any, indices: list[int]) -> np.ndarray:
     """Axial slices (superior axis) of a NIfTI image, as (n, H, W) with anterior up and patient right on
-    the left (radiological display), reading only those slices from disk."""
+    the left (radiological display). Reads one slab covering the requested slices, not the whole volume
+    (a .nii.gz must be decompressed up to the last slice read, so one read beats one per slice)."""
     import nibabel as nib
 
     ornt = nib.orientations.io_orientation(img.affine)  # per array axis: (RAS axis, +1/-1)
     shape = img.shape[:3]
     s_axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])
-    s_flip = ornt[s_axis, 1] < 0
+    stored = [shape[s_axis] - 1 - k if ornt[s_axis, 1] < 0 else k for k in indices]
+    lo, hi = min(stored), max(stored)
+    idx: list[Any] = [slice(None)] * 3
+    idx[s_axis] = slice(lo, hi + 1)
+    idx += [0] * (len(img.shape) - 3)  # 4-D and up: the first volume
+    slab = np.asarray(img.dataobj[tuple(idx)], dtype=np.float32)
+    in_plane = [a for a in range(3) if a != s_axis]
+    x_ax = in_plane[0] if ornt[in_plane[0], 0] == 0 else in_plane[1]
+    y_ax = in_plane[1] if x_ax == in_plane[0] else in_plane[0]
     out = []
-    for k in indices:
-        idx: list[Any] = [slice(None)] * 3
-        idx[s_axis] = shape[s_axis] - 1 - k if s_flip else k
-        if len(img.shape) > 3:
-            idx += [0] * (len(img.shape) - 3)  # 4-D: first volume
-        sl = np.asarray(img.dataobj[tuple(idx)], dtype=np.float32)
-        in_plane = [a for a in range(3) if a != s_axis]
-        # Arrange as (x: R->L ... ) -> rows = A->P, columns = R->L (radiological).
-        x_ax = in_plane[0] if ornt[in_plane[0], 0] == 0 else in_plane[1]
-        plane = sl if x_ax == in_plane[0] else sl.T  # now plane[x, y]
-        if ornt[x_ax, 1] > 0:  # x increases to the right: flip so that column 0 is patient right
+    for k in stored:
+        sl = np.take(slab, k - lo, axis=s_axis)
+        plane = sl if x_ax == in_plane[0] else sl.T  # plane[x, y]
+        if ornt[x_ax, 1] > 0:  # x increases to the patient's right: column 0 must be the rightmost
             plane = plane[::-1]
-        y_ax = in_plane[1] if x_ax == in_plane[0] else in_plane[0]
-        if ornt[y_ax, 1] > 0:  # y increases anterior: flip so that row 0 is anterior
+        if ornt[y_ax, 1] > 0:  # y increases anterior: row 0 must be the most anterior
             plane = plane[:, ::-1]
-        # plane[x, y] -> image[y, x]
-        out.append(np.ascontiguousarray(plane.T))
+        out.append(np.ascontiguousarray(plane.T))  # plane[x, y] -> image[y, x]
     return np.stack(out)
 
 

@@ -1,7 +1,7 @@
 """Turn a native-unit image into the network's input: (C, size, size) float32 in [-1, 1].
 
-The recipe is the seeds' (000, 003): window (e.g. centre 40 / width 400 for head CT) or robust intensity
-scaling, resize to a square, scale to [-1, 1], optional random horizontal flip in training. Images are
+The recipe is the seeds' (000, 003): resize to a square, window (e.g. centre 40 / width 400 for head CT)
+or robust intensity scaling to [-1, 1], optional random horizontal flip in training. Images are
 resized to the square directly, without padding, as the seeds do: every cohort image then fills the
 frame the same way, and padding borders (an acquisition-like signature of their own) never appear.
 """
@@ -97,7 +97,9 @@ def preprocess(
     if not finite.all():
         fill = float(array[finite].min()) if finite.any() else 0.0
         array = np.where(finite, array, np.float32(fill))
-    out = _resize(_scale(array, cfg), cfg.size)
+    # Resize first, then window/scale, in the seeds' order; the percentiles are then also taken on
+    # size x size pixels instead of a full-resolution radiograph (50x fewer for a CR).
+    out = _scale(_resize(array, cfg.size), cfg)
     np.clip(out, -1.0, 1.0, out=out)
     if out.shape[0] == 1 and cfg.channels > 1:
         out = np.repeat(out, cfg.channels, axis=0)

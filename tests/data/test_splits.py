@@ -103,3 +103,15 @@ def test_site_split_unknown_site_lists_the_real_ones(cohort):
         site_split(cohort, "site", ["a", "b", "c", "d"])
     with pytest.raises(EmbedxError, match="'hospital'"):
         site_split(cohort, "hospital", ["a"])
+
+
+def test_unstratified_kfold_is_subject_disjoint_and_seeded(cohort):
+    folds = [test for _, test in subject_kfold(cohort, 4, seed=2)]
+    assert sorted(np.concatenate(folds).tolist()) == list(range(len(cohort)))
+    for i, a in enumerate(folds):
+        for b in folds[i + 1 :]:
+            assert not _subjects(cohort, a) & _subjects(cohort, b)
+    again = [test for _, test in subject_kfold(cohort, 4, seed=2)]
+    assert all(np.array_equal(a, b) for a, b in zip(folds, again, strict=True))
+    with pytest.raises(EmbedxError, match="at least 4 subjects"):
+        next(subject_kfold(cohort.iloc[:3], 4))
