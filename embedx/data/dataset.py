@@ -112,7 +112,13 @@ class ImageDataset(Dataset):
         row = int(self.rows[index])
         rng = self._rng_for(row)
         try:
-            array = read_image(self._paths[index], window=self.config.window, nifti=self._selection, rng=rng)
+            array = read_image(
+                self._paths[index],
+                window=self.config.window,
+                nifti=self._selection,
+                rng=rng,
+                header_window=self.config.header_window,
+            )
             image = preprocess(array, self.config, rng=rng, train=self.train)
         except EmbedxError as err:
             reason = getattr(err, "reason", None) or str(err)

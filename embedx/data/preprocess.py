@@ -34,6 +34,9 @@ class PreprocessConfig(BaseModel):
     nifti_slices: int = Field(1, ge=1, le=64)
     flip: bool = False
     intensity: Literal["minmax", "percentile", "window"] = "percentile"
+    # Use a DICOM's own VOI window when `window` is not set. Off keeps full modality range: header windows
+    # differ between sites and scanners, so applying them can itself inject an acquisition signature.
+    header_window: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> PreprocessConfig:

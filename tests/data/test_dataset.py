@@ -149,3 +149,15 @@ def test_shuffled_training_loader_is_reproducible_for_a_seed(cohort):
     assert rows_a == rows_b and sorted(rows_a) == [r for r in range(12) if r != 5]
     assert rows_a != sorted(rows_a)
     assert torch.equal(images_a, images_b)
+
+
+def test_dicom_header_window_can_be_switched_off(tmp_path, dicom_writer):
+    pixels = np.tile(np.arange(0, 2000, 125, dtype=np.uint16), (16, 1))
+    dicom_writer(tmp_path / "a.dcm", pixels, window=(500.0, 200.0))
+    pd.DataFrame({"path": ["a.dcm"]}).to_csv(tmp_path / "m.csv", index=False)
+    manifest = load_manifest(tmp_path / "m.csv")
+    header = ImageDataset(manifest, PreprocessConfig(size=16, intensity="minmax"))[0]["image"][0, 0]
+    full = ImageDataset(manifest, PreprocessConfig(size=16, intensity="minmax", header_window=False))[0]
+    # Header window 400..600: everything below is -1, above is +1; without it the ramp is linear.
+    assert (header == -1).sum() >= 4 and (header == 1).sum() >= 10
+    np.testing.assert_allclose(full["image"][0, 0].numpy(), np.linspace(-1, 1, 16), atol=1e-5)
