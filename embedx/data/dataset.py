@@ -16,9 +16,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from embedx.data.images import read_image
 from embedx.data.manifest import Manifest
-from embedx.data.preprocess import PreprocessConfig, preprocess
+from embedx.data.preprocess import PreprocessConfig, load_image
 from embedx.errors import EmbedxError, ManifestError
 
 log = logging.getLogger(__name__)
@@ -63,7 +62,6 @@ class ImageDataset(Dataset):
             selected = self._prepare_label(label, selected)
         self.rows = selected
         self._paths = [str(manifest.absolute_path(int(r))) for r in self.rows]
-        self._selection = preprocess.nifti_selection()
         self._rng: np.random.Generator | None = None
 
     def _prepare_label(self, label: str, selected: np.ndarray) -> np.ndarray:
@@ -112,14 +110,7 @@ class ImageDataset(Dataset):
         row = int(self.rows[index])
         rng = self._rng_for(row)
         try:
-            array = read_image(
-                self._paths[index],
-                window=self.config.window,
-                nifti=self._selection,
-                rng=rng,
-                header_window=self.config.header_window,
-            )
-            image = preprocess(array, self.config, rng=rng, train=self.train)
+            image = load_image(self._paths[index], self.config, rng=rng, train=self.train)
         except EmbedxError as err:
             reason = getattr(err, "reason", None) or str(err)
             log.warning("skipping row %d (%s): %s", row, self._paths[index], reason)

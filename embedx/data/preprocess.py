@@ -8,6 +8,7 @@ frame the same way, and padding borders (an acquisition-like signature of their 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from embedx.data.images import NiftiSelection
+from embedx.data.images import NiftiSelection, read_image
 from embedx.errors import ConfigError
 
 # Robust scaling ignores the darkest / brightest 0.5 % (burned-in text, hot pixels, metal).
@@ -115,3 +116,17 @@ def preprocess(
         if rng.random() < 0.5:
             out = out[..., ::-1]
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def load_image(
+    path: str | Path, cfg: PreprocessConfig, rng: np.random.Generator | None = None, train: bool = False
+) -> np.ndarray:
+    """Read and preprocess one file exactly as the dataset does (window, header window, NIfTI slices).
+
+    The one place that turns a config into `read_image` arguments, so training, encoding and the controls
+    cannot drift apart. Raises `ImageReadError` for an unreadable file.
+    """
+    array = read_image(
+        path, window=cfg.window, nifti=cfg.nifti_selection(), rng=rng, header_window=cfg.header_window
+    )
+    return preprocess(array, cfg, rng=rng, train=train)
