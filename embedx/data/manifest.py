@@ -272,6 +272,15 @@ def load_manifest(
     table = table[columns].reset_index(drop=True)
     schema = resolve_schema(table, declared)
     manifest = Manifest(table=table, source=path, root=root, schema=schema)
+    inferred = [f"{n} ({s.kind}/{s.role})" for n, s in schema.items() if s.inferred]
+    if inferred:
+        log.warning(
+            "%s: %d attribute(s) not declared, inferred as %s; declare them in %s to pin them",
+            path.name,
+            len(inferred),
+            ", ".join(inferred),
+            sidecar_path(path).name,
+        )
     for name, count in manifest.missing_counts().items():
         if count:
             log.info(

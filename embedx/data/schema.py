@@ -185,7 +185,7 @@ def resolve_schema(
             schema[column] = declared[column]
             continue
         spec = infer_spec(column, table[column])
-        log.info(
+        log.debug(
             "attribute %r inferred as %s / %s (declare it in the sidecar YAML to pin it)",
             column,
             spec.kind,

@@ -32,10 +32,12 @@ def cohort(tmp_path):
     return tmp_path, table
 
 
-def test_csv_loads_with_inferred_schema_and_nan_age_counted_not_filled(cohort):
+def test_csv_loads_with_inferred_schema_and_nan_age_counted_not_filled(cohort, caplog):
     root, table = cohort
     table.to_csv(root / "m.csv", index=False)
-    m = load_manifest(root / "m.csv")
+    with caplog.at_level(logging.WARNING, logger="embedx.data.manifest"):
+        m = load_manifest(root / "m.csv")
+    assert "inferred as site (categorical/acquisition), age (continuous/demographic)" in caplog.text
     assert list(m.table.columns) == ["path", "subject_id", "site", "age", "finding"]
     assert m.attributes == ["site", "age", "finding"]
     assert m.schema["site"] == AttributeSpec("site", "categorical", "acquisition", inferred=True)
