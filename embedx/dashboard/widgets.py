@@ -170,7 +170,7 @@ def selection_panel(path: Path, meta: data.StoreMeta, cohort: np.ndarray, model:
     if len(rows) == 0:
         st.caption("Select points on the map (box or lasso; click for one point) to inspect them here.")
         return
-    head, clear = st.columns([5, 1])
+    head, clear = st.columns([3, 1], vertical_alignment="center")
     head.subheader(f"Selection: {len(rows):,} images")
     origin = st.session_state.get(SELECTION_ORIGIN)
     if origin:

@@ -1,0 +1,121 @@
+"""The whole path in a real browser: `embedx dashboard` serving a synthetic store, Debian's chromium driven by
+Playwright — map drawn, colour switched, a lasso dragged with the mouse, thumbnails shown, screenshot saved.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+GRAPH = "document.querySelector('.js-plotly-plot')"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture()
+def server(store: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`embedx dashboard` on a free loopback port; stopped by its PID afterwards, also on failure."""
+    port = free_port()
+    log = (tmp_path / "server.log").open("w")
+    env = dict(os.environ, EMBEDX_NO_PROGRESS="1")
+    process = subprocess.Popen([sys.executable, "-m", "embedx", "dashboard", str(store), "--port", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"dashboard exited early: {(tmp_path / 'server.log').read_text()}")
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        else:
+            pytest.fail("dashboard did not open its port within 60 s")
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+        log.close()
+
+
+def point_count(page) -> int:  # noqa: ANN001
+    return int(page.evaluate(f"() => {GRAPH}._fullData.reduce((s, t) => s + (t._length || 0), 0)"))
+
+
+def trace_names(page) -> list[str]:  # noqa: ANN001
+    return list(page.evaluate(f"() => {GRAPH}._fullData.map(t => t.name)"))
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_map_colour_lasso_and_thumbnails_in_chromium(server, artifacts_dir: Path) -> None:
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is missing at /usr/bin/chromium: install it with "
+                    "`apt-get install -y chromium` (make test runs scripts/ensure-chromium.sh)")
+    from playwright.sync_api import sync_playwright
+
+    url, process = server
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(url, timeout=60_000)
+            page.wait_for_function(f"() => {{ const g = {GRAPH}; return g && g._fullData && "
+                                   "g._fullData.length > 0; }", timeout=60_000)
+            assert point_count(page) == 300
+            assert sorted(n.split(" ")[0] for n in trace_names(page)) == ["east", "north", "south"]
+
+            # switch the colour attribute through the sidebar select box
+            page.get_by_role("combobox", name="Colour by").click()
+            page.get_by_role("option", name="sex", exact=True).click()
+            page.wait_for_function(f"() => {GRAPH}._fullData.map(t => t.name).join(',').includes('F (')",
+                                   timeout=30_000)
+            assert sorted(n.split(" ")[0] for n in trace_names(page)) == ["F", "M"]
+            assert point_count(page) == 300
+
+            # lasso with the real mouse around the left part of the plot area (the "north" cluster)
+            area = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+            assert area is not None
+            x0, y0, w, h = area["x"], area["y"], area["width"], area["height"]
+            corners = [(0.02, 0.02), (0.42, 0.02), (0.42, 0.98), (0.02, 0.98), (0.02, 0.03)]
+            page.mouse.move(x0 + w * corners[0][0], y0 + h * corners[0][1])
+            page.mouse.down()
+            for (ax, ay), (bx, by) in zip(corners, corners[1:], strict=False):
+                for step in range(1, 11):
+                    t = step / 10
+                    page.mouse.move(x0 + w * (ax + (bx - ax) * t), y0 + h * (ay + (by - ay) * t))
+            page.mouse.up()
+
+            page.get_by_text("Selection:", exact=False).first.wait_for(timeout=60_000)
+            heading = page.get_by_text("Selection:", exact=False).first.inner_text()
+            selected = int(heading.split(":")[1].split("images")[0].replace(",", "").strip())
+            assert 50 < selected < 300
+            page.wait_for_function("() => document.querySelectorAll('[data-testid=stImage] img').length >= 10",
+                                   timeout=60_000)
+            images = page.locator("[data-testid=stImage] img")
+            assert images.count() >= min(selected, 48)
+            page.get_by_text("Composition vs the cohort", exact=False).first.wait_for(timeout=30_000)
+            assert page.get_by_test_id("stDataFrame").count() >= 2  # composition table and the rows table
+            page.screenshot(path=str(artifacts_dir / "dashboard-map-selection.png"), full_page=True)
+        finally:
+            browser.close()
+    assert process.poll() is None  # the server stayed up through the whole session
