@@ -204,8 +204,13 @@ def load_manifest(
 
     if "path" not in table.columns:
         found = ", ".join(repr(c) for c in table.columns) or "none"
+        hint = ""
+        if any(c.lower() == "path" for c in table.columns):
+            hint = " (column names are case-sensitive: rename it to 'path')"
+        elif len(table.columns) == 1 and any(sep in table.columns[0] for sep in (";", "\t", "|")):
+            hint = " (the file looks separated by something other than commas; save it as comma-separated)"
         problems.append(
-            f"no 'path' column (columns found: {found}); the manifest needs one image path per row"
+            f"no 'path' column (columns found: {found}); the manifest needs one image path per row{hint}"
         )
         raise ManifestError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     table = table.reset_index(drop=True)

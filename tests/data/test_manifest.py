@@ -73,6 +73,12 @@ def test_missing_path_column_is_named(tmp_path):
     with pytest.raises(ManifestError) as info:
         load_manifest(tmp_path / "m.csv")
     assert "no 'path' column" in str(info.value) and "'file'" in str(info.value)
+    pd.DataFrame({"Path": ["a.png"]}).to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(ManifestError, match="case-sensitive"):
+        load_manifest(tmp_path / "m.csv")
+    (tmp_path / "m.csv").write_text("path;site\na.png;x\n")
+    with pytest.raises(ManifestError, match="other than commas"):
+        load_manifest(tmp_path / "m.csv")
 
 
 def test_duplicates_missing_files_and_bad_rows_reported_together(cohort):
