@@ -367,13 +367,12 @@ def ridge_permutation_test(
                 best = np.minimum(best, score)
             else:
                 hard = pred.argmax(axis=2)
-                correct = hard == labels
-                recalls = []
-                for k in range(n_classes):
-                    mask = labels == k
-                    with np.errstate(invalid="ignore", divide="ignore"):
-                        recalls.append(np.sum(correct & mask, axis=0) / np.sum(mask, axis=0))
-                score = np.nanmean(np.vstack(recalls), axis=0)
+                cell = (labels + n_classes * np.arange(B)[None, :]).ravel()  # (class, permutation) bins
+                hits = np.bincount(cell[(hard == labels).ravel()], minlength=n_classes * B)
+                totals = np.bincount(cell, minlength=n_classes * B)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    recall = (hits / np.where(totals > 0, totals, np.nan)).reshape(B, n_classes)
+                score = np.nanmean(recall, axis=1)
                 best = np.maximum(best, score)
         return best
 
@@ -628,11 +627,22 @@ def apply_holm(results: list[dict[str, Any]], alpha: float = 0.05) -> list[dict[
         np.nan if (r.get("skipped") or r.get("p_value") is None) else float(r["p_value"]) for r in results
     ]
     adjusted = holm(pvals)
+    m = int(np.sum(~np.isnan(adjusted)))
+    floors = [1.0 / (1 + (r.get("permutation") or {}).get("permutations", 0)) for r in results]
+    if m and min(floors) * m >= alpha:
+        log.warning(
+            "with %d tests and at most %d permutations no probe can pass Holm at alpha=%.2g; "
+            "raise the number of permutations to at least %d",
+            m,
+            round(1 / min(floors)) - 1,
+            alpha,
+            int(np.ceil(m / alpha)),
+        )
     for r, p_adj in zip(results, adjusted, strict=True):
         if r.get("skipped"):
             continue
         r["p_holm"] = None if np.isnan(p_adj) else float(p_adj)
-        r["family_size"] = int(np.sum(~np.isnan(adjusted)))
+        r["family_size"] = m
         r["alpha"] = alpha
         r["encoded"] = bool(r["p_holm"] is not None and r["p_holm"] < alpha and _clear_of_chance(r))
         r["verdict"] = verdict_text(r["encoded"])
@@ -641,3 +651,126 @@ def apply_holm(results: list[dict[str, Any]], alpha: float = 0.05) -> list[dict[
 
 def config_dict(cfg: ProbeConfig) -> dict[str, Any]:
     return asdict(cfg)
+
+
+# ---- the store
+
+
+def _cnn_labels(store: Any, models: Sequence[str]) -> dict[str, str]:
+    """Map model -> the attribute its supervised CNN was trained on (from /embeddings/<name> attrs)."""
+    import yaml
+
+    out: dict[str, str] = {}
+    for name in models:
+        info = store.embedding_info(name)
+        if str(info.get("kind", "")) != "cnn":
+            continue
+        label = info.get("label")
+        if not label and info.get("config"):
+            try:
+                config = yaml.safe_load(str(info["config"])) or {}
+            except yaml.YAMLError:
+                config = {}
+            label = (config.get("data") or {}).get("label") if isinstance(config, dict) else None
+        if label:
+            out[name] = str(label)
+    return out
+
+
+def add_normalized_encoding(results: list[dict[str, Any]], cnn_labels: dict[str, str]) -> None:
+    """(probe - chance) / (CNN - chance), where a supervised CNN for that attribute was probed too.
+
+    The CNN's own features probed for its own label stand in for the supervised upper bound (UEB). Where the
+    CNN was trained on these images that bound is optimistic, which makes the ratio conservative.
+    """
+    by_key = {(r["model"], r["attribute"]): r for r in results}
+    for r in results:
+        if r.get("skipped") or r.get("score") is None:
+            continue
+        for cnn, label in cnn_labels.items():
+            ref = by_key.get((cnn, label))
+            if label != r["attribute"] or ref is None or ref.get("score") is None or cnn == r["model"]:
+                continue
+            gap = ref["score"] - r["chance"]
+            if r["metric"] == "mae":
+                gap = r["chance"] - ref["score"]
+                value = (r["chance"] - r["score"]) / gap if gap > 0 else None
+            else:
+                value = (r["score"] - r["chance"]) / gap if gap > 0 else None
+            r["normalized_encoding"] = value
+            r["normalized_by"] = cnn
+
+
+def _resolve(names: Sequence[str] | None, known: Sequence[str], what: str, path: Any) -> list[str]:
+    if not names:
+        return list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise EmbedxError(
+            f"{path}: no {what} named {', '.join(map(repr, unknown))} (known: {', '.join(known) or 'none'})"
+        )
+    return list(names)
+
+
+def run_probes(
+    store_path: Any,
+    models: Sequence[str] | None = None,
+    attributes: Sequence[str] | None = None,
+    *,
+    folds: int = 5,
+    n_permutations: int = 1000,
+    n_bootstrap: int = 2000,
+    seed: int = 0,
+    write: bool = True,
+    kernel: Literal["linear", "rbf"] = "linear",
+    config: ProbeConfig | None = None,
+) -> list[dict[str, Any]]:
+    """Probe every attribute (or those named) from every model (or those named) in a store.
+
+    Holm's correction runs across the whole attributes x models table; results are written to
+    `/analysis/probes/<model>__<attribute>` unless `write` is false. `config` overrides the keyword knobs.
+    """
+    from embedx.progress import progress_bar
+    from embedx.store.h5store import Store
+
+    cfg = config or ProbeConfig(
+        folds=folds, n_permutations=n_permutations, n_bootstrap=n_bootstrap, seed=seed, kernel=kernel
+    )
+    with Store.open(store_path) as store:
+        model_names = _resolve(models, store.models(), "model", store_path)
+        schema = store.schema()
+        attribute_names = _resolve(attributes, list(schema), "attribute", store_path)
+        if not model_names:
+            raise EmbedxError(f"{store_path}: the store holds no latents yet (run `embedx encode` first)")
+        if not attribute_names:
+            raise EmbedxError(f"{store_path}: the store holds no attributes to probe")
+        table = store.attributes()
+        subjects = np.asarray(store.subject_ids).astype(str)
+        cnn_labels = _cnn_labels(store, model_names)
+        results: list[dict[str, Any]] = []
+        with progress_bar(len(model_names) * len(attribute_names), "probes", unit="probe") as advance:
+            for model in model_names:
+                latents = store.latents(model)
+                for attribute in attribute_names:
+                    spec = schema[attribute]
+                    r = probe_arrays(
+                        latents,
+                        table[attribute].to_numpy(),
+                        subjects,
+                        spec.kind,  # type: ignore[arg-type]
+                        model=model,
+                        attribute=attribute,
+                        config=cfg,
+                        role=spec.role,
+                    )
+                    results.append(r)
+                    advance(1)
+    apply_holm(results, cfg.alpha)
+    add_normalized_encoding(results, cnn_labels)
+    if write:
+        from embedx.analysis.results import probe_key, to_jsonable
+
+        with Store.open(store_path, mode="a") as store:
+            for r in results:
+                store.write_analysis("probes", probe_key(r), to_jsonable(r))
+    return results

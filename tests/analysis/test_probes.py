@@ -5,8 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embedx.analysis.probes import ProbeConfig, apply_holm, grouped_folds, probe_arrays
+from embedx.analysis.probes import (
+    ProbeConfig,
+    add_normalized_encoding,
+    apply_holm,
+    grouped_folds,
+    probe_arrays,
+    run_probes,
+)
 from embedx.analysis.results import PROBE_FIELDS, VERDICT_ENCODED, VERDICT_NOT_FOUND, probe_table
+from embedx.errors import EmbedxError
+from embedx.store.h5store import Store
 
 FAST = ProbeConfig(n_permutations=200, n_bootstrap=400, c_grid=(0.1, 1.0))
 
@@ -122,3 +131,55 @@ def test_probe_table_has_models_as_rows_and_attributes_as_columns() -> None:
     assert list(table.index) == ["vae", "dae"] and list(table.columns) == ["site", "sex"]
     assert table.loc["dae", "sex"] == 0.6
     assert probe_table(results, value="formatted").loc["vae", "site"] == "0.90 [0.80, 1.00]*"
+
+
+STORE_CFG = ProbeConfig(n_permutations=500, n_bootstrap=500, c_grid=(0.1, 1.0))
+
+
+def test_synthetic_cohort_injected_attributes_found_pure_label_not(synth_store) -> None:
+    path = synth_store(1.0)
+    results = run_probes(
+        path, models=["pixels-pca"], attributes=["site", "sex", "age", "insurance"], config=STORE_CFG
+    )
+    by = {r["attribute"]: r for r in results}
+    assert by["site"]["encoded"] and by["sex"]["encoded"] and by["age"]["encoded"]
+    assert not by["insurance"]["encoded"]
+    assert by["insurance"]["verdict"] == VERDICT_NOT_FOUND
+    assert all(r["family_size"] == 4 for r in results)
+    with Store.open(path) as store:
+        stored = store.read_analysis("probes", "pixels-pca__site")
+    assert stored["score"] == pytest.approx(by["site"]["score"]) and stored["encoded"] is True
+
+
+def test_synthetic_cohort_at_strength_zero_site_is_not_found(synth_store) -> None:
+    results = run_probes(
+        synth_store(0.0), models=["pixels-pca"], attributes=["site", "sex"], config=STORE_CFG, write=False
+    )
+    by = {r["attribute"]: r for r in results}
+    assert not by["site"]["encoded"]
+    assert by["sex"]["encoded"]  # anatomy is not scaled by the acquisition strength
+
+
+def test_unknown_model_or_attribute_names_what_exists(synth_store) -> None:
+    with pytest.raises(EmbedxError, match="pixels-pca"):
+        run_probes(synth_store(1.0), models=["nope"], write=False)
+    with pytest.raises(EmbedxError, match="no attribute named 'colour'"):
+        run_probes(synth_store(1.0), attributes=["colour"], write=False)
+
+
+def test_normalized_encoding_uses_the_cnn_trained_on_that_attribute() -> None:
+    results = [
+        {"model": "vae", "attribute": "site", "metric": "balanced_accuracy", "score": 0.7, "chance": 0.5},
+        {
+            "model": "cnn-site",
+            "attribute": "site",
+            "metric": "balanced_accuracy",
+            "score": 0.9,
+            "chance": 0.5,
+        },
+        {"model": "vae", "attribute": "sex", "metric": "balanced_accuracy", "score": 0.8, "chance": 0.5},
+    ]
+    add_normalized_encoding(results, {"cnn-site": "site"})
+    assert results[0]["normalized_encoding"] == pytest.approx(0.5)
+    assert results[0]["normalized_by"] == "cnn-site"
+    assert "normalized_encoding" not in results[2]
