@@ -7,6 +7,7 @@ splits at cohort scale. Prints one table. `--quick` uses small sizes.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -63,6 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
+    logging.getLogger("embedx").setLevel(logging.ERROR)  # keep the table clean of inference notes
     reps = 5 if args.quick else 30
     cohort_rows = 20_000 if args.quick else 200_000
     rows: list[tuple[str, str, str]] = []

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from embedx.data.manifest import Manifest
 from embedx.data.preprocess import PreprocessConfig, load_image
-from embedx.errors import EmbedxError, ManifestError
+from embedx.errors import ImageReadError, ManifestError
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,8 @@ class ImageDataset(Dataset):
         rng = self._rng_for(row)
         try:
             image = load_image(self._paths[index], self.config, rng=rng, train=self.train)
-        except EmbedxError as err:
-            reason = getattr(err, "reason", None) or str(err)
+        except ImageReadError as err:  # a bad file is skipped; a bad config (ConfigError) still stops
+            reason = err.reason
             log.warning("skipping row %d (%s): %s", row, self._paths[index], reason)
             return {"row": row, "error": f"{self._paths[index]}: {reason}"}
         item: dict[str, Any] = {"image": torch.from_numpy(image), "row": row}
