@@ -194,14 +194,9 @@ def read_dicom(
         if "TransferSyntaxUID" not in ds.file_meta:
             from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-            implicit, little = ds.original_encoding
-            ds.file_meta.TransferSyntaxUID = (
-                ImplicitVRLittleEndian
-                if implicit
-                else ExplicitVRLittleEndian
-                if little
-                else ExplicitVRBigEndian
-            )
+            by_encoding = {(False, True): ExplicitVRLittleEndian, (False, False): ExplicitVRBigEndian}
+            encoding = tuple(ds.original_encoding)  # (implicit VR, little endian) as read
+            ds.file_meta.TransferSyntaxUID = by_encoding.get(encoding, ImplicitVRLittleEndian)
     except Exception as err:  # pydicom raises many types on damaged headers
         raise ImageReadError(str(path), f"corrupt DICOM header ({type(err).__name__}: {err})") from err
 
