@@ -272,6 +272,17 @@ def test_nifti_random_triplet_deterministic_for_a_seed(tmp_path):
     assert len(draws) > 1
 
 
+def test_truncated_nifti(tmp_path):
+    import nibabel as nib
+
+    volume = np.random.default_rng(0).random((32, 32, 20), dtype=np.float32)
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "v.nii.gz")
+    data = (tmp_path / "v.nii.gz").read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(data[: len(data) // 3])  # header intact, voxels cut short
+    with pytest.raises(ImageReadError, match="corrupt NIfTI data"):
+        read_image(tmp_path / "cut.nii.gz")
+
+
 # ---------------------------------------------------------------- PNG / JPEG / TIFF
 
 
