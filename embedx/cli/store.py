@@ -52,6 +52,31 @@ def register(app: typer.Typer) -> None:
                 console.print(f"  ... and {len(result.failed) - MAX_LISTED_FAILURES} more")
         typer.echo(str(result.store))
 
+    @app.command("project")
+    def project_command(
+        store: Path = typer.Argument(..., help="Store file (.h5)."),
+        method: str = typer.Option("tsne", "--method", help="tsne (openTSNE), umap or pca."),
+        name: list[str] = typer.Option([], "--name", help="Model(s) to project (default: every model)."),
+        perplexity: float = typer.Option(30.0, "--perplexity", help="t-SNE perplexity."),
+        n_neighbors: int = typer.Option(15, "--n-neighbors", help="UMAP neighbours."),
+        min_dist: float = typer.Option(0.1, "--min-dist", help="UMAP minimum distance."),
+        seed: int = typer.Option(0, "--seed", help="Random seed."),
+        transform_new: bool = typer.Option(False, "--transform-new", help="Place samples encoded since the "
+                                           "map was made into it, without refitting (flagged as placed)."),
+        n_jobs: int | None = typer.Option(None, "--jobs", help="Threads (default: all cores)."),
+    ) -> None:
+        """2-D map of each model's latents, stored with parameters and trustworthiness (k = 10)."""
+        from embedx.progress import console
+        from embedx.store.project import project
+
+        with console.status(f"{method} projection of {store}"):
+            results = project(str(store), method, name or None, perplexity=perplexity,
+                              n_neighbors=n_neighbors,
+                              min_dist=min_dist, seed=seed, transform_new=transform_new, n_jobs=n_jobs)
+        for r in results:
+            console.print(f"[bold]{r.model}[/] {r.method}: {r.n_fitted} fitted, {r.n_transformed} placed by "
+                          f"transform, trustworthiness(k=10) {r.trustworthiness:.3f}, {r.seconds:.1f} s")
+
     store_app = typer.Typer(help="Inspect an embedx store.", no_args_is_help=True)
     app.add_typer(store_app, name="store")
 

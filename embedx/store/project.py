@@ -1,0 +1,215 @@
+"""`embedx project`: 2-D maps of a model's latents (openTSNE, UMAP, PCA), stored with their quality.
+
+Every map is stored with its parameters, library versions and its trustworthiness (k = 10, on at most 5,000
+sampled points, since sklearn's implementation is O(n²) in memory), so a reader can tell a faithful map from
+a misleading one.
+
+New samples (a grown cohort) can be placed into an existing map without refitting (`transform_new`), so
+the old points stay where users have learned them:
+- t-SNE: the fitted rows are kept as status 1; the reference `openTSNE.TSNEEmbedding` is rebuilt from the
+  stored coordinates and the stored latents of those rows (affinities recomputed with the same perplexity
+  and seed) and `transform` optimises only the new points against the fixed map. Nothing opaque is
+  stored, at the cost of recomputing the reference kNN graph (seconds at 50k).
+- UMAP: the fitted `umap.UMAP` object is pickled into the store (umap has no other way to transform), so
+  `--transform-new` unpickles data from the store: use it only on stores you trust (that you made).
+- PCA: components and mean are stored as arrays.
+Placed points get status 2 in `/projection_state/<model>/<method>/status` so that plots can flag them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from typing import Any
+
+import numpy as np
+
+from embedx.errors import EmbedxError, StoreError
+from embedx.store.h5store import (
+    PROJECTION_METHODS,
+    STATUS_FITTED,
+    STATUS_NONE,
+    STATUS_TRANSFORMED,
+    Store,
+    now_iso,
+)
+
+log = logging.getLogger(__name__)
+
+TRUST_K = 10
+TRUST_MAX_N = 5000
+FFT_FROM = 10_000  # openTSNE's own switch point: Barnes-Hut below, FFT-accelerated gradients from here
+
+
+@dataclass
+class ProjectionResult:
+    model: str
+    method: str
+    n_fitted: int
+    n_transformed: int
+    trustworthiness: float
+    seconds: float
+    params: dict[str, Any]
+
+
+def trustworthiness_sample(X: np.ndarray, Y: np.ndarray, seed: int = 0, k: int = TRUST_K,
+                           max_n: int = TRUST_MAX_N) -> tuple[float, int, int]:
+    """sklearn's trustworthiness on a seeded subsample; returns (score, k used, n used)."""
+    from sklearn.manifold import trustworthiness
+
+    n = X.shape[0]
+    if n < 4:
+        return float("nan"), 0, n
+    idx = np.arange(n)
+    if n > max_n:
+        idx = np.sort(np.random.default_rng(seed).choice(n, max_n, replace=False))
+    k = int(min(k, (idx.size - 1) // 2))
+    return float(trustworthiness(X[idx], Y[idx], n_neighbors=k)), k, int(idx.size)
+
+
+def _tsne_params(n: int, perplexity: float, seed: int, n_jobs: int) -> dict[str, Any]:
+    return {
+        "perplexity": float(min(perplexity, max(1.0, (n - 1) / 3.0))),
+        "initialization": "pca",
+        "negative_gradient_method": "fft" if n >= FFT_FROM else "bh",
+        "metric": "euclidean",
+        "neighbors": "auto",
+        "random_state": seed,
+        "n_jobs": n_jobs,
+    }
+
+
+def _fit(method: str, X: np.ndarray, params: dict[str, Any]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    if method == "tsne":
+        from openTSNE import TSNE
+
+        embedding = TSNE(n_components=2, verbose=False, **params).fit(X)
+        return np.asarray(embedding, dtype=np.float32), {}
+    if method == "umap":
+        import umap
+
+        reducer = umap.UMAP(n_components=2, **params)
+        coords = reducer.fit_transform(X)
+        return np.asarray(coords, dtype=np.float32), {"model_pickle": np.void(pickle.dumps(reducer))}
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=2, random_state=params["random_state"]).fit(X)
+    coords = pca.transform(X)
+    return np.asarray(coords, dtype=np.float32), {
+        "components": pca.components_.astype(np.float64), "mean": pca.mean_.astype(np.float64),
+        "explained_variance_ratio": pca.explained_variance_ratio_.astype(np.float64),
+    }
+
+
+def _transform(method: str, X_ref: np.ndarray, Y_ref: np.ndarray, X_new: np.ndarray, params: dict[str, Any],
+               state: dict[str, np.ndarray]) -> np.ndarray:
+    if method == "tsne":
+        from openTSNE import TSNEEmbedding
+        from openTSNE.affinity import PerplexityBasedNN
+
+        affinities = PerplexityBasedNN(
+            X_ref, perplexity=params["perplexity"], method=params.get("neighbors", "auto"),
+            metric=params.get("metric", "euclidean"), n_jobs=params["n_jobs"],
+            random_state=params["random_state"], verbose=False,
+        )
+        reference = TSNEEmbedding(
+            Y_ref.astype(np.float64), affinities, negative_gradient_method=params["negative_gradient_method"],
+            n_jobs=params["n_jobs"], random_state=params["random_state"],
+        )
+        return np.asarray(reference.transform(X_new), dtype=np.float32)
+    if method == "umap":
+        if "model_pickle" not in state:
+            raise StoreError("this UMAP map has no saved model; refit it without --transform-new")
+        reducer = pickle.loads(state["model_pickle"].tobytes())
+        return np.asarray(reducer.transform(X_new), dtype=np.float32)
+    return ((X_new - state["mean"]) @ state["components"].T).astype(np.float32)
+
+
+def _library(method: str) -> tuple[str, str]:
+    lib = {"tsne": "openTSNE", "umap": "umap-learn", "pca": "scikit-learn"}[method]
+    return lib, version(lib)
+
+
+def project(
+    store_path: str,
+    method: str = "tsne",
+    models: list[str] | None = None,
+    *,
+    perplexity: float = 30.0,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    seed: int = 0,
+    transform_new: bool = False,
+    n_jobs: int | None = None,
+) -> list[ProjectionResult]:
+    """Fit (or extend, with `transform_new`) the `method` map of each model's encoded rows."""
+    if method not in PROJECTION_METHODS:
+        raise EmbedxError(f"unknown projection method {method!r} (one of {', '.join(PROJECTION_METHODS)})")
+    if perplexity <= 0:
+        raise EmbedxError(f"--perplexity must be positive, got {perplexity}")
+    n_jobs = int(n_jobs or os.cpu_count() or 1)
+    results = []
+    with Store.open(store_path, "a") as store:
+        names = models or store.models()
+        if not names:
+            raise StoreError(f"{store_path} holds no model yet; run `embedx encode` first")
+        for model in names:
+            results.append(_project_one(store, model, method, perplexity, n_neighbors, min_dist, seed,
+                                        transform_new, n_jobs))
+    return results
+
+
+def _project_one(store: Store, model: str, method: str, perplexity: float, n_neighbors: int, min_dist: float,
+                 seed: int, transform_new: bool, n_jobs: int) -> ProjectionResult:
+    start = time.perf_counter()
+    Z = store.latents(model)  # raises with the known models listed when the name is unknown
+    encoded = store.encoded_mask(model)
+    lib, lib_version = _library(method)
+    existing = method in store.projections().get(model, [])
+    if transform_new and existing:
+        coords = store.projection(model, method).copy()
+        status = store.projection_status(model, method).copy()
+        info = store.projection_info(model, method)
+        params = info["params"]
+        new = np.flatnonzero(encoded & (status == STATUS_NONE))
+        ref = np.flatnonzero(status == STATUS_FITTED)
+        if new.size:
+            coords[new] = _transform(method, Z[ref], coords[ref], Z[new], params,
+                                     store.projection_state(model, method))
+            status[new] = STATUS_TRANSFORMED
+        state = None  # keep the fitted state as it is
+    else:
+        if transform_new:
+            log.warning("no %s map of %s yet: fitting one on all encoded rows", method, model)
+        rows = np.flatnonzero(encoded)
+        if rows.size < 5:
+            raise StoreError(f"model {model!r} has {rows.size} encoded rows; a {method} map needs at least 5")
+        if method == "tsne":
+            params = _tsne_params(rows.size, perplexity, seed, n_jobs)
+        elif method == "umap":
+            params = {"n_neighbors": int(min(n_neighbors, rows.size - 1)), "min_dist": float(min_dist),
+                      "metric": "euclidean", "random_state": seed}
+        else:
+            params = {"random_state": seed}
+        coords = np.full((store.n, 2), np.nan, dtype=np.float32)
+        status = np.zeros(store.n, dtype=np.int8)
+        coords[rows], state = _fit(method, Z[rows], params)
+        status[rows] = STATUS_FITTED
+    placed = np.flatnonzero(status != STATUS_NONE)
+    trust, k, n_trust = trustworthiness_sample(Z[placed], coords[placed], seed=seed)
+    seconds = time.perf_counter() - start
+    attrs = {
+        "params": params, "library": lib, "library_version": lib_version, "numpy_version": np.__version__,
+        "trustworthiness": trust, "trustworthiness_k": k, "trustworthiness_n": n_trust, "date": now_iso(),
+        "n_fitted": int((status == STATUS_FITTED).sum()),
+        "n_transformed": int((status == STATUS_TRANSFORMED).sum()),
+        "seconds": round(seconds, 3),
+    }
+    store.write_projection(model, method, coords, status, attrs, state)
+    return ProjectionResult(model=model, method=method, n_fitted=attrs["n_fitted"],
+                            n_transformed=attrs["n_transformed"], trustworthiness=trust, seconds=seconds,
+                            params=params)
