@@ -15,8 +15,8 @@ a cluster-bootstrap CI (subjects resampled), a subject-respecting permutation p-
 p < alpha and the CI's lower bound above chance.
 
 ``auto=True`` picks the patch positions from the data instead of the corners: over a sample of images the
-candidate grid positions with the lowest mean intensity plus lowest pixel variance (dark and flat is
-background in a radiograph), the same positions for every image so the features stay comparable.
+cells that are darkest, flattest and most constant across images (see `auto_positions`), the same positions
+for every image so the features stay comparable.
 """
 
 from __future__ import annotations
@@ -65,24 +65,33 @@ def corner_positions(size: int, patch: int) -> list[tuple[int, int]]:
 
 
 def auto_positions(images: np.ndarray, patch: int, n_patches: int = 4) -> list[tuple[int, int]]:
-    """The ``n_patches`` grid cells that are darkest and flattest on average over ``images`` (n, S, S).
+    """The ``n_patches`` non-overlapping cells that look most like empty background over ``images`` (n, S, S).
 
-    Score per cell = mean intensity of the average image + mean per-pixel standard deviation across images,
-    both in the preprocessed [-1, 1] scale: anatomy is bright and varies from image to image, background is
-    dark and constant.
+    Candidates are the cells of a half-patch grid that touch the image edge (empty background surrounds the
+    body; inside the frame, dark lungs would otherwise pass for it). They are ranked on three things and the
+    ranks summed: mean intensity (background is dark), mean within-patch spatial spread (no edges or ribs),
+    and spread of the patch mean across images (anatomy moves from patient to patient; background does not).
     """
     size = images.shape[-1]
-    mean_img = images.mean(axis=0)
-    std_img = images.std(axis=0)
-    scored = []
-    for r in range(0, size - patch + 1, patch):
-        for c in range(0, size - patch + 1, patch):
-            score = (
-                mean_img[r : r + patch, c : c + patch].mean() + std_img[r : r + patch, c : c + patch].mean()
-            )
-            scored.append((float(score), (r, c)))
-    scored.sort(key=lambda t: t[0])
-    return [pos for _, pos in scored[:n_patches]]
+    step = max(1, patch // 2)
+    starts = list(range(0, size - patch + 1, step))
+    if starts[-1] != size - patch:
+        starts.append(size - patch)
+    edge = {0, size - patch}
+    cells = [(r, c) for r in starts for c in starts if r in edge or c in edge]
+    crops = np.stack([images[:, r : r + patch, c : c + patch] for r, c in cells], axis=1)  # (n, cells, p, p)
+    level = crops.mean(axis=(0, 2, 3))
+    texture = crops.std(axis=(2, 3)).mean(axis=0)
+    variation = crops.mean(axis=(2, 3)).std(axis=0)
+    score = sum(np.argsort(np.argsort(v)) for v in (level, texture, variation))
+    chosen: list[tuple[int, int]] = []
+    for i in np.argsort(score, kind="stable"):
+        r, c = cells[i]
+        if all(abs(r - r2) >= patch or abs(c - c2) >= patch for r2, c2 in chosen):
+            chosen.append((int(r), int(c)))
+        if len(chosen) == n_patches:
+            break
+    return chosen
 
 
 def patch_features(patch: np.ndarray) -> np.ndarray:

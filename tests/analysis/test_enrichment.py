@@ -1,0 +1,102 @@
+"""Known-answer tests for selection / cluster enrichment (what the dashboard's lasso and clusters report)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from embedx.analysis.enrichment import COLUMNS, bh_adjust, enrichment, top_enriched
+from embedx.data.schema import AttributeSpec
+from embedx.errors import EmbedxError
+
+SCHEMA = {
+    "site": AttributeSpec("site", "categorical", "acquisition"),
+    "sex": AttributeSpec("sex", "binary", "demographic"),
+    "age": AttributeSpec("age", "continuous", "demographic"),
+    "finding": AttributeSpec("finding", "binary", "clinical"),
+}
+
+
+@pytest.fixture(scope="module")
+def cohort() -> pd.DataFrame:
+    rng = np.random.default_rng(7)
+    n = 2000
+    frame = pd.DataFrame(
+        {
+            "site": rng.choice(["north", "south", "east", "west"], n),
+            "sex": rng.choice(["F", "M"], n),
+            "age": rng.normal(60, 10, n),
+            "finding": rng.choice([0.0, 1.0], n),
+        }
+    )
+    frame.loc[rng.random(n) < 0.05, "age"] = np.nan  # missing values are allowed and counted
+    return frame
+
+
+def test_over_represented_value_is_top_and_significant(cohort: pd.DataFrame) -> None:
+    rng = np.random.default_rng(1)
+    south = np.flatnonzero(cohort["site"].to_numpy() == "south")
+    other = np.flatnonzero(cohort["site"].to_numpy() != "south")
+    chosen = np.concatenate([rng.choice(south, 140, replace=False), rng.choice(other, 60, replace=False)])
+    mask = np.zeros(len(cohort), dtype=bool)
+    mask[chosen] = True
+    table = enrichment(cohort, mask, SCHEMA)
+    assert list(table.columns) == COLUMNS
+    top = top_enriched(table)
+    assert top.iloc[0]["attribute"] == "site" and top.iloc[0]["value"] == "south"
+    assert top.iloc[0]["q_value"] < 0.05
+    # 70 % in the selection against ~20 % in the rest: fold ~3.5, odds-ratio CI well above 1.
+    assert 2.5 < top.iloc[0]["fold"] < 4.5
+    assert top.iloc[0]["or_ci_low"] > 1
+    assert top.iloc[0]["cramers_v"] > 0.2
+    # The other sites are depleted, not enriched; nothing unrelated is flagged.
+    flagged = table[table["significant"]]
+    assert set(flagged["attribute"]) == {"site"}
+    assert (flagged[flagged["value"] != "south"]["direction"] == "under").all()
+
+
+def test_random_selection_gives_nothing_significant(cohort: pd.DataFrame) -> None:
+    mask = np.random.default_rng(3).random(len(cohort)) < 0.1
+    table = enrichment(cohort, mask, SCHEMA)
+    assert not table["significant"].any()
+    assert top_enriched(table).empty
+    assert table["q_value"].min() > 0.05
+
+
+def test_continuous_shift_and_missing_counts(cohort: pd.DataFrame) -> None:
+    age = cohort["age"].to_numpy()
+    mask = (
+        np.nan_to_num(age, nan=0) > 70
+    )  # the oldest ~16 %: age clearly shifted, missing ages never selected
+    row = enrichment(cohort, mask, SCHEMA).set_index("attribute").loc["age"]
+    assert row["test"] == "mannwhitney" and row["significant"]
+    assert row["median_shift"] > 10 and row["ks_statistic"] > 0.9
+    assert row["missing_rest"] == int(np.isnan(age).sum()) and row["missing_selected"] == 0
+
+
+def test_sparse_tables_use_fisher_and_binary_values_print_as_integers() -> None:
+    frame = pd.DataFrame({"rare": ["x"] * 6 + ["y"] * 194, "finding": [1.0] * 100 + [0.0] * 100})
+    mask = np.zeros(200, dtype=bool)
+    mask[:10] = True  # all six "x" are inside a 10-sample selection
+    table = enrichment(frame, mask)
+    x = table[(table["attribute"] == "rare") & (table["value"] == "x")].iloc[0]
+    assert x["test"] == "fisher" and x["q_value"] < 0.05
+    assert set(table[table["attribute"] == "finding"]["value"]) == {"0", "1"}
+
+
+def test_degenerate_selections_and_bad_masks(cohort: pd.DataFrame) -> None:
+    assert enrichment(cohort, np.zeros(len(cohort), bool)).empty
+    assert enrichment(cohort, np.ones(len(cohort), bool)).empty
+    with pytest.raises(EmbedxError, match="one flag per store row"):
+        enrichment(cohort, np.ones(5, bool))
+    with pytest.raises(EmbedxError, match="unknown attribute"):
+        enrichment(cohort, np.ones(len(cohort), bool), columns=["scanner"])
+
+
+def test_bh_matches_the_textbook_procedure() -> None:
+    p = np.array([0.01, 0.04, 0.03, 0.005, np.nan])
+    q = bh_adjust(p)
+    # sorted p 0.005, 0.01, 0.03, 0.04 with m = 4: q = min over k>=i of p_(k) m / k
+    assert np.allclose(q[:4], [0.02, 0.04, 0.04, 0.02])
+    assert np.isnan(q[4])
