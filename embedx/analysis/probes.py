@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -299,6 +299,7 @@ def ridge_permutation_test(
     n_permutations: int,
     lambdas: Sequence[float] = (1e-3, 1e-1, 10.0),
     seed: int = 0,
+    fold_X: Callable[[int], np.ndarray] | None = None,
 ) -> tuple[float, float, np.ndarray]:
     """Permutation test of "the latents carry no information about y", refitting for every permutation.
 
@@ -313,9 +314,13 @@ def ridge_permutation_test(
 
     Returns (observed statistic, p-value, null statistics).
     """
-    X = np.asarray(X, dtype=np.float64)
-    mean, std = X.mean(axis=0), X.std(axis=0)
-    X = (X - mean) / np.where(std > 0, std, 1.0)
+
+    def standardised(matrix: np.ndarray) -> np.ndarray:
+        matrix = np.asarray(matrix, dtype=np.float64)
+        mean, std = matrix.mean(axis=0), matrix.std(axis=0)
+        return (matrix - mean) / np.where(std > 0, std, 1.0)
+
+    X = standardised(X) if fold_X is None else None
     index = SubjectIndex(groups)
     rng = np.random.default_rng(seed)
     if continuous:
@@ -329,8 +334,9 @@ def ridge_permutation_test(
     prepared = []
     for f in folds:
         train, test = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-        mu = X[train].mean(axis=0)
-        Xtr, Xte = X[train] - mu, X[test] - mu
+        Xf = X if fold_X is None else standardised(fold_X(f))  # per-fold data (e.g. harmonised by fold)
+        mu = Xf[train].mean(axis=0)
+        Xtr, Xte = Xf[train] - mu, Xf[test] - mu
         evals, evecs = np.linalg.eigh(Xtr.T @ Xtr)
         # float32 for the per-permutation products: twice as fast, far more precise than the test needs
         prepared.append(
@@ -419,6 +425,7 @@ def probe_arrays(
     config: ProbeConfig | None = None,
     role: str | None = None,
     fold: np.ndarray | None = None,
+    fold_X: Callable[[int], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Probe one attribute from one model's latents; returns the design card's probe dict.
 
@@ -426,7 +433,9 @@ def probe_arrays(
     `n_not_encoded`). Classes seen in fewer subjects than folds are merged into '(other)' (`merged_classes`);
     when fewer than two classes or fewer subjects than folds remain, the result says `skipped` and why.
     A single call is its own family (Holm with m = 1); `apply_holm` rejudges a table of results. A `fold`
-    array (row -> fold id) may be given to share folds between probes (ComBat control).
+    array (row -> fold id) may be given to share folds between probes; with it, `fold_X(f)` may supply the
+    matrix (same rows as X) that fold f trains and tests on -- e.g. latents harmonised by a ComBat fitted on
+    that fold's training rows only (`embedx.analysis.combat`).
     """
     cfg = config or ProbeConfig()
     if kind not in ("categorical", "binary", "continuous"):
@@ -517,20 +526,21 @@ def probe_arrays(
         if not continuous and len(np.unique(y_fit[train])) < n_classes:
             train = train_all  # a subsample lost a class: fit on the whole fold instead
         tune = _subject_subsample(train, gk, cfg.tune_max_rows, rng)
-        C = _tune_c(Xk[tune], y_fit[tune], gk[tune], continuous, cfg.kernel, cfg)
+        Xf = Xk if fold_X is None else np.asarray(fold_X(int(f)))[rows]
+        C = _tune_c(Xf[tune], y_fit[tune], gk[tune], continuous, cfg.kernel, cfg)
         chosen_c.append(C)
         estimator, estimator_name = _estimator(continuous, cfg.kernel, len(train), Xk.shape[1], cfg, C)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            estimator.fit(Xk[train], y_fit[train])
+            estimator.fit(Xf[train], y_fit[train])
         train_rows_used.append(len(train))
         train_rows_all.append(len(train_all))
-        oof_pred[test] = estimator.predict(Xk[test])
+        oof_pred[test] = estimator.predict(Xf[test])
         if continuous:
             dummy = DummyRegressor(strategy="median").fit(np.zeros((len(train_all), 1)), y_fit[train_all])
             chance_oof[test] = dummy.predict(np.zeros((len(test), 1)))
         else:
-            oof_score[test] = _decision(estimator, Xk[test])
+            oof_score[test] = _decision(estimator, Xf[test])
             dummy = DummyClassifier(strategy="stratified").fit(
                 np.zeros((len(train_all), 1)), y_fit[train_all]
             )
@@ -566,6 +576,7 @@ def probe_arrays(
             cfg.n_permutations,
             cfg.ridge_lambdas,
             seed=cfg.seed + 1,
+            fold_X=None if fold_X is None else (lambda f: np.asarray(fold_X(int(f)))[rows][perm_rows]),
         )
     else:
         observed, p_value = float("nan"), float("nan")
