@@ -183,7 +183,15 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any], sources: dict[st
             _deep_merge(base[key], value, sources, origin, f"{path}.")
         else:
             base[key] = copy.deepcopy(dict(value)) if isinstance(value, Mapping) else value
-            sources[path] = origin
+            _record_sources(value, path, sources, origin)
+
+
+def _record_sources(value: Any, path: str, sources: dict[str, str], origin: str) -> None:
+    """Remember where each leaf came from, so an error can say which file or --set to fix."""
+    sources[path] = origin
+    if isinstance(value, Mapping):
+        for key, child in value.items():
+            _record_sources(child, f"{path}.{key}", sources, origin)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -213,7 +221,7 @@ def _apply_override(data: dict[str, Any], parts: list[str], value: Any, sources:
             raise ConfigError(f"--set {text!r}: {where!r} is a value, not a section")
         node = child
     node[parts[-1]] = value
-    sources[".".join(parts)] = "--set"
+    _record_sources(value, ".".join(parts), sources, "--set")
 
 
 def _type_name(annotation: Any) -> str:
