@@ -251,3 +251,63 @@ def probe_after_combat(
         "before": before,
         "after": after,
     }
+
+
+def run_confound_controls(
+    store_path: Any,
+    models: Sequence[str] | None = None,
+    *,
+    attribute: str = "site",
+    within: Sequence[str] = ("sex", "age"),
+    covariates: Sequence[str] = ("sex", "age"),
+    config: ProbeConfig | None = None,
+    write: bool = True,
+) -> list[dict[str, Any]]:
+    """The two confound controls of the site probe, for each model of a store.
+
+    1. `probe_within_strata`: the `attribute` probe inside each stratum of `within` (sex x age band);
+    2. `probe_after_combat`: ComBat by `attribute` (fit on training folds, keeping `covariates`), then the
+       probes of the attribute and of the covariates again -- the attribute should fall toward chance, the
+       covariates hold.
+    Written to `/analysis/controls/within_strata__<model>__<attribute>` and `combat__<model>__<attribute>`.
+    """
+    from embedx.analysis.probes import _resolve, probe_within_strata
+    from embedx.analysis.results import to_jsonable
+    from embedx.store.h5store import Store
+
+    cfg = config or ProbeConfig()
+    outputs: list[dict[str, Any]] = []
+    with Store.open(store_path) as store:
+        schema = store.schema()
+        names = _resolve(models, store.models(), "model", store_path)
+        _resolve([attribute, *within, *covariates], list(schema), "attribute", store_path)
+        kinds = {name: spec.kind for name, spec in schema.items()}
+        table = store.attributes()
+        subjects = np.asarray(store.subject_ids).astype(str)
+        if kinds[attribute] == "continuous":
+            raise EmbedxError(
+                f"confound controls need a categorical attribute to control; {attribute!r} is continuous"
+            )
+        for model in names:
+            X = store.latents(model)
+            strata = probe_within_strata(
+                X,
+                table[attribute].to_numpy(),
+                subjects,
+                table[list(within)],
+                kinds,
+                kind=kinds[attribute],
+                attribute=attribute,
+                model=model,
+                config=cfg,  # type: ignore[arg-type]
+            )
+            combat = probe_after_combat(
+                X, table, subjects, kinds, batch=attribute, covariates=covariates, config=cfg, model=model
+            )
+            outputs.extend([strata, combat])
+    if write:
+        with Store.open(store_path, mode="a") as store:
+            for out in outputs:
+                key = f"{out['control']}__{out['model']}__{attribute}"
+                store.write_analysis("controls", key.replace("/", "_"), to_jsonable(out))
+    return outputs

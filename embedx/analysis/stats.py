@@ -20,8 +20,10 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 __all__ = [
+    "AGE_BANDS",
     "SubjectIndex",
     "balanced_accuracy_from_counts",
+    "band",
     "bootstrap_balanced_accuracy",
     "bootstrap_mae",
     "cluster_bootstrap",
@@ -32,6 +34,9 @@ __all__ = [
 ]
 
 CI_LEVEL = 0.95
+# Age bands (years) used wherever a continuous age must become groups (fairness, strata): <40, 40-59, 60-79,
+# 80+ -- wide enough that each band holds patients in a typical cohort, aligned with common clinical cut-offs.
+AGE_BANDS = (40.0, 60.0, 80.0)
 _CHUNK = 64  # resamples drawn at once: bounds memory at chunk x n_subjects weights
 
 
@@ -204,4 +209,38 @@ def permute_by_subject(y: np.ndarray, index: SubjectIndex, rng: np.random.Genera
     pos = np.arange(index.n_rows) - np.repeat(index.starts, index.sizes)
     within = pos % np.repeat(donor_sizes, index.sizes)
     out[index.order] = sorted_y[np.repeat(donor_starts, index.sizes) + within]
+    return out
+
+
+def band(values: np.ndarray, edges: tuple[float, ...] | None = None, name: str = "") -> np.ndarray:
+    """Continuous values -> band labels (object array; None where missing).
+
+    `edges` are the inner cut points; by default `AGE_BANDS` for an attribute whose name contains "age",
+    otherwise the quartiles of the present values. Integer edges read as "40-59"; others as "0.5-<1.2".
+    """
+    v = np.asarray(values, dtype=float)
+    present = ~np.isnan(v)
+    if edges is None:
+        if "age" in name.lower():
+            edges = AGE_BANDS
+        else:
+            edges = tuple(np.unique(np.quantile(v[present], [0.25, 0.5, 0.75]))) if present.any() else ()
+    edges = tuple(sorted(float(e) for e in edges))
+    integer = all(float(e).is_integer() for e in edges)
+    labels: list[str] = []
+    for i in range(len(edges) + 1):
+        lo = edges[i - 1] if i > 0 else None
+        hi = edges[i] if i < len(edges) else None
+        if lo is None and hi is None:
+            labels.append("all")
+        elif lo is None:
+            labels.append(f"<{hi:g}")
+        elif hi is None:
+            labels.append(f"{lo:g}+")
+        else:
+            labels.append(f"{lo:g}-{hi - 1:g}" if integer else f"{lo:g}-<{hi:g}")
+    codes = np.searchsorted(np.asarray(edges), v, side="right")
+    out = np.empty(len(v), dtype=object)
+    out[present] = np.asarray(labels, dtype=object)[codes[present]]
+    out[~present] = None
     return out

@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from embedx.analysis.combat import ComBat, probe_after_combat
+from embedx.analysis.combat import ComBat, probe_after_combat, run_confound_controls
 from embedx.analysis.probes import ProbeConfig
 from embedx.errors import EmbedxError
+from embedx.store.h5store import Store
 
 FAST = ProbeConfig(n_permutations=200, n_bootstrap=300, c_grid=(0.1, 1.0))
 
@@ -97,3 +98,18 @@ def test_probe_after_combat_site_falls_to_chance_while_sex_and_age_hold() -> Non
     assert after["site"]["score"] < before["site"]["chance"] + 0.1
     assert after["sex"]["encoded"] and after["age"]["encoded"]
     assert after["sex"]["score"] > 0.75
+
+
+def test_confound_controls_on_the_synthetic_cohort(synth_store) -> None:
+    """Site stays decodable inside every sex x age stratum; after ComBat it is gone while sex and age hold."""
+    path = synth_store(1.0)
+    strata, combat = run_confound_controls(path, ["pixels-pca"], config=FAST)
+    probed = [r for r in strata["strata"] if not r["skipped"]]
+    assert len(probed) >= 2 and strata["encoded_in_every_stratum"]
+    small = [r for r in strata["strata"] if r["skipped"]]
+    assert all(r["n"] < 30 and r["verdict"].startswith("skipped") for r in small)  # shown with n, not dropped
+    after = {r["attribute"]: r for r in combat["after"]}
+    assert not after["site"]["encoded"]
+    assert after["sex"]["encoded"] and after["age"]["encoded"]
+    with Store.open(path) as store:
+        assert store.read_analysis("controls", "combat__pixels-pca__site")["batch"] == "site"
