@@ -10,18 +10,20 @@ PAGES = Path(__file__).resolve().parent / "pages"
 
 st.set_page_config(page_title="embedx explorer", page_icon=":material/travel_explore:", layout="wide")
 
-navigation = st.navigation({
-    "Explore": [
-        st.Page(PAGES / "map.py", title="Map", icon=":material/scatter_plot:", default=True),
-        st.Page(PAGES / "neighbours.py", title="Neighbours", icon=":material/group:"),
-        st.Page(PAGES / "compare.py", title="Compare models", icon=":material/compare:"),
-        st.Page(PAGES / "clusters.py", title="Clusters", icon=":material/bubble_chart:"),
-        st.Page(PAGES / "counterfactual.py", title="Counterfactuals", icon=":material/auto_fix_high:"),
-    ],
-    "Audit": [
-        st.Page(PAGES / "probes.py", title="Probes", icon=":material/straighten:"),
-        st.Page(PAGES / "fairness.py", title="Fairness", icon=":material/balance:"),
-        st.Page(PAGES / "controls.py", title="Controls", icon=":material/science:"),
-    ],
-})
+navigation = st.navigation(
+    {
+        "Explore": [
+            st.Page(PAGES / "map.py", title="Map", icon=":material/scatter_plot:", default=True),
+            st.Page(PAGES / "neighbours.py", title="Neighbours", icon=":material/group:"),
+            st.Page(PAGES / "compare.py", title="Compare models", icon=":material/compare:"),
+            st.Page(PAGES / "clusters.py", title="Clusters", icon=":material/bubble_chart:"),
+            st.Page(PAGES / "counterfactual.py", title="Counterfactuals", icon=":material/auto_fix_high:"),
+        ],
+        "Audit": [
+            st.Page(PAGES / "probes.py", title="Probes", icon=":material/straighten:"),
+            st.Page(PAGES / "fairness.py", title="Fairness", icon=":material/balance:"),
+            st.Page(PAGES / "controls.py", title="Controls", icon=":material/science:"),
+        ],
+    }
+)
 navigation.run()

@@ -32,7 +32,9 @@ class Direction:
     n_b: int
 
 
-def probe_direction(z: np.ndarray, labels: np.ndarray, value_a: str, value_b: str, seed: int = 0) -> Direction:
+def probe_direction(
+    z: np.ndarray, labels: np.ndarray, value_a: str, value_b: str, seed: int = 0
+) -> Direction:
     """Logistic regression A vs B on standardised z_sem; its normal expressed in raw z_sem units.
 
     The decision function is w·(z − μ)/σ, so the raw-space normal is w/σ. `distance` is the gap between the
@@ -73,10 +75,17 @@ def thumbnails_to_input(thumbs: np.ndarray, size: int, channels: int) -> np.ndar
 
 
 def counterfactuals(
-    model: object, z: np.ndarray, direction: Direction, alphas: np.ndarray, *, images: np.ndarray | None = None,
-    x_T: np.ndarray | None = None, steps: int = 20, seed: int = 0,
+    model: object,
+    z: np.ndarray,
+    direction: Direction,
+    alphas: np.ndarray,
+    *,
+    images: np.ndarray | None = None,
+    x_T: np.ndarray | None = None,
+    steps: int = 20,
+    seed: int = 0,
 ) -> tuple[np.ndarray, XTSource]:
-    """Decode each image's z_sem + α·distance·u for every α; returns ((B, len(α), C, S, S) in [-1, 1], source).
+    """Decode z_sem + α·distance·u of each image for every α: ((B, len(α), C, S, S) in [-1, 1], x_T source).
 
     `x_T` given: used as is ("stored"). Else `images` given: DDIM inversion conditioned on z ("inverted").
     Else one seeded noise draw shared by all images ("fixed"). α = 0 is the model's own reconstruction.

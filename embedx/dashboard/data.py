@@ -21,9 +21,8 @@ import pandas as pd
 import streamlit as st
 
 from embedx.dashboard import shaping
+from embedx.dashboard.launch import STORE_ENV
 from embedx.data.schema import AttributeSpec
-
-STORE_ENV = "EMBEDX_STORE"
 
 
 def store_path() -> Path | None:
@@ -70,10 +69,13 @@ def _meta(path: str, stamp: float) -> StoreMeta:
         attributes = store.attributes()
         models = list(store.models())
         meta = StoreMeta(
-            path=path, n=int(store.n), sample_ids=np.asarray(store.sample_ids).astype(str),
+            path=path,
+            n=int(store.n),
+            sample_ids=np.asarray(store.sample_ids).astype(str),
             attributes=attributes,
             schema=dict(schema),
-            models=models, projections={m: list(v) for m, v in store.projections().items()},
+            models=models,
+            projections={m: list(v) for m, v in store.projections().items()},
             embedding_attrs={m: store.embedding_info(m) for m in models},
         )
     return meta
@@ -151,7 +153,7 @@ def nearest(path: Path, model: str, row: int, k: int) -> tuple[np.ndarray, np.nd
     z = latents(path, model)
     if np.isnan(z[row]).any():
         return np.empty(0, dtype=np.int64), np.empty(0)
-    distances, found = index.kneighbors(z[row: row + 1], n_neighbors=min(k + 1, len(valid)))
+    distances, found = index.kneighbors(z[row : row + 1], n_neighbors=min(k + 1, len(valid)))
     rows, distances = valid[found[0]], distances[0]
     keep = rows != row
     return rows[keep][:k], distances[keep][:k]
@@ -179,8 +181,13 @@ def analysis(path: Path, kind: str) -> list[dict]:
 @st.cache_data(show_spinner="Measuring map quality on a sample…", max_entries=16)
 def _map_quality(path: str, stamp: float, model: str, method: str, sample: int) -> dict[str, Any]:
     meta_ = _meta(path, stamp)
-    return shaping.map_quality(_latents(path, stamp, model), _projection(path, stamp, model, method),
-                               meta_.attributes, sample=sample, kinds=meta_.kinds)
+    return shaping.map_quality(
+        _latents(path, stamp, model),
+        _projection(path, stamp, model, method),
+        meta_.attributes,
+        sample=sample,
+        kinds=meta_.kinds,
+    )
 
 
 def map_quality(path: Path, model: str, method: str, sample: int = 1500) -> dict[str, Any]:

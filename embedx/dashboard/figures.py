@@ -19,6 +19,7 @@ from embedx.dashboard.shaping import MISSING_LABEL, category_labels, trace_posit
 PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Alphabet
 MISSING_COLOUR = "#b0b0b0"
 HOVER = "row %{customdata}<br>%{text}<extra></extra>"
+HOVER_BARE = "row %{customdata}<extra>%{fullData.name}</extra>"
 
 
 def _marker_size(n: int) -> float:
@@ -26,8 +27,14 @@ def _marker_size(n: int) -> float:
 
 
 def map_figure(
-    xy: np.ndarray, rows: np.ndarray, colour: pd.Series | None, categorical: bool, hover: np.ndarray,
-    selected: np.ndarray | None = None, highlight: np.ndarray | None = None, title: str = "",
+    xy: np.ndarray,
+    rows: np.ndarray,
+    colour: pd.Series | None,
+    categorical: bool,
+    hover: np.ndarray | None,
+    selected: np.ndarray | None = None,
+    highlight: np.ndarray | None = None,
+    title: str = "",
     height: int = 560,
 ) -> go.Figure:
     """A WebGL scatter of `rows` (global ids) at `xy[rows]`, coloured by `colour` (aligned with store rows).
@@ -35,7 +42,9 @@ def map_figure(
     Categorical colour: one trace per value (legend toggles a category), missing values grey.
     Continuous colour: one trace on a Viridis scale with a colour bar, missing values a grey trace.
     `selected` (row ids) is drawn as Plotly's selection so a kept selection survives a recolour;
-    `highlight` (row ids, e.g. a cluster) is outlined on top.
+    `highlight` (row ids, e.g. a cluster) is outlined on top. `hover` (one line per store row) is what a
+    point shows on hover besides its row id; None shows only the id and the colour value (the trace
+    name), which keeps a 200k-point figure's JSON to a few MB.
     """
     rows = np.asarray(rows, dtype=np.int64)
     selected = np.asarray(selected if selected is not None else [], dtype=np.int64)
@@ -44,8 +53,15 @@ def map_figure(
 
     def add(name: str, members: np.ndarray, marker: dict[str, Any], showlegend: bool = True) -> None:
         trace = go.Scattergl(
-            x=xy[members, 0], y=xy[members, 1], mode="markers", name=name, customdata=members,
-            text=hover[members], hovertemplate=HOVER, marker=marker, showlegend=showlegend,
+            x=xy[members, 0],
+            y=xy[members, 1],
+            mode="markers",
+            name=name,
+            customdata=members,
+            text=None if hover is None else hover[members],
+            hovertemplate=HOVER_BARE if hover is None else HOVER,
+            marker=marker,
+            showlegend=showlegend,
         )
         if len(selected):
             trace.selectedpoints = trace_positions(members, selected)
@@ -64,26 +80,46 @@ def map_figure(
     else:
         values = colour.to_numpy(dtype=float)[rows]
         present = ~np.isnan(values)
-        add(str(colour.name), rows[present], {
-            "size": size, "color": values[present], "colorscale": "Viridis", "showscale": True,
-            "colorbar": {"title": {"text": str(colour.name)}, "thickness": 12},
-        }, showlegend=False)
+        add(
+            str(colour.name),
+            rows[present],
+            {
+                "size": size,
+                "color": values[present],
+                "colorscale": "Viridis",
+                "showscale": True,
+                "colorbar": {"title": {"text": str(colour.name)}, "thickness": 12},
+            },
+            showlegend=False,
+        )
         if (~present).any():
             add(MISSING_LABEL, rows[~present], {"size": size, "color": MISSING_COLOUR})
 
     if highlight is not None and len(highlight):
         highlight = np.asarray(highlight, dtype=np.int64)
-        traces.append(go.Scattergl(
-            x=xy[highlight, 0], y=xy[highlight, 1], mode="markers", name=f"highlight ({len(highlight)})",
-            customdata=highlight, text=hover[highlight], hovertemplate=HOVER,
-            marker={"size": size + 4, "color": "rgba(0,0,0,0)", "line": {"color": "black", "width": 1.5}},
-        ))
+        traces.append(
+            go.Scattergl(
+                x=xy[highlight, 0],
+                y=xy[highlight, 1],
+                mode="markers",
+                name=f"highlight ({len(highlight)})",
+                customdata=highlight,
+                text=None if hover is None else hover[highlight],
+                hovertemplate=HOVER_BARE if hover is None else HOVER,
+                marker={"size": size + 4, "color": "rgba(0,0,0,0)", "line": {"color": "black", "width": 1.5}},
+            )
+        )
 
     figure = go.Figure(traces)
     figure.update_layout(
-        title=title or None, height=height, margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
-        dragmode="lasso", legend={"itemsizing": "constant"}, uirevision="map",
-        xaxis={"showticklabels": False, "title": None}, yaxis={"showticklabels": False, "title": None},
+        title=title or None,
+        height=height,
+        margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
+        dragmode="lasso",
+        legend={"itemsizing": "constant"},
+        uirevision="map",
+        xaxis={"showticklabels": False, "title": None},
+        yaxis={"showticklabels": False, "title": None},
     )
     return figure
 
@@ -98,28 +134,51 @@ def probe_bars(probes: Sequence[Mapping[str, Any]]) -> go.Figure:
         lows = [float(p["score"]) - float((p.get("ci") or [p["score"]] * 2)[0]) for p in mine]
         highs = [float((p.get("ci") or [p["score"]] * 2)[1]) - float(p["score"]) for p in mine]
         figure.add_bar(
-            name=model, x=[str(p["attribute"]) for p in mine], y=scores, marker_color=PALETTE[index],
+            name=model,
+            x=[str(p["attribute"]) for p in mine],
+            y=scores,
+            marker_color=PALETTE[index],
             error_y={"type": "data", "symmetric": False, "array": highs, "arrayminus": lows},
         )
     chance = {str(p["attribute"]): p.get("chance") for p in probes if p.get("chance") is not None}
     figure.add_scatter(
-        name="chance", x=list(chance), y=[float(v) for v in chance.values()], mode="markers",
+        name="chance",
+        x=list(chance),
+        y=[float(v) for v in chance.values()],
+        mode="markers",
         marker={"symbol": "line-ew-open", "size": 40, "color": "black", "line": {"width": 2}},
     )
-    figure.update_layout(barmode="group", height=380, margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                         yaxis_title="score (MAE for continuous)")
+    figure.update_layout(
+        barmode="group",
+        height=380,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        yaxis_title="score (MAE for continuous)",
+    )
     return figure
 
 
-def heatmap(matrix: np.ndarray, rows: Sequence[str], columns: Sequence[str], title: str, zlabel: str) -> go.Figure:
+def heatmap(
+    matrix: np.ndarray, rows: Sequence[str], columns: Sequence[str], title: str, zlabel: str
+) -> go.Figure:
     """An annotated heatmap, e.g. the train-site × test-site matrix of the cross-site control."""
-    figure = go.Figure(go.Heatmap(
-        z=matrix, x=list(columns), y=list(rows), colorscale="Blues", colorbar={"title": {"text": zlabel}},
-        text=np.vectorize(lambda v: "" if np.isnan(v) else f"{v:.2f}")(np.asarray(matrix, dtype=float)),
-        texttemplate="%{text}",
-    ))
-    figure.update_layout(title=title, height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10},
-                         xaxis_title="tested on", yaxis_title="trained on")
+    figure = go.Figure(
+        go.Heatmap(
+            z=matrix,
+            x=list(columns),
+            y=list(rows),
+            colorscale="Blues",
+            colorbar={"title": {"text": zlabel}},
+            text=np.vectorize(lambda v: "" if np.isnan(v) else f"{v:.2f}")(np.asarray(matrix, dtype=float)),
+            texttemplate="%{text}",
+        )
+    )
+    figure.update_layout(
+        title=title,
+        height=380,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        xaxis_title="tested on",
+        yaxis_title="trained on",
+    )
     return figure
 
 
@@ -127,8 +186,12 @@ def group_metric_bars(table: pd.DataFrame, metric: str) -> go.Figure:
     """One metric per group with its CI (columns `<metric> lo` / `<metric> hi` when present)."""
     error = None
     if f"{metric} lo" in table and f"{metric} hi" in table:
-        error = {"type": "data", "symmetric": False, "array": table[f"{metric} hi"] - table[metric],
-                 "arrayminus": table[metric] - table[f"{metric} lo"]}
+        error = {
+            "type": "data",
+            "symmetric": False,
+            "array": table[f"{metric} hi"] - table[metric],
+            "arrayminus": table[metric] - table[f"{metric} lo"],
+        }
     figure = go.Figure(go.Bar(x=table["group"], y=table[metric], error_y=error, marker_color=PALETTE[0]))
     figure.update_layout(height=300, margin={"l": 10, "r": 10, "t": 30, "b": 10}, title=metric)
     return figure

@@ -12,23 +12,35 @@ import subprocess
 import sys
 from pathlib import Path
 
-from embedx.dashboard.data import STORE_ENV
-
+STORE_ENV = "EMBEDX_STORE"
 APP = Path(__file__).resolve().parent / "app.py"
 
 
 def command(store: Path, port: int, host: str) -> list[str]:
     """The `streamlit run` command line (a separate function so tests can check it without a server)."""
     return [
-        sys.executable, "-m", "streamlit", "run", str(APP),
-        "--server.headless", "true",
-        "--server.address", host,
-        "--server.port", str(port),
-        "--browser.gatherUsageStats", "false",
-        "--server.fileWatcherType", "none",
-        "--global.developmentMode", "false",
-        "--client.toolbarMode", "viewer",
-        "--", "--store", str(store),
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP),
+        "--server.headless",
+        "true",
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--global.developmentMode",
+        "false",
+        "--client.toolbarMode",
+        "viewer",
+        "--",
+        "--store",
+        str(store),
     ]
 
 

@@ -55,7 +55,10 @@ def apply_filters(attributes: pd.DataFrame, filters: Mapping[str, Any]) -> np.nd
 
 
 def density_sample(
-    rows: np.ndarray, groups: pd.Series | np.ndarray | None, max_points: int, seed: int = 0,
+    rows: np.ndarray,
+    groups: pd.Series | np.ndarray | None,
+    max_points: int,
+    seed: int = 0,
     min_per_group: int = 50,
 ) -> np.ndarray:
     """At most `max_points` of `rows`, drawn uniformly within each group so the picture keeps its density.
@@ -78,7 +81,7 @@ def density_sample(
     fraction = max_points / len(rows)
     for index in range(len(uniques)):
         members = rows[inverse == index]
-        take = max(min(len(members), min_per_group), int(round(len(members) * fraction)))
+        take = max(min(len(members), min_per_group), round(len(members) * fraction))
         take = min(take, len(members))
         keep.append(rng.choice(members, size=take, replace=False))
     return np.sort(np.concatenate(keep))
@@ -107,10 +110,14 @@ def selected_row_ids(event: Any) -> np.ndarray:
     """
     if event is None:
         return np.empty(0, dtype=np.int64)
-    selection = event.get("selection", event) if isinstance(event, Mapping) else getattr(event, "selection", None)
+    selection = (
+        event.get("selection", event) if isinstance(event, Mapping) else getattr(event, "selection", None)
+    )
     if selection is None:
         return np.empty(0, dtype=np.int64)
-    points = selection.get("points", []) if isinstance(selection, Mapping) else getattr(selection, "points", [])
+    points = (
+        selection.get("points", []) if isinstance(selection, Mapping) else getattr(selection, "points", [])
+    )
     ids: list[int] = []
     for point in points or []:
         custom = point.get("customdata") if isinstance(point, Mapping) else None
@@ -162,7 +169,9 @@ def png_data_url(thumb: np.ndarray) -> str:
 
 
 def rows_table(
-    attributes: pd.DataFrame, rows: np.ndarray, sample_ids: np.ndarray | None = None,
+    attributes: pd.DataFrame,
+    rows: np.ndarray,
+    sample_ids: np.ndarray | None = None,
     thumbnails: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """The rows of a selection as a table: row id, sample id, optional thumbnail data URL, attributes."""
@@ -181,7 +190,9 @@ def selection_csv(attributes: pd.DataFrame, rows: np.ndarray, sample_ids: np.nda
     return rows_table(attributes, rows, sample_ids).to_csv(index=False).encode("utf-8")
 
 
-def hover_text(attributes: pd.DataFrame, columns: Iterable[str] | None = None, max_columns: int = 6) -> np.ndarray:
+def hover_text(
+    attributes: pd.DataFrame, columns: Iterable[str] | None = None, max_columns: int = 6
+) -> np.ndarray:
     """One compact hover line per row ("site=north · sex=F · age=54")."""
     columns = list(columns or attributes.columns)[:max_columns]
     parts: list[pd.Series] = []
@@ -219,11 +230,13 @@ def drop_self(found: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
         kept = candidates[candidates != row][:k]
         out[i, : len(kept)] = kept
         if len(kept) < k:
-            out[i, len(kept):] = -1
+            out[i, len(kept) :] = -1
     return out
 
 
-def neighbour_overlap(z_a: np.ndarray, z_b: np.ndarray, k: int = 10, sample: int = 2000, seed: int = 0) -> float:
+def neighbour_overlap(
+    z_a: np.ndarray, z_b: np.ndarray, k: int = 10, sample: int = 2000, seed: int = 0
+) -> float:
     """Mean Jaccard overlap of each sample's k-NN set in two embeddings of the same rows.
 
     1 means both models see the same neighbourhoods; two unrelated embeddings give about k/(2N−k), the
@@ -260,12 +273,20 @@ def neighbour_agreement(
             own = labels[row]
             share = float(np.mean(labels[neighbours] == own))
             base = float(np.mean(labels == own))
-            records.append({"attribute": name, "value": own, "neighbours sharing it": share, "cohort share": base})
+            records.append(
+                {"attribute": name, "value": own, "neighbours sharing it": share, "cohort share": base}
+            )
         else:
             values = column.to_numpy(dtype=float)
-            records.append({"attribute": name, "value": f"{values[row]:.3g}",
-                            "neighbours sharing it": math.nan, "cohort share": math.nan,
-                            "mean |difference|": float(np.nanmean(np.abs(values[neighbours] - values[row])))})
+            records.append(
+                {
+                    "attribute": name,
+                    "value": f"{values[row]:.3g}",
+                    "neighbours sharing it": math.nan,
+                    "cohort share": math.nan,
+                    "mean |difference|": float(np.nanmean(np.abs(values[neighbours] - values[row]))),
+                }
+            )
     return pd.DataFrame.from_records(records)
 
 
@@ -273,8 +294,13 @@ def neighbour_agreement(
 
 
 def map_quality(
-    latent: np.ndarray, xy: np.ndarray, attributes: pd.DataFrame, k: int = 10, sample: int = 1500,
-    seed: int = 0, kinds: Mapping[str, str] | None = None,
+    latent: np.ndarray,
+    xy: np.ndarray,
+    attributes: pd.DataFrame,
+    k: int = 10,
+    sample: int = 1500,
+    seed: int = 0,
+    kinds: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """How faithful a 2-D map is to its latent space, on a seeded sample of encoded rows.
 
@@ -310,10 +336,22 @@ def map_quality(
         knn = KNeighborsClassifier(n_neighbors=k)
         latent_acc = float(cross_val_score(knn, z, labels, cv=5, scoring="balanced_accuracy").mean())
         map_acc = float(cross_val_score(knn, p, labels, cv=5, scoring="balanced_accuracy").mean())
-        per_attribute.append({"attribute": name, "latent": latent_acc, "map": map_acc,
-                              "gap": latent_acc - map_acc, "chance": 1.0 / len(counts)})
-    return {"n": len(rows), "k": k, "trustworthiness": trust, "knn_recall": recall,
-            "attributes": per_attribute}
+        per_attribute.append(
+            {
+                "attribute": name,
+                "latent": latent_acc,
+                "map": map_acc,
+                "gap": latent_acc - map_acc,
+                "chance": 1.0 / len(counts),
+            }
+        )
+    return {
+        "n": len(rows),
+        "k": k,
+        "trustworthiness": trust,
+        "knn_recall": recall,
+        "attributes": per_attribute,
+    }
 
 
 # --------------------------------------------------------------------------- analysis results
@@ -366,6 +404,10 @@ def fairness_group_table(result: Mapping[str, Any]) -> pd.DataFrame:
 
 def fairness_gaps(result: Mapping[str, Any]) -> dict[str, float]:
     """The scalar gap fields of a fairness result (difference / ratio / gap in the name)."""
-    return {k: float(v) for k, v in result.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
-            and any(word in k for word in ("difference", "ratio", "gap"))}
+    return {
+        k: float(v)
+        for k, v in result.items()
+        if isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and any(word in k for word in ("difference", "ratio", "gap"))
+    }

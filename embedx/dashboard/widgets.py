@@ -23,6 +23,7 @@ SELECTION_ORIGIN = "selection_origin"
 FOCUS = "focus_row"
 SCATTER_MAX = 200_000  # above this a WebGL panel stops being responsive: draw a density-preserving sample
 THUMB_CAP = 48
+HOVER_TEXT_MAX = 50_000  # above this, hover shows the row id and colour value only (figure JSON stays small)
 
 
 def quote(path: Path | str) -> str:
@@ -38,13 +39,18 @@ def require_store() -> tuple[Path, data.StoreMeta]:
         st.stop()
     if not path.exists():
         st.error(f"Store {path} does not exist. Create it with `embedx encode`, then start the explorer:")
-        st.code(f"embedx encode RUN_DIR --manifest manifest.csv --out {quote(path)}\n"
-                f"embedx dashboard {quote(path)}", language="bash")
+        st.code(
+            f"embedx encode RUN_DIR --manifest manifest.csv --out {quote(path)}\n"
+            f"embedx dashboard {quote(path)}",
+            language="bash",
+        )
         st.stop()
     meta = data.meta(path)
     if not meta.models:
-        hint("This store holds no embeddings yet. Encode a trained model into it:",
-             f"embedx encode RUN_DIR --manifest manifest.csv --out {quote(path)}")
+        hint(
+            "This store holds no embeddings yet. Encode a trained model into it:",
+            f"embedx encode RUN_DIR --manifest manifest.csv --out {quote(path)}",
+        )
         st.stop()
     return path, meta
 
@@ -68,15 +74,20 @@ def clear_selection() -> None:
     set_selection(np.empty(0, dtype=np.int64), "")
 
 
-def model_and_method(meta: data.StoreMeta, key: str, default_model: int = 0,
-                     container: Any = st.sidebar) -> tuple[str, str] | None:
+def model_and_method(
+    meta: data.StoreMeta, key: str, default_model: int = 0, container: Any = st.sidebar
+) -> tuple[str, str] | None:
     """Pick a model that has a 2-D map, and one of its methods; None (with a hint) when there is none."""
     mapped = [m for m in meta.models if meta.projections.get(m)]
     if not mapped:
-        hint("No 2-D map in this store yet. Project a model's latents:",
-             f"embedx project {quote(meta.path)} --method tsne")
+        hint(
+            "No 2-D map in this store yet. Project a model's latents:",
+            f"embedx project {quote(meta.path)} --method tsne",
+        )
         return None
-    model = container.selectbox("Model", mapped, index=min(default_model, len(mapped) - 1), key=f"{key}_model")
+    model = container.selectbox(
+        "Model", mapped, index=min(default_model, len(mapped) - 1), key=f"{key}_model"
+    )
     method = container.selectbox("Map", meta.projections[model], key=f"{key}_method")
     return model, method
 
@@ -109,8 +120,7 @@ def filters(path: Path, meta: data.StoreMeta, key: str) -> dict[str, Any]:
                 values = sorted(data.labels(path, name).unique())
                 if len(values) > 60:
                     continue
-                picked = st.multiselect(name, values, default=[], key=f"{key}_f_{name}",
-                                        placeholder="all")
+                picked = st.multiselect(name, values, default=[], key=f"{key}_f_{name}", placeholder="all")
                 if picked:
                     chosen[name] = list(picked)
     return chosen
@@ -121,8 +131,17 @@ def _token(*parts: Any) -> str:
 
 
 def selectable_map(
-    path: Path, meta: data.StoreMeta, model: str, method: str, colour: str | None, mask: np.ndarray,
-    key: str, follow: bool = False, highlight: np.ndarray | None = None, height: int = 560, title: str = "",
+    path: Path,
+    meta: data.StoreMeta,
+    model: str,
+    method: str,
+    colour: str | None,
+    mask: np.ndarray,
+    key: str,
+    follow: bool = False,
+    highlight: np.ndarray | None = None,
+    height: int = 560,
+    title: str = "",
     max_points: int = SCATTER_MAX,
 ) -> None:
     """Draw one model's map with box/lasso/click selection and fold its events into the kept selection.
@@ -134,20 +153,34 @@ def selectable_map(
     """
     seen_key = f"{key}__seen"
     kept, st.session_state[seen_key] = shaping.reconcile_selection(
-        selection(), shaping.selected_row_ids(st.session_state.get(key)), st.session_state.get(seen_key))
+        selection(), shaping.selected_row_ids(st.session_state.get(key)), st.session_state.get(seen_key)
+    )
     if kept is not selection():
         set_selection(kept, f"{model} · {method}")
 
     xy = data.projection(path, model, method)
     encoded = ~np.isnan(xy).any(axis=1)
     rows = np.flatnonzero(mask & encoded)
-    groups = data.labels(path, colour).to_numpy()[rows] if colour and meta.kinds.get(colour) != "continuous" else None
+    groups = (
+        data.labels(path, colour).to_numpy()[rows]
+        if colour and meta.kinds.get(colour) != "continuous"
+        else None
+    )
     drawn = shaping.density_sample(rows, groups, max_points)
     if len(drawn) < len(rows):
-        st.caption(f"Drawing a density-preserving sample of {len(drawn):,} of {len(rows):,} points; "
-                   "selections and statistics use every row.")
-    figure_token = _token(model, method, colour, len(rows), int(rows.sum()), len(drawn),
-                          None if highlight is None else int(np.asarray(highlight).sum()))
+        st.caption(
+            f"Drawing a density-preserving sample of {len(drawn):,} of {len(rows):,} points; "
+            "selections and statistics use every row."
+        )
+    figure_token = _token(
+        model,
+        method,
+        colour,
+        len(rows),
+        int(rows.sum()),
+        len(drawn),
+        None if highlight is None else int(np.asarray(highlight).sum()),
+    )
     baked_key = f"{key}__baked"
     baked = st.session_state.get(baked_key)
     if follow or baked is None or baked[0] != figure_token:
@@ -155,14 +188,29 @@ def selectable_map(
         st.session_state[baked_key] = baked
     colour_values = meta.attributes[colour] if colour else None
     figure = figures.map_figure(
-        xy, drawn, colour_values, categorical=bool(colour) and meta.kinds.get(colour) != "continuous",
-        hover=data.hover(path), selected=baked[1], highlight=highlight, title=title, height=height)
-    st.plotly_chart(figure, key=key, on_select="rerun", selection_mode=("points", "box", "lasso"),
-                    width="stretch", config={"displaylogo": False, "scrollZoom": True})
+        xy,
+        drawn,
+        colour_values,
+        categorical=bool(colour) and meta.kinds.get(colour) != "continuous",
+        hover=data.hover(path) if len(drawn) <= HOVER_TEXT_MAX else None,
+        selected=baked[1],
+        highlight=highlight,
+        title=title,
+        height=height,
+    )
+    st.plotly_chart(
+        figure,
+        key=key,
+        on_select="rerun",
+        selection_mode=("points", "box", "lasso"),
+        width="stretch",
+        config={"displaylogo": False, "scrollZoom": True},
+    )
 
 
-def selection_panel(path: Path, meta: data.StoreMeta, cohort: np.ndarray, model: str | None,
-                    key: str = "panel") -> None:
+def selection_panel(
+    path: Path, meta: data.StoreMeta, cohort: np.ndarray, model: str | None, key: str = "panel"
+) -> None:
     """Thumbnails, composition vs cohort with tests and effect sizes, neighbours of a clicked row, CSV."""
     from embedx.analysis.enrichment import enrichment
 
@@ -187,35 +235,68 @@ def selection_panel(path: Path, meta: data.StoreMeta, cohort: np.ndarray, model:
     mask = np.zeros(meta.n, dtype=bool)
     mask[rows] = True
     in_cohort = cohort.copy()
-    st.markdown("**Composition vs the cohort** (2×2 test per value, BH-corrected; effect: fold and odds ratio; "
-                "continuous: Mann–Whitney, median shift)")
+    st.markdown(
+        "**Composition vs the cohort** (2×2 test per value, BH-corrected; effect: fold and odds ratio; "
+        "continuous: Mann–Whitney, median shift)"
+    )
     table = enrichment(meta.attributes[in_cohort].reset_index(drop=True), mask[in_cohort], meta.schema)
     if table.empty:
         st.caption("The selection covers the whole (filtered) cohort: nothing to compare against.")
     else:
-        shown_columns = ["attribute", "value", "n_selected", "pct_selected", "pct_rest", "fold", "odds_ratio",
-                         "median_selected", "median_rest", "cramers_v", "test", "p_value", "q_value",
-                         "significant"]
-        st.dataframe(table[[c for c in shown_columns if c in table]], hide_index=True, width="stretch",
-                     column_config={
-                         "pct_selected": st.column_config.NumberColumn("% selection", format="percent"),
-                         "pct_rest": st.column_config.NumberColumn("% rest", format="percent"),
-                         "fold": st.column_config.NumberColumn(format="%.2f"),
-                         "odds_ratio": st.column_config.NumberColumn("odds ratio", format="%.2f"),
-                         "cramers_v": st.column_config.NumberColumn("Cramér's V", format="%.2f"),
-                         "p_value": st.column_config.NumberColumn("p", format="%.2g"),
-                         "q_value": st.column_config.NumberColumn("q (BH)", format="%.2g"),
-                     }, key=f"{key}_composition")
+        shown_columns = [
+            "attribute",
+            "value",
+            "n_selected",
+            "pct_selected",
+            "pct_rest",
+            "fold",
+            "odds_ratio",
+            "median_selected",
+            "median_rest",
+            "cramers_v",
+            "test",
+            "p_value",
+            "q_value",
+            "significant",
+        ]
+        st.dataframe(
+            table[[c for c in shown_columns if c in table]],
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "pct_selected": st.column_config.NumberColumn("% selection", format="percent"),
+                "pct_rest": st.column_config.NumberColumn("% rest", format="percent"),
+                "fold": st.column_config.NumberColumn(format="%.2f"),
+                "odds_ratio": st.column_config.NumberColumn("odds ratio", format="%.2f"),
+                "cramers_v": st.column_config.NumberColumn("Cramér's V", format="%.2f"),
+                "p_value": st.column_config.NumberColumn("p", format="%.2g"),
+                "q_value": st.column_config.NumberColumn("q (BH)", format="%.2g"),
+            },
+            key=f"{key}_composition",
+        )
 
-    st.download_button("Download selected rows (CSV)", shaping.selection_csv(meta.attributes, rows, meta.sample_ids),
-                       file_name="selection.csv", mime="text/csv", key=f"{key}_csv")
+    st.download_button(
+        "Download selected rows (CSV)",
+        shaping.selection_csv(meta.attributes, rows, meta.sample_ids),
+        file_name="selection.csv",
+        mime="text/csv",
+        key=f"{key}_csv",
+    )
 
     if model is not None:
         st.markdown("**Rows** — click a row to list its nearest neighbours in latent space")
-        table_rows = shaping.rows_table(meta.attributes, shown, meta.sample_ids, data.thumbnail_urls(path, shown))
-        event = st.dataframe(table_rows, hide_index=True, width="stretch", on_select="rerun",
-                             selection_mode="single-row", key=f"{key}_rows",
-                             column_config={"image": st.column_config.ImageColumn("image", width="small")})
+        table_rows = shaping.rows_table(
+            meta.attributes, shown, meta.sample_ids, data.thumbnail_urls(path, shown)
+        )
+        event = st.dataframe(
+            table_rows,
+            hide_index=True,
+            width="stretch",
+            on_select="rerun",
+            selection_mode="single-row",
+            key=f"{key}_rows",
+            column_config={"image": st.column_config.ImageColumn("image", width="small")},
+        )
         picked = event.selection.rows if event is not None else []
         if picked:
             st.session_state[FOCUS] = int(shown[picked[0]])
@@ -228,8 +309,10 @@ def neighbours(path: Path, meta: data.StoreMeta, model: str, row: int, k: int = 
     if len(found) == 0:
         st.warning(f"Row {row} was not encoded by {model}.")
         return
-    st.markdown(f"**Row {row} and its {len(found)} nearest neighbours in `{model}` latent space** "
-                "(not in the 2-D map)")
+    st.markdown(
+        f"**Row {row} and its {len(found)} nearest neighbours in `{model}` latent space** "
+        "(not in the 2-D map)"
+    )
     both = np.concatenate([[row], found])
     captions = [f"query {row}", *[f"{r} · d={d:.2f}" for r, d in zip(found, distances, strict=True)]]
     st.image(data.thumbnail_urls(path, both), width=72, caption=captions)
@@ -237,10 +320,18 @@ def neighbours(path: Path, meta: data.StoreMeta, model: str, row: int, k: int = 
     table.insert(1, "distance", np.concatenate([[0.0], distances]))
     st.dataframe(table, hide_index=True, width="stretch")
     agreement = shaping.neighbour_agreement(meta.attributes, row, found, meta.kinds)
-    st.markdown("Share of neighbours with the same value as the query, against that value's share in the cohort:")
-    st.dataframe(agreement, hide_index=True, width="stretch",
-                 column_config={"neighbours sharing it": st.column_config.NumberColumn(format="percent"),
-                                "cohort share": st.column_config.NumberColumn(format="percent")})
+    st.markdown(
+        "Share of neighbours with the same value as the query, against that value's share in the cohort:"
+    )
+    st.dataframe(
+        agreement,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "neighbours sharing it": st.column_config.NumberColumn(format="percent"),
+            "cohort share": st.column_config.NumberColumn(format="percent"),
+        },
+    )
 
 
 def frame_or_caption(frame: pd.DataFrame, empty: str, **kwargs: Any) -> None:

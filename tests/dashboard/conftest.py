@@ -1,4 +1,4 @@
-"""One synthetic store per session (with analyses) and one without any analysis, shared by the area's tests."""
+"""One synthetic store per session (with analyses) and one without any analysis, for the area's tests."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from synthstore import make_store  # noqa: E402
+from synthstore import make_store
 
 
 @pytest.fixture(scope="session")

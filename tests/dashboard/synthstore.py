@@ -23,13 +23,15 @@ FAIRNESS_DPD = 0.0421
 
 def cohort(n: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({
-        "site": rng.choice(SITES, n, p=[0.5, 0.3, 0.2]),
-        "sex": rng.choice(["F", "M"], n),
-        "age": rng.normal(55, 15, n).round(1),
-        "finding": rng.integers(0, 2, n).astype(float),
-        "insurance": rng.choice(["public", "private"], n),
-    })
+    return pd.DataFrame(
+        {
+            "site": rng.choice(SITES, n, p=[0.5, 0.3, 0.2]),
+            "sex": rng.choice(["F", "M"], n),
+            "age": rng.normal(55, 15, n).round(1),
+            "finding": rng.integers(0, 2, n).astype(float),
+            "insurance": rng.choice(["public", "private"], n),
+        }
+    )
 
 
 SCHEMA = {
@@ -65,35 +67,85 @@ def thumbnails(table: pd.DataFrame, seed: int) -> np.ndarray:
 def probe_dicts(models: tuple[str, ...]) -> list[dict]:
     out = []
     for model in models:
-        for attribute, kind, score, chance in (("site", "categorical", PROBE_SCORE, 1 / 3),
-                                               ("sex", "binary", 0.81 if model == "dae" else 0.52, 0.5),
-                                               ("age", "continuous", 11.2, 12.0)):
-            out.append({"model": model, "attribute": attribute, "kind": kind,
-                        "metric": "mae" if kind == "continuous" else "balanced_accuracy",
-                        "score": score, "ci": [score - 0.03, score + 0.03], "chance": chance, "p_value": 0.001,
-                        "encoded": attribute != "age" and score - 0.03 > chance, "n": 300,
-                        "classes": {}})
+        for attribute, kind, score, chance in (
+            ("site", "categorical", PROBE_SCORE, 1 / 3),
+            ("sex", "binary", 0.81 if model == "dae" else 0.52, 0.5),
+            ("age", "continuous", 11.2, 12.0),
+        ):
+            out.append(
+                {
+                    "model": model,
+                    "attribute": attribute,
+                    "kind": kind,
+                    "metric": "mae" if kind == "continuous" else "balanced_accuracy",
+                    "score": score,
+                    "ci": [score - 0.03, score + 0.03],
+                    "chance": chance,
+                    "p_value": 0.001,
+                    "encoded": attribute != "age" and score - 0.03 > chance,
+                    "n": 300,
+                    "classes": {},
+                }
+            )
     return out
 
 
 def fairness_dict(model: str) -> dict:
-    return {"model": model, "target": "finding", "sensitive": "sex",
-            "by_group": {"F": {"n": 150, "positives": 70, "tpr": 0.81, "fpr": 0.12, "auc": 0.88,
-                               "ci": {"tpr": [0.74, 0.88], "auc": [0.83, 0.92]}},
-                         "M": {"n": 150, "positives": 75, "tpr": 0.77, "fpr": 0.15, "auc": 0.85,
-                               "ci": {"tpr": [0.69, 0.84], "auc": [0.80, 0.90]}}},
-            "demographic_parity_difference": FAIRNESS_DPD, "equalized_odds_difference": 0.04}
+    return {
+        "model": model,
+        "target": "finding",
+        "sensitive": "sex",
+        "by_group": {
+            "F": {
+                "n": 150,
+                "positives": 70,
+                "tpr": 0.81,
+                "fpr": 0.12,
+                "auc": 0.88,
+                "ci": {"tpr": [0.74, 0.88], "auc": [0.83, 0.92]},
+            },
+            "M": {
+                "n": 150,
+                "positives": 75,
+                "tpr": 0.77,
+                "fpr": 0.15,
+                "auc": 0.85,
+                "ci": {"tpr": [0.69, 0.84], "auc": [0.80, 0.90]},
+            },
+        },
+        "demographic_parity_difference": FAIRNESS_DPD,
+        "equalized_odds_difference": 0.04,
+    }
 
 
-def make_store(path: Path, n: int = 300, seed: int = 0, analyses: bool = True, dim: int = 16) -> Path:
-    """Write the synthetic store to `path`; `analyses=False` leaves /analysis empty (for the hint tests)."""
+def make_store(
+    path: Path,
+    n: int = 300,
+    seed: int = 0,
+    analyses: bool = True,
+    dim: int = 16,
+    with_thumbnails: bool = True,
+) -> Path:
+    """Write the synthetic store to `path`; `analyses=False` leaves /analysis empty (for the hint tests).
+
+    `with_thumbnails=False` (the 220k benchmark) skips 0.9 GB of thumbnails; the store then serves blanks.
+    """
     from sklearn.decomposition import PCA
 
     table = cohort(n, seed)
     models = {"vae": latents(table, dim, False, seed + 1), "dae": latents(table, dim, True, seed + 2)}
     ids = np.array([f"s{i:07d}" for i in range(n)])
-    write_store_from_arrays(path, ids, ids, table, SCHEMA, models, thumbnails(table, seed),
-                            embedding_attrs={"vae": {"kind": "vae"}, "dae": {"kind": "dae"}})
+    thumbs = thumbnails(table, seed) if with_thumbnails else None
+    write_store_from_arrays(
+        path,
+        ids,
+        ids,
+        table,
+        SCHEMA,
+        models,
+        thumbs,
+        embedding_attrs={"vae": {"kind": "vae"}, "dae": {"kind": "dae"}},
+    )
     with Store.open(path, "a") as store:
         for name, z in models.items():
             coords = PCA(n_components=2, random_state=seed).fit_transform(z).astype(np.float32)

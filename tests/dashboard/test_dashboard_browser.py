@@ -4,6 +4,7 @@ Playwright — map drawn, colour switched, a lasso dragged with the mouse, thumb
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -16,8 +17,13 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 GRAPH = "document.querySelector('.js-plotly-plot')"
 
 
@@ -33,8 +39,12 @@ def server(store: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]
     port = free_port()
     log = (tmp_path / "server.log").open("w")
     env = dict(os.environ, EMBEDX_NO_PROGRESS="1")
-    process = subprocess.Popen([sys.executable, "-m", "embedx", "dashboard", str(store), "--port", str(port)],
-                               stdout=log, stderr=subprocess.STDOUT, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "embedx", "dashboard", str(store), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -57,11 +67,11 @@ def server(store: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]
         log.close()
 
 
-def point_count(page) -> int:  # noqa: ANN001
+def point_count(page) -> int:
     return int(page.evaluate(f"() => {GRAPH}._fullData.reduce((s, t) => s + (t._length || 0), 0)"))
 
 
-def trace_names(page) -> list[str]:  # noqa: ANN001
+def trace_names(page) -> list[str]:
     return list(page.evaluate(f"() => {GRAPH}._fullData.map(t => t.name)"))
 
 
@@ -69,8 +79,10 @@ def trace_names(page) -> list[str]:  # noqa: ANN001
 @pytest.mark.slow
 def test_map_colour_lasso_and_thumbnails_in_chromium(server, artifacts_dir: Path) -> None:
     if not CHROMIUM.exists():
-        pytest.fail("Debian's chromium is missing at /usr/bin/chromium: install it with "
-                    "`apt-get install -y chromium` (make test runs scripts/ensure-chromium.sh)")
+        pytest.fail(
+            "Debian's chromium is missing at /usr/bin/chromium: install it with "
+            "`apt-get install -y chromium` (make test runs scripts/ensure-chromium.sh)"
+        )
     from playwright.sync_api import sync_playwright
 
     url, process = server
@@ -79,16 +91,19 @@ def test_map_colour_lasso_and_thumbnails_in_chromium(server, artifacts_dir: Path
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(url, timeout=60_000)
-            page.wait_for_function(f"() => {{ const g = {GRAPH}; return g && g._fullData && "
-                                   "g._fullData.length > 0; }", timeout=60_000)
+            page.wait_for_function(
+                f"() => {{ const g = {GRAPH}; return g && g._fullData && g._fullData.length > 0; }}",
+                timeout=60_000,
+            )
             assert point_count(page) == 300
             assert sorted(n.split(" ")[0] for n in trace_names(page)) == ["east", "north", "south"]
 
             # switch the colour attribute through the sidebar select box
             page.get_by_role("combobox", name="Colour by").click()
             page.get_by_role("option", name="sex", exact=True).click()
-            page.wait_for_function(f"() => {GRAPH}._fullData.map(t => t.name).join(',').includes('F (')",
-                                   timeout=30_000)
+            page.wait_for_function(
+                f"() => {GRAPH}._fullData.map(t => t.name).join(',').includes('F (')", timeout=30_000
+            )
             assert sorted(n.split(" ")[0] for n in trace_names(page)) == ["F", "M"]
             assert point_count(page) == 300
 
@@ -99,7 +114,7 @@ def test_map_colour_lasso_and_thumbnails_in_chromium(server, artifacts_dir: Path
             corners = [(0.02, 0.02), (0.42, 0.02), (0.42, 0.98), (0.02, 0.98), (0.02, 0.03)]
             page.mouse.move(x0 + w * corners[0][0], y0 + h * corners[0][1])
             page.mouse.down()
-            for (ax, ay), (bx, by) in zip(corners, corners[1:], strict=False):
+            for (ax, ay), (bx, by) in itertools.pairwise(corners):
                 for step in range(1, 11):
                     t = step / 10
                     page.mouse.move(x0 + w * (ax + (bx - ax) * t), y0 + h * (ay + (by - ay) * t))
@@ -109,8 +124,9 @@ def test_map_colour_lasso_and_thumbnails_in_chromium(server, artifacts_dir: Path
             heading = page.get_by_text("Selection:", exact=False).first.inner_text()
             selected = int(heading.split(":")[1].split("images")[0].replace(",", "").strip())
             assert 50 < selected < 300
-            page.wait_for_function("() => document.querySelectorAll('[data-testid=stImage] img').length >= 10",
-                                   timeout=60_000)
+            page.wait_for_function(
+                "() => document.querySelectorAll('[data-testid=stImage] img').length >= 10", timeout=60_000
+            )
             images = page.locator("[data-testid=stImage] img")
             assert images.count() >= min(selected, 48)
             page.get_by_text("Composition vs the cohort", exact=False).first.wait_for(timeout=30_000)

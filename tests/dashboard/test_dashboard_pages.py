@@ -138,10 +138,15 @@ def test_counterfactual_page_explains_a_missing_run_folder(store, monkeypatch) -
     assert "not on this machine" in at.warning[0].value
 
 
-@pytest.mark.parametrize(("page", "command"), [
-    ("probes", "embedx probe "), ("fairness", "embedx fairness "), ("clusters", "embedx clusters "),
-    ("controls", "embedx control cross-site "),
-])
+@pytest.mark.parametrize(
+    ("page", "command"),
+    [
+        ("probes", "embedx probe "),
+        ("fairness", "embedx fairness "),
+        ("clusters", "embedx clusters "),
+        ("controls", "embedx control cross-site "),
+    ],
+)
 def test_missing_analyses_show_the_command_to_run(bare_store, monkeypatch, page, command) -> None:
     at = run_page(page, bare_store, monkeypatch)
     codes = [c.value for c in at.code]

@@ -36,8 +36,13 @@ def test_customdata_maps_selection_back_to_rows_with_colour_by_traces() -> None:
     points = []
     for trace_number, trace in enumerate(figure.data):
         for index in (0, 2):
-            points.append({"curve_number": trace_number, "point_index": index,
-                           "customdata": int(trace.customdata[index])})
+            points.append(
+                {
+                    "curve_number": trace_number,
+                    "point_index": index,
+                    "customdata": int(trace.customdata[index]),
+                }
+            )
     rows = shaping.selected_row_ids({"selection": {"points": points}})
     expected = sorted(int(t.customdata[i]) for t in figure.data for i in (0, 2))
     assert rows.tolist() == expected
@@ -114,13 +119,20 @@ def test_map_quality_sees_a_faithful_and_a_scrambled_map() -> None:
     assert faithful["trustworthiness"] > scrambled["trustworthiness"]
     assert faithful["knn_recall"] > scrambled["knn_recall"]
     site = {a["attribute"]: a for a in scrambled["attributes"]}["site"]
-    assert site["latent"] > 0.95 and site["gap"] > 0.3  # the latent knows the site, the scrambled map hides it
+    assert (
+        site["latent"] > 0.95 and site["gap"] > 0.3
+    )  # the latent knows the site, the scrambled map hides it
 
 
 def test_filters_categories_and_ranges() -> None:
     table = pd.DataFrame({"site": ["a", "b", None, "a"], "age": [20.0, 40.0, 60.0, np.nan]})
     assert shaping.apply_filters(table, {"site": ["a"]}).tolist() == [True, False, False, True]
-    assert shaping.apply_filters(table, {"site": [shaping.MISSING_LABEL]}).tolist() == [False, False, True, False]
+    assert shaping.apply_filters(table, {"site": [shaping.MISSING_LABEL]}).tolist() == [
+        False,
+        False,
+        True,
+        False,
+    ]
     assert shaping.apply_filters(table, {"age": (30.0, 70.0)}).tolist() == [False, True, True, False]
 
 
@@ -149,8 +161,13 @@ def test_result_readers_tolerate_nesting_and_extra_fields() -> None:
     probe = {"model": "dae", "attribute": "site", "score": 0.9, "new_field": 1}
     payloads = [probe, {"probes": [dict(probe, attribute="sex")]}]
     assert [p["attribute"] for p in shaping.probe_records(payloads)] == ["site", "sex"]
-    fairness = {"target": "t", "sensitive": "sex", "demographic_parity_difference": 0.1, "n_groups": 2,
-                "by_group": {"F": {"n": 3, "tpr": 0.5, "ci": {"tpr": [0.4, 0.6]}}}}
+    fairness = {
+        "target": "t",
+        "sensitive": "sex",
+        "demographic_parity_difference": 0.1,
+        "n_groups": 2,
+        "by_group": {"F": {"n": 3, "tpr": 0.5, "ci": {"tpr": [0.4, 0.6]}}},
+    }
     table = shaping.fairness_group_table(fairness)
     assert table.loc[0, "tpr lo"] == 0.4 and table.loc[0, "tpr hi"] == 0.6
     assert shaping.fairness_gaps(fairness) == {"demographic_parity_difference": 0.1}

@@ -10,12 +10,16 @@ path, meta = widgets.require_store()
 st.title("Compare two models")
 mapped = [m for m in meta.models if meta.projections.get(m)]
 if len(meta.models) < 2:
-    widgets.hint("Comparing needs two models in the store; encode a second run into it:",
-                 f"embedx encode RUN_DIR --manifest manifest.csv --out {widgets.quote(path)} --name dae")
+    widgets.hint(
+        "Comparing needs two models in the store; encode a second run into it:",
+        f"embedx encode RUN_DIR --manifest manifest.csv --out {widgets.quote(path)} --name dae",
+    )
     st.stop()
 if len(mapped) < 2:
-    widgets.hint("Both models need a 2-D map; project the latents of each:",
-                 f"embedx project {widgets.quote(path)} --method tsne")
+    widgets.hint(
+        "Both models need a 2-D map; project the latents of each:",
+        f"embedx project {widgets.quote(path)} --method tsne",
+    )
     st.stop()
 left_model = st.sidebar.selectbox("Left model", mapped, index=0, key="cmp_a")
 right_model = st.sidebar.selectbox("Right model", mapped, index=1, key="cmp_b")
@@ -25,10 +29,13 @@ k = st.sidebar.slider("k for the overlap", 5, 50, 10, key="cmp_k")
 
 score = data.overlap(path, left_model, right_model, k)
 n_encoded = int(meta.n)
-st.metric(f"Neighbourhood overlap ({left_model} vs {right_model})", f"{score:.3f}",
-          help="Mean Jaccard overlap of each image's k nearest neighbours in the two latent spaces "
-               f"(on up to 2,000 images). 1 = same neighbourhoods; unrelated spaces give about "
-               f"k/(2N−k) ≈ {k / (2 * n_encoded - k):.4f}.")
+st.metric(
+    f"Neighbourhood overlap ({left_model} vs {right_model})",
+    f"{score:.3f}",
+    help="Mean Jaccard overlap of each image's k nearest neighbours in the two latent spaces "
+    f"(on up to 2,000 images). 1 = same neighbourhoods; unrelated spaces give about "
+    f"k/(2N−k) ≈ {k / (2 * n_encoded - k):.4f}.",
+)
 
 
 @st.fragment
@@ -38,8 +45,18 @@ def maps_and_selection() -> None:
     for column, model, key in ((columns[0], left_model, "cmp_left"), (columns[1], right_model, "cmp_right")):
         with column:
             method = meta.projections[model][0]
-            widgets.selectable_map(path, meta, model, method, colour, cohort, key=key, follow=True,
-                                   height=460, title=f"{model} · {method}")
+            widgets.selectable_map(
+                path,
+                meta,
+                model,
+                method,
+                colour,
+                cohort,
+                key=key,
+                follow=True,
+                height=460,
+                title=f"{model} · {method}",
+            )
     widgets.selection_panel(path, meta, cohort, left_model, key="cmp_panel")
 
 

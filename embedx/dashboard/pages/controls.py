@@ -19,16 +19,26 @@ st.header("Cross-site matrix")
 if not cross:
     target = next((a for a in ("finding", "label", "disease") if a in meta.attribute_names), "TARGET")
     site = next((a for a in ("site", "manufacturer", "scanner") if a in meta.attribute_names), "SITE")
-    widgets.hint("No cross-site control in this store yet. Train on each site, test on every other:",
-                 f"embedx control cross-site {widgets.quote(path)} --target {target} --site {site}")
+    widgets.hint(
+        "No cross-site control in this store yet. Train on each site, test on every other:",
+        f"embedx control cross-site {widgets.quote(path)} --target {target} --site {site}",
+    )
 for result in cross:
     sites = [str(s) for s in result.get("sites", [])]
-    matrix = np.asarray([[np.nan if v is None else v for v in row] for row in result.get("matrix", [])], dtype=float)
-    title = f"{result.get('model', '')}: {result.get('target', '?')} AUC, trained on {result.get('site', 'site')} " \
-            "(rows) / tested on (columns)"
+    matrix = np.asarray(
+        [[np.nan if v is None else v for v in row] for row in result.get("matrix", [])], dtype=float
+    )
+    site_name = result.get("site", "site")
+    title = (
+        f"{result.get('model', '')}: {result.get('target', '?')} AUC, trained on {site_name} "
+        "(rows) / tested on (columns)"
+    )
     if matrix.size:
-        st.plotly_chart(figures.heatmap(matrix, sites, sites, title, result.get("metric", "auc")),
-                        width="stretch", key=f"cross_{result.get('model')}_{result.get('target')}")
+        st.plotly_chart(
+            figures.heatmap(matrix, sites, sites, title, result.get("metric", "auc")),
+            width="stretch",
+            key=f"cross_{result.get('model')}_{result.get('target')}",
+        )
     headline = result.get("internal_vs_external") or {}
     if headline:
         a, b, c = st.columns(3)
@@ -44,11 +54,15 @@ for result in cross:
 st.header("Background control")
 if not background:
     site = next((a for a in ("site", "manufacturer", "scanner") if a in meta.attribute_names), "site")
-    widgets.hint("No background-patch control stored. It reads the images (not the store): a classifier on a "
-                 "corner patch with no anatomy that still finds the site means the site is in the pixels:",
-                 f"embedx control background --manifest manifest.csv --attribute {site}")
+    widgets.hint(
+        "No background-patch control stored. It reads the images (not the store): a classifier on a "
+        "corner patch with no anatomy that still finds the site means the site is in the pixels:",
+        f"embedx control background --manifest manifest.csv --attribute {site}",
+    )
 for result in background:
-    scalars = {k: v for k, v in result.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    scalars = {
+        k: v for k, v in result.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+    }
     st.dataframe(pd.DataFrame([scalars]), hide_index=True, width="stretch")
     nested = {k: v for k, v in result.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
     for name, rows in nested.items():
@@ -58,6 +72,8 @@ for result in background:
 if other:
     st.header("Other controls")
     for result in other:
-        st.subheader(str(result.get("control", "control")) + (f" · {result['model']}" if "model" in result else ""))
+        st.subheader(
+            str(result.get("control", "control")) + (f" · {result['model']}" if "model" in result else "")
+        )
         for line in result.get("text", []):
             st.markdown(f"- {line}")

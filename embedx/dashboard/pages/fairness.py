@@ -11,8 +11,10 @@ st.title("Fairness")
 results = shaping.fairness_records(data.analysis(path, "fairness"))
 if not results:
     target = next((a for a in ("finding", "label", "disease") if a in meta.attribute_names), "TARGET")
-    widgets.hint("No fairness results in this store yet. Measure a target's probe per sensitive attribute:",
-                 f"embedx fairness {widgets.quote(path)} --target {target}")
+    widgets.hint(
+        "No fairness results in this store yet. Measure a target's probe per sensitive attribute:",
+        f"embedx fairness {widgets.quote(path)} --target {target}",
+    )
     st.stop()
 labels = [f"{r.get('model', '')} · {r['target']} by {r['sensitive']}".strip(" ·") for r in results]
 for label, result in zip(labels, results, strict=True):
@@ -23,9 +25,15 @@ for label, result in zip(labels, results, strict=True):
         for index, (name, value) in enumerate(gaps.items()):
             columns[index % len(columns)].metric(name.replace("_", " "), f"{value:.3f}")
     table = shaping.fairness_group_table(result)
-    widgets.frame_or_caption(table, "No per-group metrics in this result.",
-                             column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                            for c in table.columns if c not in ("group", "n", "positives")})
+    widgets.frame_or_caption(
+        table,
+        "No per-group metrics in this result.",
+        column_config={
+            c: st.column_config.NumberColumn(format="%.3f")
+            for c in table.columns
+            if c not in ("group", "n", "positives")
+        },
+    )
     numeric = [c for c in ("tpr", "fpr", "auc", "accuracy", "selection_rate") if c in table]
     if numeric:
         metric = st.radio("Metric", numeric, horizontal=True, key=f"fair_metric_{label}")

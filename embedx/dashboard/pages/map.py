@@ -32,15 +32,23 @@ with right:
     quality = data.map_quality(path, model, method)
     st.metric("Trustworthiness (k=10)", f"{quality['trustworthiness']:.3f}")
     st.metric("kNN recall@10", f"{quality['knn_recall']:.3f}")
-    st.caption(f"On a seeded sample of {quality['n']:,} encoded images. Per attribute: balanced accuracy of a "
-               "10-NN classifier in latent space vs in the 2-D map; a large gap means the picture distorts.")
-    table = [{"attribute": a["attribute"], "latent": a["latent"], "map": a["map"], "gap": a["gap"]}
-             for a in quality["attributes"]]
-    widgets.frame_or_caption(pd.DataFrame(table), "No categorical attribute to score.",
-                             column_config={c: st.column_config.NumberColumn(format="%.2f")
-                                            for c in ("latent", "map", "gap")})
+    st.caption(
+        f"On a seeded sample of {quality['n']:,} encoded images. Per attribute: balanced accuracy of a "
+        "10-NN classifier in latent space vs in the 2-D map; a large gap means the picture distorts."
+    )
+    table = [
+        {"attribute": a["attribute"], "latent": a["latent"], "map": a["map"], "gap": a["gap"]}
+        for a in quality["attributes"]
+    ]
+    widgets.frame_or_caption(
+        pd.DataFrame(table),
+        "No categorical attribute to score.",
+        column_config={c: st.column_config.NumberColumn(format="%.2f") for c in ("latent", "map", "gap")},
+    )
 with left:
     map_and_selection()
 
 if len(widgets.selection()) and not np.isin(widgets.selection(), np.flatnonzero(cohort)).all():
-    st.caption("Part of the kept selection lies outside the current filters; statistics use the filtered cohort.")
+    st.caption(
+        "Part of the kept selection lies outside the current filters; statistics use the filtered cohort."
+    )

@@ -11,28 +11,47 @@ path, meta = widgets.require_store()
 st.title("Probes")
 probes = shaping.probe_records(data.analysis(path, "probes"))
 if not probes:
-    widgets.hint("No probe results in this store yet. Probe every attribute of every model:",
-                 f"embedx probe {widgets.quote(path)}")
+    widgets.hint(
+        "No probe results in this store yet. Probe every attribute of every model:",
+        f"embedx probe {widgets.quote(path)}",
+    )
     st.stop()
 models = sorted({str(p["model"]) for p in probes})
-st.caption("Score with its 95 % CI; * = encoded (Holm-corrected and the CI clear of chance). Categorical: "
-           "balanced accuracy (higher = more encoded); continuous: MAE against the median baseline (lower).")
+st.caption(
+    "Score with its 95 % CI; * = encoded (Holm-corrected and the CI clear of chance). Categorical: "
+    "balanced accuracy (higher = more encoded); continuous: MAE against the median baseline (lower)."
+)
 table = probe_table(probes, "formatted").T
 table.index.name = "attribute"
 st.dataframe(table.reset_index(), hide_index=True, width="stretch", key="probe_table")
 
 rows = []
 for p in probes:
-    rows.append({"model": p["model"], "attribute": p["attribute"], "kind": p.get("kind"),
-                 "metric": p.get("metric"), "score": p.get("score"), "ci low": (p.get("ci") or [None])[0],
-                 "ci high": (p.get("ci") or [None, None])[1], "chance": p.get("chance"),
-                 "p": p.get("p_value"), "verdict": p.get("verdict") or ("encoded" if p.get("encoded")
-                                                                        else "not distinguishable from chance"),
-                 "n": p.get("n")})
+    rows.append(
+        {
+            "model": p["model"],
+            "attribute": p["attribute"],
+            "kind": p.get("kind"),
+            "metric": p.get("metric"),
+            "score": p.get("score"),
+            "ci low": (p.get("ci") or [None])[0],
+            "ci high": (p.get("ci") or [None, None])[1],
+            "chance": p.get("chance"),
+            "p": p.get("p_value"),
+            "verdict": p.get("verdict")
+            or ("encoded" if p.get("encoded") else "not distinguishable from chance"),
+            "n": p.get("n"),
+        }
+    )
 st.subheader("Per model and attribute")
-st.dataframe(rows, hide_index=True, width="stretch",
-             column_config={c: st.column_config.NumberColumn(format="%.3f")
-                            for c in ("score", "ci low", "ci high", "chance")})
+st.dataframe(
+    rows,
+    hide_index=True,
+    width="stretch",
+    column_config={
+        c: st.column_config.NumberColumn(format="%.3f") for c in ("score", "ci low", "ci high", "chance")
+    },
+)
 for metric in sorted({str(p.get("metric")) for p in probes}):
     subset = [p for p in probes if str(p.get("metric")) == metric and p.get("score") is not None]
     if subset:
