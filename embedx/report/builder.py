@@ -87,7 +87,7 @@ class _Collector:
         self.figures.append({"file": f"figures/{safe}.png", "caption": caption})
         encoded = base64.b64encode(data).decode("ascii")
         return (
-            f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{encoded}">'
+            f'<figure><img src="data:image/png;base64,{encoded}" alt="{html.escape(caption)}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
 

@@ -1,0 +1,202 @@
+"""`embedx report` on a small store built from arrays: one self-contained HTML, report.json, PNG figures."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from embedx.analysis.results import PROBE_FIELDS
+from embedx.cli import app
+from embedx.data.schema import AttributeSpec
+from embedx.report.builder import build_report, pick_site, pick_target
+from embedx.store.h5store import Store, write_store_from_arrays
+
+SCHEMA = {
+    "site": AttributeSpec("site", "categorical", "acquisition"),
+    "sex": AttributeSpec("sex", "binary", "demographic"),
+    "age": AttributeSpec("age", "continuous", "demographic"),
+    "finding": AttributeSpec("finding", "binary", "clinical"),
+}
+
+
+def _probe(model: str, attribute: str, kind: str, score: float, chance: float, encoded: bool) -> dict:
+    metric = "mae" if kind == "continuous" else "balanced_accuracy"
+    return {
+        "model": model,
+        "attribute": attribute,
+        "kind": kind,
+        "metric": metric,
+        "score": score,
+        "ci": [score - 0.04, score + 0.04],
+        "chance": chance,
+        "p_value": 0.001 if encoded else 0.4,
+        "encoded": encoded,
+        "n": 300,
+        "classes": {},
+        "verdict": "encoded" if encoded else "not found",
+    }
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two models; the 'vae' has a stored t-SNE map, probes and fairness, the 'dae' has nothing yet."""
+    rng = np.random.default_rng(0)
+    n_subjects = 160
+    reps = rng.integers(1, 3, n_subjects)
+    subjects = np.repeat([f"p{i}" for i in range(n_subjects)], reps)
+    n = len(subjects)
+    site_idx = np.repeat(rng.integers(0, 3, n_subjects), reps)
+    finding = (rng.random(n) < np.array([0.15, 0.5, 0.85])[site_idx]).astype(float)
+    attrs = pd.DataFrame(
+        {
+            "site": np.array(["north", "south", "east"])[site_idx],
+            "sex": np.repeat(rng.choice(["F", "M"], n_subjects), reps),
+            "age": np.repeat(rng.normal(60, 12, n_subjects), reps),
+            "finding": finding,
+        }
+    )
+    z = rng.normal(size=(n, 12)).astype(np.float32)
+    z[np.arange(n), site_idx] += 3.0
+    z[:, 4] += finding
+    folder = tmp_path_factory.mktemp("report")
+    path = write_store_from_arrays(
+        folder / "s.h5",
+        [f"s{i}" for i in range(n)],
+        subjects,
+        attrs,
+        SCHEMA,
+        {"vae": z, "dae": z + rng.normal(size=z.shape).astype(np.float32)},
+        embedding_attrs={
+            "vae": {"kind": "vae", "checkpoint_hash": "c0ffee", "config": "model:\n  kind: vae\n"},
+            "dae": {"kind": "dae", "checkpoint_hash": "beef"},
+        },
+    )
+    with Store.open(path, "a") as s:
+        s.write_projection("vae", "tsne", z[:, :2], np.ones(n, dtype=np.int8), {"perplexity": 30})
+        for p in (
+            _probe("vae", "site", "categorical", 0.95, 1 / 3, True),
+            _probe("vae", "sex", "binary", 0.51, 0.5, False),
+            _probe("vae", "age", "continuous", 9.8, 9.9, False),
+            _probe("vae", "finding", "binary", 0.7, 0.5, True),
+        ):
+            s.write_analysis("probes", f"vae__{p['attribute']}", p)
+        s.write_analysis(
+            "fairness",
+            "vae__finding__sex",
+            {
+                "target": "finding",
+                "sensitive": "sex",
+                "model": "vae",
+                "by_group": {
+                    "F": {"n": 150, "tpr": 0.8, "fpr": 0.1, "auc": 0.85, "ci": {"tpr": [0.7, 0.9]}},
+                    "M": {"n": 140, "tpr": 0.6, "fpr": 0.2, "auc": 0.8, "too_small": False},
+                },
+                "demographic_parity_difference": 0.05,
+                "equalized_odds_difference": 0.2,
+            },
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(store: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("out")
+    document = build_report(
+        store, out, n_bootstrap=100, probe_options={"n_permutations": 20, "n_bootstrap": 100}
+    )
+    return out, document
+
+
+def test_html_is_one_self_contained_file(built: tuple[Path, dict]) -> None:
+    out, _ = built
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.count('<img src="data:image/png;base64,') >= 6
+    # Every image is embedded; nothing is fetched from elsewhere (no external CSS/JS, no file links).
+    assert not re.search(r"<(script|link)\b", page)
+    assert not re.search(r'src="(?!data:)', page)
+    for section in ("Probes", "Fairness", "Clusters", "Control experiments", "Provenance", "Maps"):
+        assert section in page
+    assert "c0ffee" in page  # checkpoint hash in the provenance
+
+
+def test_report_json_has_design_card_probes_and_the_rest(built: tuple[Path, dict], store: Path) -> None:
+    out, document = built
+    data = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert data == document
+    assert data["store"] == str(store) and data["embedx_version"]
+    models = {p["model"] for p in data["probes"]}
+    assert models == {"vae", "dae"}  # stored for the vae, run by the report for the dae
+    for p in data["probes"]:
+        assert set(PROBE_FIELDS) <= set(p)
+    assert data["fairness"][0]["sensitive"] == "sex"
+    assert data["target"] == "finding"
+    assert {c["model"] for c in data["clusters"]} == {"vae", "dae"}
+    assert all("labels" not in c for c in data["clusters"])
+    cross = data["controls"]["cross_site"][0]
+    assert cross["target"] == "finding" and cross["site"] == "site" and len(cross["matrix"]) == 3
+    assert {d["model"] for d in data["controls"]["distribution"]} == {"vae", "dae"}
+    assert [m["checkpoint_hash"] for m in data["provenance"]["models"]] == ["c0ffee", "beef"]
+    assert any("PCA computed" in n or "PCA" in n for n in data["notes"])  # the dae had no stored map
+    assert any("background-patch control" in n for n in data["notes"])
+
+
+def test_png_figures_are_written(built: tuple[Path, dict]) -> None:
+    out, document = built
+    files = [f["file"] for f in document["figures"]]
+    for expected in (
+        "figures/probes.png",
+        "figures/map_vae_tsne.png",
+        "figures/cross_site_vae_finding_site.png",
+        "figures/fairness_vae_finding_sex.png",
+    ):
+        assert expected in files
+    for name in files:
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_target_and_site_rules() -> None:
+    assert pick_target(SCHEMA) == "finding"
+    assert pick_target({k: v for k, v in SCHEMA.items() if k != "finding"}) is None
+    assert pick_site(SCHEMA) == "site"
+    assert pick_site({"manufacturer": AttributeSpec("manufacturer", "categorical", "acquisition")}) is None
+
+
+def test_cli_report_clusters_and_controls(store: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", str(store), "--out", str(tmp_path / "r"), "--no-run"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r" / "report.html").exists()
+    result = runner.invoke(
+        app, ["clusters", str(store), "--model", "vae", "--json", str(tmp_path / "c.json")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "site=" in result.output
+    result = runner.invoke(app, ["control", "distribution", str(store), "--model", "vae"])
+    assert result.exit_code == 0, result.output
+    assert "site:" in result.output
+    result = runner.invoke(
+        app,
+        [
+            "control",
+            "cross-site",
+            str(store),
+            "--target",
+            "finding",
+            "--bootstrap",
+            "50",
+            "--png",
+            str(tmp_path / "cs.png"),
+            "--json",
+            str(tmp_path / "cs.json"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "cs.json").read_text())["sites"] == ["east", "north", "south"]
+    assert (tmp_path / "cs.png").read_bytes()[:4] == b"\x89PNG"
