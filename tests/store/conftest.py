@@ -17,15 +17,29 @@ COHORT_N = 300
 @pytest.fixture(scope="session")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """300 images (32 px) of 150 subjects, 4 sites; returns the manifest path."""
-    return generate_cohort("cxr", COHORT_N, tmp_path_factory.mktemp("store-cohort"), size=32, strength=1.0, seed=0)
+    return generate_cohort(
+        "cxr", COHORT_N, tmp_path_factory.mktemp("store-cohort"), size=32, strength=1.0, seed=0
+    )
 
 
 @pytest.fixture(scope="session")
 def vae_run(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config = load_config("vae", None, [
-        "data.preprocess.size=32", "optim.batch_size=32", "optim.total_samples=64",
-        "optim.eval_every_samples=64", "optim.checkpoint_every_samples=64", "optim.log_every_samples=32",
-        "optim.warmup_samples=0", "eval.images=4", "eval.max_val_samples=32",
-        "vae.latent_dim=16", "vae.base_channels=8", "vae.max_channels=32",
-    ])
+    config = load_config(
+        "vae",
+        None,
+        [
+            "data.preprocess.size=32",
+            "optim.batch_size=32",
+            "optim.total_samples=64",
+            "optim.eval_every_samples=64",
+            "optim.checkpoint_every_samples=64",
+            "optim.log_every_samples=32",
+            "optim.warmup_samples=0",
+            "eval.images=4",
+            "eval.max_val_samples=32",
+            "vae.latent_dim=16",
+            "vae.base_channels=8",
+            "vae.max_channels=32",
+        ],
+    )
     return train(config, cohort, tmp_path_factory.mktemp("runs") / "vae-tiny")

@@ -70,7 +70,9 @@ def test_round_trip_then_append(cohort, vae_run, tmp_path):
         subjects = store.subject_ids
         assert not set(subjects) & set(man.table["subject_id"])
         raw = man.table["subject_id"][:200].to_numpy()
-        assert all((subjects[i] == subjects[j]) == (raw[i] == raw[j]) for i in range(0, 200, 7) for j in range(200))
+        assert all(
+            (subjects[i] == subjects[j]) == (raw[i] == raw[j]) for i in range(0, 200, 7) for j in range(200)
+        )
         info = store.embedding_info("vae-tiny")
         assert info["kind"] == "vae" and info["run_dir"] == str(vae_run.resolve())
         assert info["checkpoint_hash"] == load_trained(vae_run).checkpoint_hash
@@ -135,9 +137,19 @@ def test_bad_inputs(cohort, vae_run, tmp_path):
 def test_kill_and_resume(cohort, vae_run, tmp_path):
     """SIGKILL a real encode mid-way; the store opens, and rerunning finishes it exactly."""
     store_path = tmp_path / "killed.h5"
-    args = ["encode", str(vae_run), "-m", str(cohort), "-o", str(store_path), "--batch-size", "1", "--workers", "0"]
-    proc = subprocess.Popen(embedx_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=ENV)
+    args = [
+        "encode",
+        str(vae_run),
+        "-m",
+        str(cohort),
+        "-o",
+        str(store_path),
+        "--batch-size",
+        "1",
+        "--workers",
+        "0",
+    ]
+    proc = subprocess.Popen(embedx_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
     encoded_at_kill = 0
     refused = False
     deadline = time.monotonic() + 120
@@ -172,7 +184,9 @@ def test_kill_and_resume(cohort, vae_run, tmp_path):
         assert resumed.n == COHORT_N and len(set(resumed.sample_ids)) == COHORT_N
         assert list(resumed.sample_ids) == list(reference.sample_ids)
         assert resumed.encoded_mask("vae-tiny").all()
-        np.testing.assert_allclose(resumed.latents("vae-tiny"), reference.latents("vae-tiny"), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            resumed.latents("vae-tiny"), reference.latents("vae-tiny"), rtol=1e-5, atol=1e-6
+        )
         np.testing.assert_array_equal(resumed.thumbnails(), reference.thumbnails())
         pd.testing.assert_frame_equal(resumed.attributes(), reference.attributes())
 
@@ -183,9 +197,28 @@ def test_two_process_accelerate_equals_single(cohort, vae_run, tmp_path):
     encode(vae_run, cohort, single, batch_size=32, workers=0)
     launcher = Path(sys.executable).with_name("accelerate")
     proc = subprocess.run(
-        [str(launcher), "launch", "--num_processes", "2", "--cpu", "-m", "embedx", "encode", str(vae_run),
-         "-m", str(cohort), "-o", str(multi), "--batch-size", "16", "--workers", "0"],
-        capture_output=True, text=True, timeout=300,
+        [
+            str(launcher),
+            "launch",
+            "--num_processes",
+            "2",
+            "--cpu",
+            "-m",
+            "embedx",
+            "encode",
+            str(vae_run),
+            "-m",
+            str(cohort),
+            "-o",
+            str(multi),
+            "--batch-size",
+            "16",
+            "--workers",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env=ENV,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,0 +1,138 @@
+"""`embedx project`: maps that keep latent neighbours, stored with their parameters; new samples placed
+into an existing map without moving the old points."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from embedx.cli import app
+from embedx.errors import StoreError
+from embedx.store.encode import encode
+from embedx.store.h5store import Store, write_store_from_arrays
+from embedx.store.project import project
+
+# Bound for well-separated clusters: a map that scrambled neighbourhoods scores ~0.5.
+TRUST_BOUND = 0.9
+
+
+def _clusters(n: int, seed: int, dim: int = 32, k: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(123).normal(0, 4.0, (k, dim))
+    labels = rng.integers(0, k, n)
+    return (centres[labels] + rng.normal(0, 1.0, (n, dim))).astype(np.float32), labels
+
+
+def _clustered_store(path, n=500):
+    z, labels = _clusters(n, seed=0)
+    ids = [f"a{i}" for i in range(n)]
+    attrs = pd.DataFrame({"cluster": labels.astype(str)})
+    return write_store_from_arrays(path, ids, ids, attrs, None, {"m": z})
+
+
+def _add_new(path, n=40):
+    z, labels = _clusters(n, seed=1)
+    with Store.open(path, "a") as store:
+        rows = store.add_samples(
+            [f"b{i}" for i in range(n)],
+            [f"b{i}" for i in range(n)],
+            pd.DataFrame({"cluster": labels.astype(str)}),
+        )
+        store.write_latents("m", rows, z)
+    return rows
+
+
+def _check_placed_near_neighbours(store: Store, method: str, new_rows: np.ndarray) -> None:
+    z = store.latents("m")
+    xy = store.projection("m", method)
+    status = store.projection_status("m", method)
+    ref = np.flatnonzero(status == 1)
+    d_latent = ((z[new_rows, None, :] - z[None, ref, :]) ** 2).sum(-1)
+    nearest = ref[d_latent.argmin(1)]
+    moved = np.linalg.norm(xy[new_rows] - xy[nearest], axis=1)
+    pair = np.linalg.norm(xy[ref][:, None] - xy[ref][None], axis=-1)
+    median = np.median(pair[np.triu_indices(len(ref), 1)])
+    assert (moved < median).all(), (moved.max(), median)
+    assert np.median(moved) < 0.2 * median
+
+
+def test_tsne_fit_and_transform(tmp_path):
+    path = _clustered_store(tmp_path / "s.h5")
+    (result,) = project(str(path), "tsne", n_jobs=1)
+    assert result.trustworthiness > TRUST_BOUND
+    with Store.open(path) as store:
+        info = store.projection_info("m", "tsne")
+        assert info["params"]["perplexity"] == 30.0 and info["params"]["initialization"] == "pca"
+        assert info["params"]["negative_gradient_method"] == "bh"  # FFT from 10k points
+        assert info["library"] == "openTSNE" and info["library_version"]
+        assert (
+            info["trustworthiness"] == pytest.approx(result.trustworthiness)
+            and info["trustworthiness_k"] == 10
+        )
+        before = store.projection("m", "tsne")
+        assert np.isfinite(before).all() and (store.projection_status("m", "tsne") == 1).all()
+
+    new_rows = _add_new(path)
+    (result,) = project(str(path), "tsne", transform_new=True, n_jobs=1)
+    assert (result.n_fitted, result.n_transformed) == (500, 40)
+    with Store.open(path) as store:
+        after = store.projection("m", "tsne")
+        np.testing.assert_array_equal(after[:500], before)  # the old map did not move
+        assert (store.projection_status("m", "tsne")[new_rows] == 2).all()
+        _check_placed_near_neighbours(store, "tsne", new_rows)
+
+
+def test_pca_fit_transform_matches_sklearn(tmp_path):
+    from sklearn.decomposition import PCA
+
+    path = _clustered_store(tmp_path / "s.h5", n=200)
+    project(str(path), "pca")
+    new_rows = _add_new(path, 10)
+    project(str(path), "pca", transform_new=True)
+    with Store.open(path) as store:
+        z = store.latents("m")
+        reference = PCA(2).fit(z[:200])
+        np.testing.assert_allclose(
+            np.abs(store.projection("m", "pca")), np.abs(reference.transform(z)), atol=1e-3
+        )
+        assert (store.projection_status("m", "pca")[new_rows] == 2).all()
+
+
+@pytest.mark.slow
+def test_umap_fit_and_transform(tmp_path):
+    path = _clustered_store(tmp_path / "s.h5", n=300)
+    (result,) = project(str(path), "umap", n_neighbors=10)
+    assert result.trustworthiness > TRUST_BOUND
+    new_rows = _add_new(path, 20)
+    (result,) = project(str(path), "umap", transform_new=True)
+    assert result.n_transformed == 20
+    with Store.open(path) as store:
+        assert store.projection_info("m", "umap")["params"]["n_neighbors"] == 10
+        _check_placed_near_neighbours(store, "umap", new_rows)
+
+
+def test_tsne_of_encoded_cohort_and_cli(cohort, vae_run, tmp_path):
+    """The real path: encode the synthetic cohort, project it from the CLI, read it back with `store info`."""
+    store_path = tmp_path / "s.h5"
+    encode(vae_run, cohort, store_path, workers=0)
+    runner = CliRunner()
+    out = runner.invoke(app, ["project", str(store_path), "--method", "tsne", "--jobs", "1"])
+    assert out.exit_code == 0, out.output
+    with Store.open(store_path) as store:
+        assert store.projection_info("vae-tiny", "tsne")["trustworthiness"] > TRUST_BOUND
+    out = runner.invoke(app, ["store", "info", str(store_path), "--json"])
+    assert out.exit_code == 0, out.output
+    summary = json.loads(out.output)
+    assert (
+        summary["models"][0]["name"] == "vae-tiny" and summary["models"][0]["encoded"] == summary["samples"]
+    )
+    assert {a["name"] for a in summary["attributes"]} >= {"site", "sex", "age"}
+    assert summary["projections"][0]["method"] == "tsne"
+    text = runner.invoke(app, ["store", "info", str(store_path)]).output
+    assert "vae-tiny" in text and "site" in text and "tsne" in text
+    with pytest.raises(StoreError, match="known models: vae-tiny"):
+        project(str(store_path), "pca", ["nope"])
