@@ -43,6 +43,32 @@ def synth(
     typer.echo(str(manifest))
 
 
+@data_app.command("scan")
+def scan(
+    folder: Path = typer.Argument(
+        ..., help="Folder to walk (DICOM with or without suffix, NIfTI, PNG/JPEG/TIFF)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Manifest to write (CSV or .parquet); sidecar YAML beside it."
+    ),
+    salt: str | None = typer.Option(
+        None, "--salt", help="Secret salt for subject ids (else EMBEDX_SALT, else a salt file beside --out)."
+    ),
+) -> None:
+    """DICOM / NIfTI / PNG folder -> manifest; acquisition attributes from headers, no PHI kept."""
+    from embedx.data.scan import scan_to_manifest
+
+    result = scan_to_manifest(folder, out, salt=salt)
+    # Plain echo (not rich): long paths must not be wrapped or re-styled in the list of skipped files.
+    typer.echo(result.summary(), err=True)
+    if "institution" in result.table.columns:
+        typer.echo(
+            "note: 'institution' (InstitutionName) names a hospital; share the manifest accordingly.",
+            err=True,
+        )
+    typer.echo(str(out))
+
+
 @data_app.command("check")
 def check(
     manifest: Path = typer.Argument(..., help="Manifest CSV or Parquet (sidecar <stem>.yaml beside it)."),
