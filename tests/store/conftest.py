@@ -43,3 +43,27 @@ def vae_run(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         ],
     )
     return train(config, cohort, tmp_path_factory.mktemp("runs") / "vae-tiny")
+
+
+@pytest.fixture(scope="session")
+def dae_run(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = load_config(
+        "dae",
+        None,
+        [
+            "data.preprocess.size=32",
+            "optim.batch_size=32",
+            "optim.total_samples=32",
+            "optim.eval_every_samples=32",
+            "optim.checkpoint_every_samples=32",
+            "optim.log_every_samples=32",
+            "optim.warmup_samples=0",
+            "eval.images=2",
+            "eval.max_val_samples=8",
+            "eval.latent_stats_samples=32",
+            "dae.latent_dim=32",
+            "dae.unet_channels=[16,32]",
+            "dae.ddim_steps=4",
+        ],
+    )
+    return train(config, cohort, tmp_path_factory.mktemp("runs") / "dae-tiny")
