@@ -268,6 +268,7 @@ def background_control(
     seed: int = 0,
     max_images: int | None = None,
     cnn: bool = False,
+    cnn_epochs: int = 30,
     store_path: str | Path | None = None,
 ) -> dict:
     """Probe ``attribute`` from background patches of the manifest's images (see the module doc).
@@ -326,7 +327,9 @@ def background_control(
     if cnn:
         from embedx.analysis.background_cnn import cnn_on_patches
 
-        out["cnn"] = cnn_on_patches(patches, y, groups, folds=folds, seed=seed)
+        out["cnn"] = cnn_on_patches(
+            patches, y, groups, folds=folds, epochs=cnn_epochs, n_bootstrap=n_bootstrap, seed=seed
+        )
     if store_path is not None:
         from embedx.store.h5store import Store
 

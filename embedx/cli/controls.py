@@ -49,6 +49,7 @@ def register(app: typer.Typer) -> None:
         bootstrap: int = typer.Option(1000, "--bootstrap", help="Subject-bootstrap resamples for the CI."),
         max_images: int | None = typer.Option(None, "--max-images", help="Use a random subset of this many."),
         cnn: bool = typer.Option(False, "--cnn", help="Also train the step-2 CNN on the stacked patches."),
+        cnn_epochs: int = typer.Option(30, "--cnn-epochs", help="Epochs per fold for --cnn."),
         store: Path | None = typer.Option(None, "--store", help="Also write the result into this store."),
         json_path: Path | None = typer.Option(None, "--json", help="Write the full result as JSON here."),
         seed: int = typer.Option(0, "--seed"),
@@ -70,6 +71,7 @@ def register(app: typer.Typer) -> None:
             n_bootstrap=bootstrap,
             max_images=max_images,
             cnn=cnn,
+            cnn_epochs=cnn_epochs,
             store_path=store,
             seed=seed,
         )

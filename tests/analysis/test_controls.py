@@ -123,6 +123,15 @@ def test_background_patches_find_nothing_when_site_is_a_pure_label(phantoms: dic
     assert result["ci"][0] <= result["chance"]
 
 
+def test_background_cnn_learns_the_signature_from_patches(phantoms: dict[float, Path]) -> None:
+    """`--cnn`: the seed-000 CNN trained on the stacked corner patches finds the strength-1 site too."""
+    result = background_control(
+        phantoms[1.0], "site", patch=8, size=48, n_permutations=0, n_bootstrap=200, cnn=True, cnn_epochs=6
+    )
+    cnn = result["cnn"]
+    assert cnn["encoded"] and cnn["ci"][0] > cnn["chance"] + 0.2, cnn
+
+
 def test_auto_positions_pick_flat_dark_background_not_anatomy() -> None:
     """Images with a bright, textured 'body' that moves between images and dark flat surroundings: the
     automatically chosen cells must all lie outside every body; on the phantoms they touch the edge."""
