@@ -1,0 +1,150 @@
+"""Fairness: numbers equal fairlearn's, a known TPR gap is found, small groups are marked, not dropped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from fairlearn.metrics import (
+    MetricFrame,
+    demographic_parity_difference,
+    demographic_parity_ratio,
+    equal_opportunity_difference,
+    equalized_odds_difference,
+    true_positive_rate,
+)
+
+from embedx.analysis.fairness import FairnessConfig, fairness_arrays, fairness_from_predictions, run_fairness
+from embedx.analysis.results import FAIRNESS_FIELDS
+from embedx.errors import EmbedxError
+from embedx.store.h5store import Store
+
+FAST = FairnessConfig(n_bootstrap=200, n_bootstrap_auc=30, c_grid=(0.1, 1.0))
+
+
+def _block(group: str, positives: int, tp: int, negatives: int, fp: int) -> pd.DataFrame:
+    """Rows of one group with exactly `tp` of `positives` and `fp` of `negatives` predicted positive."""
+    y = np.r_[np.ones(positives), np.zeros(negatives)].astype(int)
+    pred = np.r_[np.ones(tp), np.zeros(positives - tp), np.ones(fp), np.zeros(negatives - fp)].astype(int)
+    prob = np.where(pred == 1, 0.8, 0.2) + np.linspace(-0.05, 0.05, len(y))
+    return pd.DataFrame({"group": group, "y": y, "pred": pred, "prob": prob})
+
+
+def _hand_built() -> pd.DataFrame:
+    frame = pd.concat(
+        [
+            _block("A", 50, 40, 50, 5),  # TPR 0.8, FPR 0.1
+            _block("B", 50, 25, 50, 5),  # TPR 0.5, FPR 0.1
+            _block("C", 4, 4, 6, 0),  # n = 10: too small to judge
+        ],
+        ignore_index=True,
+    )
+    frame["subject"] = [f"s{i}" for i in range(len(frame))]
+    return frame
+
+
+def test_known_tpr_gap_and_small_group_marked_not_dropped() -> None:
+    f = _hand_built()
+    out = fairness_from_predictions(
+        "group", f["group"].to_numpy(object), f["y"], f["prob"], f["pred"], f["subject"], FAST
+    )
+    assert out["by_group"]["A"]["tpr"] == pytest.approx(0.8)
+    assert out["by_group"]["B"]["tpr"] == pytest.approx(0.5)
+    assert out["equal_opportunity_difference"] == pytest.approx(0.3)
+    assert out["equalized_odds_difference"] == pytest.approx(0.3)  # FPR equal, so EO = TPR gap
+    assert out["by_group"]["C"]["too_small"] is True and out["by_group"]["C"]["n"] == 10
+    assert out["groups_excluded_from_gaps"] == ["C"]
+    assert not out["by_group"]["A"]["too_small"]
+    low, high = out["by_group"]["A"]["ci"]["tpr"]
+    assert low < 0.8 < high
+
+
+def test_numbers_equal_fairlearns_own_functions() -> None:
+    rng = np.random.default_rng(0)
+    n = 600
+    s = rng.choice(["x", "y", "z"], n, p=[0.5, 0.3, 0.2])
+    y = rng.integers(0, 2, n)
+    prob = np.clip(0.35 * y + 0.2 * (s == "x") + rng.uniform(0, 0.5, n), 0, 1)
+    pred = (prob > 0.5).astype(int)
+    out = fairness_from_predictions("s", s.astype(object), y, prob, pred, np.arange(n).astype(str), FAST)
+    assert set(FAIRNESS_FIELDS) - {"target"} <= set(out)
+    assert out["demographic_parity_difference"] == pytest.approx(
+        demographic_parity_difference(y, pred, sensitive_features=s)
+    )
+    assert out["demographic_parity_ratio"] == pytest.approx(
+        demographic_parity_ratio(y, pred, sensitive_features=s)
+    )
+    assert out["equalized_odds_difference"] == pytest.approx(
+        equalized_odds_difference(y, pred, sensitive_features=s)
+    )
+    assert out["equal_opportunity_difference"] == pytest.approx(
+        equal_opportunity_difference(y, pred, sensitive_features=s)
+    )
+    frame = MetricFrame(metrics=true_positive_rate, y_true=y, y_pred=pred, sensitive_features=s)
+    for g in "xyz":
+        assert out["by_group"][g]["tpr"] == pytest.approx(frame.by_group[g])
+        assert out["by_group"][g]["n"] == int(np.sum(s == g))
+
+
+def test_single_class_group_gives_nan_auc_with_a_reason() -> None:
+    f = _hand_built()
+    f.loc[f["group"] == "C", "y"] = 1  # group C: positives only
+    out = fairness_from_predictions(
+        "group", f["group"].to_numpy(object), f["y"], f["prob"], f["pred"], f["subject"], FAST
+    )
+    assert out["by_group"]["C"]["auc"] != out["by_group"]["C"]["auc"]  # NaN
+    assert "one class" in out["by_group"]["C"]["auc_note"]
+
+
+def test_probe_fairness_on_the_synthetic_cohort(synth_store) -> None:
+    path = synth_store(1.0)
+    results = run_fairness(path, "sex", ["site", "age"], model="pixels-pca", config=FAST)
+    by = {r["sensitive"]: r for r in results}
+    assert set(by) == {"site", "age", "site|age"}  # each attribute and their intersection
+    assert set(by["site"]["by_group"]) == {"north", "south", "east", "west"}
+    assert set(by["age"]["by_group"]) <= {"<40", "40-59", "60-79", "80+"}
+    assert "never on the scored fold" in by["site"]["operating_point"]["rule"]
+    assert len(by["site"]["operating_point"]["thresholds_per_fold"]) == 5
+    assert by["site"]["overall"]["auc"] > 0.85  # sex is in the pixels
+    assert any(g["too_small"] for g in by["site|age"]["by_group"].values())
+    with Store.open(path) as store:
+        stored = store.read_analysis("fairness", "pixels-pca__sex__site")
+    assert stored["demographic_parity_difference"] == pytest.approx(
+        by["site"]["demographic_parity_difference"]
+    )
+
+
+def test_continuous_target_gets_per_group_mae() -> None:
+    rng = np.random.default_rng(1)
+    n = 300
+    sex = rng.choice(["F", "M"], n)
+    age = rng.uniform(20, 90, n)
+    X = np.c_[age / 10 + rng.normal(0, 1, n), rng.normal(size=(n, 4))]
+    out = fairness_arrays(
+        X,
+        age,
+        pd.DataFrame({"sex": sex}),
+        np.arange(n).astype(str),
+        target_kind="continuous",
+        sensitive_kinds={"sex": "binary"},
+        target_name="age",
+        config=FAST,
+    )
+    assert out[0]["by_group"]["F"]["mae"] > 0 and out[0]["mae_difference"] is not None
+    assert out[0]["demographic_parity_difference"] is None
+
+
+def test_multiclass_target_needs_a_positive_class() -> None:
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(60, 3))
+    target = np.array(["a", "b", "c"] * 20, dtype=object)
+    with pytest.raises(EmbedxError, match="--positive"):
+        fairness_arrays(
+            X,
+            target,
+            pd.DataFrame({"sex": ["F", "M"] * 30}),
+            np.arange(60).astype(str),
+            target_kind="categorical",
+            sensitive_kinds={},
+            config=FAST,
+        )
