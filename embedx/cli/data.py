@@ -69,6 +69,38 @@ def scan(
     typer.echo(str(out))
 
 
+@data_app.command("chexpert")
+def chexpert(
+    csv: Path = typer.Argument(..., help="CheXpert table (train.csv / valid.csv)."),
+    root: Path = typer.Option(..., "--root", help="Folder that the table's Path column is relative to."),
+    out: Path = typer.Option(..., "--out", help="Manifest to write (CSV or .parquet)."),
+    uncertain: str = typer.Option(
+        "ignore", "--uncertain", help="-1 labels: ignore (missing), zeros or ones."
+    ),
+    blank: str = typer.Option("zeros", "--blank", help="Blank (not mentioned) labels: zeros or missing."),
+) -> None:
+    """CheXpert-format table -> manifest (subject from patientNNNNN, view AP/PA/lateral, 14 findings)."""
+    from embedx.data.tables import write_chexpert
+
+    table = write_chexpert(csv, root, out, uncertain=uncertain, blank=blank)  # type: ignore[arg-type]
+    console.print(f"{len(table)} images, {table['subject_id'].nunique()} subjects -> {out}")
+    typer.echo(str(out))
+
+
+@data_app.command("nih")
+def nih(
+    csv: Path = typer.Argument(..., help="NIH ChestX-ray14 Data_Entry_2017.csv."),
+    root: Path = typer.Option(..., "--root", help="Folder holding the PNGs (searched recursively)."),
+    out: Path = typer.Option(..., "--out", help="Manifest to write (CSV or .parquet)."),
+) -> None:
+    """NIH ChestX-ray14 table -> manifest (one 0/1 column per finding label)."""
+    from embedx.data.tables import write_nih
+
+    table = write_nih(csv, root, out)
+    console.print(f"{len(table)} images, {table['subject_id'].nunique()} subjects -> {out}")
+    typer.echo(str(out))
+
+
 @data_app.command("check")
 def check(
     manifest: Path = typer.Argument(..., help="Manifest CSV or Parquet (sidecar <stem>.yaml beside it)."),
