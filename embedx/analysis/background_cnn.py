@@ -32,7 +32,6 @@ def cnn_on_patches(
     seed: int = 0,
 ) -> dict:
     """Train the seed-000 CNN on (n, P, p, p) patches with grouped CV; balanced accuracy, CI, chance."""
-    from embedx.models.registry import build_model
 
     y = np.asarray(y).astype(str)
     groups = np.asarray(groups).astype(str)
@@ -46,33 +45,24 @@ def cnn_on_patches(
     y_all = torch.from_numpy(codes.astype(np.int64))
     splits = grouped_folds(y, groups, folds, seed)
     pred = np.empty(len(y), dtype=np.int64)
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    with progress_bar(len(splits) * epochs, "background patches: CNN", unit="epoch") as advance:
-        for train, test in splits:
-            model = build_model(
-                "cnn", None, image_size=patches.shape[-1], channels=patches.shape[1], num_classes=len(classes)
-            )
-            optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-            # Balanced classes in the loss, as balanced accuracy is the score.
-            counts = np.bincount(codes[train], minlength=len(classes)).astype(np.float32)
-            weight = torch.from_numpy(counts.sum() / np.maximum(counts, 1) / len(classes))
-            xt, yt = x_all[train], y_all[train]
-            model.train()
-            for _ in range(epochs):
-                order = torch.randperm(len(train), generator=generator)
-                for start in range(0, len(train), batch_size):
-                    idx = order[start : start + batch_size]
-                    if len(idx) < 2:  # batch-norm needs two samples
-                        continue
-                    loss = F.cross_entropy(model(xt[idx]), yt[idx], weight=weight)
-                    optimiser.zero_grad()
-                    loss.backward()
-                    optimiser.step()
-                advance()
-            model.eval()
-            with torch.no_grad():
-                pred[test] = model(x_all[test]).argmax(1).numpy()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a few thousand tiny patches: one thread beats two that fight for the cores
+    try:
+        _train_folds(
+            x_all,
+            y_all,
+            codes,
+            splits,
+            patches.shape,
+            len(classes),
+            pred,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+        )
+    finally:
+        torch.set_num_threads(threads)
     predicted = classes[pred]
     recalls = [float(np.mean(predicted[y == c] == c)) for c in classes]
     score = float(np.mean(recalls))
@@ -91,3 +81,47 @@ def cnn_on_patches(
         "lr": lr,
         "batch_size": batch_size,
     }
+
+
+def _train_folds(
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    codes: np.ndarray,
+    splits: list,
+    shape: tuple,
+    n_classes: int,
+    pred: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+) -> None:
+    """Fit one CNN per grouped fold and write its test-fold predictions into ``pred``."""
+    from embedx.models.registry import build_model
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    with progress_bar(len(splits) * epochs, "background patches: CNN", unit="epoch") as advance:
+        for train, test in splits:
+            model = build_model("cnn", None, image_size=shape[-1], channels=shape[1], num_classes=n_classes)
+            optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+            # Balanced classes in the loss, as balanced accuracy is the score.
+            counts = np.bincount(codes[train], minlength=n_classes).astype(np.float32)
+            weight = torch.from_numpy(counts.sum() / np.maximum(counts, 1) / n_classes)
+            xt, yt = x_all[train], y_all[train]
+            model.train()
+            for _ in range(epochs):
+                order = torch.randperm(len(train), generator=generator)
+                for start in range(0, len(train), batch_size):
+                    idx = order[start : start + batch_size]
+                    if len(idx) < 2:  # batch-norm needs two samples
+                        continue
+                    loss = F.cross_entropy(model(xt[idx]), yt[idx], weight=weight)
+                    optimiser.zero_grad()
+                    loss.backward()
+                    optimiser.step()
+                advance()
+            model.eval()
+            with torch.no_grad():
+                pred[test] = model(x_all[test]).argmax(1).numpy()
