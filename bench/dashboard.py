@@ -76,7 +76,7 @@ def main() -> None:
         lasso = np.argsort(np.linalg.norm(xy - centre, axis=1))[: n // 10]  # a compact region, as a lasso is
 
         os.environ[STORE_ENV] = str(store_path)
-        page = Path(embedx.dashboard.__file__).resolve().parent / "pages" / "map.py"
+        page = Path(embedx.dashboard.__file__).resolve().parent / "views" / "map.py"
 
         def run_page(selection: np.ndarray | None = None) -> AppTest:
             at = AppTest.from_file(str(page), default_timeout=600)

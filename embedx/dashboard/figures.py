@@ -177,6 +177,7 @@ def heatmap(
         height=380,
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
         xaxis_title="tested on",
+        yaxis_autorange="reversed",  # diagonal (internal scores) from top left to bottom right
         yaxis_title="trained on",
     )
     return figure

@@ -411,3 +411,21 @@ def fairness_gaps(result: Mapping[str, Any]) -> dict[str, float]:
         and not isinstance(v, bool)
         and any(word in k for word in ("difference", "ratio", "gap"))
     }
+
+
+def intervals_as_text(frame: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """Columns holding `[low, high]` pairs become "[0.48, 0.60]" strings; a table cell cannot show a list."""
+    out = frame.copy()
+    for column in out.columns:
+        values = out[column]
+        if values.map(lambda v: isinstance(v, (list, tuple)) and len(v) == 2).any():
+            out[column] = values.map(
+                lambda v: (
+                    f"[{_num(v[0], digits)}, {_num(v[1], digits)}]" if isinstance(v, (list, tuple)) else v
+                )
+            )
+    return out
+
+
+def _num(value: Any, digits: int) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"

@@ -21,6 +21,7 @@ from embedx.dashboard import data, figures, shaping
 SELECTION = "selection"
 SELECTION_ORIGIN = "selection_origin"
 FOCUS = "focus_row"
+CLEARS = "selection_clears"
 SCATTER_MAX = 200_000  # above this a WebGL panel stops being responsive: draw a density-preserving sample
 THUMB_CAP = 48
 HOVER_TEXT_MAX = 50_000  # above this, hover shows the row id and colour value only (figure JSON stays small)
@@ -71,7 +72,9 @@ def set_selection(rows: np.ndarray, origin: str) -> None:
 
 
 def clear_selection() -> None:
+    """Empty the kept selection and remount the maps, so Plotly's own lasso outline goes with it."""
     set_selection(np.empty(0, dtype=np.int64), "")
+    st.session_state[CLEARS] = st.session_state.get(CLEARS, 0) + 1
 
 
 def model_and_method(
@@ -180,6 +183,7 @@ def selectable_map(
         int(rows.sum()),
         len(drawn),
         None if highlight is None else int(np.asarray(highlight).sum()),
+        st.session_state.get(CLEARS, 0),
     )
     baked_key = f"{key}__baked"
     baked = st.session_state.get(baked_key)
@@ -283,7 +287,9 @@ def selection_panel(
         key=f"{key}_csv",
     )
 
-    if model is not None:
+    if model is not None and len(rows) == 1:  # a click on one point: its neighbours straight away
+        neighbours(path, meta, model, int(rows[0]))
+    elif model is not None:
         st.markdown("**Rows** — click a row to list its nearest neighbours in latent space")
         table_rows = shaping.rows_table(
             meta.attributes, shown, meta.sample_ids, data.thumbnail_urls(path, shown)

@@ -21,7 +21,7 @@ def test_command_is_headless_on_loopback_without_usage_stats_and_passes_the_stor
 
 def test_the_app_ships_inside_the_package() -> None:
     assert APP.is_file() and APP.parent.name == "dashboard" and APP.parent.parent.name == "embedx"
-    pages = sorted(p.stem for p in (APP.parent / "pages").glob("*.py"))
+    pages = sorted(p.stem for p in (APP.parent / "views").glob("*.py") if p.stem != "__init__")
     assert pages == sorted(
         ["map", "neighbours", "compare", "clusters", "counterfactual", "probes", "fairness", "controls"]
     )

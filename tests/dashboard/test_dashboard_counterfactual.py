@@ -76,7 +76,7 @@ def test_counterfactual_page_decodes_from_a_real_run_folder(
     with Store.open(bare_store, "a") as store:
         store.set_embedding_attrs("dae", run_dir=str(run_dir))
     monkeypatch.setenv(STORE_ENV, str(bare_store))
-    page = Path(embedx.dashboard.__file__).resolve().parent / "pages" / "counterfactual.py"
+    page = Path(embedx.dashboard.__file__).resolve().parent / "views" / "counterfactual.py"
     at = AppTest.from_file(str(page), default_timeout=120).run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("balanced accuracy" in m.value for m in at.markdown)

@@ -17,7 +17,7 @@ from synthstore import FAIRNESS_DPD, PROBE_SCORE, cohort
 import embedx.dashboard
 from embedx.dashboard.data import STORE_ENV
 
-PAGES = Path(embedx.dashboard.__file__).resolve().parent / "pages"
+PAGES = Path(embedx.dashboard.__file__).resolve().parent / "views"
 APP = PAGES.parent / "app.py"
 
 
@@ -68,6 +68,13 @@ def test_map_selection_panel_shows_composition_thumbnails_and_download(store, mo
     rows = next(f for f in frames(at) if "image" in f)
     assert rows["image"].str.startswith("data:image/png;base64,").all()
     assert set(rows["row"]) <= set(north.tolist()) and len(rows) == min(60, 48)
+
+
+def test_a_single_clicked_point_lists_its_latent_neighbours(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = run_page("map", store, monkeypatch, selection=np.array([7]))
+    assert any("Row 7 and its 12 nearest neighbours in `vae` latent space" in m.value for m in at.markdown)
 
 
 def test_colour_by_continuous_and_filters_rerun_cleanly(store, monkeypatch) -> None:

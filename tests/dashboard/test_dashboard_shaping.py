@@ -171,3 +171,10 @@ def test_result_readers_tolerate_nesting_and_extra_fields() -> None:
     table = shaping.fairness_group_table(fairness)
     assert table.loc[0, "tpr lo"] == 0.4 and table.loc[0, "tpr hi"] == 0.6
     assert shaping.fairness_gaps(fairness) == {"demographic_parity_difference": 0.1}
+
+
+def test_intervals_become_readable_text() -> None:
+    frame = pd.DataFrame({"site": ["a", "b"], "ci": [[0.4812, 0.6], [None, 0.7]], "auc": [0.5, 0.6]})
+    text = shaping.intervals_as_text(frame)
+    assert text["ci"].tolist() == ["[0.48, 0.60]", "[–, 0.70]"]
+    assert text["auc"].tolist() == [0.5, 0.6]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from embedx.dashboard import data, figures, widgets
+from embedx.dashboard import data, figures, shaping, widgets
 
 path, meta = widgets.require_store()
 st.title("Controls")
@@ -49,7 +49,7 @@ for result in cross:
             st.caption(str(headline["verdict"]))
     loso = result.get("leave_one_site_out")
     if loso:
-        st.dataframe(pd.DataFrame(loso), hide_index=True, width="stretch")
+        st.dataframe(shaping.intervals_as_text(pd.DataFrame(loso)), hide_index=True, width="stretch")
 
 st.header("Background control")
 if not background:
@@ -67,7 +67,7 @@ for result in background:
     nested = {k: v for k, v in result.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
     for name, rows in nested.items():
         st.markdown(f"**{name}**")
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        st.dataframe(shaping.intervals_as_text(pd.DataFrame(rows)), hide_index=True, width="stretch")
 
 if other:
     st.header("Other controls")
