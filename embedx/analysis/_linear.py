@@ -4,6 +4,10 @@ The controls need things the per-attribute probes do not: fitting on one site an
 bootstrapping many AUCs over the same resampled subjects. The classifier is the same family as the probes
 (standardise -> linear SVM, in one Pipeline so scaling is learnt on training folds only), with C chosen by
 an inner grouped CV on the training rows only.
+
+Scale policy (as for the probes): a training set above `MAX_TRAIN_ROWS` rows is subsampled *by subject* for
+the fit (linear probes saturate long before that), and C is tuned on at most `TUNE_MAX_ROWS` rows of it.
+Scores and bootstraps always cover every row to be scored.
 """
 
 from __future__ import annotations
@@ -18,6 +22,19 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 C_GRID = (0.01, 0.1, 1.0)
+MAX_TRAIN_ROWS = 20_000
+TUNE_MAX_ROWS = 3_000
+
+
+def subject_subsample(groups: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
+    """Row indices of whole subjects, drawn at random until about ``max_rows`` rows (all rows if fewer)."""
+    if len(groups) <= max_rows:
+        return np.arange(len(groups))
+    subjects, codes = np.unique(groups, return_inverse=True)
+    order = np.random.default_rng(seed).permutation(len(subjects))
+    sizes = np.bincount(codes.reshape(-1), minlength=len(subjects))[order]
+    keep = order[: int(np.searchsorted(np.cumsum(sizes), max_rows, side="right")) + 1]
+    return np.flatnonzero(np.isin(codes.reshape(-1), keep))
 
 
 def linear_svm(C: float = 0.1) -> Pipeline:
@@ -36,16 +53,21 @@ def fit_tuned(X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int = 0, t
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        fit_rows = subject_subsample(groups, MAX_TRAIN_ROWS, seed)
+        X, y, groups = X[fit_rows], y[fit_rows], groups[fit_rows]
         n_groups = len(np.unique(groups))
         if not tune or n_groups < 6 or len(np.unique(y)) < 2:
             return linear_svm().fit(X, y)
+        tune_rows = subject_subsample(groups, TUNE_MAX_ROWS, seed)
+        Xt, yt, gt = X[tune_rows], y[tune_rows], groups[tune_rows]
         splits = [
-            (tr, te) for tr, te in GroupKFold(n_splits=3).split(X, y, groups) if len(np.unique(y[tr])) > 1
+            (tr, te) for tr, te in GroupKFold(n_splits=3).split(Xt, yt, gt) if len(np.unique(yt[tr])) > 1
         ]
         best_c, best_score = C_GRID[1], -np.inf
         for C in C_GRID:
             scores = [
-                _balanced_accuracy(y[te], linear_svm(C).fit(X[tr], y[tr]).predict(X[te])) for tr, te in splits
+                _balanced_accuracy(yt[te], linear_svm(C).fit(Xt[tr], yt[tr]).predict(Xt[te]))
+                for tr, te in splits
             ]
             score = float(np.mean(scores)) if scores else -np.inf
             if score > best_score + 1e-12:
