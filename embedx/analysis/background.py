@@ -122,8 +122,7 @@ def extract_patches(
     preprocess_config=None,
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]], list[dict]]:
     """Read, preprocess and cut patches: returns (patches (n, P, p, p), rows read, positions, failed)."""
-    from embedx.data.images import read_image
-    from embedx.data.preprocess import PreprocessConfig, preprocess
+    from embedx.data.preprocess import PreprocessConfig, load_image
 
     cfg = preprocess_config or PreprocessConfig(size=size)
     size = cfg.size
@@ -139,7 +138,7 @@ def extract_patches(
         for row in rows:
             path = manifest.absolute_path(row)
             try:
-                array = preprocess(read_image(path, window=cfg.window, nifti=cfg.nifti_selection()), cfg)
+                array = load_image(path, cfg)
             except ImageReadError as err:
                 failed.append({"row": int(row), "reason": err.reason})
                 advance()
