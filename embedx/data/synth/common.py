@@ -191,41 +191,39 @@ def texture_noise(rng: np.random.Generator, shape: tuple[int, ...], weights: dic
     """Unit-variance noise whose spatial texture is the weighted mix of NOISE_TEXTURES.
 
     One white field is drawn whatever the weights (so the random stream does not depend on the site) and
-    filtered with the mixed kernel; the result is rescaled by that kernel's exact L2 norm. 3-D arrays are
-    filtered in-plane only (axes 0 and 1), slice by slice.
+    filtered in the Fourier domain with the mixed transfer function (circular, i.e. scipy's mode="wrap"),
+    rescaled so the output variance is exactly 1. 3-D arrays (rows, cols, slices) are filtered in-plane.
     """
-    white = rng.standard_normal(shape, dtype=np.float32)
-    total = np.zeros(shape, dtype=np.float32)
-    for name, sigma in NOISE_TEXTURES.items():
-        w = float(weights.get(name, 0.0))
-        if w == 0.0:
-            continue
-        if any(sigma):
-            full_sigma = tuple(sigma) if len(shape) == 2 else (*sigma, 0.0)
-            total += np.float32(w) * ndimage.gaussian_filter(white, full_sigma, mode="wrap")
-        else:
-            total += np.float32(w) * white
-    return total / np.float32(_mixed_std(weights))
+    from scipy import fft
+
+    plane = tuple(shape[:2])
+    transfer = _transfer(plane, tuple(round(float(weights.get(k, 0.0)), 12) for k in NOISE_TEXTURES))
+    if len(shape) == 2:
+        white = rng.standard_normal(shape, dtype=np.float32)
+        return fft.irfft2(fft.rfft2(white) * transfer, s=plane).astype(np.float32)
+    white = rng.standard_normal((shape[2], *plane), dtype=np.float32)  # slices first: contiguous planes
+    noise = fft.irfft2(fft.rfft2(white) * transfer, s=plane).astype(np.float32)
+    return np.moveaxis(noise, 0, -1)
 
 
-_STD_CACHE: dict[tuple[float, ...], float] = {}
+_TRANSFER_CACHE: dict[tuple[tuple[int, ...], tuple[float, ...]], np.ndarray] = {}
 
 
-def _mixed_std(weights: dict[str, float]) -> float:
-    """Standard deviation of unit white noise after the mixed filter (the mixed kernel's L2 norm)."""
-    key = tuple(round(float(weights.get(k, 0.0)), 12) for k in NOISE_TEXTURES)
-    if key not in _STD_CACHE:
-        size = 41
-        impulse = np.zeros((size, size), dtype=np.float64)
-        impulse[size // 2, size // 2] = 1.0
-        kernel = np.zeros_like(impulse)
-        for w, sigma in zip(key, NOISE_TEXTURES.values(), strict=False):
+def _transfer(plane: tuple[int, ...], weights: tuple[float, ...]) -> np.ndarray:
+    """rfft2-domain transfer function of the texture mix (Gaussian low-pass per texture), unit output variance."""
+    key = (plane, weights)
+    if key not in _TRANSFER_CACHE:
+        fr = np.fft.fftfreq(plane[0])[:, None]
+        fc = np.fft.rfftfreq(plane[1])[None, :]
+        total = np.zeros((plane[0], plane[1] // 2 + 1))
+        for w, (sr, sc) in zip(weights, NOISE_TEXTURES.values(), strict=True):
             if w:
-                kernel += w * (
-                    ndimage.gaussian_filter(impulse, sigma, mode="constant") if any(sigma) else impulse
-                )
-        _STD_CACHE[key] = float(np.sqrt(np.sum(kernel**2))) or 1.0
-    return _STD_CACHE[key]
+                total = total + w * np.exp(-2.0 * np.pi**2 * ((sr * fr) ** 2 + (sc * fc) ** 2))
+        # Output variance of circularly filtered unit white noise = mean |H|^2 over the full spectrum.
+        full = np.concatenate([total, total[:, 1:(plane[1] + 1) // 2][:, ::-1]], axis=1)
+        variance = float(np.mean(full**2))
+        _TRANSFER_CACHE[key] = (total / np.sqrt(variance if variance > 0 else 1.0)).astype(np.float32)
+    return _TRANSFER_CACHE[key]
 
 
 def unsharp(image: np.ndarray, gain: float, sigma: float) -> np.ndarray:
