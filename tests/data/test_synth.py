@@ -150,7 +150,9 @@ def test_no_effect_label_at_chance(cxr_s1) -> None:
 def test_view_is_acquisition(cxr_s1, cxr_s0) -> None:
     """AP vs PA (magnified heart, scapulae) is found at strength 1 and gone at strength 0."""
     for (_, table, images), present in ((cxr_s1, True), (cxr_s0, False)):
-        score = _cv_balanced_accuracy(_pca_pixels(images, block=2), table["view"], table["subject_id"], pca=30)
+        score = _cv_balanced_accuracy(
+            _pca_pixels(images, block=2), table["view"], table["subject_id"], pca=30
+        )
         assert (score > 0.85) if present else (score < _chance_bound(table["view"])), (present, score)
 
 

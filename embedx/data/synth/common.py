@@ -210,7 +210,7 @@ _TRANSFER_CACHE: dict[tuple[tuple[int, ...], tuple[float, ...]], np.ndarray] = {
 
 
 def _transfer(plane: tuple[int, ...], weights: tuple[float, ...]) -> np.ndarray:
-    """rfft2-domain transfer function of the texture mix (Gaussian low-pass per texture), unit output variance."""
+    """rfft2-domain transfer function of the texture mix (a Gaussian low-pass per texture), unit variance."""
     key = (plane, weights)
     if key not in _TRANSFER_CACHE:
         fr = np.fft.fftfreq(plane[0])[:, None]
@@ -220,7 +220,7 @@ def _transfer(plane: tuple[int, ...], weights: tuple[float, ...]) -> np.ndarray:
             if w:
                 total = total + w * np.exp(-2.0 * np.pi**2 * ((sr * fr) ** 2 + (sc * fc) ** 2))
         # Output variance of circularly filtered unit white noise = mean |H|^2 over the full spectrum.
-        full = np.concatenate([total, total[:, 1:(plane[1] + 1) // 2][:, ::-1]], axis=1)
+        full = np.concatenate([total, total[:, 1 : (plane[1] + 1) // 2][:, ::-1]], axis=1)
         variance = float(np.mean(full**2))
         _TRANSFER_CACHE[key] = (total / np.sqrt(variance if variance > 0 else 1.0)).astype(np.float32)
     return _TRANSFER_CACHE[key]
