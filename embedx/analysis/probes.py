@@ -816,7 +816,7 @@ def run_probes(
     attributes: Sequence[str] | None = None,
     *,
     folds: int = 5,
-    n_permutations: int = 1000,
+    n_permutations: int | None = None,
     n_bootstrap: int = 2000,
     seed: int = 0,
     write: bool = True,
@@ -827,17 +827,27 @@ def run_probes(
 
     Holm's correction runs across the whole attributes x models table; results are written to
     `/analysis/probes/<model>__<attribute>` unless `write` is false. `config` overrides the keyword knobs.
+
+    `n_permutations=None` picks max(1000, 2 m / alpha) for a family of m tests, so that the smallest
+    possible Holm-adjusted p-value (m / (P + 1)) stays below alpha / 2 however many probes run.
     """
     from embedx.progress import progress_bar
     from embedx.store.h5store import Store
 
-    cfg = config or ProbeConfig(
-        folds=folds, n_permutations=n_permutations, n_bootstrap=n_bootstrap, seed=seed, kernel=kernel
-    )
     with Store.open(store_path) as store:
         model_names = _resolve(models, store.models(), "model", store_path)
         schema = store.schema()
         attribute_names = _resolve(attributes, list(schema), "attribute", store_path)
+        if config is not None:
+            cfg = config
+        else:
+            family = len(model_names) * len(attribute_names)
+            permutations = (
+                n_permutations if n_permutations is not None else max(1000, int(np.ceil(2 * family / 0.05)))
+            )
+            cfg = ProbeConfig(
+                folds=folds, n_permutations=permutations, n_bootstrap=n_bootstrap, seed=seed, kernel=kernel
+            )
         if not model_names:
             raise EmbedxError(f"{store_path}: the store holds no latents yet (run `embedx encode` first)")
         if not attribute_names:

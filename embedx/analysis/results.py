@@ -199,3 +199,146 @@ def probe_table(results: Iterable[Mapping[str, Any]], value: str = "score") -> p
     table = table.reindex(columns=columns)
     table.index.name = "model"
     return table
+
+
+# ---- rich tables for the terminal (the CLI prints these; the logic lives here, next to the shapes)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return (
+        f"{float(value):.{digits}g}"
+        if abs(float(value)) < 1e-3 and value != 0
+        else f"{float(value):.{digits}f}"
+    )
+
+
+def _fmt_ci(ci: Any) -> str:
+    if not ci or ci[0] is None or ci[1] is None:
+        return ""
+    return f" [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def probe_rich_table(results: Iterable[Mapping[str, Any]], title: str = "Probes") -> Any:
+    """One row per model x attribute: score [95 % CI], chance, Holm p, n and the verdict."""
+    from rich.table import Table
+
+    table = Table(title=title, header_style="bold")
+    for column in ("model", "attribute", "metric", "score [95% CI]", "chance", "p (Holm)", "n", "verdict"):
+        table.add_column(column, justify="right" if column in ("chance", "p (Holm)", "n") else "left")
+    for r in results:
+        verdict = r.get("verdict") or verdict_text(bool(r.get("encoded")), r.get("skipped"))
+        style = "green" if r.get("encoded") else ("yellow" if r.get("skipped") else "")
+        extra = ""
+        if r.get("normalized_encoding") is not None:
+            extra = f" (E={_fmt(r['normalized_encoding'], 2)})"
+        table.add_row(
+            str(r.get("model", "")) + (f" [{r['stratum']}]" if r.get("stratum") else ""),
+            str(r["attribute"]),
+            {"balanced_accuracy": "bal. acc", "mae": "MAE"}.get(
+                str(r.get("metric")), str(r.get("metric", ""))
+            ),
+            ("-" if r.get("score") is None else _fmt(r["score"]) + _fmt_ci(r.get("ci"))) + extra,
+            _fmt(r.get("chance")),
+            _fmt(r.get("p_holm")),
+            _fmt(r.get("n")),
+            f"[{style}]{verdict}[/]" if style else verdict,
+        )
+    return table
+
+
+def fairness_rich_table(result: Mapping[str, Any]) -> Any:
+    """One table per sensitive attribute: a row per group, gaps in the caption."""
+    from rich.table import Table
+
+    continuous = result.get("kind") == "continuous"
+    title = f"{result.get('model', '')}: {result['target']} by {result['sensitive']}"
+    table = Table(title=title, header_style="bold")
+    columns = (
+        ("group", "n", "MAE [95% CI]", "bias", "note")
+        if continuous
+        else (
+            "group",
+            "n",
+            "pos",
+            "accuracy",
+            "TPR [95% CI]",
+            "FPR [95% CI]",
+            "AUC [95% CI]",
+            "selection",
+            "ECE",
+            "note",
+        )
+    )
+    for c in columns:
+        table.add_column(c, justify="left" if c in ("group", "note") else "right")
+    for group, g in result["by_group"].items():
+        note = "too small: not in gaps" if g.get("too_small") else (g.get("auc_note") or "")
+        ci = g.get("ci") or {}
+        if continuous:
+            row = [group, _fmt(g["n"]), _fmt(g["mae"]) + _fmt_ci(ci.get("mae")), _fmt(g.get("bias")), note]
+        else:
+            row = [
+                group,
+                _fmt(g["n"]),
+                _fmt(g.get("positives")),
+                _fmt(g.get("accuracy")),
+                _fmt(g.get("tpr")) + _fmt_ci(ci.get("tpr")),
+                _fmt(g.get("fpr")) + _fmt_ci(ci.get("fpr")),
+                _fmt(g.get("auc")) + _fmt_ci(ci.get("auc")),
+                _fmt(g.get("selection_rate")),
+                _fmt(g.get("ece")),
+                note,
+            ]
+        table.add_row(*row, style="dim" if g.get("too_small") else None)
+    gaps_ci = result.get("gaps_ci") or {}
+    if continuous:
+        caption = (
+            f"MAE difference {_fmt(result.get('mae_difference'))}, worst group {result.get('worst_group')}"
+        )
+    else:
+        parts = []
+        for key, label in (
+            ("demographic_parity_difference", "DP diff"),
+            ("demographic_parity_ratio", "DP ratio"),
+            ("equalized_odds_difference", "EO diff"),
+            ("equal_opportunity_difference", "EOpp diff"),
+            ("worst_group_auc", "worst-group AUC"),
+        ):
+            parts.append(f"{label} {_fmt(result.get(key))}{_fmt_ci(gaps_ci.get(key))}")
+        caption = "; ".join(parts)
+        op = result.get("operating_point") or {}
+        if op.get("rule"):
+            caption += f"\noperating point: {op['rule']}"
+    if result.get("gaps_note"):
+        caption += f"\n{result['gaps_note']}"
+    table.caption = caption
+    return table
+
+
+def poster_rich_table(results: Iterable[Mapping[str, Any]], title: str = "models x attributes") -> Any:
+    """The poster's table as a rich table: rows models, columns attributes, cells 'score [CI]*'."""
+    from rich.table import Table
+
+    frame = probe_table(results, value="formatted")
+    table = Table(
+        title=title, header_style="bold", caption="* encoded (Holm p < 0.05 and CI clear of chance)"
+    )
+    table.add_column("model")
+    for column in frame.columns:
+        table.add_column(str(column), justify="right")
+    for model, row in frame.iterrows():
+        table.add_row(str(model), *["-" if v is None or v != v else str(v) for v in row.tolist()])
+    return table
+
+
+def terminal_console() -> Any:
+    """A stdout console: the terminal's width, or 160 columns when piped (tables would wrap at 80)."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)

@@ -148,3 +148,35 @@ def test_multiclass_target_needs_a_positive_class() -> None:
             sensitive_kinds={},
             config=FAST,
         )
+
+
+def test_fairness_cli_prints_groups_and_writes_json(synth_store, tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from embedx.cli import app
+
+    out = tmp_path / "fair.json"
+    args = [
+        "fairness",
+        str(synth_store(1.0)),
+        "--target",
+        "sex",
+        "--sensitive",
+        "site",
+        "--model",
+        "pixels-pca",
+        "--bootstrap",
+        "100",
+        "--json",
+        str(out),
+        "--no-write",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "north" in result.output and "DP diff" in result.output
+    doc = json.loads(out.read_text())
+    assert doc["probes"] == [] and doc["fairness"][0]["target"] == "sex"
+    assert doc["fairness"][0]["sensitive"] == "site"
+    assert doc["fairness"][0]["by_group"]["north"]["n"] > 0

@@ -183,3 +183,39 @@ def test_normalized_encoding_uses_the_cnn_trained_on_that_attribute() -> None:
     assert results[0]["normalized_encoding"] == pytest.approx(0.5)
     assert results[0]["normalized_by"] == "cnn-site"
     assert "normalized_encoding" not in results[2]
+
+
+def test_probe_cli_writes_the_design_card_document(synth_store, tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from embedx.cli import app
+
+    out = tmp_path / "probes.json"
+    args = [
+        "probe",
+        str(synth_store(1.0)),
+        "--attributes",
+        "site,insurance",
+        "--name",
+        "pixels-pca",
+        "--permutations",
+        "300",
+        "--bootstrap",
+        "200",
+        "--json",
+        str(out),
+        "--no-write",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "not distinguishable from chance" in result.output and "encoded" in result.output
+    doc = json.loads(out.read_text())
+    assert list(doc)[:4] == ["embedx_version", "store", "probes", "fairness"]
+    site = next(p for p in doc["probes"] if p["attribute"] == "site")
+    assert site["metric"] == "balanced_accuracy" and site["encoded"] is True
+    assert isinstance(site["ci"], list) and len(site["ci"]) == 2 and site["n"] == 400
+    assert set(site["classes"]) == {"north", "south", "east", "west"}
+    bad = CliRunner().invoke(app, ["probe", str(synth_store(1.0)), "--attributes", "colour", "--no-write"])
+    assert bad.exit_code != 0
