@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("EMBEDX_NO_PROGRESS", "1")
-os.environ.setdefault("STREAMLIT_LOGGER_LEVEL", "error")  # bare-mode cache warnings would drown the table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "dashboard"))
@@ -50,7 +49,10 @@ def main() -> None:
     args = parser.parse_args()
     n = 20_000 if args.quick else 220_000
 
+    import streamlit.logger
     from streamlit.testing.v1 import AppTest
+
+    streamlit.logger.set_log_level("error")  # bare-mode warnings would drown the table
     from synthstore import make_store
 
     import embedx.dashboard

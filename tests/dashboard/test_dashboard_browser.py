@@ -132,6 +132,18 @@ def test_map_colour_lasso_and_thumbnails_in_chromium(server, artifacts_dir: Path
             page.get_by_text("Composition vs the cohort", exact=False).first.wait_for(timeout=30_000)
             assert page.get_by_test_id("stDataFrame").count() >= 2  # composition table and the rows table
             page.screenshot(path=str(artifacts_dir / "dashboard-map-selection.png"), full_page=True)
+
+            # recolour: Streamlit remounts the chart (its own selection is gone), the kept one is redrawn
+            page.get_by_role("combobox", name="Colour by").click()
+            page.get_by_role("option", name="site", exact=True).click()
+            page.wait_for_function(
+                f"() => {GRAPH}._fullData.map(t => t.name).join(',').includes('north (')", timeout=30_000
+            )
+            page.wait_for_function(
+                f"() => {GRAPH}.data.reduce((s, t) => s + (t.selectedpoints || []).length, 0) == {selected}",
+                timeout=30_000,
+            )
+            assert page.get_by_text(f"Selection: {selected} images", exact=False).count() == 1
         finally:
             browser.close()
     assert process.poll() is None  # the server stayed up through the whole session
