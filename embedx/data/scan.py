@@ -99,15 +99,22 @@ def _check_raster(path: Path) -> None:
         raise EmbedxError(f"{path}: not a readable image ({type(err).__name__})") from None
 
 
-def _check_nifti(path: Path) -> None:
+def _check_nifti(path: Path) -> dict[str, Any]:
+    """Header-only check of a NIfTI file; returns its voxel size (the only acquisition facts it carries —
+    the free-text `descrip` field is never read, since it can hold anything)."""
     import nibabel as nib
 
     try:
         image = nib.load(path)
         if len(image.shape) < 2:
             raise ValueError("fewer than 2 dimensions")
+        zooms = [float(z) for z in image.header.get_zooms()]
     except Exception as err:
         raise EmbedxError(f"{path}: not a readable NIfTI file ({type(err).__name__})") from None
+    return {
+        "pixel_spacing": round(zooms[0], 6),
+        "slice_thickness": round(zooms[2], 6) if len(zooms) > 2 else None,
+    }
 
 
 def scan_folder(folder: str | Path, salt: str, exclude: set[Path] | None = None) -> ScanResult:
@@ -130,13 +137,13 @@ def scan_folder(folder: str | Path, salt: str, exclude: set[Path] | None = None)
                 if fmt == "dicom":
                     row = read_header(path, salt)
                 else:
-                    (_check_nifti if fmt == "nifti" else _check_raster)(path)
+                    row = _check_nifti(path) if fmt == "nifti" else (_check_raster(path) or {})
                     label = _BIDS_SUBJECT.search(str(path.relative_to(folder)))
                     if label:
-                        row = {"subject_id": f"sub-{label.group(1)}"}
+                        row["subject_id"] = f"sub-{label.group(1)}"
                     else:
                         no_subject += 1
-                        row = {"subject_id": subject_pseudonym(f"file:{path.relative_to(folder)}", salt)}
+                        row["subject_id"] = subject_pseudonym(f"file:{path.relative_to(folder)}", salt)
             except (DicomHeaderError, EmbedxError) as err:
                 result.skipped.append((str(path), str(err).removeprefix(f"{path}: ")))
                 continue

@@ -112,7 +112,10 @@ def phi_folder(tmp_path: Path) -> Path:
     (folder / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "b" / "ok.png")
     (folder / "sub-07").mkdir()
-    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.eye(4)), folder / "sub-07" / "t1.nii.gz")
+    nib.save(
+        nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.diag([0.9, 0.9, 3.0, 1.0])),
+        folder / "sub-07" / "t1.nii.gz",
+    )
     return folder
 
 
@@ -154,6 +157,9 @@ def test_scan_extracts_attributes_and_never_phi(phi_folder: Path, tmp_path: Path
         != by_name["img3.dcm"]["subject_id"]
     )
     assert by_name["t1.nii.gz"]["subject_id"] == "sub-07"
+    assert by_name["t1.nii.gz"]["slice_thickness"] == 3.0 and by_name["t1.nii.gz"][
+        "pixel_spacing"
+    ] == pytest.approx(0.9)
     assert set(table["file_format"]) == {"dicom", "raster", "nifti"}
     # skipped and listed by path, counted, not fatal
     for name in ("nopix.dcm", "cut.dcm", "broken.png"):
