@@ -238,6 +238,9 @@ def test_deterministic_bytes(tmp_path: Path) -> None:
         for rel in files:
             assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     c = generate_cohort("cxr", 10, tmp_path / "cxr_c", size=24, seed=6).parent
+    generate_cohort("mri", 3, c, size=16, seed=6)  # a smaller cohort of another kind over the same folder
+    assert sorted(p.name for p in (c / "images").iterdir()) == [f"00000{i}.nii.gz" for i in range(3)]
+    c = generate_cohort("cxr", 10, c, size=24, seed=6).parent
     assert (c / "images/000000.png").read_bytes() != (tmp_path / "cxr_a/images/000000.png").read_bytes()
 
 

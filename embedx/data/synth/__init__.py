@@ -63,6 +63,7 @@ def generate_cohort(
     prevalences = common.resolve_prevalence(prevalence)
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
+    _remove_stale_images(out / "images")
     cohort = common.draw_cohort(n, seed, prevalences, with_view=(kind == "cxr"))
     suffix = ".png" if kind == "cxr" else ".nii.gz"
     paths = [f"images/{i:06d}{suffix}" for i in range(n)]
@@ -92,6 +93,17 @@ def generate_cohort(
     truth = ground_truth(kind, n, size, strength, seed, prevalences, table)
     (out / "ground_truth.json").write_text(json.dumps(truth, indent=2) + "\n", encoding="utf-8")
     return manifest_path
+
+
+def _remove_stale_images(folder: Path) -> None:
+    """Delete images a previous run left here (only our own NNNNNN.png / NNNNNN.nii.gz names), so that the
+    folder holds exactly the cohort the manifest describes."""
+    import re
+
+    ours = re.compile(r"^\d{6}\.(png|nii\.gz)$")
+    for path in folder.iterdir():
+        if path.is_file() and ours.match(path.name):
+            path.unlink()
 
 
 def _render_chunk(job: tuple[Any, ...]) -> list[dict[str, Any]]:
