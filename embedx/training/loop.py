@@ -66,7 +66,11 @@ def _make_accelerator(config: TrainConfig) -> Any:
     # Several runs in one process (tests, notebooks): start from a clean state each time.
     AcceleratorState._reset_state()
     GradientState._reset_state()
-    accelerator = Accelerator(mixed_precision=_mixed_precision(config.optim.mixed_precision))
+    # Without a GPU, say "CPU" explicitly: only then does Accelerate join the processes that
+    # `accelerate launch --multi_gpu --num_processes N` starts into one gloo (MULTI_CPU) group. (`--cpu`
+    # with N > 1 starts a single process unless mpirun is configured: accelerate issue #2741.)
+    no_gpu = not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    accelerator = Accelerator(mixed_precision=_mixed_precision(config.optim.mixed_precision), cpu=no_gpu)
     set_seed(config.optim.seed, device_specific=True)  # each process its own stream (DAE noise, t)
     return accelerator
 
@@ -155,7 +159,15 @@ def _save_checkpoint(accelerator: Any, run_dir: Path, step: int, *, model: nn.Mo
     if accelerator.is_main_process:
         ckpt.begin_checkpoint(run_dir, step)
     accelerator.wait_for_everyone()
-    ckpt.write_rank_state(tmp, accelerator.process_index, {"sums": sums.state()})
+    digest = ckpt.state_hash(model.state_dict())
+    ckpt.write_rank_state(tmp, accelerator.process_index, {"sums": sums.state(), "weights_sha256": digest})
+    hashes = [digest]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        hashes = gather_object([digest])
+        if len(set(hashes)) > 1:  # DDP must keep every replica identical; say so loudly if it did not
+            log.error("model replicas diverged at step %d: weight hashes per process %s", step, hashes)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         scaler = getattr(accelerator, "scaler", None)
@@ -163,7 +175,8 @@ def _save_checkpoint(accelerator: Any, run_dir: Path, step: int, *, model: nn.Mo
             tmp, model_state=model.state_dict(), ema_state=ema.state_dict() if ema else None,
             optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(),
             scaler_state=scaler.state_dict() if scaler is not None else None,
-            state={**state, "world_size": accelerator.num_processes}, config=config)
+            state={**state, "world_size": accelerator.num_processes, "weights_sha256_per_process": hashes},
+            config=config)
         ckpt.commit_checkpoint(tmp, run_dir, step, config.optim.keep_checkpoints)
     accelerator.wait_for_everyone()
 

@@ -33,7 +33,7 @@ def _assert_same_run(a_dir: Path, b_dir: Path, steps: int) -> None:
     assert losses.iloc[-1] < losses.iloc[0]
 
 
-# 288 training images, batch 16: 18 steps per epoch, so 24 steps cross an epoch boundary.
+# ~360 training images, batch 16: 22 steps per epoch, so 24 steps cross an epoch boundary.
 K = 12 * 16
 
 
