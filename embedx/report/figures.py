@@ -176,32 +176,42 @@ def probe_bars(probes: Sequence[Mapping[str, Any]]) -> Figure:
 
 
 def fairness_figure(result: Mapping[str, Any], metrics: Sequence[str] = ("tpr", "fpr", "auc")) -> Figure:
-    """One panel per metric: the value for every group of one sensitive attribute, with its CI and n."""
+    """One panel per metric: the value for every group of one sensitive attribute, with its CI and n.
+
+    Groups marked too small to judge are drawn grey and hatched (shown with their n, never dropped); a
+    metric that is undefined for a group (e.g. AUC with one class) is written "n/a" instead of a bar.
+    """
     groups = result.get("by_group") or {}
     names = list(groups)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4), squeeze=False)
+    panel_width = max(3.6, 0.45 * len(names) + 1.4)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(panel_width * len(metrics), 3.8), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
-        values, cis, labels = [], [], []
+        values, cis, labels, small = [], [], [], []
         for g in names:
             entry = groups[g] or {}
             value = entry.get(metric)
             ci = (entry.get("ci") or {}).get(metric) if isinstance(entry.get("ci"), Mapping) else None
             values.append(np.nan if value is None else float(value))
             cis.append(ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else [None, None])
-            small = " (small)" if entry.get("too_small") else ""
-            labels.append(f"{g}\nn={entry.get('n', '?')}{small}")
+            small.append(bool(entry.get("too_small")))
+            labels.append(f"{g} (n={entry.get('n', '?')}{', small' if small[-1] else ''})")
         x = np.arange(len(names))
-        finite = [v if np.isfinite(v) else None for v in values]
-        err = _ci_err([v if v is not None else 0.0 for v in finite], cis)
-        ax.bar(x, np.nan_to_num(values), color="#4c72b0", yerr=err, capsize=3)
+        shown = np.nan_to_num(values)
+        err = _ci_err([v if np.isfinite(v) else 0.0 for v in values], cis)
+        bars = ax.bar(x, shown, color=["0.7" if sm else "#4c72b0" for sm in small], yerr=err, capsize=3)
+        for bar, sm, v in zip(bars, small, values, strict=True):
+            if sm:
+                bar.set_hatch("//")
+            if not np.isfinite(v):
+                ax.text(bar.get_x() + bar.get_width() / 2, 0.02, "n/a", ha="center", fontsize=7)
         ax.set_xticks(x)
-        ax.set_xticklabels(labels, fontsize=7)
+        ax.set_xticklabels(labels, fontsize=7, rotation=45, ha="right")
         ax.set_ylim(0, 1.05)
         ax.set_title(metric.upper(), fontsize=10)
     fig.suptitle(
         f"{result.get('target')} by {result.get('sensitive')}  "
         f"(DP diff {_num(result.get('demographic_parity_difference'))}, "
-        f"EO diff {_num(result.get('equalized_odds_difference'))})",
+        f"EO diff {_num(result.get('equalized_odds_difference'))}; grey: too small to judge)",
         fontsize=10,
     )
     fig.tight_layout()
