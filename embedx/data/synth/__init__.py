@@ -35,6 +35,9 @@ SCHEMA: dict[str, tuple[str, str]] = {
     "insurance": ("categorical", "demographic"),
 }
 _CHUNK = 64
+# Beyond 1 the signatures are extrapolated (noise and texture weights clamped at their floors); past 3 the
+# exaggeration stops meaning anything.
+MAX_STRENGTH = 3.0
 
 
 def generate_cohort(
@@ -58,8 +61,8 @@ def generate_cohort(
         raise EmbedxError(f"unknown synthetic kind {kind!r}; choose one of {', '.join(KINDS)}")
     if size < 16:
         raise EmbedxError(f"--size must be at least 16 pixels, got {size}")
-    if strength < 0:
-        raise EmbedxError(f"--strength must be >= 0, got {strength}")
+    if not 0 <= strength <= MAX_STRENGTH:
+        raise EmbedxError(f"--strength must lie in [0, {MAX_STRENGTH:g}], got {strength}")
     prevalences = common.resolve_prevalence(prevalence)
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)

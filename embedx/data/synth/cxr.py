@@ -216,7 +216,7 @@ def _acquire(img: np.ndarray, site: str, rng: np.random.Generator, size: int, st
     """The site's acquisition chain, every parameter interpolated from neutral by `strength`."""
     sig = SIGNATURES[site]
     alpha = float(np.clip(strength, 0.0, 1.0))
-    gamma = mix(NEUTRAL["gamma"], sig.gamma, strength)
+    gamma = max(mix(NEUTRAL["gamma"], sig.gamma, strength), 0.3)
     if gamma != 1.0:
         norm = np.clip((img + 1000.0) / 2000.0, 0.0, None)
         img = (-1000.0 + 2000.0 * norm ** np.float32(gamma)).astype(np.float32)
@@ -227,8 +227,10 @@ def _acquire(img: np.ndarray, site: str, rng: np.random.Generator, size: int, st
     if sig.border and alpha:
         frame = border_mask(size, sig.border)
         img[frame] = img[frame] * (1 - alpha) + BORDER_VALUE * alpha
-    weights = {k: mix(NEUTRAL["texture"][k], sig.texture.get(k, 0.0), strength) for k in NEUTRAL["texture"]}
-    sigma = mix(NEUTRAL["noise"], sig.noise, strength)
+    weights = {
+        k: max(mix(NEUTRAL["texture"][k], sig.texture.get(k, 0.0), strength), 0.0) for k in NEUTRAL["texture"]
+    }
+    sigma = max(mix(NEUTRAL["noise"], sig.noise, strength), 0.5)  # extrapolation (strength > 1) stays valid
     img = img + np.float32(sigma) * texture_noise(rng, img.shape, weights)
     img = unsharp(img, mix(NEUTRAL["sharpen"], sig.sharpen, strength), SHARPEN_SIGMA_PX)
     img = img + np.float32(mix(NEUTRAL["offset"], sig.offset, strength))

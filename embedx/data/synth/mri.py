@@ -207,13 +207,15 @@ def _acquire(
     angle = sig.extra.get("bias_angle", 0.0)
     if extra["bias"]:
         vol = vol * (1.0 + np.float32(extra["bias"]) * (np.cos(angle) * X + np.sin(angle) * Y))
-    gamma = mix(NEUTRAL["gamma"], sig.gamma, strength)
+    gamma = max(mix(NEUTRAL["gamma"], sig.gamma, strength), 0.3)
     if gamma != 1.0:
         vol = INTENSITY_REF * np.clip(vol / INTENSITY_REF, 0.0, None) ** np.float32(gamma)
     if extra["ghost"]:  # phase-encode ghost: a faint copy shifted by half the field of view
         vol = vol + np.float32(extra["ghost"]) * np.roll(vol, size // 2, axis=0)
-    weights = {k: mix(NEUTRAL["texture"][k], sig.texture.get(k, 0.0), strength) for k in NEUTRAL["texture"]}
-    sigma = np.float32(mix(NEUTRAL["noise"], sig.noise, strength))
+    weights = {
+        k: max(mix(NEUTRAL["texture"][k], sig.texture.get(k, 0.0), strength), 0.0) for k in NEUTRAL["texture"]
+    }
+    sigma = np.float32(max(mix(NEUTRAL["noise"], sig.noise, strength), 0.5))
     real = vol + sigma * texture_noise(rng, vol.shape, weights)
     imag = sigma * rng.standard_normal(vol.shape, dtype=np.float32)
     vol = np.sqrt(real * real + imag * imag)  # magnitude image: Rician noise, Rayleigh in the background
