@@ -79,6 +79,7 @@ PHI_KEYWORDS = (
 _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY]?)\s*$", re.IGNORECASE)
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0, "": 1.0}
 SALT_ENV = "EMBEDX_SALT"
+PHI_IN_PATH = "_phi_in_path"  # flag key in read_header's result; never written
 
 
 def parse_age(text: Any) -> float:
@@ -185,12 +186,22 @@ def read_header(path: Path, salt: str) -> dict[str, Any]:
                     out[column] = None
             try:
                 patient_id = str(ds.get("PatientID") or "").strip()
+                name_parts = [
+                    p for p in re.split(r"[\^\s,]+", str(ds.get("PatientName") or "")) if len(p) >= 3
+                ]
             except Exception:
-                patient_id = ""
+                patient_id, name_parts = "", []
     finally:
         pyd_log.setLevel(level)
     # Without a PatientID the file is its own subject (hash of its path, so still stable and salted).
     out["subject_id"] = subject_pseudonym(patient_id if patient_id else f"file:{path}", salt)
+    # Archives often name folders after the patient; the manifest's path column would then carry it. Only a
+    # flag leaves this function (the caller warns with a count), never the value.
+    lowered = str(path).lower()
+    out[PHI_IN_PATH] = bool(
+        (len(patient_id) >= 3 and patient_id.lower() in lowered)
+        or any(p.lower() in lowered for p in name_parts)
+    )
     return out
 
 

@@ -23,6 +23,7 @@ import pandas as pd
 
 from embedx.data.dicom_header import (
     ATTRIBUTE_TAGS,
+    PHI_IN_PATH,
     DicomHeaderError,
     read_header,
     resolve_salt,
@@ -46,12 +47,15 @@ class ScanResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     non_image: int = 0
     formats: dict[str, int] = field(default_factory=dict)
+    phi_in_paths: int = 0  # DICOM files whose path contains the PatientID or a PatientName part
 
     def summary(self) -> str:
         parts = [f"{len(self.table)} images"]
         parts += [f"{fmt}: {count}" for fmt, count in sorted(self.formats.items())]
         parts.append(f"{self.non_image} non-image files skipped")
         parts.append(f"{len(self.skipped)} unusable image files skipped")
+        if self.phi_in_paths:
+            parts.append(f"WARNING {self.phi_in_paths} paths contain a patient ID or name")
         lines = [", ".join(parts)]
         shown = self.skipped[:50]
         lines += [f"  skipped {path}: {reason}" for path, reason in shown]
@@ -126,6 +130,7 @@ def scan_folder(folder: str | Path, salt: str, exclude: set[Path] | None = None)
     rows: list[dict[str, Any]] = []
     result = ScanResult(table=pd.DataFrame())
     no_subject = 0
+    phi_paths = 0
     with progress_bar(len(files), f"scan {folder.name or folder}", unit="file") as advance:
         for path in files:
             advance()
@@ -136,6 +141,7 @@ def scan_folder(folder: str | Path, salt: str, exclude: set[Path] | None = None)
             try:
                 if fmt == "dicom":
                     row = read_header(path, salt)
+                    phi_paths += int(row.pop(PHI_IN_PATH, False))
                 else:
                     row = _check_nifti(path) if fmt == "nifti" else (_check_raster(path) or {})
                     label = _BIDS_SUBJECT.search(str(path.relative_to(folder)))
@@ -151,6 +157,13 @@ def scan_folder(folder: str | Path, salt: str, exclude: set[Path] | None = None)
             row["file_format"] = fmt
             rows.append(row)
             result.formats[fmt] = result.formats.get(fmt, 0) + 1
+    if phi_paths:
+        log.warning(
+            "%d DICOM file paths contain their patient's ID or name (folder or file names): the manifest's "
+            "path column carries them. Rename or re-export the files before sharing the manifest.",
+            phi_paths,
+        )
+        result.phi_in_paths = phi_paths
     if no_subject:
         log.warning(
             "%d non-DICOM files have no subject (no sub-<label> in the path): each is its own subject",

@@ -176,6 +176,16 @@ def test_scan_extracts_attributes_and_never_phi(phi_folder: Path, tmp_path: Path
     assert "institution" in spec and "role: demographic" in spec
 
 
+def test_patient_id_in_path_is_flagged(tmp_path: Path) -> None:
+    folder = tmp_path / "archive" / "PID-98765-X"  # the archive names folders after the patient
+    folder.mkdir(parents=True)
+    write_dicom(folder / "1.dcm", "VendorAlpha")
+    write_dicom(tmp_path / "archive" / "2.dcm", "VendorAlpha", patient_id="Q7")
+    result = scan_folder(tmp_path / "archive", salt="x")
+    assert result.phi_in_paths == 1 and "1 paths contain a patient ID" in result.summary()
+    assert "_phi_in_path" not in result.table.columns
+
+
 def test_salt_controls_subject_ids(phi_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = scan_to_manifest(phi_folder, tmp_path / "m1.csv", salt="s3cret")
     again = scan_to_manifest(phi_folder, tmp_path / "m2.csv", salt="s3cret")
