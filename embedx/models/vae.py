@@ -121,9 +121,12 @@ class VAE(nn.Module):
         loss = rec + self.config.beta * kl
         metrics = {"recon": _item(rec), "kl": _item(kl), "mse": _item(rec) / x[0].numel()}
         if self.config.hessian_weight > 0:
-            hp = hessian_penalty(self.decode, z.detach(), k=self.config.hessian_k,
-                                 epsilon=self.config.hessian_epsilon,
-                                 reduction=self.config.hessian_reduction)
+            # float32 even under bf16/fp16 autocast: the second difference divides a cancellation by
+            # ε² = 0.01, which in bf16 (3 significant digits) is noise
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                hp = hessian_penalty(self.decode, z.detach().float(), k=self.config.hessian_k,
+                                     epsilon=self.config.hessian_epsilon,
+                                     reduction=self.config.hessian_reduction)
             loss = loss + self.config.hessian_weight * hp.float()
             metrics["hessian"] = _item(hp)
         metrics["loss"] = _item(loss)

@@ -92,6 +92,18 @@ def test_hessian_term_enters_the_loss_with_its_weight(make_blobs: Callable[..., 
     assert model.decoder.fc.weight.grad is not None and model.decoder.fc.weight.grad.abs().sum() > 0
 
 
+def test_hessian_term_is_float32_under_bf16_autocast(make_blobs: Callable[..., torch.Tensor]) -> None:
+    x = make_blobs(4, 16)
+    model = build_model("vae", {"latent_dim": 8, "hessian_weight": 1.0}, 16, 1)
+    values = []
+    for enabled in (False, True):
+        torch.manual_seed(3)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            values.append(model.training_loss({"image": x})[1]["hessian"])
+    # in bf16 the finite differences would be off by tens of percent; only z itself differs here
+    assert values[1] == pytest.approx(values[0], rel=0.05)
+
+
 def test_unknown_config_key_names_the_key() -> None:
     with pytest.raises(ConfigError, match="hessian_wieght"):
         build_model("vae", {"hessian_wieght": 1e-6}, 32, 1)
