@@ -93,7 +93,13 @@ def check_manifest_fits_run(run: object, manifest: Manifest) -> None:
     dataset = ImageDataset(manifest, pre, rows=first, train=False)
     reasons = []
     for i in range(len(dataset)):
-        item = dataset[i]
+        try:
+            item = dataset[i]
+        except EmbedxError as err:  # unreadable files come back as items; this is a config mismatch
+            raise EmbedxError(
+                f"{manifest.source}: row {int(first[i])} ({paths[int(first[i])]}) cannot be prepared as run "
+                f"{run.run_dir} prepares its images: {err}"  # type: ignore[attr-defined]
+            ) from err
         if "error" not in item:
             shape = tuple(item["image"].shape)
             if shape != (pre.channels, pre.size, pre.size):
