@@ -200,15 +200,20 @@ def describe_clusters(
     alpha: float = 0.05,
     min_fold: float = 1.2,
     n_representatives: int = 8,
+    groups: np.ndarray | None = None,
 ) -> list[dict]:
-    """Per cluster: size, enrichment (BH across all clusters x values), Cramér's V, representatives, name."""
+    """Per cluster: size, enrichment (BH across all clusters x values), Cramér's V, representatives, name.
+
+    ``groups`` (subject ids) makes the tests subject-level (one image per subject), as a patient's images
+    tend to share a cluster; see `embedx.analysis.enrichment`.
+    """
     labels = clustering.labels
     ids = sorted(int(c) for c in np.unique(labels) if c >= 0)
     if (labels < 0).any():
         ids.append(-1)
     frames = []
     for cid in ids:
-        table = enrichment(attributes, labels == cid, schema, correct=False)
+        table = enrichment(attributes, labels == cid, schema, correct=False, groups=groups)
         table.insert(0, "cluster", cid)
         frames.append(table)
     pooled = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -288,10 +293,16 @@ def run_clusters(
         attributes = store.attributes()
         schema = store.schema()
         sample_ids = np.asarray(store.sample_ids).astype(str)
+        subject_ids = np.asarray(store.subject_ids).astype(str)
     rows = np.flatnonzero(mask)
     clustering = cluster_latents(z[rows], method, k=k, min_cluster_size=min_cluster_size, seed=seed)
     clusters = describe_clusters(
-        clustering, attributes.iloc[rows].reset_index(drop=True), schema, sample_ids[rows], alpha=alpha
+        clustering,
+        attributes.iloc[rows].reset_index(drop=True),
+        schema,
+        sample_ids[rows],
+        alpha=alpha,
+        groups=subject_ids[rows],
     )
     for cluster in clusters:  # back to store row numbers
         cluster["representative_rows"] = [int(rows[i]) for i in cluster["representative_rows"]]
@@ -306,6 +317,7 @@ def run_clusters(
         "n_noise": int((clustering.labels < 0).sum()),
         "silhouette": clustering.silhouette,
         "correction": "Benjamini-Hochberg across all clusters x attribute values",
+        "test_unit": "one image per subject (seeded draw); counts and folds describe all images",
         "embedx_version": __version__,
         "clusters": clusters,
         "labels": labels.tolist(),

@@ -23,6 +23,7 @@ from scipy import stats
 from sklearn.decomposition import PCA
 
 from embedx._version import __version__
+from embedx.analysis.enrichment import one_per_subject
 from embedx.data.schema import AttributeSpec, infer_kind
 from embedx.errors import EmbedxError
 
@@ -52,8 +53,13 @@ def distribution_tests_arrays(
     n_modes: int = 10,
     alpha: float = 0.05,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> dict:
-    """KS test of each of the first ``n_modes`` PCA modes for every pair of values of every attribute."""
+    """KS test of each of the first ``n_modes`` PCA modes for every pair of values of every attribute.
+
+    The PCA is fitted on every row; with ``groups`` (subject ids) the KS tests use one image per subject
+    (seeded draw), since a patient's images are not independent samples and KS assumes they are.
+    """
     z = np.asarray(z, dtype=np.float64)
     if z.shape[0] < 2 * MIN_GROUP:
         raise EmbedxError(
@@ -64,6 +70,11 @@ def distribution_tests_arrays(
     k = int(min(n_modes, zs.shape[1], zs.shape[0] - 1))
     pca = PCA(n_components=k, random_state=seed)
     modes = pca.fit_transform(zs)
+    if groups is not None:
+        units = one_per_subject(np.asarray(groups), seed)
+        modes = modes[units]
+        attributes = attributes.iloc[units].reset_index(drop=True)
+    n_units = int(modes.shape[0])
     tests: list[dict] = []
     small: list[dict] = []
     for name in attributes.columns:
@@ -77,8 +88,10 @@ def distribution_tests_arrays(
         labels = groups.to_numpy()
         for a, b in combinations(sorted(testable), 2):
             in_a, in_b = labels == a, labels == b
+            # Exact p-values cost O(n_a n_b); beyond a thousand per side the asymptotic one is as good.
+            method = "exact" if max(in_a.sum(), in_b.sum()) <= 1000 else "asymp"
             for m in range(k):
-                res = stats.ks_2samp(modes[in_a, m], modes[in_b, m])
+                res = stats.ks_2samp(modes[in_a, m], modes[in_b, m], method=method)
                 tests.append(
                     {
                         "attribute": name,
@@ -125,6 +138,8 @@ def distribution_tests_arrays(
             lines.append(f"{name}: no pair of groups differs on the first {k} modes")
     return {
         "n": int(z.shape[0]),
+        "units_tested": n_units,
+        "test_unit": "one image per subject" if groups is not None else "image",
         "n_modes": k,
         "explained_variance_ratio": [float(v) for v in pca.explained_variance_ratio_],
         "correction": "Benjamini-Yekutieli across all attributes x pairs x modes",
@@ -157,6 +172,7 @@ def distribution_tests(
         schema = store.schema()
         z = store.latents(model)
         mask = store.encoded_mask(model)
+        subjects = np.asarray(store.subject_ids).astype(str)
     if attributes:
         unknown = [a for a in attributes if a not in table.columns]
         if unknown:
@@ -167,7 +183,13 @@ def distribution_tests(
         table = table[list(attributes)]
     rows = np.flatnonzero(mask)
     result = distribution_tests_arrays(
-        z[rows], table.iloc[rows].reset_index(drop=True), schema, n_modes=n_modes, alpha=alpha, seed=seed
+        z[rows],
+        table.iloc[rows].reset_index(drop=True),
+        schema,
+        n_modes=n_modes,
+        alpha=alpha,
+        seed=seed,
+        groups=subjects[rows],
     )
     result = {"control": "distribution", "model": model, "embedx_version": __version__, **result}
     if write:

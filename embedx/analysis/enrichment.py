@@ -15,6 +15,11 @@ chance:
 * all p-values of one call are corrected together with Benjamini-Hochberg (`q_value`); callers that test
   several selections at once (clusters) pass ``correct=False`` and correct across everything themselves.
 
+Images of one patient are not independent (same anatomy, usually same site), and a cluster or lasso tends
+to hold all of a patient's images, so image-level tests would be too confident. Given ``groups`` (subject
+ids), every test and odds-ratio CI is computed on one image per subject (a seeded draw; `units_tested`
+says how many), while the counts, shares and fold enrichment describe all selected images.
+
 Missing values are left out per attribute and counted (`missing_selected`, `missing_rest`), never filled.
 Everything is numpy/scipy on integer codes, so a 220k-row cohort with a dozen attributes is well under
 half a second per call (the dashboard calls this on every lasso).
@@ -59,6 +64,7 @@ COLUMNS = [
     "ks_statistic",
     "missing_selected",
     "missing_rest",
+    "units_tested",
 ]
 
 # Below this expected count in any cell the chi-square approximation is poor: use Fisher's exact test.
@@ -80,6 +86,17 @@ def format_value(value: object) -> str:
     if isinstance(value, (float, np.floating)) and np.isfinite(value) and float(value).is_integer():
         return str(int(value))
     return str(value)
+
+
+# Fields that come from the test (subject-level when groups are given); the rest describe all rows.
+_TEST_FIELDS = ("statistic", "p_value", "or_ci_low", "or_ci_high", "attribute_p", "ks_statistic")
+
+
+def one_per_subject(groups: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Sorted row indices holding one randomly drawn row per subject (the independent units)."""
+    order = np.random.default_rng(seed).permutation(len(groups))
+    _, first = np.unique(np.asarray(groups)[order], return_index=True)
+    return np.sort(order[first])
 
 
 def _kind_of(name: str, values: pd.Series, schema: Mapping[str, AttributeSpec] | None) -> str:
@@ -176,7 +193,7 @@ def _categorical_rows(name: str, kind: str, values: pd.Series, selected: np.ndar
     return rows
 
 
-def _continuous_row(name: str, values: pd.Series, selected: np.ndarray) -> list[dict]:
+def _continuous_row(name: str, kind: str, values: pd.Series, selected: np.ndarray) -> list[dict]:
     x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
     present = np.isfinite(x)
     inside, outside = x[present & selected], x[present & ~selected]
@@ -225,6 +242,8 @@ def enrichment(
     columns: Sequence[str] | None = None,
     alpha: float = 0.05,
     correct: bool = True,
+    groups: np.ndarray | Sequence[str] | None = None,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """Test every attribute value for over/under-representation in ``selected`` against the other rows.
 
@@ -234,7 +253,8 @@ def enrichment(
     columns in `COLUMNS`, sorted with the strongest evidence first (q-value, then effect size). ``q_value``
     is BH-adjusted over all rows of this call when ``correct`` is true (else NaN, for callers that pool
     several calls), and ``significant`` is ``q_value < alpha``. An empty selection, or one holding every
-    row, has nothing to compare against and returns an empty frame with these columns.
+    row, has nothing to compare against and returns an empty frame with these columns. ``groups`` (one
+    subject id per row; pass the store's subject ids) makes the tests subject-level, see the module doc.
     """
     mask = np.asarray(selected, dtype=bool)
     if mask.ndim != 1 or mask.shape[0] != len(attributes):
@@ -249,14 +269,32 @@ def enrichment(
         )
     if not mask.any() or mask.all():
         return pd.DataFrame(columns=COLUMNS)
+    units = None
+    if groups is not None:
+        groups = np.asarray(groups)
+        if groups.shape != mask.shape:
+            raise EmbedxError(
+                f"groups has shape {groups.shape}, expected {mask.shape} — one subject id per row"
+            )
+        units = one_per_subject(groups, seed)
     rows: list[dict] = []
     for name in names:
         values = attributes[name]
         kind = _kind_of(name, values, schema)
-        if kind == "continuous":
-            rows.extend(_continuous_row(name, values, mask))
+        compute = _continuous_row if kind == "continuous" else _categorical_rows
+        found = compute(name, kind, values, mask)
+        if units is not None:
+            tested = {r["value"]: r for r in compute(name, kind, values.iloc[units], mask[units])}
+            for r in found:
+                t = tested.get(r["value"], {})
+                for key in _TEST_FIELDS:
+                    r[key] = t.get(key, np.nan)
+                r["test"] = t.get("test", "none")
+                r["units_tested"] = len(units)
         else:
-            rows.extend(_categorical_rows(name, kind, values, mask))
+            for r in found:
+                r["units_tested"] = int(mask.size)
+        rows.extend(found)
     frame = pd.DataFrame(rows)
     frame = frame.reindex(columns=COLUMNS)
     frame["q_value"] = bh_adjust(frame["p_value"].to_numpy()) if correct else np.nan

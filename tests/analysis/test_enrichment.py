@@ -100,3 +100,20 @@ def test_bh_matches_the_textbook_procedure() -> None:
     # sorted p 0.005, 0.01, 0.03, 0.04 with m = 4: q = min over k>=i of p_(k) m / k
     assert np.allclose(q[:4], [0.02, 0.04, 0.04, 0.02])
     assert np.isnan(q[4])
+
+
+def test_subject_level_tests_do_not_count_one_patient_many_times() -> None:
+    """Two patients with 30 images each, both from 'south', selected: 60 images look overwhelming, but they
+    are two independent observations. Image-level testing calls it significant; with ``groups`` it is not,
+    while the shares and the fold still describe all 60 images."""
+    rng = np.random.default_rng(0)
+    subjects = np.repeat([f"p{i}" for i in range(40)], 30)
+    site = np.repeat(rng.choice(["north", "south", "east", "west"], 40), 30)
+    south_subjects = np.unique(subjects[site == "south"])[:2]
+    mask = np.isin(subjects, south_subjects)
+    frame = pd.DataFrame({"site": site})
+    image_level = enrichment(frame, mask).set_index("value").loc["south"]
+    subject_level = enrichment(frame, mask, groups=subjects).set_index("value").loc["south"]
+    assert image_level["significant"]
+    assert not subject_level["significant"] and subject_level["units_tested"] == 40
+    assert subject_level["n_selected"] == 60 and subject_level["fold"] == image_level["fold"]
