@@ -156,14 +156,19 @@ def test_view_is_acquisition(cxr_s1, cxr_s0) -> None:
         assert (score > 0.85) if present else (score < _chance_bound(table["view"])), (present, score)
 
 
+def _age_mae_ratio(pixels: np.ndarray, table: pd.DataFrame) -> float:
+    """Cross-validated ridge MAE on pixel PCA over the median-baseline MAE (< 1: age is in the pixels)."""
+    model = make_pipeline(StandardScaler(), PCA(20, random_state=0), Ridge(alpha=10.0))
+    pred = cross_val_predict(model, pixels, table["age"], groups=table["subject_id"], cv=GroupKFold(5))
+    baseline = mean_absolute_error(table["age"], np.full(len(table), table["age"].median()))
+    return float(mean_absolute_error(table["age"], pred) / baseline)
+
+
 def test_anatomy_stays_at_strength_0(cxr_s0) -> None:
     _, table, images = cxr_s0
     pixels = _pca_pixels(images)
     assert _cv_balanced_accuracy(pixels, table["sex"], table["subject_id"], pca=20) > 0.8
-    model = make_pipeline(StandardScaler(), PCA(20, random_state=0), Ridge(alpha=10.0))
-    pred = cross_val_predict(model, pixels, table["age"], groups=table["subject_id"], cv=GroupKFold(5))
-    baseline = mean_absolute_error(table["age"], np.full(len(table), table["age"].median()))
-    assert mean_absolute_error(table["age"], pred) < 0.8 * baseline
+    assert _age_mae_ratio(pixels, table) < 0.8
 
 
 def test_mri_site_and_nifti(mri_s1) -> None:
@@ -172,6 +177,13 @@ def test_mri_site_and_nifti(mri_s1) -> None:
     assert vol.shape == (32, 32, mri.SLICES)
     assert np.allclose(vol.header.get_zooms(), (mri.FOV_MM / 32, mri.FOV_MM / 32, mri.SLICE_MM))
     assert _cv_balanced_accuracy(_stats(images), table["site"], table["subject_id"]) > 0.9
+    pixels = _pca_pixels(images, block=2)
+    assert _cv_balanced_accuracy(pixels, table["sex"], table["subject_id"], pca=20) > 0.75
+    assert _age_mae_ratio(pixels, table) < 0.9
+    score = _cv_balanced_accuracy(
+        np.concatenate([_stats(images), pixels], 1), table["insurance"], table["subject_id"], pca=20
+    )
+    assert score < _chance_bound(table["insurance"]), score
 
 
 def test_lesion_is_the_seed_recipe() -> None:
