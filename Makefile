@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/embedx demo --quick --out demo-out
+	rm -rf embedx-demo
+	$(VENV)/bin/embedx demo --quick --out embedx-demo
 
 test: $(STAMP)
 	bash scripts/ensure-chromium.sh
@@ -32,4 +33,4 @@ bench: $(STAMP)
 	bash bench/run
 
 clean:
-	rm -rf $(VENV) demo-out bench/out .pytest_cache
+	rm -rf $(VENV) embedx-demo bench/out .pytest_cache
