@@ -155,10 +155,11 @@ def selectable_map(
     so a fresh lasso stays as the user drew it.
     """
     seen_key = f"{key}__seen"
+    before = selection()
     kept, st.session_state[seen_key] = shaping.reconcile_selection(
-        selection(), shaping.selected_row_ids(st.session_state.get(key)), st.session_state.get(seen_key)
+        before, shaping.selected_row_ids(st.session_state.get(key)), st.session_state.get(seen_key)
     )
-    if kept is not selection():
+    if kept is not before:
         set_selection(kept, f"{model} · {method}")
 
     xy = data.projection(path, model, method)

@@ -27,6 +27,11 @@ CHROMIUM_ARGS = [
 GRAPH = "document.querySelector('.js-plotly-plot')"
 
 
+def when_drawn(expression: str) -> str:
+    """A wait predicate over the drawn graph `g` that is false (not an error) while the chart remounts."""
+    return f"() => {{ const g = {GRAPH}; return !!(g && g._fullData && g.data && ({expression})); }}"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -56,6 +61,8 @@ def server(store: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]
             time.sleep(0.2)
         else:
             pytest.fail("dashboard did not open its port within 60 s")
+        printed = (tmp_path / "server.log").read_text()
+        assert f"URL: http://127.0.0.1:{port}" in printed, printed
         yield f"http://127.0.0.1:{port}", process
     finally:
         os.kill(process.pid, signal.SIGTERM)
@@ -92,7 +99,7 @@ def test_map_colour_lasso_and_thumbnails_in_chromium(server, artifacts_dir: Path
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(url, timeout=60_000)
             page.wait_for_function(
-                f"() => {{ const g = {GRAPH}; return g && g._fullData && g._fullData.length > 0; }}",
+                when_drawn("g._fullData.length > 0"),
                 timeout=60_000,
             )
             assert point_count(page) == 300
@@ -102,7 +109,7 @@ def test_map_colour_lasso_and_thumbnails_in_chromium(server, artifacts_dir: Path
             page.get_by_role("combobox", name="Colour by").click()
             page.get_by_role("option", name="sex", exact=True).click()
             page.wait_for_function(
-                f"() => {GRAPH}._fullData.map(t => t.name).join(',').includes('F (')", timeout=30_000
+                when_drawn("g._fullData.map(t => t.name).join(',').includes('F (')"), timeout=30_000
             )
             assert sorted(n.split(" ")[0] for n in trace_names(page)) == ["F", "M"]
             assert point_count(page) == 300
@@ -137,10 +144,10 @@ def test_map_colour_lasso_and_thumbnails_in_chromium(server, artifacts_dir: Path
             page.get_by_role("combobox", name="Colour by").click()
             page.get_by_role("option", name="site", exact=True).click()
             page.wait_for_function(
-                f"() => {GRAPH}._fullData.map(t => t.name).join(',').includes('north (')", timeout=30_000
+                when_drawn("g._fullData.map(t => t.name).join(',').includes('north (')"), timeout=30_000
             )
             page.wait_for_function(
-                f"() => {GRAPH}.data.reduce((s, t) => s + (t.selectedpoints || []).length, 0) == {selected}",
+                when_drawn(f"g.data.reduce((s, t) => s + (t.selectedpoints || []).length, 0) == {selected}"),
                 timeout=30_000,
             )
             assert page.get_by_text(f"Selection: {selected} images", exact=False).count() == 1
