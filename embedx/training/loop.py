@@ -159,7 +159,9 @@ def _save_checkpoint(accelerator: Any, run_dir: Path, step: int, *, model: nn.Mo
     if accelerator.is_main_process:
         ckpt.begin_checkpoint(run_dir, step)
     accelerator.wait_for_everyone()
-    digest = ckpt.state_hash(model.state_dict())
+    # Parameters only: DDP keeps them identical, while BatchNorm running statistics are per process until the
+    # next forward broadcasts rank 0's (the main process's are the ones saved).
+    digest = ckpt.state_hash(dict(model.named_parameters()))
     ckpt.write_rank_state(tmp, accelerator.process_index, {"sums": sums.state(), "weights_sha256": digest})
     hashes = [digest]
     if accelerator.num_processes > 1:
@@ -208,14 +210,14 @@ def train(config: TrainConfig, manifest_path: str | Path, out_dir: str | Path | 
         log.warning("%s: no checkpoint to resume from; starting a new run", run_dir)
     if latest is not None:
         _check_resume_config(ckpt.read_config(latest / ckpt.CONFIG_FILE), config, run_dir)
+
+    # ---- data and model (identical on every process: same split, same init from the shared seed)
+    manifest = load_manifest(manifest_path)
+    data: RunData = build_datasets(manifest, config)  # label problems stop here, before any file is written
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / ckpt.CONFIG_FILE)
     accelerator.wait_for_everyone()
-
-    # ---- data and model (identical on every process: same split, same init from the shared seed)
-    manifest = load_manifest(manifest_path)
-    data: RunData = build_datasets(manifest, config)
     pre = config.data.preprocess
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(opt.seed)

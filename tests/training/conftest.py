@@ -45,7 +45,7 @@ def tiny_config() -> Callable[..., TrainConfig]:
             "data.preprocess.size=32", f"optim.batch_size={batch}", f"optim.total_samples={total}",
             f"optim.eval_every_samples={every}", f"optim.checkpoint_every_samples={every}",
             f"optim.log_every_samples={batch}", "optim.warmup_samples=0", "eval.images=4",
-            "eval.max_val_samples=64", *TINY_MODEL[kind], *overrides,
+            "eval.max_val_samples=64", "eval.latent_stats_samples=64", *TINY_MODEL[kind], *overrides,
         ])
 
     return make

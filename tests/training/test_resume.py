@@ -55,6 +55,7 @@ def test_resume_after_crash_matches_uninterrupted(cohort: Path, tiny_config, tmp
     _assert_same_run(full, resumed, 24)
 
 
+@pytest.mark.slow
 def test_resume_extends_a_finished_run(cohort: Path, tiny_config, tmp_path: Path) -> None:
     """A DAE (EMA on) trained to k samples, then resumed with total 2k, equals a straight 2k run."""
     extra = ["optim.ema_decay=0.99", "optim.lr=5e-4"]

@@ -27,7 +27,7 @@ def _images(cohort: Path, config, n: int = 8) -> torch.Tensor:
     return torch.stack([dataset[i]["image"] for i in range(n)])
 
 
-@pytest.mark.parametrize("kind", ["vae", "dae"])
+@pytest.mark.parametrize("kind", ["vae", pytest.param("dae", marks=pytest.mark.slow)])
 def test_short_run_learns_logs_and_round_trips(cohort: Path, tiny_config, tmp_path: Path, kind: str) -> None:
     extra = ["optim.lr=2e-3", "optim.ema_decay=0.9"] if kind == "dae" else ["optim.lr=2e-3"]
     config = tiny_config(kind, *extra, total=640, batch=32, every=320)
