@@ -150,16 +150,30 @@ def cluster_latents(
     return Clustering(labels=labels, reduced=x, method=method, params=params, silhouette=silhouette)
 
 
+def _term(attribute: str, rows: pd.DataFrame) -> str:
+    """'site=south ×3.0', or 'site=east|north ×2.1' when several values of one attribute mark the cluster.
+
+    Values join when each is at least twice as common inside as outside (at most three, most frequent
+    first); the fold is then that of the joined values. A value found nowhere else reads '(only here, 55%)'.
+    """
+    strong = rows[rows["fold"] >= 2.0].sort_values("pct_selected", ascending=False).head(3)
+    chosen = (
+        strong if len(strong) > 1 else rows.sort_values(["fold", "pct_selected"], ascending=False).head(1)
+    )
+    values = "|".join(str(v) for v in chosen["value"])
+    inside, outside = float(chosen["pct_selected"].sum()), float(chosen["pct_rest"].sum())
+    if outside > 0:
+        return f"{attribute}={values} ×{inside / outside:.1f}"
+    return f"{attribute}={values} (only here, {inside:.0%})"
+
+
 def _name(cluster_id: int, categorical: pd.DataFrame, continuous: pd.DataFrame, max_terms: int = 2) -> str:
     """Name from the enriched values: one term per attribute, strongest association (Cramér's V) first."""
     terms: list[str] = []
     if not categorical.empty:
-        best = categorical.sort_values(["cramers_v", "fold"], ascending=False).drop_duplicates("attribute")
-        for row in best.head(max_terms).itertuples():
-            if np.isfinite(row.fold):
-                terms.append(f"{row.attribute}={row.value} ×{row.fold:.1f}")
-            else:  # the value occurs nowhere else in the cohort
-                terms.append(f"{row.attribute}={row.value} (only here, {row.pct_selected:.0%})")
+        order = categorical.groupby("attribute")["cramers_v"].max().sort_values(ascending=False)
+        for attribute in order.index[:max_terms]:
+            terms.append(_term(str(attribute), categorical[categorical["attribute"] == attribute]))
     if len(terms) < max_terms and not continuous.empty:
         for row in (
             continuous.sort_values("cramers_v", ascending=False).head(max_terms - len(terms)).itertuples()
