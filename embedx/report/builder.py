@@ -240,6 +240,9 @@ def _gather(
             from embedx.analysis.distribution import distribution_tests
 
             distributions[m] = distribution_tests(store_path, m, seed=seed)
+    underpowered = _underpowered(probes)
+    if underpowered:
+        notes.append(underpowered)
     background = [c for c in snap["controls"] if c.get("control") == "background"]
     if not background:
         notes.append(
@@ -255,6 +258,25 @@ def _gather(
         "background": background,
         "target": target,
     }
+
+
+def _underpowered(probes: Sequence[Mapping[str, Any]], alpha: float = 0.05) -> str | None:
+    """A note when too few permutations were run for any probe to pass Holm (the verdicts then all read
+    'not distinguishable from chance' whatever the scores)."""
+    worst = None
+    for p in probes:
+        perms = (p.get("permutation") or {}).get("permutations")
+        family = p.get("family_size")
+        if isinstance(perms, int) and isinstance(family, int) and family / (perms + 1) >= alpha:
+            worst = (perms, family)
+    if worst is None:
+        return None
+    perms, family = worst
+    return (
+        f"probes ran with {perms} permutations for {family} tests: the smallest Holm-adjusted p is "
+        f"{family / (perms + 1):.2f} >= {alpha}, so no probe can be called encoded; rerun `embedx probe` "
+        f"with at least {int(np.ceil(family / alpha))} permutations"
+    )
 
 
 def _compact_clusters(payload: Mapping[str, Any]) -> dict[str, Any]:
