@@ -121,6 +121,17 @@ def _grid(size: int) -> tuple[np.ndarray, ...]:
     return _GRID_CACHE[size]
 
 
+def _window(row_u: float, col_u: float, half_row: float, half_col: float, size: int) -> tuple[slice, ...]:
+    """Row/column slices (with a pixel of margin) covering a box given in normalised [-1, 1] coordinates."""
+
+    def span(centre: float, half: float) -> slice:
+        lo = int(np.floor((centre - half + 1) / 2 * size - 1.5))
+        hi = int(np.ceil((centre + half + 1) / 2 * size + 1.5))
+        return slice(max(lo, 0), min(max(hi, 0), size))
+
+    return span(row_u, half_row), span(col_u, half_col), slice(None)
+
+
 def render(
     row: dict[str, Any], subject: np.random.Generator, image: np.random.Generator, size: int, strength: float
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -154,12 +165,12 @@ def render(
     sulci = brain & (r > brain_r - 0.06 - 1.2 * atrophy) & (folds > 0.55 - 2.0 * atrophy)
     vol[sulci] = CSF
     for side in (-1.0, 1.0):
+        cx_v, cy_v, ax_v, ay_v = side * 0.085 * head, -0.04, 0.055 * ventricle, 0.24 * head
+        box = _window(cy_v + dy, cx_v + dx, ay_v, ax_v, size)  # only the voxels that can be inside
         ventricles = (
-            ((X - side * 0.085 * head) / (0.055 * ventricle)) ** 2
-            + ((Y + 0.04) / (0.24 * head)) ** 2
-            + (Z / (0.16 * head)) ** 2
+            ((X[box] - cx_v) / ax_v) ** 2 + ((Y[box] - cy_v) / ay_v) ** 2 + (Z[box] / (0.16 * head)) ** 2
         ) <= 1.0
-        vol[ventricles] = CSF
+        vol[box][ventricles] = CSF
 
     lesion: dict[str, Any] = {}
     if int(row["finding"]) == 1:
@@ -174,10 +185,13 @@ def render(
                 cz / (c * inner - rad)
             ) ** 2 <= 1:
                 break
-        dist_mm = np.sqrt((X - cx) ** 2 + (Y - cy) ** 2 + (Z - cz) ** 2) * MM_PER_UNIT
+        reach = rad + lesion["edge_mm"] / MM_PER_UNIT
+        box = _window(cy + dy, cx + dx, reach, reach, size)
+        dist_mm = np.sqrt((X[box] - cx) ** 2 + (Y[box] - cy) ** 2 + (Z[box] - cz) ** 2) * MM_PER_UNIT
         profile = lesion_profile(dist_mm, lesion["radius_mm"], lesion["edge_mm"])
         inside = profile > 0
-        vol[inside] += profile[inside] * (
+        sub = vol[box]
+        sub[inside] += profile[inside] * (
             lesion["contrast"] + lesion["contrast_sd"] * image.standard_normal(int(inside.sum()), np.float32)
         )
         px_per_mm = size / FOV_MM
