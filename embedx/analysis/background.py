@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from scipy import ndimage
 
 from embedx._version import __version__
@@ -335,21 +334,3 @@ def background_control(
         with Store.open(store_path, "a") as store:
             store.write_analysis("controls", f"background__{attribute}", out)
     return out
-
-
-def summary_frame(result: dict) -> pd.DataFrame:
-    """One-row table of a background result (for the CLI and report)."""
-    return pd.DataFrame(
-        [
-            {
-                "attribute": result["attribute"],
-                "balanced_accuracy": result["score"],
-                "ci_low": result["ci"][0],
-                "ci_high": result["ci"][1],
-                "chance": result["chance"],
-                "p_value": result["p_value"],
-                "n": result["n"],
-                "verdict": result["verdict"],
-            }
-        ]
-    )
