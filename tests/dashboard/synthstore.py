@@ -2,8 +2,9 @@
 
 Two models with structured latents: "vae" encodes the site strongly, "dae" the site and the sex. Attributes
 site / sex / age / finding / insurance; thumbnails whose brightness follows the site; a PCA map per model;
-probe, fairness, cluster and control results (real `run_clusters` / `cross_site`, design-card probe and
-fairness dicts written by hand with known numbers that the page tests look for).
+probe, fairness, cluster and control results written by the real analysis functions (`run_probes`,
+`run_fairness`, `run_clusters`, `cross_site`) with small resampling counts, so the pages are tested on
+exactly what the analysis commands store.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from embedx.data.schema import AttributeSpec
 from embedx.store.h5store import Store, write_store_from_arrays
 
 SITES = ("north", "south", "east")
-PROBE_SCORE = 0.9137  # the stored balanced accuracy the probes page must show
-FAIRNESS_DPD = 0.0421
 
 
 def cohort(n: int, seed: int = 0) -> pd.DataFrame:
@@ -64,60 +63,6 @@ def thumbnails(table: pd.DataFrame, seed: int) -> np.ndarray:
     return np.clip(level * (0.4 + 0.6 * disc) + noise, 0, 255).astype(np.uint8)
 
 
-def probe_dicts(models: tuple[str, ...]) -> list[dict]:
-    out = []
-    for model in models:
-        for attribute, kind, score, chance in (
-            ("site", "categorical", PROBE_SCORE, 1 / 3),
-            ("sex", "binary", 0.81 if model == "dae" else 0.52, 0.5),
-            ("age", "continuous", 11.2, 12.0),
-        ):
-            out.append(
-                {
-                    "model": model,
-                    "attribute": attribute,
-                    "kind": kind,
-                    "metric": "mae" if kind == "continuous" else "balanced_accuracy",
-                    "score": score,
-                    "ci": [score - 0.03, score + 0.03],
-                    "chance": chance,
-                    "p_value": 0.001,
-                    "encoded": attribute != "age" and score - 0.03 > chance,
-                    "n": 300,
-                    "classes": {},
-                }
-            )
-    return out
-
-
-def fairness_dict(model: str) -> dict:
-    return {
-        "model": model,
-        "target": "finding",
-        "sensitive": "sex",
-        "by_group": {
-            "F": {
-                "n": 150,
-                "positives": 70,
-                "tpr": 0.81,
-                "fpr": 0.12,
-                "auc": 0.88,
-                "ci": {"tpr": [0.74, 0.88], "auc": [0.83, 0.92]},
-            },
-            "M": {
-                "n": 150,
-                "positives": 75,
-                "tpr": 0.77,
-                "fpr": 0.15,
-                "auc": 0.85,
-                "ci": {"tpr": [0.69, 0.84], "auc": [0.80, 0.90]},
-            },
-        },
-        "demographic_parity_difference": FAIRNESS_DPD,
-        "equalized_odds_difference": 0.04,
-    }
-
-
 def make_store(
     path: Path,
     n: int = 300,
@@ -150,14 +95,26 @@ def make_store(
         for name, z in models.items():
             coords = PCA(n_components=2, random_state=seed).fit_transform(z).astype(np.float32)
             store.write_projection(name, "pca", coords, np.ones(n, dtype=np.int8), {"params": {"seed": seed}})
-        if analyses:
-            for probe in probe_dicts(tuple(models)):
-                store.write_analysis("probes", f"{probe['model']}__{probe['attribute']}", probe)
-            store.write_analysis("fairness", "dae__finding__sex", fairness_dict("dae"))
     if analyses:
         from embedx.analysis.clusters import run_clusters
         from embedx.analysis.cross_site import cross_site
+        from embedx.analysis.fairness import FairnessConfig, run_fairness
+        from embedx.analysis.probes import ProbeConfig, run_probes
 
+        quick = {"folds": 3, "c_grid": (0.1, 1.0), "seed": seed}
+        # 300 permutations: enough for Holm over the 6 probes to pass where the signal is real
+        run_probes(
+            path,
+            attributes=["site", "sex", "age"],
+            config=ProbeConfig(n_permutations=300, n_bootstrap=200, **quick),
+        )
+        run_fairness(
+            path,
+            "finding",
+            ["sex"],
+            "dae",
+            config=FairnessConfig(n_bootstrap=100, n_bootstrap_auc=50, intersections="none", **quick),
+        )
         run_clusters(path, "dae", k=3, seed=seed)
         cross_site(path, "finding", "site", "dae", n_bootstrap=20, folds=3, seed=seed)
     return path

@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
-from synthstore import FAIRNESS_DPD, PROBE_SCORE, cohort
+from synthstore import cohort
 
 import embedx.dashboard
 from embedx.dashboard.data import STORE_ENV
+from embedx.store.h5store import Store
 
 PAGES = Path(embedx.dashboard.__file__).resolve().parent / "views"
 APP = PAGES.parent / "app.py"
@@ -29,6 +30,11 @@ def run_page(name: str, store: Path, monkeypatch: pytest.MonkeyPatch, **state: o
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+def stored(store: Path, kind: str) -> list[dict]:
+    with Store.open(store) as handle:
+        return handle.read_analysis(kind)
 
 
 def frames(at: AppTest) -> list[pd.DataFrame]:
@@ -90,23 +96,32 @@ def test_colour_by_continuous_and_filters_rerun_cleanly(store, monkeypatch) -> N
 
 
 def test_probes_page_shows_the_stored_balanced_accuracy(store, monkeypatch) -> None:
+    results = {(p["model"], p["attribute"]): p for p in stored(store, "probes")}
     at = run_page("probes", store, monkeypatch)
     formatted = frames(at)[0].set_index("attribute")
-    assert formatted.loc["site", "dae"].startswith(f"{PROBE_SCORE:.2f} [")
+    site_score = results[("dae", "site")]["score"]
+    assert formatted.loc["site", "dae"].startswith(f"{site_score:.2f} [")
     assert formatted.loc["site", "dae"].endswith("*")  # encoded
-    detail = frames(at)[1]
-    site = detail[(detail["model"] == "vae") & (detail["attribute"] == "site")].iloc[0]
-    assert site["score"] == pytest.approx(PROBE_SCORE) and site["verdict"] == "encoded"
-    age = detail[(detail["model"] == "vae") & (detail["attribute"] == "age")].iloc[0]
-    assert age["verdict"] == "not distinguishable from chance"
+    detail = frames(at)[1].set_index(["model", "attribute"])
+    assert detail.loc[("vae", "site"), "score"] == pytest.approx(results[("vae", "site")]["score"])
+    assert detail.loc[("vae", "site"), "chance"] == pytest.approx(results[("vae", "site")]["chance"])
+    # known answers: both models encode the site, only the dae encodes the sex, nobody the age
+    assert detail.loc[("vae", "site"), "verdict"] == "encoded"
+    assert detail.loc[("dae", "sex"), "verdict"] == "encoded"
+    assert detail.loc[("vae", "sex"), "verdict"] == "not distinguishable from chance"
+    assert detail.loc[("dae", "age"), "verdict"] == "not distinguishable from chance"
 
 
 def test_fairness_page_shows_groups_cis_and_gaps(store, monkeypatch) -> None:
+    result = stored(store, "fairness")[0]
     at = run_page("fairness", store, monkeypatch)
     gaps = {m.label: m.value for m in at.metric}
-    assert gaps["demographic parity difference"] == f"{FAIRNESS_DPD:.3f}"
+    assert gaps["demographic parity difference"] == f"{result['demographic_parity_difference']:.3f}"
     groups = frames(at)[0].set_index("group")
-    assert groups.loc["F", "tpr"] == pytest.approx(0.81) and groups.loc["F", "tpr lo"] == pytest.approx(0.74)
+    female = result["by_group"]["F"]
+    assert groups.loc["F", "tpr"] == pytest.approx(female["tpr"])
+    assert groups.loc["F", "tpr lo"] == pytest.approx(female["ci"]["tpr"][0])
+    assert groups.loc["M", "n"] == result["by_group"]["M"]["n"]
 
 
 def test_controls_page_draws_the_cross_site_matrix(store, monkeypatch) -> None:
@@ -158,3 +173,29 @@ def test_missing_analyses_show_the_command_to_run(bare_store, monkeypatch, page,
     at = run_page(page, bare_store, monkeypatch)
     codes = [c.value for c in at.code]
     assert any(c.startswith(command) and str(bare_store) in c for c in codes), codes
+
+
+def test_controls_page_summarises_a_background_control(bare_store, monkeypatch) -> None:
+    # the shape `embedx control background --store` writes (fields as in embedx.analysis.background)
+    result = {
+        "control": "background",
+        "model": "background-patches",
+        "attribute": "site",
+        "kind": "categorical",
+        "metric": "balanced_accuracy",
+        "score": 0.9731,
+        "ci": [0.95, 0.99],
+        "chance": 0.25,
+        "p_value": 0.002,
+        "encoded": True,
+        "n": 60,
+        "patch": 8,
+        "positions": [[0, 0]],
+        "verdict": "acquisition signature: the attribute is readable from blank background",
+    }
+    with Store.open(bare_store, "a") as handle:
+        handle.write_analysis("controls", "background__site", result)
+    at = run_page("controls", bare_store, monkeypatch)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["balanced accuracy"] == "0.973" and metrics["95 % CI"] == "[0.95, 0.99]"
+    assert any("readable from blank background" in c.value for c in at.caption)

@@ -60,14 +60,20 @@ if not background:
         f"embedx control background --manifest manifest.csv --attribute {site}",
     )
 for result in background:
-    scalars = {
-        k: v for k, v in result.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)
-    }
-    st.dataframe(pd.DataFrame([scalars]), hide_index=True, width="stretch")
-    nested = {k: v for k, v in result.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
-    for name, rows in nested.items():
-        st.markdown(f"**{name}**")
-        st.dataframe(shaping.intervals_as_text(pd.DataFrame(rows)), hide_index=True, width="stretch")
+    st.subheader(f"{result.get('attribute', '?')} from blank background patches")
+    if isinstance(result.get("score"), (int, float)):
+        ci = result.get("ci") or [None, None]
+        a, b, c = st.columns(3)
+        a.metric(str(result.get("metric", "balanced accuracy")).replace("_", " "), f"{result['score']:.3f}")
+        b.metric("95 % CI", shaping.intervals_as_text(pd.DataFrame({"ci": [ci]}))["ci"][0])
+        c.metric("chance", f"{result.get('chance') or float('nan'):.3f}")
+    if result.get("verdict"):
+        st.caption(str(result["verdict"]))
+    with st.expander("All fields"):
+        scalars = {
+            k: v for k, v in result.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+        }
+        st.dataframe(pd.DataFrame([scalars]), hide_index=True, width="stretch")
 
 if other:
     st.header("Other controls")

@@ -24,6 +24,16 @@ for label, result in zip(labels, results, strict=True):
         columns = st.columns(min(len(gaps), 4))
         for index, (name, value) in enumerate(gaps.items()):
             columns[index % len(columns)].metric(name.replace("_", " "), f"{value:.3f}")
+    overall = result.get("overall")
+    if isinstance(overall, dict):
+        st.caption(
+            "Whole cohort: "
+            + ", ".join(
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in overall.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            )
+        )
     table = shaping.fairness_group_table(result)
     widgets.frame_or_caption(
         table,
