@@ -219,8 +219,8 @@ def _acquire(
     sig = SIGNATURES[site]
     extra = {k: mix(NEUTRAL["extra"][k], sig.extra.get(k, 0.0), strength) for k in NEUTRAL["extra"]}
     angle = sig.extra.get("bias_angle", 0.0)
-    if extra["bias"]:
-        vol = vol * (1.0 + np.float32(extra["bias"]) * (np.cos(angle) * X + np.sin(angle) * Y))
+    if extra["bias"]:  # python floats keep the arithmetic in float32 (a numpy float64 scalar would upcast)
+        vol = vol * (1.0 + float(extra["bias"]) * (float(np.cos(angle)) * X + float(np.sin(angle)) * Y))
     gamma = max(mix(NEUTRAL["gamma"], sig.gamma, strength), 0.3)
     if gamma != 1.0:
         vol = INTENSITY_REF * np.clip(vol / INTENSITY_REF, 0.0, None) ** np.float32(gamma)
@@ -232,13 +232,13 @@ def _acquire(
     sigma = np.float32(max(mix(NEUTRAL["noise"], sig.noise, strength), 0.5))
     real = vol + sigma * texture_noise(rng, vol.shape, weights)
     imag = sigma * rng.standard_normal(vol.shape, dtype=np.float32)
-    vol = np.sqrt(real * real + imag * imag)  # magnitude image: Rician noise, Rayleigh in the background
+    vol = np.hypot(real, imag)  # magnitude image: Rician noise, Rayleigh in the background
     if extra["zipper"]:  # a line of RF spikes along one column
         column = size * 3 // 4
         vol[:, column, :] += np.float32(extra["zipper"]) * np.abs(
             rng.standard_normal((size, vol.shape[2]), dtype=np.float32)
         )
-    vol = unsharp(vol.astype(np.float32), mix(NEUTRAL["sharpen"], sig.sharpen, strength), SHARPEN_SIGMA_PX)
+    vol = unsharp(vol, mix(NEUTRAL["sharpen"], sig.sharpen, strength), SHARPEN_SIGMA_PX)
     vol = vol + np.float32(mix(NEUTRAL["offset"], sig.offset, strength))
     alpha = float(np.clip(strength, 0.0, 1.0))
     if alpha:
