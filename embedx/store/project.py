@@ -153,18 +153,33 @@ def project(
         raise EmbedxError(f"--perplexity must be positive, got {perplexity}")
     n_jobs = int(n_jobs or os.cpu_count() or 1)
     results = []
-    with Store.open(store_path, "a") as store:
+    with Store.open(store_path) as store:
         names = models or store.models()
         if not names:
             raise StoreError(f"{store_path} holds no model yet; run `embedx encode` first")
         for model in names:
-            results.append(_project_one(store, model, method, perplexity, n_neighbors, min_dist, seed,
-                                        transform_new, n_jobs))
+            store.latents(model, rows=[])  # an unknown name fails here, listing the known models
+    for model in names:
+        # Fit from a read-only handle; the writer lock is taken only to store the result, so probes and
+        # other writers are not locked out for the minutes a large t-SNE takes.
+        with Store.open(store_path) as store:
+            n_read, ids_read = store.n, store.sample_ids.copy()
+            result, coords, status, attrs, state = _project_one(
+                store, model, method, perplexity, n_neighbors, min_dist, seed, transform_new, n_jobs)
+        with Store.open(store_path, "a") as store:
+            if store.n < n_read or np.any(store.sample_ids[:n_read] != ids_read):
+                raise StoreError(f"{store_path} changed its rows while the {method} map was computed; rerun")
+            grown = store.n - n_read  # rows appended meanwhile: not in the map yet (--transform-new later)
+            coords = np.concatenate([coords, np.full((grown, 2), np.nan, np.float32)])
+            status = np.concatenate([status, np.zeros(grown, np.int8)])
+            store.write_projection(model, method, coords, status, attrs, state)
+        results.append(result)
     return results
 
 
 def _project_one(store: Store, model: str, method: str, perplexity: float, n_neighbors: int, min_dist: float,
-                 seed: int, transform_new: bool, n_jobs: int) -> ProjectionResult:
+                 seed: int, transform_new: bool, n_jobs: int
+                 ) -> tuple[ProjectionResult, np.ndarray, np.ndarray, dict[str, Any], dict | None]:
     start = time.perf_counter()
     Z = store.latents(model)  # raises with the known models listed when the name is unknown
     encoded = store.encoded_mask(model)
@@ -209,7 +224,7 @@ def _project_one(store: Store, model: str, method: str, perplexity: float, n_nei
         "n_transformed": int((status == STATUS_TRANSFORMED).sum()),
         "seconds": round(seconds, 3),
     }
-    store.write_projection(model, method, coords, status, attrs, state)
-    return ProjectionResult(model=model, method=method, n_fitted=attrs["n_fitted"],
-                            n_transformed=attrs["n_transformed"], trustworthiness=trust, seconds=seconds,
-                            params=params)
+    result = ProjectionResult(model=model, method=method, n_fitted=attrs["n_fitted"],
+                              n_transformed=attrs["n_transformed"], trustworthiness=trust, seconds=seconds,
+                              params=params)
+    return result, coords, status, attrs, state
