@@ -317,6 +317,7 @@ def train(config: TrainConfig, manifest_path: str | Path, out_dir: str | Path | 
                                  ema=ema, optimizer=optimizer, scheduler=scheduler, state=data_state(),
                                  sums=sums, config=config)
     metrics.close()
+    del batches  # stops DataLoader workers (the sampler is endless, so they would otherwise linger)
 
     # ---- the shipped model: final (EMA) weights, DAE latent statistics, run.json
     failed_all = _gather_failed(accelerator, failed)

@@ -62,6 +62,11 @@ def test_cnn_names_the_site_on_held_out_subjects(cohort: Path, tiny_config, tmp_
     info = json.loads((run / "run.json").read_text())
     assert info["classes"] == sorted(load_manifest(cohort).table["site"].unique().tolist())
     assert (run / "eval" / "confusion-000001280.png").exists()
+    # load_trained rebuilds the shipped CNN: its features (what encode stores) match a second load exactly.
+    images = torch.stack([ImageDataset(load_manifest(cohort), load_trained(run).preprocess)[i]["image"]
+                          for i in range(4)])
+    torch.testing.assert_close(load_trained(run).model.embed(images), load_trained(run).model.embed(images),
+                               rtol=0, atol=0)
     losses = pd.read_csv(run / "metrics.csv").query("split == 'train' and metric == 'loss'")["value"]
     assert losses.iloc[-1] < 0.5 * losses.iloc[0]  # from ~ln 4 = 1.39
 
