@@ -38,6 +38,8 @@ _CHUNK = 64
 # Beyond 1 the signatures are extrapolated (noise and texture weights clamped at their floors); past 3 the
 # exaggeration stops meaning anything.
 MAX_STRENGTH = 3.0
+_LESION_BASE = ["path", "radius_mm", "contrast", "contrast_sd", "edge_mm", "center_row", "center_col"]
+LESION_COLUMNS = {"cxr": [*_LESION_BASE, "radius_px"], "mri": [*_LESION_BASE, "center_slice", "radius_px"]}
 
 
 def generate_cohort(
@@ -71,7 +73,21 @@ def generate_cohort(
     suffix = ".png" if kind == "cxr" else ".nii.gz"
     paths = [f"images/{i:06d}{suffix}" for i in range(n)]
 
-    jobs = [(kind, out, size, strength, i, min(i + _CHUNK, n), cohort) for i in range(0, n, _CHUNK)]
+    records = cohort.table.to_dict("records")
+    # Each job carries only its own rows and seeds, so the work shipped to a worker does not grow with n.
+    jobs = [
+        (
+            kind,
+            out,
+            size,
+            strength,
+            i,
+            records[i : i + _CHUNK],
+            cohort.subject_seeds[i : i + _CHUNK],
+            cohort.image_seeds[i : i + _CHUNK],
+        )
+        for i in range(0, n, _CHUNK)
+    ]
     if workers is None:
         workers = min(2, os.cpu_count() or 1) if n * size * size * (16 if kind == "mri" else 1) >= 4e6 else 1
     lesions: list[dict[str, Any]] = []
@@ -92,7 +108,7 @@ def generate_cohort(
     manifest_path = out / "manifest.csv"
     _write_manifest(table, manifest_path)
     lesion_rows = [{"path": paths[i], **rec} for i, rec in enumerate(lesions) if rec]
-    pd.DataFrame(lesion_rows).to_csv(out / "lesions.csv", index=False)
+    pd.DataFrame(lesion_rows, columns=LESION_COLUMNS[kind]).to_csv(out / "lesions.csv", index=False)
     truth = ground_truth(kind, n, size, strength, seed, prevalences, table)
     (out / "ground_truth.json").write_text(json.dumps(truth, indent=2) + "\n", encoding="utf-8")
     return manifest_path
@@ -111,13 +127,12 @@ def _remove_stale_images(folder: Path) -> None:
 
 def _render_chunk(job: tuple[Any, ...]) -> list[dict[str, Any]]:
     """Render and write rows [start, stop); returns one lesion record per row (empty dict when none)."""
-    kind, out, size, strength, start, stop, cohort = job
+    kind, out, size, strength, start, rows, subject_seeds, image_seeds = job
     records: list[dict[str, Any]] = []
-    rows = cohort.table.iloc[start:stop].to_dict("records")
     for offset, row in enumerate(rows):
         i = start + offset
-        subject = np.random.default_rng(cohort.subject_seeds[i])
-        image = np.random.default_rng(cohort.image_seeds[i])
+        subject = np.random.default_rng(subject_seeds[offset])
+        image = np.random.default_rng(image_seeds[offset])
         if kind == "cxr":
             pixels, lesion = cxr.render(row, subject, image, size, strength)
             _write_png(out / "images" / f"{i:06d}.png", pixels)
