@@ -134,6 +134,32 @@ def selected_row_ids(event: Any) -> np.ndarray:
     return np.unique(np.asarray(ids, dtype=np.int64))
 
 
+def rows_in_regions(event: Any, xy: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Candidate rows whose map position lies inside the event's box(es) or lasso outline(s).
+
+    Plotly reports only the points it drew; when the map shows a sample, this maps the drawn outline back to
+    every row it covers.
+    """
+    from matplotlib.path import Path as Outline
+
+    selection = (
+        event.get("selection", event) if isinstance(event, Mapping) else getattr(event, "selection", None)
+    )
+    candidates = np.asarray(candidates, dtype=np.int64)
+    if not isinstance(selection, Mapping) or len(candidates) == 0:
+        return np.empty(0, dtype=np.int64)
+    points = xy[candidates]
+    inside = np.zeros(len(candidates), dtype=bool)
+    for box in selection.get("box") or []:
+        (x0, x1), (y0, y1) = sorted(box["x"][:2]), sorted(box["y"][:2])
+        inside |= (points[:, 0] >= x0) & (points[:, 0] <= x1) & (points[:, 1] >= y0) & (points[:, 1] <= y1)
+    for lasso in selection.get("lasso") or []:
+        outline = np.column_stack([np.asarray(lasso["x"], dtype=float), np.asarray(lasso["y"], dtype=float)])
+        if len(outline) >= 3:
+            inside |= Outline(outline).contains_points(points)
+    return candidates[inside]
+
+
 def reconcile_selection(
     selection: np.ndarray, event_rows: np.ndarray, last_seen: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ page (the map, compare, neighbours and counterfactual pages all read it).
 from __future__ import annotations
 
 import hashlib
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,9 @@ SELECTION = "selection"
 SELECTION_ORIGIN = "selection_origin"
 FOCUS = "focus_row"
 CLEARS = "selection_clears"
-SCATTER_MAX = 200_000  # above this a WebGL panel stops being responsive: draw a density-preserving sample
+# Above this a WebGL panel stops being responsive: draw a density-preserving sample. $EMBEDX_SCATTER_MAX
+# lowers it for a slow browser (and lets the browser test exercise the sampled path on a small store).
+SCATTER_MAX = int(os.environ.get("EMBEDX_SCATTER_MAX", "200000"))
 THUMB_CAP = 48
 HOVER_TEXT_MAX = 50_000  # above this, hover shows the row id and colour value only (figure JSON stays small)
 
@@ -133,6 +136,31 @@ def _token(*parts: Any) -> str:
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
 
 
+def absorb_selection(
+    path: Path, model: str, method: str, mask: np.ndarray, key: str, max_points: int = SCATTER_MAX
+) -> None:
+    """Fold the last event of chart `key` into the kept selection (idempotent; call before drawing maps).
+
+    The event is read from `st.session_state[key]` before any chart is drawn, so every map on the page is
+    drawn with the newest selection. When the map draws a sample (above `max_points`), a box or lasso
+    selects every row of the filtered cohort inside its outline, not only the drawn points: statistics
+    never run on the sample.
+    """
+    event = st.session_state.get(key)
+    event_rows = shaping.selected_row_ids(event)
+    xy = data.projection(path, model, method)
+    rows = np.flatnonzero(mask & ~np.isnan(xy).any(axis=1))
+    if len(rows) > max_points:
+        event_rows = np.union1d(event_rows, shaping.rows_in_regions(event, xy, rows))
+    seen_key = f"{key}__seen"
+    before = selection()
+    kept, st.session_state[seen_key] = shaping.reconcile_selection(
+        before, event_rows, st.session_state.get(seen_key)
+    )
+    if kept is not before:
+        set_selection(kept, f"{model} · {method}")
+
+
 def selectable_map(
     path: Path,
     meta: data.StoreMeta,
@@ -149,22 +177,12 @@ def selectable_map(
 ) -> None:
     """Draw one model's map with box/lasso/click selection and fold its events into the kept selection.
 
-    The event of the previous run is read *before* drawing (`st.session_state[key]`), so every map on the
-    page is drawn with the newest selection. `follow=True` (compare page) bakes the shared selection into
-    the figure on every run; otherwise it is baked only when the figure itself changes (recolour, filter),
-    so a fresh lasso stays as the user drew it.
+    `follow=True` (compare page) bakes the shared selection into the figure on every run; otherwise it is
+    baked only when the figure itself changes (recolour, filter), so a fresh lasso stays as drawn.
     """
-    seen_key = f"{key}__seen"
-    before = selection()
-    kept, st.session_state[seen_key] = shaping.reconcile_selection(
-        before, shaping.selected_row_ids(st.session_state.get(key)), st.session_state.get(seen_key)
-    )
-    if kept is not before:
-        set_selection(kept, f"{model} · {method}")
-
+    absorb_selection(path, model, method, mask, key, max_points)
     xy = data.projection(path, model, method)
-    encoded = ~np.isnan(xy).any(axis=1)
-    rows = np.flatnonzero(mask & encoded)
+    rows = np.flatnonzero(mask & ~np.isnan(xy).any(axis=1))
     groups = (
         data.labels(path, colour).to_numpy()[rows]
         if colour and meta.kinds.get(colour) != "continuous"

@@ -178,3 +178,25 @@ def test_intervals_become_readable_text() -> None:
     text = shaping.intervals_as_text(frame)
     assert text["ci"].tolist() == ["[0.48, 0.60]", "[–, 0.70]"]
     assert text["auc"].tolist() == [0.5, 0.6]
+
+
+def test_a_lasso_or_box_on_a_sampled_map_selects_every_row_inside_it() -> None:
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 10, size=(5_000, 2))
+    candidates = np.arange(5_000)
+    lasso = {
+        "selection": {
+            "points": [],
+            "box": [],
+            "lasso": [{"xref": "x", "yref": "y", "x": [0, 5, 5, 0], "y": [0, 0, 5, 5]}],
+        }
+    }
+    inside = shaping.rows_in_regions(lasso, xy, candidates)
+    expected = np.flatnonzero((xy[:, 0] < 5) & (xy[:, 1] < 5))
+    assert len(np.setdiff1d(inside, expected)) == 0 and len(inside) >= len(expected) - 5  # edge points
+    box = {"selection": {"box": [{"x": [8, 2], "y": [1, 3]}], "lasso": []}}
+    in_box = shaping.rows_in_regions(box, xy, candidates[::2])  # only candidates (the filtered cohort) count
+    assert np.array_equal(
+        in_box, candidates[::2][(xy[::2, 0] >= 2) & (xy[::2, 0] <= 8) & (xy[::2, 1] >= 1) & (xy[::2, 1] <= 3)]
+    )
+    assert shaping.rows_in_regions({"selection": {"points": [{"customdata": 1}]}}, xy, candidates).size == 0

@@ -41,6 +41,8 @@ st.metric(
 @st.fragment
 def maps_and_selection() -> None:
     """A lasso on either map selects the same rows on both (the selection is baked into each figure)."""
+    for model, key in ((left_model, "cmp_left"), (right_model, "cmp_right")):  # both events before any map
+        widgets.absorb_selection(path, model, meta.projections[model][0], cohort, key)
     columns = st.columns(2)
     for column, model, key in ((columns[0], left_model, "cmp_left"), (columns[1], right_model, "cmp_right")):
         with column:
