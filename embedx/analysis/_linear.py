@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
@@ -78,15 +78,22 @@ def fit_tuned(X: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int = 0, t
 def grouped_folds(
     y: np.ndarray, groups: np.ndarray, folds: int, seed: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Subject-grouped, class-stratified folds; k shrinks to what the rarest class's subjects allow."""
+    """Subject-grouped, class-stratified folds; k shrinks to what the rarest class's subjects allow.
+
+    The fold assignment is the probes' own (`embedx.analysis.probes.grouped_folds`: StratifiedGroupKFold
+    for small cohorts, stratified folds over subjects for large ones, where StratifiedGroupKFold is slow).
+    """
+    from embedx.analysis.probes import grouped_folds as probe_folds
+
     y = np.asarray(y)
     classes = np.unique(y)
     per_class = min(len(np.unique(groups[y == c])) for c in classes)
     k = int(min(folds, per_class, len(np.unique(groups))))
     if k < 2:
         raise ValueError(f"too few subjects per class for cross-validation ({per_class})")
-    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    return list(splitter.split(np.zeros(len(y)), y, groups))
+    fold = probe_folds(y, np.asarray(groups), k, seed)
+    rows = np.arange(len(y))
+    return [(rows[fold != f], rows[fold == f]) for f in range(k) if (fold == f).any()]
 
 
 def oof_scores(
