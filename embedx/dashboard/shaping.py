@@ -30,9 +30,12 @@ def is_categorical(values: pd.Series, kind: str | None = None) -> bool:
 
 
 def category_labels(values: pd.Series) -> pd.Series:
-    """String labels for a categorical column, missing values spelled out rather than dropped."""
+    """String labels for a categorical column as the enrichment tables write them (binary 1.0 -> "1"),
+    missing values spelled out rather than dropped."""
+    from embedx.analysis.enrichment import format_value
+
     labels = values.astype("object").where(values.notna(), MISSING_LABEL)
-    return labels.map(lambda v: MISSING_LABEL if v is None or v == "" else str(v))
+    return labels.map(lambda v: MISSING_LABEL if v is None or v == "" else format_value(v))
 
 
 def apply_filters(attributes: pd.DataFrame, filters: Mapping[str, Any]) -> np.ndarray:
