@@ -20,7 +20,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Explore a store in the browser: maps, selections, neighbours, clusters, probes, fairness."""
         from embedx.dashboard.launch import launch
+        from embedx.store.h5store import Store
 
         if not store.exists():
             raise EmbedxError(f"store {store} does not exist (create it with `embedx encode`)")
+        with Store.open(store, "r"):  # a file that is not a readable store fails here, not in the browser
+            pass
         raise typer.Exit(launch(store, port=port, host=host))

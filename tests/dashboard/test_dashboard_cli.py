@@ -37,3 +37,14 @@ def test_missing_store_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     text = " ".join((result.stderr + result.stdout).split())
     assert "nope.h5 does not exist" in text and "Traceback" not in text
+
+
+def test_a_file_that_is_not_a_store_is_refused_before_the_server_starts(tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.h5"
+    bogus.write_text("not hdf5")
+    result = subprocess.run(
+        [sys.executable, "-m", "embedx", "dashboard", str(bogus)], capture_output=True, text=True, timeout=60
+    )
+    text = " ".join((result.stderr + result.stdout).split())
+    assert result.returncode == 2 and "notes.h5" in text and "Traceback" not in text
+    assert "URL" not in text
