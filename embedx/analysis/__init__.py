@@ -1,0 +1,33 @@
+"""What the latents encode: probes, fairness, harmonisation, clusters and controls.
+
+Entry points (see docs/architecture.md): `run_probes`, `run_fairness`, `run_confound_controls`; array-level
+`probe_arrays`, `fairness_arrays`, `ComBat`; shared statistics in `embedx.analysis.stats` and the JSON shapes
+in `embedx.analysis.results`. Imports are lazy so that `import embedx.analysis` stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "run_probes": "embedx.analysis.probes",
+    "probe_arrays": "embedx.analysis.probes",
+    "probe_within_strata": "embedx.analysis.probes",
+    "ProbeConfig": "embedx.analysis.probes",
+    "run_fairness": "embedx.analysis.fairness",
+    "fairness_arrays": "embedx.analysis.fairness",
+    "FairnessConfig": "embedx.analysis.fairness",
+    "ComBat": "embedx.analysis.combat",
+    "probe_after_combat": "embedx.analysis.combat",
+    "run_confound_controls": "embedx.analysis.combat",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'embedx.analysis' has no attribute {name!r}")
