@@ -409,7 +409,30 @@ def _fairness_section(fairness: list[dict], col: _Collector) -> str:
     return "\n".join(parts)
 
 
-def _cluster_section(clusters: Mapping[str, Mapping[str, Any]]) -> str:
+def _cluster_montage(store_path: Path, payload: Mapping[str, Any], col: _Collector) -> str:
+    """Thumbnails of each cluster's representatives (nearest its centre), when the store has them."""
+    from embedx.store.h5store import Store
+
+    clusters = [c for c in payload.get("clusters", []) if c.get("representative_rows")][
+        : figures.MONTAGE_ROWS
+    ]
+    if not clusters:
+        return ""
+    with Store.open(store_path, "r") as store:
+        has = store.has_thumbnail()
+        rows = sorted({r for c in clusters for r in c["representative_rows"] if has[r]})
+        if not rows:
+            return ""
+        thumbs = dict(zip(rows, store.thumbnails(rows), strict=True))
+    grid = [[thumbs[r] for r in c["representative_rows"] if r in thumbs] for c in clusters]
+    fig = figures.cluster_montage(grid, [f"[{c['id']}] {c['name']}" for c in clusters])
+    model = str(payload.get("model"))
+    return col.figure(fig, f"clusters_{model}", f"{model}: the samples nearest each cluster's centre")
+
+
+def _cluster_section(
+    clusters: Mapping[str, Mapping[str, Any]], store_path: Path | None = None, col: _Collector | None = None
+) -> str:
     if not clusters:
         return "<p>No clusters.</p>"
     parts = []
@@ -445,6 +468,8 @@ def _cluster_section(clusters: Mapping[str, Mapping[str, Any]]) -> str:
             + "</h3>"
             + _table_html(pd.DataFrame(rows), index=False)
         )
+        if store_path is not None and col is not None:
+            parts.append(_cluster_montage(store_path, payload, col))
     return "\n".join(parts)
 
 
@@ -581,7 +606,7 @@ def build_report(
         "maps": _map_section(store_path, snap, col, seed),
         "probes": _probe_section(gathered["probes"], col),
         "fairness": _fairness_section(gathered["fairness"], col),
-        "clusters": _cluster_section(gathered["clusters"]),
+        "clusters": _cluster_section(gathered["clusters"], store_path, col),
         "controls": _controls_section(gathered, col),
         "provenance": _provenance_html(prov),
     }

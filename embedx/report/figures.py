@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 MAX_LEGEND = 12  # categories beyond this are drawn but not listed (a legend of 40 sites helps nobody)
 POINTS_MAX = 50_000  # maps subsample above this (evenly, seeded) so a PNG stays small and legible
+MONTAGE_ROWS = 12  # clusters shown in the montage of representatives
 
 
 def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
@@ -317,5 +318,24 @@ def distribution_figure(result: Mapping[str, Any]) -> Figure:
     ax.set_title(
         f"KS tests per PCA mode ({result.get('model')}; ● q < {result.get('alpha', 0.05)})", fontsize=9
     )
+    fig.tight_layout()
+    return fig
+
+
+def cluster_montage(grid: Sequence[Sequence[np.ndarray]], names: Sequence[str], per_row: int = 6) -> Figure:
+    """One row per cluster: its representatives' 64x64 thumbnails, the cluster's name on the left."""
+    n_rows = max(len(grid), 1)
+    fig, axes = plt.subplots(n_rows, per_row, figsize=(1.3 * per_row + 3.5, 1.35 * n_rows), squeeze=False)
+    for i, (thumbs, name) in enumerate(zip(grid, names, strict=True)):
+        for j in range(per_row):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(thumbs):
+                ax.imshow(thumbs[j], cmap="gray", vmin=0, vmax=255)
+            else:
+                ax.axis("off")
+        label = "\n".join(part if len(part) <= 44 else part[:43] + "…" for part in name.split(" · "))
+        axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout()
     return fig

@@ -72,6 +72,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         attrs,
         SCHEMA,
         {"vae": z, "dae": z + rng.normal(size=z.shape).astype(np.float32)},
+        thumbnails=rng.integers(0, 255, (n, 64, 64)).astype(np.uint8),
         embedding_attrs={
             "vae": {"kind": "vae", "checkpoint_hash": "c0ffee", "config": "model:\n  kind: vae\n"},
             "dae": {"kind": "dae", "checkpoint_hash": "beef"},
