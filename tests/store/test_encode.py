@@ -235,7 +235,7 @@ def test_two_process_accelerate_equals_single(cohort, vae_run, tmp_path):
 
 
 def test_vae_and_dae_side_by_side_with_stochastic_codes(cohort, vae_run, dae_run, tmp_path):
-    manifest = _subset(cohort, slice(0, 24), "m-24.csv")
+    manifest = _subset(cohort, slice(0, 12), "m-12.csv")
     store_path = tmp_path / "s.h5"
     encode(vae_run, manifest, store_path, workers=0)
     encode(dae_run, manifest, store_path, workers=0, batch_size=8, stochastic=True, steps=3)
@@ -247,9 +247,9 @@ def test_vae_and_dae_side_by_side_with_stochastic_codes(cohort, vae_run, dae_run
         z = run.model.embed(images).numpy()
         xt = run.model.encode_stochastic(images, None, 3).numpy()
     with Store.open(store_path) as store:
-        assert store.models() == ["vae-tiny", "dae-tiny"] and store.n == 24
+        assert store.models() == ["vae-tiny", "dae-tiny"] and store.n == 12
         assert store.embedding_info("dae-tiny")["kind"] == "dae"
-        assert store.latents("dae-tiny").shape == (24, 32) and store.latents("vae-tiny").shape == (24, 16)
+        assert store.latents("dae-tiny").shape == (12, 32) and store.latents("vae-tiny").shape == (12, 16)
         np.testing.assert_allclose(store.latents("dae-tiny"), z, rtol=1e-4, atol=1e-5)
         assert store.stochastic_mask("dae-tiny").all()
         np.testing.assert_allclose(store.stochastic_codes("dae-tiny"), xt, rtol=1e-4, atol=1e-4)
