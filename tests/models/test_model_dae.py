@@ -22,7 +22,7 @@ def _tiny(size: int = 16, **overrides: object) -> DiffusionAutoencoder:
 
 @pytest.mark.parametrize("conditioning", ["adagn", "time_embedding"])
 def test_shapes_and_api(conditioning: str) -> None:
-    model = _tiny(32, conditioning=conditioning).eval()
+    model = _tiny(32, conditioning=conditioning, ddim_steps=2).eval()
     x = torch.rand(3, 1, 32, 32) * 2 - 1
     loss, metrics = model.training_loss({"image": x})
     assert loss.ndim == 0 and metrics["loss"] > 0
