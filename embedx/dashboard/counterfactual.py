@@ -33,13 +33,14 @@ class Direction:
 
 
 def probe_direction(
-    z: np.ndarray, labels: np.ndarray, value_a: str, value_b: str, seed: int = 0
+    z: np.ndarray, labels: np.ndarray, value_a: str, value_b: str, seed: int = 0, max_per_value: int = 5_000
 ) -> Direction:
     """Logistic regression A vs B on standardised z_sem; its normal expressed in raw z_sem units.
 
     The decision function is w·(z − μ)/σ, so the raw-space normal is w/σ. `distance` is the gap between the
     two group means projected on that normal: moving by 1× of it takes an average A to an average B along
     the probe's axis. `accuracy` is a 5-fold balanced accuracy, to say how separable the groups are at all.
+    At most `max_per_value` images per value are used (seeded), so the fit stays interactive on big stores.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
@@ -48,6 +49,11 @@ def probe_direction(
 
     labels = np.asarray(labels).astype(str)
     keep = np.isin(labels, [value_a, value_b]) & ~np.isnan(z).any(axis=1)
+    rng = np.random.default_rng(seed)
+    for value in (value_a, value_b):  # a seeded subset per value keeps the fit interactive at 220k rows
+        members = np.flatnonzero(keep & (labels == value))
+        if len(members) > max_per_value:
+            keep[rng.choice(members, len(members) - max_per_value, replace=False)] = False
     x, y = z[keep].astype(np.float64), (labels[keep] == value_b).astype(int)
     n_a, n_b = int((y == 0).sum()), int((y == 1).sum())
     if min(n_a, n_b) < 5:

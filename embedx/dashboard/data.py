@@ -109,6 +109,29 @@ def projection(path: Path, model: str, method: str) -> np.ndarray:
     return _projection(str(path), _stamp(path), model, method)
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def _projection_note(path: str, stamp: float, model: str, method: str) -> str:
+    from embedx.store.h5store import Store
+
+    with Store.open(path, "r") as store:
+        info = store.projection_info(model, method)
+        try:
+            placed_later = int((store.projection_status(model, method) == 2).sum())
+        except Exception:  # a projection written without its state group: nothing to flag
+            placed_later = 0
+    params = info.get("params") if isinstance(info.get("params"), dict) else {}
+    shown = ", ".join(f"{k}={v}" for k, v in params.items() if isinstance(v, (int, float, str)))
+    note = f"{method}" + (f" ({shown})" if shown else "")
+    if placed_later:
+        note += f"; {placed_later:,} points were placed later by transform, not fitted with the map"
+    return note
+
+
+def projection_note(path: Path, model: str, method: str) -> str:
+    """One line on how the map was made (parameters) and how many points were added later by `transform`."""
+    return _projection_note(str(path), _stamp(path), model, method)
+
+
 @st.cache_resource(max_entries=16)
 def _hover(path: str, stamp: float) -> np.ndarray:
     return shaping.hover_text(_meta(path, stamp).attributes)

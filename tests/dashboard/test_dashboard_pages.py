@@ -58,7 +58,8 @@ def test_map_page_offers_every_attribute_and_reports_map_quality(store: Path, mo
     quality = frames(at)[0]
     site = quality.set_index("attribute").loc["site"]
     assert site["latent"] > 0.9  # the synthetic vae encodes the site
-    assert "Select points on the map" in " ".join(c.value for c in at.caption)
+    captions = " ".join(c.value for c in at.caption)
+    assert "Select points on the map" in captions and "vae · pca (seed=0)" in captions
 
 
 def test_map_selection_panel_shows_composition_thumbnails_and_download(store, monkeypatch) -> None:

@@ -104,6 +104,8 @@ def test_neighbour_overlap_identical_is_one_and_unrelated_near_random() -> None:
     unrelated = shaping.neighbour_overlap(z, rng.normal(size=(n, 8)), k=k)
     random_jaccard = k / (2 * (n - 1) - k)  # expected Jaccard of two random k-sets out of n-1
     assert unrelated < 5 * random_jaccard and unrelated < 0.06
+    # above max_rows the neighbourhoods are taken within one subset, the same for both models
+    assert shaping.neighbour_overlap(z, z.copy(), k=k, max_rows=150) == pytest.approx(1.0)
     # a rescaled copy keeps every neighbourhood
     assert shaping.neighbour_overlap(z, 3 * z + 1, k=k) == pytest.approx(1.0)
 

@@ -17,6 +17,7 @@ model, method = picked
 colour = widgets.colour_picker(meta, "map")
 cohort = shaping.apply_filters(meta.attributes, widgets.filters(path, meta, "map"))
 st.sidebar.caption(f"{int(cohort.sum()):,} of {meta.n:,} images pass the filters")
+st.caption(f"{model} · {data.projection_note(path, model, method)}")
 
 
 @st.fragment
