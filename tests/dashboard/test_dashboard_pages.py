@@ -41,9 +41,11 @@ def frames(at: AppTest) -> list[pd.DataFrame]:
     return [d.value for d in at.dataframe]
 
 
-def test_app_entry_point_runs_the_map_page(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("entry", [APP, Path(__file__).resolve().parents[2] / "dashboards" / "app.py"])
+def test_app_entry_points_run_the_map_page(entry: Path, store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The packaged app and the checkout's `dashboards/app.py` launcher both open on the map."""
     monkeypatch.setenv(STORE_ENV, str(store))
-    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    at = AppTest.from_file(str(entry), default_timeout=120).run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.title[0].value == "Map"
 
