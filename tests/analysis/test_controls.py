@@ -173,3 +173,42 @@ def test_ks_flags_a_shifted_mode_and_not_identical_groups() -> None:
     assert result["correction"].startswith("Benjamini-Yekutieli")
     # BY is stricter than the raw p-values: the q of every test is at least its p.
     assert all(t["q_value"] >= t["p_value"] for t in result["tests"])
+
+
+def test_control_background_cli_writes_strict_json(phantoms: dict[float, Path], tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from embedx.cli import app
+
+    out = tmp_path / "bg.json"
+    result = CliRunner().invoke(
+        app,
+        [
+            "control",
+            "background",
+            "--manifest",
+            str(phantoms[1.0]),
+            "--attribute",
+            "site",
+            "--patch",
+            "8",
+            "--size",
+            "48",
+            "--permutations",
+            "20",
+            "--bootstrap",
+            "100",
+            "--json",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "verdict: acquisition signature" in result.output
+    data = json.loads(out.read_text())  # strict JSON: NaN would not parse back as a number
+    assert data["attribute"] == "site" and data["control"] == "background"
+    bad = CliRunner().invoke(
+        app, ["control", "background", "--manifest", str(phantoms[1.0]), "--attribute", "scanner"]
+    )
+    assert bad.exit_code != 0 and "no attribute 'scanner'" in str(bad.exception or bad.output)
