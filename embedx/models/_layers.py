@@ -8,7 +8,7 @@ from embedx.errors import ConfigError
 
 
 def halvings_to(size: int, smallest: int, *, what: str) -> int:
-    """How many 2x downsamplings take `size` to a side of at most `smallest` (size must stay even until then).
+    """How many 2x downsamplings take `size` to a side of at most `smallest` (or an odd side of at most 8).
 
     The models derive their depth from the image size this way, so one config serves 32 px and 256 px.
     """
@@ -16,6 +16,8 @@ def halvings_to(size: int, smallest: int, *, what: str) -> int:
         raise ConfigError(f"{what}: image size {size} px is too small (at least 8 px)")
     n, s = 0, size
     while s > smallest:
+        if s % 2 and s <= 8:  # e.g. 224 px ends at 7 px: small enough
+            break
         if s % 2:
             raise ConfigError(
                 f"{what}: image size {size} px cannot be halved down to {smallest} px or less "

@@ -55,7 +55,7 @@ from embedx.models._layers import group_count, halvings_to, randn_like_on
 class DAEConfig(BaseModel):
     """Diffusion-autoencoder hyper-parameters.
 
-    The defaults are a CPU-sized demo net (about 3.5 M parameters at 32 px, 4 M at 64 px). DiffAE's own nets,
+    The defaults are a CPU-sized demo net (4.9 M parameters at 32 px, 5.4 M at 64 px). DiffAE's own nets,
     for a poster-scale run on GPUs: 128 px `unet_channels=(128, 128, 256, 384, 512)`, `layers_per_block=2`,
     `attention=True`; 256 px adds a level. Optimiser settings live in the training config (poster: lr 1e-3
     GNC, 5e-4 CheXpert; DiffAE: 1e-4, EMA 0.9999, grad clip 1).
@@ -96,7 +96,8 @@ class DAEConfig(BaseModel):
 
 
 class SemanticEncoder(nn.Module):
-    """First half of a UNet without time input: ResNet blocks and downsamplings to <= 4 px, pooled, linear."""
+    """First half of a UNet without time input: ResNet blocks and downsamplings to <= 4 px (<= 8 px for sizes
+    such as 224), then GroupNorm, SiLU and a linear map of the flattened (or average-pooled) map to z_sem."""
 
     def __init__(self, channels: int, image_size: int, widths: Sequence[int], latent_dim: int,
                  layers_per_block: int, groups: int, pool: str = "flatten") -> None:

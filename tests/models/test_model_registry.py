@@ -69,3 +69,9 @@ def test_adagn_scales_every_unet_resnet_block_and_only_those() -> None:
 def test_mean_pooled_encoder_variant() -> None:
     model = build_model("dae", {"unet_channels": (16, 32), "latent_dim": 8, "encoder_pool": "mean"}, 32, 1)
     assert model.embed(torch.zeros(3, 1, 32, 32)).shape == (3, 8)
+
+
+@pytest.mark.parametrize("kind", ["vae", "dae", "cnn"])
+def test_224_px_builds_and_embeds(kind: str) -> None:
+    model = build_model(kind, None, 224, 1, num_classes=2 if kind == "cnn" else None).eval()
+    assert model.embed(torch.zeros(1, 1, 224, 224)).shape[0] == 1
