@@ -1,9 +1,10 @@
 """Diffusion autoencoder (Preechakul et al., CVPR 2022), built on diffusers.
 
 Two parts, trained jointly by one loss:
-- a **semantic encoder** (the first half of a UNet: diffusers ResNet blocks, downsampled to 4 px, globally
-  average-pooled, a linear map) turns an image into a 512-d code `z_sem`. It sees the clean image only and has
-  no time input, so `encode` is deterministic;
+- a **semantic encoder** (the first half of a UNet: diffusers ResNet blocks, downsampled to 4 px, then a
+  linear map of the flattened map — DiffAE average-pools instead, `encoder_pool="mean"`, which on 16 px blobs
+  gave almost the same code wherever the blob was) turns an image into a 512-d, global code `z_sem`. It sees
+  the clean image only and has no time input, so `encode` is deterministic;
 - a **conditional denoiser**, diffusers' `UNet2DModel` predicting the noise ε of x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε.
   `z_sem` conditions every ResNet block. Default (`conditioning="adagn"`), DiffAE's AdaGN: each block's second
   GroupNorm is followed by a per-channel scale (1 + Linear(SiLU(z_sem))), and the time embedding scales and
@@ -21,8 +22,8 @@ Clipping the predicted x_0 to [-1, 1] (`clip_sample`) is right for *generating* 
 imperfect model's samples from diverging) and wrong for the *round trip*: clipping is not invertible, and a
 briefly trained model predicts x_0 outside [-1, 1] at high t, so clipped inversion loses the image (measured:
 round-trip MSE 0.6–0.9 clipped vs 2e-4 unclipped at 20 steps, same model). So `encode_stochastic`,
-`reconstruct` and `interpolate` run unclipped, and `decode` clips only when asked (`clip=True`, the default
-for fresh noise).
+`reconstruct` and `interpolate` run unclipped; `decode` clips by default (for fresh noise) and takes
+`clip=False` to invert `encode_stochastic`.
 
 `z_mean` / `z_std` are persistent buffers (saved in the state dict) with the statistics of z_sem over the
 training set, set by `update_latent_stats`; DiffAE's maintainers call them crucial for anything built on the
