@@ -168,7 +168,8 @@ def _save_checkpoint(accelerator: Any, run_dir: Path, step: int, *, model: nn.Mo
         from accelerate.utils import gather_object
 
         hashes = gather_object([digest])
-        if len(set(hashes)) > 1:  # DDP must keep every replica identical; say so loudly if it did not
+        # DDP must keep every replica identical; say so loudly if it did not.
+        if len(set(hashes)) > 1 and accelerator.is_main_process:
             log.error("model replicas diverged at step %d: weight hashes per process %s", step, hashes)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -310,6 +311,8 @@ def train(config: TrainConfig, manifest_path: str | Path, out_dir: str | Path | 
                 values = sums.reduce(accelerator)
                 if values:
                     metrics.log(step, samples, "train", {**values, "lr": scheduler.get_last_lr()[0]})
+                    if advance is not None:
+                        advance(0, description=f"train {config.model} loss {values['loss']:.4g}")
             if _crossed(samples, opt.batch_size, opt.eval_every_samples) or last:
                 run_eval()
             if _crossed(samples, opt.batch_size, opt.checkpoint_every_samples) or last:
