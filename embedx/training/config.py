@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from embedx.data.preprocess import PreprocessConfig
 from embedx.errors import ConfigError
@@ -68,6 +68,12 @@ class OptimConfig(BaseModel):
     ema_decay: float | None = Field(None, gt=0, lt=1)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU, no on CPU
     seed: int = 0
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        """YAML 1.1 reads an unquoted `no` as false; `mixed_precision: no` means "no" here."""
+        return "no" if value is False else value
 
 
 class EvalConfig(BaseModel):

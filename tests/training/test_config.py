@@ -70,6 +70,8 @@ def test_overrides_apply_last_and_are_yaml_typed(tmp_path: Path) -> None:
     assert config.optim.lr == 1e-3 and config.optim.batch_size == 8  # --set beats the file
     assert config.data.label == "site" and config.cnn.filters == (4, 8)
     assert config.optim.grad_clip is None
+    # YAML reads an unquoted `no` as false; for mixed_precision it still means "no".
+    assert load_config("vae", None, ["optim.mixed_precision=no"]).optim.mixed_precision == "no"
     # A window given alone switches intensity scaling to it (the preprocessing's own rule survives merging).
     assert config.data.preprocess.window == (40.0, 400.0) and config.data.preprocess.intensity == "window"
     with pytest.raises(ConfigError, match="does not match the requested 'vae'"):
