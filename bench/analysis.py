@@ -75,15 +75,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="5k and 10k samples instead of 20k and 50k")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--fairness", action="store_true", help="also time `fairness --target finding`")
+    parser.add_argument(
+        "--at",
+        type=int,
+        default=0,
+        help="also time one probe per kind at this many rows (e.g. 220000) and project the whole run",
+    )
     args = parser.parse_args()
     sizes = (5_000, 10_000) if args.quick else (20_000, 50_000)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             path = make_store(Path(tmp) / str(n), n, args.dim)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             results = run_probes(path, write=False)
-            total = time.perf_counter() - start
+            total, cpu = time.perf_counter() - start, time.process_time() - cpu
             perms = results[0]["permutation"]["permutations"]
             row = {
                 "n": n,
@@ -93,6 +99,7 @@ def main() -> None:
                 "probes": len(results),
                 "permutations": perms,
                 "seconds": round(total, 1),
+                "cpu s": round(cpu, 1),
                 "s/probe (median)": round(float(np.median([r["seconds"] for r in results])), 2),
                 "slowest": max(results, key=lambda r: r["seconds"])["attribute"],
             }
@@ -107,14 +114,54 @@ def main() -> None:
             print(f"n={n}: encoded {sorted(k for k, v in encoded.items() if v)}", file=sys.stderr)
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
-    if len(rows) == 2:
+    if len(rows) == 2 and min(sizes) >= 25_000:
         (n1, t1), (n2, t2) = ((r["n"], r["seconds"]) for r in rows)
-        slope = (t2 - t1) / (n2 - n1)
-        estimate = t2 + slope * (220_000 - n2)
+        estimate = t2 + (t2 - t1) / (n2 - n1) * (220_000 - n2)
         print(
-            f"\nlinear extrapolation to 220k (2 models x {len(SCHEMA)} attributes): ~{estimate:.0f} s "
-            f"({estimate / 60:.1f} min); goal < 300 s on 2 idle cores"
+            f"\nlinear extrapolation to 220k (2 models x {len(SCHEMA)} attrs): ~{estimate:.0f} s (goal 300)"
         )
+    else:
+        print(
+            "\n(sizes below the 20k-row fit cap: per-probe cost is still growing; use --at 220000 to project)"
+        )
+    if args.at:
+        project(args.at, args.dim)
+
+
+def project(n: int, dim: int) -> None:
+    """Time one probe of each kind at n rows (array level) and project 2 models x the 6-attribute mix.
+
+    Above the caps (20k fit rows, 1.5k tuning rows, 10k permutation rows) only prediction, folds and the
+    bootstrap grow with n, so three probes measured at full size give the whole run's cost.
+    """
+    from embedx.analysis.probes import probe_arrays
+
+    rng = np.random.default_rng(1)
+    n_subjects = int(n / 3.4)
+    subject = rng.integers(0, n_subjects, n)
+    z = rng.normal(size=(n, dim)).astype(np.float32)
+    site = rng.integers(0, 5, n_subjects)[subject]
+    sex = rng.integers(0, 2, n_subjects)[subject]
+    age = rng.uniform(18, 90, n_subjects)[subject]
+    z[:, :5] += 0.3 * np.eye(5, dtype=np.float32)[site]
+    z[:, 5] += 0.3 * sex
+    z[:, 6] += 0.3 * (age - 54) / 20
+    seconds = {}
+    for name, y, kind in (
+        ("5-class", site, "categorical"),
+        ("binary", sex, "binary"),
+        ("continuous", age, "continuous"),
+    ):
+        start = time.perf_counter()
+        probe_arrays(z, y, subject, kind)
+        seconds[name] = time.perf_counter() - start
+    three_class = seconds["binary"] + 0.6 * (seconds["5-class"] - seconds["binary"])  # OvR cost grows with K
+    per_model = seconds["5-class"] + three_class + 3 * seconds["binary"] + seconds["continuous"]
+    print(f"\nat n={n:,} x {dim}: " + ", ".join(f"{k} probe {v:.1f} s" for k, v in seconds.items()))
+    print(
+        f"projected `embedx probe`, 2 models x 6 attributes (5-class, 3-class, 3 binary, continuous): "
+        f"~{2 * per_model:.0f} s ({2 * per_model / 60:.1f} min); goal < 300 s"
+    )
 
 
 if __name__ == "__main__":

@@ -532,7 +532,7 @@ def fairness_arrays(
     cfg = config or FairnessConfig()
     X = np.asarray(X)
     target = np.asarray(target, dtype=object)
-    groups = np.asarray(groups).astype(str)
+    groups = np.unique(np.asarray(groups).astype(str), return_inverse=True)[1].reshape(-1)  # integer codes
     sensitive = sensitive.reset_index(drop=True)
     keep = ~_missing_mask(target) & np.all(np.isfinite(X), axis=1)
     rows = np.flatnonzero(keep)

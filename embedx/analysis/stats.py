@@ -101,8 +101,14 @@ class SubjectIndex:
         return out
 
     def weights(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """`n` cluster-bootstrap draws as subject multiplicities (n x n_subjects)."""
-        return rng.multinomial(self.n_subjects, np.full(self.n_subjects, 1.0 / self.n_subjects), size=n)
+        """`n` cluster-bootstrap draws as subject multiplicities (n x n_subjects).
+
+        Each draw picks n_subjects subjects with replacement; counting them with one bincount is ~10x faster
+        than `rng.multinomial` over 65k categories (the CheXpert case).
+        """
+        S = self.n_subjects
+        drawn = rng.integers(0, S, size=(n, S)) + (S * np.arange(n))[:, None]
+        return np.bincount(drawn.ravel(), minlength=n * S).reshape(n, S).astype(np.float64)
 
     def resample_rows(self, rng: np.random.Generator) -> np.ndarray:
         """Row indices of one cluster-bootstrap resample (subjects drawn with replacement, all their rows)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from embedx.analysis.probes import (
@@ -219,3 +220,49 @@ def test_probe_cli_writes_the_design_card_document(synth_store, tmp_path) -> Non
     assert set(site["classes"]) == {"north", "south", "east", "west"}
     bad = CliRunner().invoke(app, ["probe", str(synth_store(1.0)), "--attributes", "colour", "--no-write"])
     assert bad.exit_code != 0
+
+
+def test_rbf_kernel_exact_and_nystroem_paths_find_the_signal(cohort) -> None:
+    exact = ProbeConfig(kernel="rbf", n_permutations=200, n_bootstrap=200, c_grid=(1.0,))
+    approx = ProbeConfig(
+        kernel="rbf",
+        n_permutations=200,
+        n_bootstrap=200,
+        c_grid=(1.0,),
+        rbf_exact_max_rows=100,
+        nystroem_components=100,
+    )
+    r_exact = probe_arrays(cohort["X"], cohort["a"], cohort["groups"], "categorical", config=exact)
+    r_approx = probe_arrays(cohort["X"], cohort["a"], cohort["groups"], "categorical", config=approx)
+    assert r_exact["estimator"] == "SVC(rbf)" and r_approx["estimator"].startswith("Nystroem")
+    assert r_exact["encoded"] and r_approx["encoded"]
+
+
+def test_normalized_encoding_read_from_a_cnn_in_the_store(tmp_path) -> None:
+    """A model of kind 'cnn' whose config says `data: {label: site}` is the supervised bound for site."""
+    from embedx.store.h5store import write_store_from_arrays
+
+    rng = np.random.default_rng(5)
+    n = 240
+    site = rng.choice(["a", "b", "c"], n)
+    onehot = np.eye(3)[np.searchsorted(["a", "b", "c"], site)]
+    weak = rng.normal(size=(n, 6)) + 0.8 * np.c_[onehot, np.zeros((n, 3))]
+    strong = rng.normal(size=(n, 6)) + 3.0 * np.c_[onehot, np.zeros((n, 3))]
+    path = write_store_from_arrays(
+        tmp_path / "s.h5",
+        [f"i{i}" for i in range(n)],
+        [f"s{i}" for i in range(n)],
+        pd.DataFrame({"site": site}),
+        None,
+        {"vae": weak, "cnn-site": strong},
+        embedding_attrs={"cnn-site": {"kind": "cnn", "config": "data:\n  label: site\n"}},
+    )
+    results = run_probes(
+        path, config=ProbeConfig(n_permutations=200, n_bootstrap=200, c_grid=(0.1,)), write=False
+    )
+    vae = next(r for r in results if r["model"] == "vae")
+    cnn = next(r for r in results if r["model"] == "cnn-site")
+    expected = (vae["score"] - vae["chance"]) / (cnn["score"] - vae["chance"])
+    assert vae["normalized_by"] == "cnn-site"
+    assert vae["normalized_encoding"] == pytest.approx(expected)
+    assert 0 < vae["normalized_encoding"] < 1
