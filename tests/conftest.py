@@ -9,6 +9,7 @@ import pytest
 
 os.environ.setdefault("EMBEDX_NO_PROGRESS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
