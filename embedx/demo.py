@@ -23,19 +23,23 @@ from embedx.progress import console
 log = logging.getLogger(__name__)
 
 
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
 @dataclass(frozen=True)
 class DemoProfile:
-    """Sizes of one demo run. `quick` fits in a few CPU minutes; `full` is meant for a GPU."""
+    """Sizes of one demo run. `quick` fits in a few CPU minutes; `full` is meant for a GPU.
+
+    Each model starts from its packaged demo config (`embedx/configs/demo_<kind>.yaml`, also linked from
+    the repository's `configs/`) and applies the profile's `--set` overrides on top.
+    """
 
     name: str
     n: int
     synth_size: int
-    # Per model: preprocessing size and `--set` overrides on top of the model's defaults.
-    train: dict[str, tuple[int, list[str]]]
-    tsne: bool = True
+    train: dict[str, list[str]]
     umap: bool = False
-    permutations: int = 100
-    bootstrap: int = 500
+    bootstrap: int = 1000
     expected_minutes: str = ""
 
 
@@ -44,19 +48,13 @@ QUICK = DemoProfile(
     n=720,
     synth_size=64,
     train={
-        "vae": (64, ["optim.total_samples=14000", "optim.batch_size=32", "optim.lr=2e-3",
-                     "optim.eval_every_samples=14000", "optim.checkpoint_every_samples=14000",
-                     "optim.log_every_samples=1600"]),
-        "dae": (32, ["optim.total_samples=16000", "optim.batch_size=32", "optim.lr=1e-3",
-                     "optim.warmup_samples=0", "optim.ema_decay=0.995",
-                     "optim.eval_every_samples=16000", "optim.checkpoint_every_samples=16000",
-                     "optim.log_every_samples=1600"]),
-        "cnn": (32, ["data.label=site", "optim.total_samples=4800", "optim.batch_size=32",
-                     "optim.eval_every_samples=4800", "optim.checkpoint_every_samples=4800",
-                     "optim.log_every_samples=960"]),
+        "vae": ["optim.total_samples=12000", "optim.eval_every_samples=12000",
+                "optim.checkpoint_every_samples=12000"],
+        "dae": ["optim.total_samples=9600", "optim.eval_every_samples=9600",
+                "optim.checkpoint_every_samples=9600", "eval.latent_stats_samples=720"],
+        "cnn": ["optim.total_samples=4800", "optim.eval_every_samples=4800",
+                "optim.checkpoint_every_samples=4800"],
     },
-    umap=False,
-    permutations=100,
     bootstrap=500,
     expected_minutes="under 5 minutes on 2 CPU cores",
 )
@@ -66,13 +64,13 @@ FULL = DemoProfile(
     n=4000,
     synth_size=128,
     train={
-        "vae": (128, ["optim.total_samples=400000", "optim.batch_size=64"]),
-        "dae": (64, ["optim.total_samples=1000000", "optim.batch_size=64", "optim.lr=5e-4",
-                     "optim.warmup_samples=20000", "optim.ema_decay=0.999"]),
-        "cnn": (64, ["data.label=site", "optim.total_samples=40000"]),
+        "vae": ["data.preprocess.size=128", "optim.total_samples=400000", "optim.batch_size=64"],
+        "dae": ["data.preprocess.size=64", "dae.unet_channels=[32,64,128,128]",
+                "optim.total_samples=1000000", "optim.batch_size=64", "optim.lr=5e-4",
+                "optim.warmup_samples=20000", "optim.ema_decay=0.999"],
+        "cnn": ["data.preprocess.size=64", "optim.total_samples=40000"],
     },
     umap=True,
-    permutations=1000,
     bootstrap=2000,
     expected_minutes="about 20-30 minutes on one GPU (hours on a CPU)",
 )
@@ -122,9 +120,7 @@ def run_demo(
     models = list(profile.train)
     console.print(
         f"[bold]embedx demo ({profile.name})[/]: synthetic {kind} cohort of {profile.n} images at "
-        f"{profile.synth_size} px, models {', '.join(models)} at "
-        + ", ".join(f"{m} {s} px" for m, (s, _) in profile.train.items())
-        + f"; expected {profile.expected_minutes}."
+        f"{profile.synth_size} px; models {', '.join(models)}; expected {profile.expected_minutes}."
     )
     if quick:
         console.print("[dim]--quick uses small images and a small cohort: enough to show the injected "
@@ -140,17 +136,19 @@ def run_demo(
     truth = read_ground_truth(cohort_dir)
 
     runs: dict[str, Path] = {}
-    for model in models:
-        size, overrides = profile.train[model]
-        overrides = [f"data.preprocess.size={size}", f"optim.seed={seed}", *overrides]
-        config = load_config(model, overrides=overrides)
-        runs[model] = timer.run(f"train {model}", lambda c=config, m=model: train(c, manifest, runs_dir / m))
+    configs = {
+        model: load_config(model, CONFIGS / f"demo_{model}.yaml", [*overrides, f"optim.seed={seed}"])
+        for model, overrides in profile.train.items()
+    }
+    for model, config in configs.items():
+        size = config.data.preprocess.size
+        runs[model] = timer.run(f"train {model} ({size} px, {config.optim.total_samples:,} samples)",
+                                lambda c=config, m=model: train(c, manifest, runs_dir / m))
     for model in models:
         timer.run(f"encode {model}", lambda m=model: encode(runs[m], manifest, store_path, name=m))
 
     def _projections() -> None:
-        if profile.tsne:
-            project(str(store_path), method="tsne", models=models, seed=seed)
+        project(str(store_path), method="tsne", models=models, seed=seed)
         if profile.umap:
             project(str(store_path), method="umap", models=models, seed=seed)
 
@@ -166,9 +164,9 @@ def run_demo(
     timer.run(
         "controls (background patches, cross-site)",
         lambda: (
-            background_control(manifest, "site", patch=max(4, profile.train["vae"][0] // 8),
-                               size=profile.train["vae"][0], store_path=store_path,
-                               n_permutations=profile.permutations, n_bootstrap=profile.bootstrap, seed=seed),
+            background_control(manifest, "site", patch=max(4, profile.synth_size // 8),
+                               size=profile.synth_size, store_path=store_path,
+                               n_bootstrap=profile.bootstrap, seed=seed),
             cross_site(store_path, "finding", "site", model="vae", n_bootstrap=profile.bootstrap, seed=seed),
         ),
     )
@@ -179,8 +177,9 @@ def run_demo(
     summary["paths"] = {"cohort": str(cohort_dir), "store": str(store_path), "report": str(report_dir)}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print_summary(summary)
-    console.print(f"\nReport: [bold]{(report_dir / 'report.html').resolve()}[/]")
-    console.print(f"Explore: [bold]embedx dashboard {store_path.resolve()}[/]")
+    # Plain stdout, never wrapped: these two lines are what a user copies (and what scripts grep).
+    print(f"\nReport:  {(report_dir / 'report.html').resolve()}")
+    print(f"Explore: embedx dashboard {store_path.resolve()}")
     return summary
 
 
@@ -194,7 +193,7 @@ def summarise(truth: dict, probes: list[dict], models: list[str]) -> dict:
     rows = []
     for attribute, spec in truth["attributes"].items():
         found = [p for p in probes if p["attribute"] == attribute and p["model"] in models]
-        if not found:
+        if not found or not spec.get("known_answer", True):
             continue
         encoded_by = sorted(p["model"] for p in found if p.get("encoded"))
         best = max(found, key=lambda p: _advantage(p))
@@ -219,26 +218,33 @@ def _advantage(probe: dict) -> float:
 
 
 def print_summary(summary: dict) -> None:
-    table = Table(title="Injected vs found (ground_truth.json vs probes on the VAE / DAE latents)")
-    columns = ("attribute", "injected into pixels", "found by", "best score (95% CI) vs chance", "agrees")
-    for column in columns:
-        table.add_column(column)
+    table = Table(title="Injected into the pixels (ground_truth.json) vs found by the VAE / DAE probes")
+    table.add_column("attribute", no_wrap=True)
+    table.add_column("injected", no_wrap=True)
+    table.add_column("found by", no_wrap=True)
+    table.add_column("best score [95% CI]", no_wrap=True)
+    table.add_column("chance", no_wrap=True)
+    table.add_column("agrees", no_wrap=True)
     for row in summary["attributes"]:
         best = row["best"]
         ci = best.get("ci") or [float("nan"), float("nan")]
-        metric = best.get("metric") or ""
-        score = "—"
+        score, chance = "—", "—"
         if best.get("score") is not None:
-            score = (f"{metric} {best['score']:.3f} ({ci[0]:.3f}–{ci[1]:.3f}) "
-                     f"vs {best['chance']:.3f} [{best['model']}]")
+            score = f"{best['score']:.3f} [{ci[0]:.3f}–{ci[1]:.3f}]"
+            chance = f"{best['chance']:.3f}"
+        is_mae = best.get("metric") == "mae"
         table.add_row(
-            row["attribute"],
-            "yes" if row["injected"] else "no (pure label)",
-            ", ".join(row["found_by"]) or "not distinguishable from chance",
+            row["attribute"] + (" (MAE)" if is_mae else ""),
+            "yes" if row["injected"] else "no",
+            ", ".join(row["found_by"]) or "chance",
             score,
+            chance,
             "[green]yes[/]" if row["agrees"] else "[red]NO[/]",
         )
     console.print(table)
+    console.print("[dim]Scores: balanced accuracy, or mean absolute error where marked (MAE, lower is "
+                  "better). "
+                  "Found = Holm-corrected permutation p < 0.05 and the CI clear of chance.[/]")
     timings = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in summary.get("timings_s", {}).items())
     if timings:
         console.print(f"[dim]stage times: {timings}[/]")

@@ -220,6 +220,10 @@ def ground_truth(
         }
         if name in ("site", "manufacturer") and confounded:
             entry["confounded_via"] = "finding (site-dependent prevalence)"
+        # A known-answer check compares "in the pixels" with "found by a probe". Difficulty grades the
+        # lesions of positives only (medium vs hard differ by a 4 mm margin), so whether a probe resolves it
+        # depends on the image size: it is recorded, not used as a known answer.
+        entry["known_answer"] = name != "finding_difficulty"
         attributes[name] = entry
     counts = table["finding_difficulty"].replace("", np.nan).value_counts().to_dict()
     return {
