@@ -45,6 +45,7 @@ class StoreMeta:
     path: str
     n: int
     sample_ids: np.ndarray
+    subject_ids: np.ndarray  # pseudonymised; enrichment tests count each patient once
     attributes: pd.DataFrame
     schema: dict[str, AttributeSpec]
     models: list[str]
@@ -72,6 +73,7 @@ def _meta(path: str, stamp: float) -> StoreMeta:
             path=path,
             n=int(store.n),
             sample_ids=np.asarray(store.sample_ids).astype(str),
+            subject_ids=np.asarray(store.subject_ids).astype(str),
             attributes=attributes,
             schema=dict(schema),
             models=models,

@@ -262,7 +262,10 @@ def selection_panel(
         "**Composition vs the cohort** (2×2 test per value, BH-corrected; effect: fold and odds ratio; "
         "continuous: Mann–Whitney, median shift)"
     )
-    table = enrichment(meta.attributes[in_cohort].reset_index(drop=True), mask[in_cohort], meta.schema)
+    table = enrichment(
+        meta.attributes[in_cohort].reset_index(drop=True), mask[in_cohort], meta.schema,
+        groups=meta.subject_ids[in_cohort],
+    )
     if table.empty:
         st.caption("The selection covers the whole (filtered) cohort: nothing to compare against.")
     else:
