@@ -123,7 +123,7 @@ def probe_bars(probes: Sequence[Mapping[str, Any]]) -> Figure:
     fig, axes = plt.subplots(
         1,
         len(present),
-        figsize=(max(6, 1.6 * len(usable)) + 2, 4.2),
+        figsize=(min(18.0, max(6.0, 0.45 * len(usable) + 2)), 4.2),  # ~0.45 in per bar, readable when printed
         squeeze=False,
         gridspec_kw={"width_ratios": [max(1, sum(p["metric"] == m for p in usable)) for m, _ in present]},
     )
