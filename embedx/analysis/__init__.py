@@ -7,7 +7,7 @@ in `embedx.analysis.results`. Imports are lazy so that `import embedx.analysis` 
 
 from __future__ import annotations
 
-from typing import Any
+from embedx._lazy import lazy_getattr
 
 _EXPORTS = {
     "run_probes": "embedx.analysis.probes",
@@ -25,9 +25,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'embedx.analysis' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

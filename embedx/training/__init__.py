@@ -9,7 +9,7 @@ Names resolve on first use, so `import embedx.training` alone stays cheap.
 
 from __future__ import annotations
 
-from typing import Any
+from embedx._lazy import lazy_getattr
 
 _EXPORTS = {
     "TrainConfig": "embedx.training.config",
@@ -23,9 +23,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'embedx.training' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
