@@ -1,6 +1,6 @@
-"""Synthetic-cohort generation speed: `python bench/synth.py [N] [SIZE] [KINDS]` prints a table.
+"""Synthetic-cohort generation speed: `python bench/synth.py [--n N] [--size S] [--kinds cxr,mri] [--quick]`.
 
-KINDS is a comma list (default cxr,mri); each kind runs with 1 and 2 worker processes.
+Each kind runs with 1 and 2 worker processes; `--quick` makes 300 images.
 
 The target (issue 2) is 2,000 cxr images at 128 px in under 30 s on 2 cores. mri rows are volumes of
 16 slices, i.e. 16x the pixels of a cxr image. Run on an otherwise idle machine.
@@ -8,9 +8,9 @@ The target (issue 2) is 2,000 cxr images at 128 px in under 30 s on 2 cores. mri
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,9 +22,13 @@ from embedx.data.synth import generate_cohort
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
-    size = int(sys.argv[2]) if len(sys.argv) > 2 else 128
-    kinds = sys.argv[3].split(",") if len(sys.argv) > 3 else ["cxr", "mri"]
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--kinds", default="cxr,mri")
+    parser.add_argument("--quick", action="store_true", help="300 images instead of --n")
+    args = parser.parse_args()
+    n, size, kinds = (300 if args.quick else args.n), args.size, args.kinds.split(",")
     rows = []
     for kind in kinds:
         for workers in (1, 2):
