@@ -123,18 +123,20 @@ def _dicom_rescale(ds: Any, frame: int) -> tuple[float, float] | None:
     """Slope/intercept from the top level, else from the enhanced multi-frame functional groups."""
     if "RescaleSlope" in ds or "RescaleIntercept" in ds:
         return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
-    for seq_name, index in (
-        ("PerFrameFunctionalGroupsSequence", frame),
-        ("SharedFunctionalGroupsSequence", 0),
-    ):
-        seq = ds.get(seq_name)
-        if seq is None or len(seq) <= index:
-            continue
-        pvt = seq[index].get("PixelValueTransformationSequence")
-        if pvt:
-            item = pvt[0]
-            return float(item.get("RescaleSlope", 1) or 1), float(item.get("RescaleIntercept", 0) or 0)
+    for item in _functional_group_items(ds, frame, "PixelValueTransformationSequence"):
+        return float(item.get("RescaleSlope", 1) or 1), float(item.get("RescaleIntercept", 0) or 0)
     return None
+
+
+def _functional_group_items(ds: Any, frame: int, macro: str) -> list[Any]:
+    """First item of `macro` in the frame's per-frame group, then in the shared group (enhanced DICOM)."""
+    items = []
+    groups = (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0))
+    for seq_name, index in groups:
+        seq = ds.get(seq_name)
+        if seq is not None and len(seq) > index and seq[index].get(macro):
+            items.append(seq[index].get(macro)[0])
+    return items
 
 
 def _first_number(value: Any) -> float | None:
@@ -151,18 +153,10 @@ def _dicom_window(ds: Any, frame: int) -> tuple[float, float] | None:
     centre, width = _first_number(ds.get("WindowCenter")), _first_number(ds.get("WindowWidth"))
     if centre is not None and width is not None and width > 0:
         return centre, width
-    for seq_name, index in (
-        ("PerFrameFunctionalGroupsSequence", frame),
-        ("SharedFunctionalGroupsSequence", 0),
-    ):
-        seq = ds.get(seq_name)
-        if seq is None or len(seq) <= index:
-            continue
-        voi = seq[index].get("FrameVOILUTSequence")
-        if voi:
-            c, w = _first_number(voi[0].get("WindowCenter")), _first_number(voi[0].get("WindowWidth"))
-            if c is not None and w is not None and w > 0:
-                return c, w
+    for item in _functional_group_items(ds, frame, "FrameVOILUTSequence"):
+        c, w = _first_number(item.get("WindowCenter")), _first_number(item.get("WindowWidth"))
+        if c is not None and w is not None and w > 0:
+            return c, w
     return None
 
 

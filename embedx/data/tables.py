@@ -178,18 +178,23 @@ def _resolve_chexpert(root: Path, value: str) -> Path:
     return root / relative
 
 
-def chexpert_schema(table: pd.DataFrame) -> dict:
+def _table_schema(table: pd.DataFrame, view_kind: str) -> dict:
+    """Sex, age and view as published; every other column is a binary clinical finding."""
     from embedx.data.schema import AttributeSpec
 
     schema = {
         "sex": AttributeSpec("sex", "binary", "demographic"),
         "age": AttributeSpec("age", "continuous", "demographic"),
-        "view": AttributeSpec("view", "categorical", "acquisition"),
+        "view": AttributeSpec("view", view_kind, "acquisition"),
     }
     for column in table.columns:
         if column not in schema and column not in ("path", "subject_id"):
             schema[column] = AttributeSpec(column, "binary", "clinical")
     return schema
+
+
+def chexpert_schema(table: pd.DataFrame) -> dict:
+    return _table_schema(table, "categorical")  # AP / PA / lateral
 
 
 def nih_table(csv: str | Path, root: str | Path, manifest_dir: str | Path) -> pd.DataFrame:
@@ -250,17 +255,7 @@ def _index_images(root: Path, wanted: set[str]) -> dict[str, Path]:
 
 
 def nih_schema(table: pd.DataFrame) -> dict:
-    from embedx.data.schema import AttributeSpec
-
-    schema = {
-        "sex": AttributeSpec("sex", "binary", "demographic"),
-        "age": AttributeSpec("age", "continuous", "demographic"),
-        "view": AttributeSpec("view", "binary", "acquisition"),
-    }
-    for column in table.columns:
-        if column not in schema and column not in ("path", "subject_id"):
-            schema[column] = AttributeSpec(column, "binary", "clinical")
-    return schema
+    return _table_schema(table, "binary")  # AP / PA only
 
 
 def write_chexpert(
