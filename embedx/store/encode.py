@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,16 +49,21 @@ class EncodeResult:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (sample id, reason)
 
 
-def make_thumbnails(images: torch.Tensor) -> np.ndarray:
-    """(B, C, S, S) in [-1, 1] -> (B, 64, 64) uint8: the channel mean (a slice stack's middle tone),
-    resized with antialiasing when shrinking."""
+def thumbnail_tensor(images: torch.Tensor) -> torch.Tensor:
+    """(B, C, S, S) in [-1, 1] -> (B, 64, 64) uint8 on the images' device: the channel mean (a slice stack's
+    middle tone), resized with antialiasing when shrinking. Stays on the device so that on a GPU it is
+    queued behind the forward pass instead of waiting for it."""
     grey = images.float().mean(dim=1, keepdim=True)
     if grey.shape[-2:] != (THUMB_SIZE, THUMB_SIZE):
         shrink = grey.shape[-1] > THUMB_SIZE
         grey = F.interpolate(grey, size=(THUMB_SIZE, THUMB_SIZE), mode="bilinear", align_corners=False,
                              antialias=shrink)
-    out = ((grey[:, 0].clamp(-1, 1) + 1.0) * 127.5).round()
-    return out.to(torch.uint8).cpu().numpy()
+    return ((grey[:, 0].clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+
+
+def make_thumbnails(images: torch.Tensor) -> np.ndarray:
+    """`thumbnail_tensor` as a host numpy array."""
+    return thumbnail_tensor(images).cpu().numpy()
 
 
 def _volume(path: str) -> bool:
@@ -142,35 +150,95 @@ def _pending(store: Store, name: str, rows: np.ndarray, stochastic: bool) -> np.
     return np.flatnonzero(need)
 
 
-def _default_workers() -> int:
-    return max(1, min(4, (os.cpu_count() or 2) // 2))
+def _default_workers(device: torch.device) -> int:
+    """Decoding workers. On a GPU node: enough to feed it (all cores but the one driving the GPU, at most
+    8). On a CPU-only machine: one per core, niced (see `make_loader`), decoding in the forward's gaps."""
+    cores = os.cpu_count() or 2
+    if device.type == "cpu":
+        return max(1, min(4, cores))
+    return max(1, min(8, cores - 1))
+
+
+Sink = Callable[[np.ndarray, np.ndarray, np.ndarray, "np.ndarray | None"], None]
+
+
+class BackgroundWriter:
+    """Runs the per-batch tail (device-to-host copy, HDF5 write and flush) on a thread, one batch behind.
+
+    Why: written inline, every HDF5 write and every host copy is time in which the model waits; on a GPU
+    the device idles for each of them. Here the forward pass of batch i+1 runs while batch i is written.
+    One thread and a FIFO queue keep the writes in order, so the store's crash-safe write order (latents,
+    flush, then the `encoded` flags) is unchanged; the bounded queue caps the batches held in memory. The
+    thread does no torch compute (so no second OpenMP team competes with the model's): thumbnails are
+    computed by the caller on the device.
+    """
+
+    def __init__(self, sink: Sink, depth: int = 2) -> None:
+        self._sink = sink
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="embedx-encode-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, rows: np.ndarray, z: torch.Tensor, thumbs: torch.Tensor, xt: torch.Tensor | None) -> None:
+        self._raise_if_failed()
+        self._queue.put((rows, z, thumbs, xt))
+
+    def _drain(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep draining so that `put` never blocks on a dead writer
+            rows, z, thumbs, xt = item
+            try:
+                host_xt = None if xt is None else xt.float().cpu().numpy()
+                self._sink(rows, z.float().cpu().numpy(), thumbs.cpu().numpy(), host_xt)
+            except BaseException as err:  # re-raised in the caller's thread
+                self._error = err
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def close(self, raise_errors: bool = True) -> None:
+        """Write what is queued, stop the thread, and re-raise a write error in the caller's thread."""
+        self._queue.put(None)
+        self._thread.join()
+        if raise_errors:
+            self._raise_if_failed()
 
 
 def _run_batches(run: object, manifest: Manifest, manifest_rows: np.ndarray, store_rows: np.ndarray,
-                 sink, batch_size: int, workers: int, stochastic: bool, steps: int | None,
+                 sink: Sink, batch_size: int, workers: int, stochastic: bool, steps: int | None,
                  device: torch.device, show_progress: bool) -> list[tuple[int, str]]:
-    """Encode `manifest_rows`; call `sink(store_rows, z, thumbs, xt)` per batch; return the failures."""
+    """Encode `manifest_rows`; call `sink(store_rows, z, thumbs, xt)` per batch, in order, from a writer
+    thread; return the failures."""
     if manifest_rows.size == 0:
         return []
     to_store = dict(zip(manifest_rows.tolist(), store_rows.tolist(), strict=True))
     dataset = ImageDataset(manifest, run.preprocess, rows=manifest_rows, train=False)  # type: ignore[attr-defined]
-    loader = make_loader(dataset, batch_size=batch_size, shuffle=False, workers=workers)
+    loader = make_loader(dataset, batch_size=batch_size, shuffle=False, workers=workers,
+                         worker_nice=10 if device.type == "cpu" else 0)
     model = run.model  # type: ignore[attr-defined]
     failed: list[tuple[int, str]] = []
     total = int(manifest_rows.size) if show_progress else None
     bar = progress_bar(total, f"encode {run.kind}", unit="img") if show_progress else _nullbar()  # type: ignore[attr-defined]
-    with bar as advance, torch.no_grad():
-        for batch in loader:
-            failed.extend(batch["failed"])
-            if batch["row"].numel():
-                images = batch["image"].to(device, non_blocking=True)
-                z = model.embed(images).float()
-                xt = None
-                if stochastic:
-                    xt = model.encode_stochastic(images, None, steps).float().cpu().numpy()
-                rows = np.array([to_store[int(r)] for r in batch["row"]], dtype=np.int64)
-                sink(rows, z.cpu().numpy(), make_thumbnails(images), xt)
-            advance(int(batch["row"].numel()) + len(batch["failed"]))
+    writer = BackgroundWriter(sink)
+    ok = False
+    try:
+        with bar as advance, torch.no_grad():
+            for batch in loader:
+                failed.extend(batch["failed"])
+                if batch["row"].numel():
+                    images = batch["image"].to(device, non_blocking=True)
+                    z = model.embed(images)
+                    xt = model.encode_stochastic(images, None, steps) if stochastic else None
+                    rows = np.array([to_store[int(r)] for r in batch["row"]], dtype=np.int64)
+                    writer.put(rows, z, thumbnail_tensor(images), xt)
+                advance(int(batch["row"].numel()) + len(batch["failed"]))
+        ok = True
+    finally:
+        # Batches already computed are written even when the loop stops early (Ctrl-C): less to redo.
+        writer.close(raise_errors=ok)
     return failed
 
 
@@ -217,7 +285,7 @@ def encode(
     # Missing files are skipped and listed like unreadable ones, not fatal: hence check_files=False.
     man = manifest if isinstance(manifest, Manifest) else load_manifest(manifest, check_files=False)
     check_manifest_fits_run(run, man)
-    workers = _default_workers() if workers is None else int(workers)
+    workers = _default_workers(device) if workers is None else int(workers)
     dim = _latent_dim(run, device)
     pre = run.preprocess
     xt_shape = (pre.channels, pre.size, pre.size) if stochastic else None
