@@ -113,6 +113,18 @@ def test_unreadable_images_skipped_and_listed(cohort, vae_run, tmp_path):
         assert failed["reason"].str.contains("corrupt.png|does-not-exist.png").all()
 
 
+def test_a_manifest_whose_first_images_all_fail_is_refused_before_the_store_exists(cohort, vae_run, tmp_path):
+    """Eight unreadable rows in a row mean a wrong manifest (other folder, other format), not bad luck:
+    refuse with every row's reason, and create no store."""
+    table = load_manifest(cohort).table.iloc[:12].reset_index(drop=True)
+    table.loc[:7, "path"] = [f"elsewhere/img{i}.png" for i in range(8)]
+    manifest = write_manifest(table, cohort.parent / "m-moved.csv", load_manifest(cohort).schema)
+    with pytest.raises(EmbedxError, match=r"none of the first 8 images") as err:
+        encode(vae_run, manifest, tmp_path / "s.h5", workers=0)
+    assert "row 0:" in str(err.value) and "row 7:" in str(err.value) and "elsewhere/img7.png" in str(err.value)
+    assert not (tmp_path / "s.h5").exists()
+
+
 def test_bad_inputs(cohort, vae_run, tmp_path):
     from embedx.data.synth import generate_cohort
 
