@@ -64,6 +64,8 @@ def register(app: typer.Typer) -> None:
         transform_new: bool = typer.Option(False, "--transform-new", help="Place samples encoded since the "
                                            "map was made into it, without refitting (flagged as placed)."),
         n_jobs: int | None = typer.Option(None, "--jobs", help="Threads (default: all cores)."),
+        umap_parallel: bool = typer.Option(False, "--umap-parallel", help="Unseeded UMAP on all cores: "
+                                           "several times faster, but the map differs from run to run."),
     ) -> None:
         """2-D map of each model's latents, stored with parameters and trustworthiness (k = 10)."""
         from embedx.progress import console
@@ -72,7 +74,8 @@ def register(app: typer.Typer) -> None:
         with console.status(f"{method} projection of {store}"):
             results = project(str(store), method, name or None, perplexity=perplexity,
                               n_neighbors=n_neighbors,
-                              min_dist=min_dist, seed=seed, transform_new=transform_new, n_jobs=n_jobs)
+                              min_dist=min_dist, seed=seed, transform_new=transform_new, n_jobs=n_jobs,
+                              umap_parallel=umap_parallel)
         for r in results:
             console.print(f"[bold]{r.model}[/] {r.method}: {r.n_fitted} fitted, {r.n_transformed} placed by "
                           f"transform, trustworthiness(k=10) {r.trustworthiness:.3f}, {r.seconds:.1f} s")

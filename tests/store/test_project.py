@@ -115,6 +115,18 @@ def test_umap_fit_and_transform(tmp_path):
         _check_placed_near_neighbours(store, "umap", new_rows)
 
 
+@pytest.mark.slow
+def test_unseeded_parallel_umap_is_recorded_as_unseeded_and_keeps_neighbours(tmp_path):
+    path = _clustered_store(tmp_path / "s.h5", n=300)
+    result = CliRunner().invoke(app, ["project", str(path), "--method", "umap", "--umap-parallel",
+                                      "--jobs", "2"])
+    assert result.exit_code == 0, result.output
+    with Store.open(path) as store:
+        info = store.projection_info("m", "umap")
+        assert info["params"]["random_state"] is None and info["params"]["n_jobs"] == 2
+        assert info["trustworthiness"] > TRUST_BOUND
+
+
 def test_tsne_of_encoded_cohort_and_cli(cohort, vae_run, tmp_path):
     """The real path: encode the synthetic cohort, project it from the CLI, read it back with `store info`."""
     store_path = tmp_path / "s.h5"
