@@ -121,7 +121,8 @@ def test_a_manifest_whose_first_images_all_fail_is_refused_before_the_store_exis
     manifest = write_manifest(table, cohort.parent / "m-moved.csv", load_manifest(cohort).schema)
     with pytest.raises(EmbedxError, match=r"none of the first 8 images") as err:
         encode(vae_run, manifest, tmp_path / "s.h5", workers=0)
-    assert "row 0:" in str(err.value) and "row 7:" in str(err.value) and "elsewhere/img7.png" in str(err.value)
+    message = str(err.value)
+    assert "row 0:" in message and "row 7:" in message and "elsewhere/img7.png" in message
     assert not (tmp_path / "s.h5").exists()
 
 
