@@ -46,10 +46,10 @@ def _add_new(path, n=40):
     return rows
 
 
-def _check_placed_near_neighbours(store: Store, method: str, new_rows: np.ndarray) -> None:
-    z = store.latents("m")
-    xy = store.projection("m", method)
-    status = store.projection_status("m", method)
+def _check_placed_near_neighbours(store: Store, method: str, new_rows: np.ndarray, model: str = "m") -> None:
+    z = store.latents(model)
+    xy = store.projection(model, method)
+    status = store.projection_status(model, method)
     ref = np.flatnonzero(status == 1)
     d_latent = ((z[new_rows, None, :] - z[None, ref, :]) ** 2).sum(-1)
     nearest = ref[d_latent.argmin(1)]
@@ -148,3 +148,26 @@ def test_tsne_of_encoded_cohort_and_cli(cohort, vae_run, tmp_path):
     assert "vae-tiny" in text and "site" in text and "tsne" in text
     with pytest.raises(StoreError, match="known models: vae-tiny"):
         project(str(store_path), "pca", ["nope"])
+
+
+def test_tsne_of_the_cohorts_dae_latents_keeps_neighbours_and_places_new_scans(cohort, dae_run, tmp_path):
+    """The issue's known answer on real DAE latents (z_sem of the synthetic cohort): the map keeps latent
+    neighbours, and scans encoded later land next to their nearest latent neighbour without a refit."""
+    from embedx.data.manifest import load_manifest, write_manifest
+
+    full = load_manifest(cohort)
+    first = write_manifest(full.table.iloc[:240], cohort.parent / "m-dae-first.csv", full.schema)
+    store_path = tmp_path / "dae.h5"
+    encode(dae_run, first, store_path, workers=0)
+    (fitted,) = project(str(store_path), "tsne", n_jobs=1)
+    assert fitted.n_fitted == 240 and fitted.trustworthiness > TRUST_BOUND
+    with Store.open(store_path) as store:
+        model = store.models()[0]
+        map_before = store.projection(model, "tsne").copy()
+    encode(dae_run, cohort, store_path, workers=0)  # the cohort grew by 60 scans
+    (placed,) = project(str(store_path), "tsne", transform_new=True, n_jobs=1)
+    assert placed.n_transformed == 60 and placed.n_fitted == 240
+    with Store.open(store_path) as store:
+        np.testing.assert_array_equal(store.projection(model, "tsne")[:240], map_before)  # old points stay
+        assert (store.projection_status(model, "tsne")[:240] == 1).all()
+        _check_placed_near_neighbours(store, "tsne", np.arange(240, 300), model=model)
