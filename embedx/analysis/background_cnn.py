@@ -9,6 +9,8 @@ permutation test (it would mean training the CNN hundreds of times); the verdict
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -83,6 +85,45 @@ def cnn_on_patches(
     }
 
 
+def fit_seed000_cnn(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator,
+    on_epoch: Callable[[], None] | None = None,
+) -> torch.nn.Module:
+    """Seed 000's 3-block CNN fitted with Adam and a class-balanced cross-entropy; returned in eval mode.
+
+    Balanced classes in the loss because the controls score balanced accuracy and AUROC, and a group with a
+    rare label must not be learnt as "always negative". Batches of one are skipped (batch-norm needs two).
+    """
+    from embedx.models.registry import build_model
+
+    model = build_model("cnn", None, image_size=x.shape[-1], channels=x.shape[1], num_classes=n_classes)
+    model = model.to(x.device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    counts = torch.bincount(y, minlength=n_classes).float()
+    weight = (counts.sum() / counts.clamp(min=1) / n_classes).to(x.device)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=generator)
+        for start in range(0, len(y), batch_size):
+            idx = order[start : start + batch_size]
+            if len(idx) < 2:
+                continue
+            loss = F.cross_entropy(model(x[idx]), y[idx], weight=weight)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        if on_epoch is not None:
+            on_epoch()
+    return model.eval()
+
+
 def _train_folds(
     x_all: torch.Tensor,
     y_all: torch.Tensor,
@@ -98,30 +139,11 @@ def _train_folds(
     seed: int,
 ) -> None:
     """Fit one CNN per grouped fold and write its test-fold predictions into ``pred``."""
-    from embedx.models.registry import build_model
-
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     with progress_bar(len(splits) * epochs, "background patches: CNN", unit="epoch") as advance:
         for train, test in splits:
-            model = build_model("cnn", None, image_size=shape[-1], channels=shape[1], num_classes=n_classes)
-            optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-            # Balanced classes in the loss, as balanced accuracy is the score.
-            counts = np.bincount(codes[train], minlength=n_classes).astype(np.float32)
-            weight = torch.from_numpy(counts.sum() / np.maximum(counts, 1) / n_classes)
-            xt, yt = x_all[train], y_all[train]
-            model.train()
-            for _ in range(epochs):
-                order = torch.randperm(len(train), generator=generator)
-                for start in range(0, len(train), batch_size):
-                    idx = order[start : start + batch_size]
-                    if len(idx) < 2:  # batch-norm needs two samples
-                        continue
-                    loss = F.cross_entropy(model(xt[idx]), yt[idx], weight=weight)
-                    optimiser.zero_grad()
-                    loss.backward()
-                    optimiser.step()
-                advance()
-            model.eval()
+            model = fit_seed000_cnn(x_all[train], y_all[train], n_classes, epochs=epochs,
+                                    batch_size=batch_size, lr=lr, generator=generator, on_epoch=advance)
             with torch.no_grad():
                 pred[test] = model(x_all[test]).argmax(1).numpy()

@@ -41,9 +41,9 @@ def _root(
 
 
 def _register_all() -> None:
-    from embedx.cli import analysis, controls, dashboard, data, demo, report, store, train
+    from embedx.cli import analysis, controls, dashboard, data, demo, experiment, report, store, train
 
-    for module in (data, train, store, analysis, controls, report, dashboard, demo):
+    for module in (data, train, store, analysis, controls, experiment, report, dashboard, demo):
         module.register(app)
 
 

@@ -339,3 +339,40 @@ def cluster_montage(grid: Sequence[Sequence[np.ndarray]], names: Sequence[str], 
         axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def shift_figure(result: Mapping[str, Any], metric: str = "auroc") -> Figure:
+    """One heatmap per difficulty tier: rows trained on, columns tested on, mean ± sd over replicates."""
+    tiers, train_groups = list(result["tiers"]), list(result["train_groups"])
+    cells = {(r["tier"], r["train"], r["test"]): r for r in result["summary"]}
+    fig, axes = plt.subplots(1, len(tiers), figsize=(1.2 * len(train_groups) * len(tiers) + 2.5,
+                                                      0.8 * len(train_groups) + 2.2), squeeze=False,
+                             layout="constrained")
+    im = None
+    for ax, tier in zip(axes[0], tiers, strict=True):
+        grid = np.full((len(train_groups), len(train_groups)), np.nan)
+        for i, train in enumerate(train_groups):
+            for j, test in enumerate(train_groups):
+                cell = cells.get((tier, train, test))
+                if cell is None or cell.get(f"{metric}_mean") is None:
+                    continue
+                grid[i, j] = cell[f"{metric}_mean"]
+                sd = cell.get(f"{metric}_sd")
+                ax.text(j, i, f"{grid[i, j]:.2f}" + (f"\n±{sd:.2f}" if sd else ""), ha="center", va="center",
+                        fontsize=8, fontweight="bold" if train == test else "normal")
+        im = ax.imshow(grid, cmap="RdYlGn", vmin=0.5, vmax=1.0)
+        ax.set_xticks(range(len(train_groups)))
+        ax.set_xticklabels(train_groups, rotation=30, ha="right")
+        ax.set_yticks(range(len(train_groups)))
+        ax.set_yticklabels(train_groups if ax is axes[0][0] else [])
+        ax.axhline(len(train_groups) - 1.5, color="white", linewidth=3)
+        ax.axvline(len(train_groups) - 1.5, color="white", linewidth=3)
+        ax.set_title(f"{tier} lesions" if tier != "all" else "all positives", fontsize=9)
+        ax.set_xlabel(f"tested on ({result['by']})")
+    axes[0][0].set_ylabel("trained on")
+    if im is not None:
+        fig.colorbar(im, ax=list(axes[0]), label=metric.upper() if metric == "auroc" else metric, shrink=0.8)
+    reps = result["settings"]["replicates"]
+    fig.suptitle(f"{result['target']} detector: train on one {result['by']}, test on each "
+                 f"(mean ± sd of {reps} replicate{'s' if reps > 1 else ''})", fontsize=10)
+    return fig
