@@ -214,18 +214,23 @@ def _gather(
             notes.append(
                 "no cross-site matrix: no site-like attribute (site / hospital / institution / centre)"
             )
-        elif not any(c.get("target") == target and c.get("site") == site for c in cross) and run_missing:
+        elif run_missing:
+            # Every model gets its matrix: a DAE and a VAE of one cohort can carry the site differently.
             from embedx.analysis.cross_site import cross_site
 
-            try:
-                cross.append(
-                    cross_site(store_path, target, site, models[0], n_bootstrap=n_bootstrap, seed=seed)
-                )
-                notes.append(
-                    f"cross-site matrix computed for the report: {target!r} across {site!r} ({models[0]})"
-                )
-            except EmbedxError as err:
-                notes.append(f"cross-site matrix not possible: {err}")
+            for model in models:
+                key = (model, target, site)
+                if any((c.get("model"), c.get("target"), c.get("site")) == key for c in cross):
+                    continue
+                try:
+                    cross.append(
+                        cross_site(store_path, target, site, model, n_bootstrap=n_bootstrap, seed=seed)
+                    )
+                    notes.append(
+                        f"cross-site matrix computed for the report: {target!r} across {site!r} ({model})"
+                    )
+                except EmbedxError as err:
+                    notes.append(f"cross-site matrix not possible for {model}: {err}")
     cross = _latest_by(cross, ("model", "target", "site"))
     # Clusters and distribution tests per model.
     clusters = {c["model"]: c for c in snap["clusters"]}

@@ -139,8 +139,9 @@ def test_report_json_has_design_card_probes_and_the_rest(built: tuple[Path, dict
     assert data["target"] == "finding"
     assert {c["model"] for c in data["clusters"]} == {"vae", "dae"}
     assert all("labels" not in c for c in data["clusters"])
-    cross = data["controls"]["cross_site"][0]
-    assert cross["target"] == "finding" and cross["site"] == "site" and len(cross["matrix"]) == 3
+    cross = data["controls"]["cross_site"]
+    assert {c["model"] for c in cross} == {"vae", "dae"}  # one matrix per model
+    assert all(c["target"] == "finding" and c["site"] == "site" and len(c["matrix"]) == 3 for c in cross)
     assert {d["model"] for d in data["controls"]["distribution"]} == {"vae", "dae"}
     assert [m["checkpoint_hash"] for m in data["provenance"]["models"]] == ["c0ffee", "beef"]
     assert any("PCA computed" in n or "PCA" in n for n in data["notes"])  # the dae had no stored map
@@ -154,6 +155,7 @@ def test_png_figures_are_written(built: tuple[Path, dict]) -> None:
         "figures/probes.png",
         "figures/map_vae_tsne.png",
         "figures/cross_site_vae_finding_site.png",
+        "figures/cross_site_dae_finding_site.png",
         "figures/fairness_vae_finding_sex.png",
     ):
         assert expected in files
