@@ -149,12 +149,8 @@ def bootstrap_balanced_accuracy(
     hit = (np.asarray(y_true) == np.asarray(y_pred))[:, None] * onehot
     total_s = index.per_subject(onehot)
     correct_s = index.per_subject(hit)
-    rng = np.random.default_rng(seed)
-    out = []
-    for step in _chunks(n_boot):
-        w = index.weights(step, rng)
-        out.append(balanced_accuracy_from_counts(w @ correct_s, w @ total_s))
-    return np.concatenate(out) if out else np.empty(0)
+    return _weighted_replicates(index, n_boot, seed,
+                                lambda w: balanced_accuracy_from_counts(w @ correct_s, w @ total_s))
 
 
 def bootstrap_mae(
@@ -169,11 +165,15 @@ def bootstrap_mae(
     index = index or SubjectIndex(groups)
     err_s = index.per_subject(np.abs(np.asarray(y_true, float) - np.asarray(y_pred, float)))
     rows_s = index.sizes.astype(float)
+    return _weighted_replicates(index, n_boot, seed, lambda w: (w @ err_s) / (w @ rows_s))
+
+
+def _weighted_replicates(index: SubjectIndex, n_boot: int, seed: int,
+                         statistic: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """`statistic(w)` on chunks of subject-resample weight rows (w: (chunk, n_subjects) counts), so metrics
+    with per-subject sufficient statistics bootstrap as matrix products without materialising resamples."""
     rng = np.random.default_rng(seed)
-    out = []
-    for step in _chunks(n_boot):
-        w = index.weights(step, rng)
-        out.append((w @ err_s) / (w @ rows_s))
+    out = [statistic(index.weights(step, rng)) for step in _chunks(n_boot)]
     return np.concatenate(out) if out else np.empty(0)
 
 
