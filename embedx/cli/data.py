@@ -26,13 +26,18 @@ def synth(
     prevalence: str = typer.Option(
         "", "--prevalence", help="Finding prevalence per site, e.g. north=0.5,south=0.05 (default 0.3 each)."
     ),
+    lesion_contrast: float = typer.Option(
+        1.0, "--lesion-contrast", help="Multiplier on the seed-001 lesion contrasts (1: subtle; 4-8: plain, "
+        "for supervised experiments such as `experiment shift`)."
+    ),
 ) -> None:
     """Synthetic cohort with known, injected signatures; ground truth written beside it."""
     from embedx.data.synth import generate_cohort, read_ground_truth
     from embedx.data.synth.common import parse_prevalence
 
     manifest = generate_cohort(
-        kind, n, out, size=size, strength=strength, seed=seed, prevalence=parse_prevalence(prevalence)
+        kind, n, out, size=size, strength=strength, seed=seed, prevalence=parse_prevalence(prevalence),
+        lesion_contrast=lesion_contrast,
     )
     truth = read_ground_truth(out)
     in_pixels = [k for k, v in truth["attributes"].items() if v["in_pixels"]]

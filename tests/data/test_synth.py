@@ -29,6 +29,7 @@ from sklearn.preprocessing import StandardScaler
 from typer.testing import CliRunner
 
 from embedx.data.synth import common, cxr, generate_cohort, mri, read_ground_truth
+from embedx.errors import EmbedxError
 
 N, SIZE = 320, 48
 
@@ -224,6 +225,34 @@ def test_lesion_is_the_seed_recipe() -> None:
         inner = dist < lesion["radius_px"] * (0.8 if module is cxr else 0.6)
         assert abs(diff[inner].mean() - 50.0) < 1.0
         assert np.abs(diff[dist > lesion["radius_px"] + 1.5]).max() <= 1.0
+
+
+def test_lesion_contrast_multiplies_the_recipe_and_is_recorded(tmp_path: Path) -> None:
+    """`--lesion-contrast 4`: the same positive differs from its contrast-1 twin by 3 x 50 inside the
+    nodule and by nothing outside it; lesions.csv and ground_truth.json carry the scaled contrast."""
+    row = {"subject_id": "s", "site": "north", "manufacturer": "VendorA", "view": "PA", "sex": "M",
+           "age": 60.0, "finding": 1, "finding_difficulty": "easy", "insurance": "public"}
+
+    def draw(scale: float) -> tuple[np.ndarray, dict]:
+        ss = np.random.SeedSequence(11)  # fresh each time: spawn() advances the sequence
+        return cxr.render(row, np.random.default_rng(ss), np.random.default_rng(ss.spawn(1)[0]), 128, 0.0,
+                          lesion_contrast=scale)
+
+    plain, lesion = draw(1.0)
+    strong, strong_lesion = draw(4.0)
+    diff = (strong.astype(np.float64) - plain) / cxr.PNG_SCALE
+    rows, cols = np.mgrid[:128, :128]
+    dist = np.hypot(rows - lesion["center_row"], cols - lesion["center_col"])
+    assert abs(diff[dist < 0.8 * lesion["radius_px"]].mean() - 150.0) < 3.0
+    assert np.abs(diff[dist > lesion["radius_px"] + 1.5]).max() <= 1.0
+    assert strong_lesion["contrast"] == 200.0 and lesion["contrast"] == 50.0
+    folder = generate_cohort("cxr", 30, tmp_path / "c", size=24, seed=2, prevalence=0.6,
+                             lesion_contrast=4.0).parent
+    assert read_ground_truth(folder)["lesion_contrast"] == 4.0
+    contrasts = pd.read_csv(folder / "lesions.csv")["contrast"]
+    assert len(contrasts) and set(contrasts) <= {200.0, 160.0}  # easy 50 x 4; medium and hard 40 x 4
+    with pytest.raises(EmbedxError, match="--lesion-contrast"):
+        generate_cohort("cxr", 3, tmp_path / "bad", size=24, lesion_contrast=0.0)
 
 
 def test_difficulty_proportions_and_prevalence() -> None:

@@ -51,12 +51,15 @@ def generate_cohort(
     seed: int = 0,
     prevalence: dict[str, float] | float | None = None,
     workers: int | None = None,
+    lesion_contrast: float = 1.0,
 ) -> Path:
     """Write a synthetic cohort of `n` images into `out` and return the manifest path.
 
     `strength` scales every acquisition signature (site, manufacturer, view): 0 makes them pure labels,
     1 is the documented signature, larger values exaggerate it. Anatomy (sex, age) and the finding are not
     scaled. `prevalence` maps site -> finding prevalence (Zech-style confounding); default 0.30 everywhere.
+    `lesion_contrast` multiplies the seed-001 lesion contrasts: at 1 a nodule is subtle at 64-128 px (a
+    probe finds it weakly, a few-minute detector not at all); 4-8 makes it plain for supervised experiments.
     The output is byte-identical for the same arguments, whatever `workers` is.
     """
     if kind not in KINDS:
@@ -65,6 +68,8 @@ def generate_cohort(
         raise EmbedxError(f"--size must be at least 16 pixels, got {size}")
     if not 0 <= strength <= MAX_STRENGTH:
         raise EmbedxError(f"--strength must lie in [0, {MAX_STRENGTH:g}], got {strength}")
+    if not 0 < lesion_contrast <= 50:
+        raise EmbedxError(f"--lesion-contrast must lie in (0, 50], got {lesion_contrast}")
     prevalences = common.resolve_prevalence(prevalence)
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -81,6 +86,7 @@ def generate_cohort(
             out,
             size,
             strength,
+            lesion_contrast,
             i,
             records[i : i + _CHUNK],
             cohort.subject_seeds[i : i + _CHUNK],
@@ -109,7 +115,7 @@ def generate_cohort(
     _write_manifest(table, manifest_path)
     lesion_rows = [{"path": paths[i], **rec} for i, rec in enumerate(lesions) if rec]
     pd.DataFrame(lesion_rows, columns=LESION_COLUMNS[kind]).to_csv(out / "lesions.csv", index=False)
-    truth = ground_truth(kind, n, size, strength, seed, prevalences, table)
+    truth = ground_truth(kind, n, size, strength, seed, prevalences, table, lesion_contrast)
     (out / "ground_truth.json").write_text(json.dumps(truth, indent=2) + "\n", encoding="utf-8")
     return manifest_path
 
@@ -127,17 +133,17 @@ def _remove_stale_images(folder: Path) -> None:
 
 def _render_chunk(job: tuple[Any, ...]) -> list[dict[str, Any]]:
     """Render and write rows [start, stop); returns one lesion record per row (empty dict when none)."""
-    kind, out, size, strength, start, rows, subject_seeds, image_seeds = job
+    kind, out, size, strength, lesion_contrast, start, rows, subject_seeds, image_seeds = job
     records: list[dict[str, Any]] = []
     for offset, row in enumerate(rows):
         i = start + offset
         subject = np.random.default_rng(subject_seeds[offset])
         image = np.random.default_rng(image_seeds[offset])
         if kind == "cxr":
-            pixels, lesion = cxr.render(row, subject, image, size, strength)
+            pixels, lesion = cxr.render(row, subject, image, size, strength, lesion_contrast)
             _write_png(out / "images" / f"{i:06d}.png", pixels)
         else:
-            volume, lesion = mri.render(row, subject, image, size, strength)
+            volume, lesion = mri.render(row, subject, image, size, strength, lesion_contrast)
             _write_nifti(out / "images" / f"{i:06d}.nii.gz", volume, size)
         records.append(lesion)
     return records
@@ -189,6 +195,7 @@ def ground_truth(
     seed: int,
     prevalence: dict[str, float],
     table: pd.DataFrame,
+    lesion_contrast: float = 1.0,
 ) -> dict[str, Any]:
     """The answer key: per attribute, whether and how it reaches the pixels at this strength."""
     module = cxr if kind == "cxr" else mri
@@ -233,6 +240,7 @@ def ground_truth(
         "size": size,
         "seed": seed,
         "strength": strength,
+        "lesion_contrast": lesion_contrast,
         "prevalence": prevalence,
         "attributes": attributes,
         "sites": {

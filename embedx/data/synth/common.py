@@ -281,12 +281,13 @@ def lesion_profile(dist_mm: np.ndarray, radius_mm: float, edge_mm: float) -> np.
     return np.clip((radius_mm + edge_mm / 2 - dist_mm) / edge_mm, 0.0, 1.0).astype(np.float32)
 
 
-def draw_lesion(rng: np.random.Generator, difficulty: str) -> dict[str, float]:
+def draw_lesion(rng: np.random.Generator, difficulty: str, contrast_scale: float = 1.0) -> dict[str, float]:
+    """One lesion of the seed-001 recipe; `contrast_scale` multiplies its contrast (1: the seed's)."""
     recipe = LESION_RECIPES[difficulty]
     lo, hi = recipe["radius_mm"]
     return {
         "radius_mm": float(rng.uniform(lo, hi)),
-        "contrast": float(recipe["contrast"]),
+        "contrast": float(recipe["contrast"]) * float(contrast_scale),
         "contrast_sd": float(recipe["contrast_sd"]),
         "edge_mm": float(recipe["edge_mm"]),
     }

@@ -133,7 +133,8 @@ def _ellipse(X: np.ndarray, Y: np.ndarray, cx: float, cy: float, ax: float, ay: 
 
 
 def render(
-    row: dict[str, Any], subject: np.random.Generator, image: np.random.Generator, size: int, strength: float
+    row: dict[str, Any], subject: np.random.Generator, image: np.random.Generator, size: int, strength: float,
+    lesion_contrast: float = 1.0,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """One radiograph as uint16 (size, size) plus the lesion record (empty for negatives)."""
     X0, Y0 = _grid(size)
@@ -187,7 +188,7 @@ def render(
 
     lesion: dict[str, Any] = {}
     if int(row["finding"]) == 1:
-        lesion = draw_lesion(image, row["finding_difficulty"])
+        lesion = draw_lesion(image, row["finding_difficulty"], lesion_contrast)
         r = lesion["radius_mm"] / MM_PER_UNIT
         side = -1.0 if image.random() < 0.5 else 1.0
         for _ in range(50):  # centre inside the lung ellipse shrunk by the radius, and above the diaphragm

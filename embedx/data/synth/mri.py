@@ -133,7 +133,8 @@ def _window(row_u: float, col_u: float, half_row: float, half_col: float, size: 
 
 
 def render(
-    row: dict[str, Any], subject: np.random.Generator, image: np.random.Generator, size: int, strength: float
+    row: dict[str, Any], subject: np.random.Generator, image: np.random.Generator, size: int, strength: float,
+    lesion_contrast: float = 1.0,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """One volume as int16 (size, size, SLICES) plus the lesion record (empty for negatives)."""
     X0, Y0, Z, sin_a, cos_a, sin_b, cos_b = _grid(size)
@@ -174,7 +175,7 @@ def render(
 
     lesion: dict[str, Any] = {}
     if int(row["finding"]) == 1:
-        lesion = draw_lesion(image, row["finding_difficulty"])
+        lesion = draw_lesion(image, row["finding_difficulty"], lesion_contrast)
         rad = lesion["radius_mm"] / MM_PER_UNIT
         inner = brain_r - 0.02
         for _ in range(100):  # centre so the whole sphere lies inside the brain ellipsoid
