@@ -1,7 +1,8 @@
 """What the latents encode: probes, fairness, harmonisation, clusters and controls.
 
-Entry points (see docs/architecture.md): `run_probes`, `run_fairness`, `run_confound_controls`; array-level
-`probe_arrays`, `fairness_arrays`, `ComBat`; shared statistics in `embedx.analysis.stats` and the JSON shapes
+Entry points (see docs/architecture.md): `run_probes`, `run_fairness`, `run_confound_controls`,
+`run_calibration`; the one probe core `LinearProbe` / `cross_validated_probe` -> `ProbeResult`; array-level
+`fairness_arrays`, `ComBat`; shared statistics in `embedx.analysis.stats` and the JSON shapes
 in `embedx.analysis.results`. Imports are lazy so that `import embedx.analysis` stays cheap.
 """
 
@@ -12,8 +13,12 @@ from embedx._lazy import lazy_getattr
 _EXPORTS = {
     "run_probes": "embedx.analysis.probes",
     "probe_arrays": "embedx.analysis.probes",
-    "probe_within_strata": "embedx.analysis.probes",
-    "ProbeConfig": "embedx.analysis.probes",
+    "probe_within_strata": "embedx.analysis.strata",
+    "ProbeConfig": "embedx.analysis.probe_core",
+    "LinearProbe": "embedx.analysis.probe_core",
+    "cross_validated_probe": "embedx.analysis.probe_core",
+    "ProbeResult": "embedx.analysis.probe_result",
+    "judge_family": "embedx.analysis.probe_result",
     "run_fairness": "embedx.analysis.fairness",
     "fairness_arrays": "embedx.analysis.fairness",
     "FairnessConfig": "embedx.analysis.fairness",

@@ -9,10 +9,11 @@ from 20x20 corners of COVID radiographs with LeNet-5.
 Here: each image is read and preprocessed exactly as for training (`PreprocessConfig`: robust intensity
 scaling, resize to ``size``), the patches are cut at that resolution, described by simple statistics
 (level, spread, quantiles, gradient and Laplacian energy, row/column structure, high-frequency power) or
-raw pixels, and probed with the linear SVM under subject-grouped folds. The score is balanced accuracy, with
-a cluster-bootstrap CI (subjects resampled), a subject-respecting permutation p-value, and chance 1/K
-(the expected balanced accuracy of any predictor that ignores the image). `encoded` is the verdict:
-p < alpha and the CI's lower bound above chance.
+raw pixels, and probed with the probe of every analysis (`embedx.analysis.probe_core`: class-balanced
+linear SVM, subject-grouped folds). The score is balanced accuracy, with a cluster-bootstrap CI (subjects
+resampled), a subject-respecting permutation p-value on label-free folds, and chance 1/K (the balanced
+accuracy of any predictor that ignores the image). `encoded` is the verdict: p < alpha, the CI's lower bound
+above chance, and a probe that predicts more than one class.
 
 ``auto=True`` picks the patch positions from the data instead of the corners: over a sample of images the
 cells that are darkest, flattest and most constant across images (see `auto_positions`), the same positions
@@ -22,21 +23,18 @@ for every image so the features stay comparable.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
 from embedx._version import __version__
-from embedx.analysis._linear import grouped_folds, linear_svm
-from embedx.analysis.stats import (
-    SubjectIndex,
-    bootstrap_balanced_accuracy,
-    percentile_ci,
-    permutation_pvalue,
-    permute_by_subject,
-)
+from embedx.analysis.probe_core import ProbeConfig, cross_validated_probe
+from embedx.analysis.probe_result import ProbeResult
+from embedx.analysis.typed import JsonResult
 from embedx.errors import EmbedxError, ImageReadError
 from embedx.progress import progress_bar
 
@@ -174,81 +172,78 @@ def features_of(patches: np.ndarray, mode: str = "stats") -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
+@dataclass(frozen=True)
+class BackgroundResult(JsonResult):
+    """The background-patch probe and how the patches were taken; its JSON form is the probe's, flattened."""
+
+    probe: ProbeResult
+    attribute: str
+    verdict: str
+    patch: int
+    size: int
+    positions: list[list[int]]
+    selection: str
+    features: str
+    n_missing: int = 0
+    n_failed: int = 0
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    manifest: str | None = None
+    cnn: dict[str, Any] | None = None
+    control: str = "background"
+    model: str = "background-patches"
+    embedx_version: str = __version__
+
+    def to_dict(self) -> dict[str, Any]:
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "probe"}
+        if own["cnn"] is None:
+            del own["cnn"]
+        from embedx.analysis.results import to_jsonable
+
+        return to_jsonable({**self.probe.to_dict(), **own})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BackgroundResult:
+        if isinstance(data, BackgroundResult):
+            return data
+        own = {f.name for f in fields(cls)} - {"probe"}
+        return cls(probe=ProbeResult.from_dict(data), **{k: v for k, v in data.items() if k in own})
+
+
 def probe_features(
     X: np.ndarray,
     y: np.ndarray,
     groups: np.ndarray,
     *,
     folds: int = 5,
-    n_permutations: int = 200,
+    n_permutations: int = 1000,
     n_bootstrap: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
-) -> dict:
-    """Grouped-CV linear SVM on features: balanced accuracy, CI, chance, permutation p (design-card shape)."""
+    attribute: str = "attribute",
+) -> ProbeResult:
+    """The probe on patch features: balanced accuracy, CI, chance 1/K, permutation p (design-card shape)."""
     y = np.asarray(y).astype(str)
-    groups = np.asarray(groups).astype(str)
-    classes, counts = np.unique(y, return_counts=True)
+    classes = np.unique(y)
     if len(classes) < 2:
         raise EmbedxError(
             f"the attribute has a single value ({classes[0] if len(classes) else 'none'}): "
             "nothing to tell apart"
         )
-    try:
-        splits = grouped_folds(y, groups, folds, seed)
-    except ValueError as err:
-        raise EmbedxError(f"background control: {err}") from err
-
-    def oof_predict(labels: np.ndarray) -> np.ndarray:
-        pred = np.empty(len(labels), dtype=labels.dtype)
-        for train, test in splits:
-            if len(np.unique(labels[train])) < 2:
-                pred[test] = labels[train][0]
-                continue
-            pred[test] = linear_svm().fit(X[train], labels[train]).predict(X[test])
-        return pred
-
-    def balanced(labels: np.ndarray, pred: np.ndarray) -> float:
-        recalls = [np.mean(pred[labels == c] == c) for c in np.unique(labels)]
-        return float(np.mean(recalls))
-
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        pred = oof_predict(y)
-        score = balanced(y, pred)
-        index = SubjectIndex(groups)
-        rng = np.random.default_rng(seed + 1)
-        null = []
-        with progress_bar(n_permutations, "background patches: permutations", unit="perm") as advance:
-            for _ in range(n_permutations):
-                yp = permute_by_subject(y, index, rng)
-                null.append(balanced(yp, oof_predict(yp)))
-                advance()
-    reps = bootstrap_balanced_accuracy(y, pred, groups, n_boot=n_bootstrap, seed=seed, index=index)
-    ci = percentile_ci(reps) if n_bootstrap else (float("nan"), float("nan"))
-    chance = 1.0 / len(classes)
-    p_value = permutation_pvalue(score, np.asarray(null)) if n_permutations else float("nan")
-    encoded = bool(p_value < alpha and ci[0] > chance)
-    return {
-        "kind": "categorical" if len(classes) > 2 else "binary",
-        "metric": "balanced_accuracy",
-        "score": score,
-        "ci": [float(ci[0]), float(ci[1])],
-        "chance": chance,
-        "p_value": p_value,
-        "encoded": encoded,
-        "n": len(y),
-        "n_subjects": int(index.n_subjects),
-        "classes": {str(c): int(n) for c, n in zip(classes, counts, strict=True)},
-        "folds": len(splits),
-        "permutation": {"n": n_permutations, "null_mean": float(np.mean(null)) if null else None},
-        "bootstrap": {"n": n_bootstrap, "unit": "subject"},
-        "estimator": "StandardScaler + LinearSVC(C=0.1, class_weight=balanced)",
-    }
+    cfg = ProbeConfig(
+        folds=folds, n_permutations=n_permutations, n_bootstrap=n_bootstrap, alpha=alpha, seed=seed
+    )
+    result = cross_validated_probe(
+        X,
+        y,
+        groups,
+        "categorical" if len(classes) > 2 else "binary",
+        model="background-patches",
+        attribute=attribute,
+        config=cfg,
+    )
+    if result.skipped:
+        raise EmbedxError(f"background control: {result.skipped}")
+    return result
 
 
 def background_control(
@@ -260,7 +255,7 @@ def background_control(
     auto: bool = False,
     features: str = "stats",
     folds: int = 5,
-    n_permutations: int = 200,
+    n_permutations: int = 1000,
     n_bootstrap: int = 1000,
     alpha: float = 0.05,
     seed: int = 0,
@@ -268,7 +263,7 @@ def background_control(
     cnn: bool = False,
     cnn_epochs: int = 30,
     store_path: str | Path | None = None,
-) -> dict:
+) -> BackgroundResult:
     """Probe ``attribute`` from background patches of the manifest's images (see the module doc).
 
     ``manifest`` is a `Manifest` or a path to one. With ``store_path`` the result is also written to that
@@ -290,7 +285,7 @@ def background_control(
     labels = table[attribute].to_numpy()[ok]
     y = np.array([str(int(v)) if isinstance(v, float) and float(v).is_integer() else str(v) for v in labels])
     groups = table["subject_id"].astype(str).to_numpy()[ok]
-    result = probe_features(
+    probe = probe_features(
         X,
         y,
         groups,
@@ -299,38 +294,38 @@ def background_control(
         n_bootstrap=n_bootstrap,
         alpha=alpha,
         seed=seed,
+        attribute=attribute,
     )
     verdict = (
         "acquisition signature: the attribute is readable from blank background"
-        if result["encoded"]
+        if probe.encoded
         else "not distinguishable from chance on blank background"
     )
-    out = {
-        "control": "background",
-        "model": "background-patches",
-        "attribute": attribute,
-        **result,
-        "verdict": verdict,
-        "patch": patch,
-        "size": size,
-        "positions": [list(p) for p in positions],
-        "selection": "auto (darkest, flattest grid cells)" if auto else "corners",
-        "features": features,
-        "n_missing": int(n_missing),
-        "n_failed": len(failed),
-        "failed": failed[:100],
-        "manifest": str(manifest.source) if manifest.source else None,
-        "embedx_version": __version__,
-    }
+    cnn_result = None
     if cnn:
         from embedx.analysis.background_cnn import cnn_on_patches
 
-        out["cnn"] = cnn_on_patches(
+        cnn_result = cnn_on_patches(
             patches, y, groups, folds=folds, epochs=cnn_epochs, n_bootstrap=n_bootstrap, seed=seed
         )
+    out = BackgroundResult(
+        probe=probe,
+        attribute=attribute,
+        verdict=verdict,
+        patch=patch,
+        size=size,
+        positions=[list(p) for p in positions],
+        selection="auto (darkest, flattest grid cells)" if auto else "corners",
+        features=features,
+        n_missing=int(n_missing),
+        n_failed=len(failed),
+        failed=failed[:100],
+        manifest=str(manifest.source) if manifest.source else None,
+        cnn=cnn_result,
+    )
     if store_path is not None:
         from embedx.store.h5store import Store
 
         with Store.open(store_path, "a") as store:
-            store.write_analysis("controls", f"background__{attribute}", out)
+            store.write_analysis("controls", f"background__{attribute}", out.to_dict())
     return out

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from embedx.analysis._linear import grouped_folds
+from embedx.analysis.folds import stratified_splits
 from embedx.analysis.stats import bootstrap_balanced_accuracy, percentile_ci
 from embedx.errors import EmbedxError
 from embedx.progress import progress_bar
@@ -45,7 +45,7 @@ def cnn_on_patches(
     codes = np.searchsorted(classes, y)
     x_all = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32))
     y_all = torch.from_numpy(codes.astype(np.int64))
-    splits = grouped_folds(y, groups, folds, seed)
+    splits = stratified_splits(y, groups, folds, seed)
     pred = np.empty(len(y), dtype=np.int64)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a few thousand tiny patches: one thread beats two that fight for the cores

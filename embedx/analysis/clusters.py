@@ -18,7 +18,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from embedx._version import __version__
 from embedx.analysis.enrichment import bh_adjust, enrichment, sort_rows
+from embedx.analysis.typed import JsonResult
 from embedx.data.schema import AttributeSpec
 from embedx.errors import EmbedxError
 
@@ -39,6 +40,43 @@ Method = Literal["kmeans", "hdbscan"]
 HDBSCAN_FIT_MAX = 10_000  # HDBSCAN's cost grows ~quadratically: fit on a sample, extend by 1-NN
 KMEANS_FULL_MAX = 50_000  # above this, MiniBatchKMeans for the final fit
 SILHOUETTE_SAMPLE = 3_000
+
+
+@dataclass(frozen=True)
+class ClusterSummary(JsonResult):
+    """One cluster: its size, what is over-represented in it, and the samples nearest its centre."""
+
+    id: int
+    name: str
+    size: int
+    fraction: float
+    top_attribute: str | None
+    attributes: list[dict[str, Any]]
+    enriched: list[dict[str, Any]]
+    continuous: list[dict[str, Any]]
+    tests: list[dict[str, Any]]
+    representatives: list[str]
+    representative_rows: list[int]
+
+
+@dataclass(frozen=True)
+class ClustersResult(JsonResult):
+    """A clustering of one model's latents, every cluster described, and the label of every store row."""
+
+    model: str
+    method: str
+    params: dict[str, Any]
+    n: int
+    n_clusters: int
+    n_noise: int
+    silhouette: float | None
+    clusters: tuple[ClusterSummary, ...]
+    labels: list[int]
+    correction: str = "Benjamini-Hochberg across all clusters x attribute values"
+    test_unit: str = (
+        "one image per subject (seeded draw) for tests and odds ratios; counts and folds describe all images"
+    )
+    embedx_version: str = __version__
 
 
 @dataclass
@@ -215,7 +253,7 @@ def describe_clusters(
     min_fold: float = 1.2,
     n_representatives: int = 8,
     groups: np.ndarray | None = None,
-) -> list[dict]:
+) -> list[ClusterSummary]:
     """Per cluster: size, enrichment (BH across all clusters x values), Cramér's V, representatives, name.
 
     ``groups`` (subject ids) makes the tests subject-level (one image per subject), as a patient's images
@@ -255,24 +293,24 @@ def describe_clusters(
         reps = members[np.argsort(dist)[:n_representatives]]
         top = enriched.sort_values("cramers_v", ascending=False)
         out.append(
-            {
-                "id": cid,
-                "name": "noise (not clustered)" if cid < 0 else _name(cid, enriched, continuous),
-                "size": int(member.sum()),
-                "fraction": float(member.mean()),
-                "top_attribute": None if top.empty else str(top.iloc[0]["attribute"]),
-                "attributes": _records(attr_v),
-                "enriched": _records(enriched),
-                "continuous": _records(rows.loc[(rows["kind"] == "continuous").to_numpy()]),
-                "tests": _records(rows),
-                "representatives": [str(sample_ids[i]) for i in reps],
-                "representative_rows": [int(i) for i in reps],
-            }
+            ClusterSummary(
+                id=cid,
+                name="noise (not clustered)" if cid < 0 else _name(cid, enriched, continuous),
+                size=int(member.sum()),
+                fraction=float(member.mean()),
+                top_attribute=None if top.empty else str(top.iloc[0]["attribute"]),
+                attributes=_records(attr_v),
+                enriched=_records(enriched),
+                continuous=_records(rows.loc[(rows["kind"] == "continuous").to_numpy()]),
+                tests=_records(rows),
+                representatives=[str(sample_ids[i]) for i in reps],
+                representative_rows=[int(i) for i in reps],
+            )
         )
     return out
 
 
-def _resolve_model(models: list[str], model: str | None, store_path: str | Path) -> str:
+def resolve_model(models: list[str], model: str | None, store_path: str | Path) -> str:
     if not models:
         raise EmbedxError(f"{store_path}: the store holds no embeddings yet (run `embedx encode` first)")
     if model is None:
@@ -292,7 +330,7 @@ def run_clusters(
     seed: int = 0,
     alpha: float = 0.05,
     write: bool = True,
-) -> dict:
+) -> ClustersResult:
     """Cluster one model's latents, describe every cluster, and write `/analysis/clusters/<model>`.
 
     Returns the payload: model, method, params, n, n_clusters, n_noise, silhouette, clusters (see
@@ -301,7 +339,7 @@ def run_clusters(
     from embedx.store.h5store import Store
 
     with Store.open(store_path, "r") as store:
-        model = _resolve_model(store.models(), model, store_path)
+        model = resolve_model(store.models(), model, store_path)
         z = store.latents(model)
         mask = store.encoded_mask(model)
         attributes = store.attributes()
@@ -318,25 +356,23 @@ def run_clusters(
         alpha=alpha,
         groups=subject_ids[rows],
     )
-    for cluster in clusters:  # back to store row numbers
-        cluster["representative_rows"] = [int(rows[i]) for i in cluster["representative_rows"]]
+    clusters = [
+        c.replace(representative_rows=[int(rows[i]) for i in c.representative_rows]) for c in clusters
+    ]
     labels = np.full(len(mask), -2, dtype=int)
     labels[rows] = clustering.labels
-    payload = {
-        "model": model,
-        "method": method,
-        "params": clustering.params | {"seed": seed, "alpha": alpha},
-        "n": len(rows),
-        "n_clusters": len([c for c in clusters if c["id"] >= 0]),
-        "n_noise": int((clustering.labels < 0).sum()),
-        "silhouette": clustering.silhouette,
-        "correction": "Benjamini-Hochberg across all clusters x attribute values",
-        "test_unit": "one image per subject (seeded draw); counts and folds describe all images",
-        "embedx_version": __version__,
-        "clusters": clusters,
-        "labels": labels.tolist(),
-    }
+    payload = ClustersResult(
+        model=model,
+        method=method,
+        params=clustering.params | {"seed": seed, "alpha": alpha},
+        n=len(rows),
+        n_clusters=len([c for c in clusters if c.id >= 0]),
+        n_noise=int((clustering.labels < 0).sum()),
+        silhouette=clustering.silhouette,
+        clusters=tuple(clusters),
+        labels=labels.tolist(),
+    )
     if write:
         with Store.open(store_path, "a") as store:
-            store.write_analysis("clusters", model, payload)
+            store.write_analysis("clusters", model, payload.to_dict())
     return payload

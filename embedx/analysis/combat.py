@@ -7,8 +7,17 @@ features by empirical Bayes, which keeps small sites from being over-fitted.
 
 Why it is implemented here: neuroCombat is not a dependency, and its "from training" path is marked under
 development and takes no covariates. The users' top request (fairness-anchors, user ask 4) is exactly that:
-fit on train, apply to test. `ComBat.fit` sees training rows only and `transform` uses nothing but the fitted
-parameters, the row's own site and its covariates, so held-out rows cannot influence the harmonisation.
+fit on train, apply to test. `ComBat.fit` sees training rows only, so held-out rows cannot influence the
+harmonisation.
+
+**Blind to the probed label.** neuroCombat's `transform` subtracts each row's own covariate term (beta x its
+sex and age) before rescaling and adds it back after, so a harmonised row depends on its own sex and age:
+probing sex after such a ComBat would read a label that was written into the features. The control therefore
+transforms every row *blind* (`transform(Y, batch)` without covariates): the covariate term is the training
+rows' average, identical for every row, so a row's harmonised features depend on its latents and its site
+only. The covariates still do their job in `fit` (the site effects are estimated net of sex and age); the
+biology in a row's latents is kept, scaled by its site's 1/sqrt(delta). `transform(Y, batch, covariates)`
+reproduces neuroCombat exactly where that is wanted (regression-tested against neuroCombat).
 
 The control (`probe_after_combat`): if a site probe falls to chance after harmonisation while the sex and age
 probes hold, the site signal was a location/scale shift per feature; if site stays decodable, it lives in
@@ -24,10 +33,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from embedx.analysis.probes import ProbeConfig, apply_holm, grouped_folds, probe_arrays
+from embedx.analysis.folds import subject_folds
+from embedx.analysis.probe_core import ProbeConfig, cross_validated_probe
+from embedx.analysis.probe_result import ProbeResult, judge_family
+from embedx.analysis.strata import StrataResult, probe_within_strata
+from embedx.analysis.typed import JsonResult
 from embedx.errors import EmbedxError
 
-__all__ = ["ComBat", "probe_after_combat"]
+__all__ = ["ComBat", "CombatResult", "probe_after_combat", "run_confound_controls"]
 
 _EPS = 1e-8
 
@@ -113,6 +126,7 @@ class ComBat:
             self.gamma_, self.delta_ = self._shrink(s, codes, n_b, gamma_hat, delta_hat)
         else:
             self.gamma_, self.delta_ = gamma_hat, delta_hat
+        self.mean_covariate_term_ = C.mean(axis=0) @ self.beta_ if C.shape[1] else np.zeros(Y.shape[1])
         self.n_fit_ = len(Y)
         return self
 
@@ -148,7 +162,12 @@ class ComBat:
     def transform(
         self, Y: np.ndarray, batch: Sequence[Any], covariates: pd.DataFrame | None = None
     ) -> np.ndarray:
-        """Harmonise rows with the fitted parameters only (sites must have been seen in `fit`)."""
+        """Harmonise rows with the fitted parameters only (sites must have been seen in `fit`).
+
+        Without `covariates` the transform is blind: every row gets the training rows' mean covariate term,
+        so its output depends on its latents and site alone (see the module doc). With them, each row's own
+        covariate term is used, as neuroCombat does.
+        """
         if not hasattr(self, "gamma_"):
             raise EmbedxError("ComBat.transform called before fit")
         Y = np.asarray(Y, dtype=np.float64)
@@ -160,9 +179,11 @@ class ComBat:
                 f"ComBat: site(s) {unseen} not in the training rows (ComBat cannot harmonise unseen sites)"
             )
         codes = np.array([lookup[b] for b in batch], dtype=int)
-        covariates = None if covariates is None else covariates.reset_index(drop=True)
-        C = self.design_.matrix(covariates, len(Y))
-        stand_mean = self.grand_mean_ + C @ self.beta_
+        if covariates is None:
+            stand_mean = self.grand_mean_ + self.mean_covariate_term_
+        else:
+            C = self.design_.matrix(covariates.reset_index(drop=True), len(Y))
+            stand_mean = self.grand_mean_ + C @ self.beta_
         scale = np.sqrt(self.var_pooled_)
         s = (Y - stand_mean) / scale
         adjusted = (s - self.gamma_[codes]) / np.sqrt(self.delta_[codes])
@@ -172,6 +193,37 @@ class ComBat:
         self, Y: np.ndarray, batch: Sequence[Any], covariates: pd.DataFrame | None = None
     ) -> np.ndarray:
         return self.fit(Y, batch, covariates).transform(Y, batch, covariates)
+
+
+@dataclass(frozen=True)
+class CombatResult(JsonResult):
+    """The probes on the same folds before and after a train-fold-only ComBat by `batch`."""
+
+    model: str
+    batch: str
+    covariates: tuple[str, ...]
+    n: int
+    n_excluded: int
+    folds: str
+    before: tuple[ProbeResult, ...]
+    after: tuple[ProbeResult, ...]
+    control: str = "combat"
+
+
+def _folds_covering_sites(groups: np.ndarray, site: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Label-free subject folds in which every training fold holds at least 2 rows of every site.
+
+    ComBat cannot harmonise a site it has not seen. Shuffles are redrawn (seed, seed + 1, ...) until every
+    training fold covers every site; sites too small for that are refused by the caller first.
+    """
+    for attempt in range(50):
+        fold = subject_folds(groups, folds, seed + attempt)
+        if all(np.sum((fold != f) & (site == s)) >= 2 for f in range(folds) for s in np.unique(site)):
+            return fold
+    raise EmbedxError(
+        "ComBat control: no fold split leaves every site in every training fold; "
+        "a site has too few subjects (drop it or use fewer folds)"
+    )
 
 
 def probe_after_combat(
@@ -185,13 +237,12 @@ def probe_after_combat(
     probe: Sequence[str] | None = None,
     config: ProbeConfig | None = None,
     model: str = "model",
-) -> dict[str, Any]:
-    """Re-probe after ComBat by `batch` (fitted on each outer training fold, applied to its test fold).
+) -> CombatResult:
+    """Re-probe after ComBat by `batch`, fitted on each outer training fold and applied blind to all rows.
 
-    The same grouped folds serve the probes before and after harmonisation, so the comparison is paired.
-    Rows lacking the batch label, a covariate or a finite latent row are excluded and counted. Returns
-    `{"batch", "covariates", "n", "n_excluded", "before": [probe dicts], "after": [probe dicts]}`; Holm runs
-    within each of the two families.
+    The same label-free subject folds serve the probes before and after harmonisation (a paired comparison)
+    and their permutation tests. Rows lacking the batch label, a covariate or a finite latent row are
+    excluded and counted. Holm runs within each of the two families.
     """
     cfg = config or ProbeConfig()
     covariates = [c for c in covariates if c != batch]
@@ -204,53 +255,49 @@ def probe_after_combat(
     frame = attributes.reset_index(drop=True)
     ok = np.all(np.isfinite(X), axis=1) & frame[[batch, *covariates]].notna().all(axis=1).to_numpy()
     rows = np.flatnonzero(ok)
-    Xk, frame_k, groups_k = (
-        X[rows],
-        frame.iloc[rows].reset_index(drop=True),
-        np.asarray(groups).astype(str)[rows],
-    )
+    Xk, frame_k = X[rows], frame.iloc[rows].reset_index(drop=True)
+    groups_k = np.asarray(groups).astype(str)[rows]
     site = frame_k[batch].astype(str).to_numpy()
-    fold = grouped_folds(np.unique(site, return_inverse=True)[1].reshape(-1), groups_k, cfg.folds, cfg.seed)
+    fold = _folds_covering_sites(groups_k, site, cfg.folds, cfg.seed)
     cov_frame = frame_k[covariates] if covariates else None
     cache: dict[int, np.ndarray] = {}
 
     def harmonised(f: int) -> np.ndarray:
-        """All rows harmonised by a ComBat fitted on fold f's training rows only."""
+        """All rows harmonised (blind) by a ComBat fitted on fold f's training rows only."""
         if f not in cache:
             train = fold != f
             combat = ComBat().fit(Xk[train], site[train], None if cov_frame is None else cov_frame[train])
-            cache[f] = combat.transform(Xk, site, cov_frame)
+            cache[f] = combat.transform(Xk, site)
         return cache[f]
 
     before, after = [], []
     for attribute in probe:
         kind = kinds.get(attribute, "categorical")
         y = frame_k[attribute].to_numpy()
-        before.append(
-            probe_arrays(Xk, y, groups_k, kind, model=model, attribute=attribute, config=cfg, fold=fold)
-        )  # type: ignore[arg-type]
-        r = probe_arrays(
-            Xk, y, groups_k, kind, model=model, attribute=attribute, config=cfg, fold=fold, fold_X=harmonised
-        )  # type: ignore[arg-type]
-        r["harmonised"] = {
-            "method": "ComBat (empirical Bayes)",
-            "batch": batch,
-            "covariates": covariates,
-            "fit": "outer training folds only",
-        }
-        after.append(r)
-    apply_holm(before, cfg.alpha)
-    apply_holm(after, cfg.alpha)
-    return {
-        "control": "combat",
-        "model": model,
-        "batch": batch,
-        "covariates": covariates,
-        "n": len(rows),
-        "n_excluded": int(len(X) - len(rows)),
-        "before": before,
-        "after": after,
-    }
+        options = {"model": model, "attribute": attribute, "config": cfg, "fold": fold}
+        before.append(cross_validated_probe(Xk, y, groups_k, kind, **options))  # type: ignore[arg-type]
+        r = cross_validated_probe(Xk, y, groups_k, kind, fold_X=harmonised, **options)  # type: ignore[arg-type]
+        after.append(
+            r.replace(
+                harmonised={
+                    "method": "ComBat (empirical Bayes)",
+                    "batch": batch,
+                    "covariates": covariates,
+                    "fit": "outer training folds only",
+                    "transform": "blind to covariates (training mean term)",
+                }
+            )
+        )
+    return CombatResult(
+        model=model,
+        batch=batch,
+        covariates=tuple(covariates),
+        n=len(rows),
+        n_excluded=int(len(X) - len(rows)),
+        folds="label-free subject folds, shared before / after (every site in every training fold)",
+        before=tuple(judge_family(before, cfg.alpha)),
+        after=tuple(judge_family(after, cfg.alpha)),
+    )
 
 
 def run_confound_controls(
@@ -262,7 +309,7 @@ def run_confound_controls(
     covariates: Sequence[str] = ("sex", "age"),
     config: ProbeConfig | None = None,
     write: bool = True,
-) -> list[dict[str, Any]]:
+) -> list[StrataResult | CombatResult]:
     """The two confound controls of the site probe, for each model of a store.
 
     1. `probe_within_strata`: the `attribute` probe inside each stratum of `within` (sex x age band);
@@ -271,16 +318,15 @@ def run_confound_controls(
        covariates hold.
     Written to `/analysis/controls/within_strata__<model>__<attribute>` and `combat__<model>__<attribute>`.
     """
-    from embedx.analysis.probes import _resolve, probe_within_strata
-    from embedx.analysis.results import to_jsonable
+    from embedx.analysis.probes import resolve_names
     from embedx.store.h5store import Store
 
     cfg = config or ProbeConfig()
-    outputs: list[dict[str, Any]] = []
+    outputs: list[StrataResult | CombatResult] = []
     with Store.open(store_path) as store:
         schema = store.schema()
-        names = _resolve(models, store.models(), "model", store_path)
-        _resolve([attribute, *within, *covariates], list(schema), "attribute", store_path)
+        names = resolve_names(models, store.models(), "model", store_path)
+        resolve_names([attribute, *within, *covariates], list(schema), "attribute", store_path)
         kinds = {name: spec.kind for name, spec in schema.items()}
         table = store.attributes()
         subjects = np.asarray(store.subject_ids).astype(str)
@@ -308,6 +354,6 @@ def run_confound_controls(
     if write:
         with Store.open(store_path, mode="a") as store:
             for out in outputs:
-                key = f"{out['control']}__{out['model']}__{attribute}"
-                store.write_analysis("controls", key.replace("/", "_"), to_jsonable(out))
+                key = f"{out.control}__{out.model}__{attribute}"
+                store.write_analysis("controls", key.replace("/", "_"), out.to_dict())
     return outputs

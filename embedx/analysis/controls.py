@@ -5,16 +5,20 @@
   (`embedx.analysis.cross_site`);
 * `distribution_tests` — KS per PCA mode between groups, Benjamini-Yekutieli (`embedx.analysis.distribution`).
 
-Each returns a JSON-ready dict and writes it under `/analysis/controls/<key>` of the store when asked.
+Each returns a typed result (`BackgroundResult`, `CrossSiteResult`, `DistributionResult`; `.to_dict()` is
+the JSON) and writes it under `/analysis/controls/<key>` of the store when asked.
 """
 
 from __future__ import annotations
 
-from embedx.analysis.background import background_control
-from embedx.analysis.cross_site import cross_site, cross_site_arrays
-from embedx.analysis.distribution import distribution_tests, distribution_tests_arrays
+from embedx.analysis.background import BackgroundResult, background_control
+from embedx.analysis.cross_site import CrossSiteResult, cross_site, cross_site_arrays
+from embedx.analysis.distribution import DistributionResult, distribution_tests, distribution_tests_arrays
 
 __all__ = [
+    "BackgroundResult",
+    "CrossSiteResult",
+    "DistributionResult",
     "background_control",
     "cross_site",
     "cross_site_arrays",

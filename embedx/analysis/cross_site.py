@@ -3,7 +3,7 @@
 A finding probe that scores well inside its own hospitals can owe part of that score to *recognising the
 hospital*: when prevalence differs by site and the latents encode the site, ranking images by site already
 ranks them by disease (Zech: AUC 0.861 from hospital alone). Outside those hospitals that shortcut is worth
-nothing. Three views of it, all from one linear-SVM probe family (see `_linear`), AUC throughout:
+nothing. Three views of it, all from the probe of every analysis (`probe_core.LinearProbe`), AUC throughout:
 
 * ``matrix[i][j]``: trained on site i, scored on site j. The diagonal is internal: out-of-fold scores of a
   subject-grouped CV inside site i. Off the diagonal the model fitted on all of site i scores site j.
@@ -21,14 +21,17 @@ minus the model trained on i, on the very same subjects of j). Predictions are f
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from embedx._version import __version__
-from embedx.analysis._linear import auc_weighted, fit_tuned, oof_scores, subject_weights
-from embedx.analysis.stats import percentile_ci
+from embedx.analysis.labels import positive_class
+from embedx.analysis.probe_core import ProbeConfig, out_of_fold_scores
+from embedx.analysis.stats import auc_weighted, count_dropped, percentile_ci, stratified_subject_weights
+from embedx.analysis.typed import JsonResult
 from embedx.errors import EmbedxError
 from embedx.progress import progress_bar
 
@@ -37,36 +40,36 @@ log = logging.getLogger(__name__)
 MIN_PER_CLASS = 5  # a site needs this many positives and negatives (and 2 subjects of each) to be a cell
 
 
-def _positive_mask(values: pd.Series, target: str, positive: str | None) -> tuple[np.ndarray, str]:
-    present = values.dropna()
-    uniques = sorted(present.unique(), key=lambda v: str(v))
-    if len(uniques) != 2:
-        raise EmbedxError(
-            f"cross-site needs a binary target; {target!r} has {len(uniques)} distinct values "
-            f"({', '.join(map(str, uniques[:6]))})"
-        )
-    if positive is None:
-        # 1 / True / "yes"-like wins; otherwise the second value in sorted order.
-        pick = next(
-            (u for u in uniques if str(u).lower() in {"1", "1.0", "true", "yes", "positive"}), uniques[1]
-        )
-    else:
-        matches = [u for u in uniques if str(u) == positive or _num_equal(u, positive)]
-        if not matches:
-            raise EmbedxError(
-                f"--positive {positive!r} is not a value of {target!r} ({', '.join(map(str, uniques))})"
-            )
-        pick = matches[0]
-    label = values.map(lambda v: v == pick if pd.notna(v) else False).to_numpy(dtype=bool)
-    text = str(int(pick)) if isinstance(pick, float) and float(pick).is_integer() else str(pick)
-    return label, text
+@dataclass(frozen=True)
+class CrossSiteResult(JsonResult):
+    """The train-on-site-i / test-on-site-j matrix, pooled and leave-one-site-out AUCs, paired differences."""
 
-
-def _num_equal(value: object, text: str) -> bool:
-    try:
-        return float(value) == float(text)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
+    sites: list[str]
+    skipped_sites: dict[str, str]
+    n: dict[str, int]
+    positives: dict[str, int]
+    prevalence: dict[str, float]
+    matrix: list[list[float | None]]
+    matrix_ci: list[list[list[float | None]]]
+    pooled: dict[str, Any]
+    leave_one_site_out: list[dict[str, Any]]
+    pairs: list[dict[str, Any]]
+    internal_vs_external: dict[str, Any]
+    folds: int
+    n_bootstrap: int
+    seed: int
+    metric: str = "auc"
+    matrix_axes: str = "rows: trained on; columns: tested on; diagonal: grouped CV within the site"
+    bootstrap: str = "subjects resampled within each site; all cells re-scored on the same draws (paired)"
+    bootstrap_dropped: dict[str, int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    control: str = "cross_site"
+    model: str | None = None
+    target: str | None = None
+    site: str | None = None
+    positive: str | None = None
+    n_missing: int = 0
+    embedx_version: str = __version__
 
 
 def cross_site_arrays(
@@ -80,8 +83,21 @@ def cross_site_arrays(
     seed: int = 0,
     tune: bool = True,
     min_per_class: int = MIN_PER_CLASS,
-) -> dict:
+) -> CrossSiteResult:
     """The whole analysis on arrays: X (n, d), y (n,) bool target, site (n,) str, groups (n,) subjects."""
+    cfg = ProbeConfig(folds=folds, seed=seed, **({} if tune else {"c_grid": (0.1,)}))
+    notes: set[str] = set()
+
+    def oof(rows: np.ndarray) -> np.ndarray:
+        scores, _, fold_notes = out_of_fold_scores(X[rows], y[rows], groups[rows], cfg)
+        notes.update(fold_notes)
+        return scores
+
+    def fitted(rows: np.ndarray):
+        probe = cfg.estimator("classification").fit(X[rows], y[rows], groups[rows])
+        notes.update(probe.notes_)
+        return probe
+
     y = np.asarray(y, dtype=bool)
     site = np.asarray(site).astype(str)
     groups = np.asarray(groups).astype(str)
@@ -112,20 +128,20 @@ def cross_site_arrays(
     with progress_bar(2 * K + 1, "cross-site probes", unit="fits") as advance:
         for s in sites:
             r = rows_of[s]
-            cells[(s, s)] = (r, oof_scores(X[r], y[r], groups[r], folds, seed, tune))
-            model = fit_tuned(X[r], y[r], groups[r], seed, tune)
+            cells[(s, s)] = (r, oof(r))
+            model = fitted(r)
             for t in sites:
                 if t != s:
                     cells[(s, t)] = (rows_of[t], model.decision_function(X[rows_of[t]]))
             advance()
         all_rows = np.arange(len(y))
-        pooled_scores = oof_scores(X, y, groups, folds, seed, tune)
+        pooled_scores = oof(all_rows)
         advance()
         loso: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for s in sites:
             train = np.flatnonzero(site != s)
-            internal = oof_scores(X[train], y[train], groups[train], folds, seed, tune)
-            model = fit_tuned(X[train], y[train], groups[train], seed, tune)
+            internal = oof(train)
+            model = fitted(train)
             loso[s] = (train, internal, model.decision_function(X[rows_of[s]]))
             advance()
 
@@ -158,7 +174,7 @@ def cross_site_arrays(
     done = 0
     while done < n_bootstrap:
         step = min(chunk, n_bootstrap - done)
-        collect(subject_weights(site, groups, step, rng), boot, False)
+        collect(stratified_subject_weights(site, groups, step, rng), boot, False)
         done += step
     reps = {k: np.concatenate(v) for k, v in boot.items()} if boot else {}
 
@@ -226,31 +242,30 @@ def cross_site_arrays(
         if lo is not None and lo > 0
         else "no internal-external gap distinguishable from zero"
     )
-    return {
-        "sites": sites,
-        "skipped_sites": skipped,
-        "n": {s: len(rows_of[s]) for s in sites},
-        "positives": {s: int(y[rows_of[s]].sum()) for s in sites},
-        "prevalence": {s: float(y[rows_of[s]].mean()) for s in sites},
-        "metric": "auc",
-        "matrix": matrix,
-        "matrix_ci": matrix_ci,
-        "matrix_axes": "rows: trained on; columns: tested on; diagonal: grouped CV within the site",
-        "pooled": {
+    return CrossSiteResult(
+        sites=sites,
+        skipped_sites=skipped,
+        n={s: len(rows_of[s]) for s in sites},
+        positives={s: int(y[rows_of[s]].sum()) for s in sites},
+        prevalence={s: float(y[rows_of[s]].mean()) for s in sites},
+        matrix=matrix,
+        matrix_ci=matrix_ci,
+        pooled={
             "auc": _num(point["pooled"]),
             "ci": ci("pooled"),
             "by_site": {
                 s: {"auc": _num(point[f"pooled_site:{s}"]), "ci": ci(f"pooled_site:{s}")} for s in sites
             },
         },
-        "leave_one_site_out": loso_out,
-        "pairs": pairs,
-        "internal_vs_external": headline,
-        "folds": folds,
-        "n_bootstrap": n_bootstrap,
-        "bootstrap": "subjects resampled within each site; all cells re-scored on the same draws (paired)",
-        "seed": seed,
-    }
+        leave_one_site_out=loso_out,
+        pairs=pairs,
+        internal_vs_external=headline,
+        folds=folds,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        bootstrap_dropped={k: count_dropped(v) for k, v in reps.items() if count_dropped(v)},
+        notes=tuple(sorted(notes)),
+    )
 
 
 def _num(value: float) -> float | None:
@@ -268,16 +283,16 @@ def cross_site(
     n_bootstrap: int = 1000,
     seed: int = 0,
     write: bool = True,
-) -> dict:
+) -> CrossSiteResult:
     """Cross-site matrix for ``target`` over the values of ``site`` (or manufacturer) from a store's latents.
 
     Written to `/analysis/controls/cross_site__<model>__<target>__<site>` when ``write``.
     """
-    from embedx.analysis.clusters import _resolve_model
+    from embedx.analysis.clusters import resolve_model
     from embedx.store.h5store import Store
 
     with Store.open(store_path, "r") as store:
-        model = _resolve_model(store.models(), model, store_path)
+        model = resolve_model(store.models(), model, store_path)
         attributes = store.attributes()
         for name in (target, site):
             if name not in attributes.columns:
@@ -287,8 +302,8 @@ def cross_site(
         z = store.latents(model)
         mask = store.encoded_mask(model)
         subjects = np.asarray(store.subject_ids).astype(str)
-    label, positive_text = _positive_mask(attributes[target], target, positive)
-    usable = mask & attributes[target].notna().to_numpy() & attributes[site].notna().to_numpy()
+    label, missing, positive_text = positive_class(attributes[target].to_numpy(), target, positive)
+    usable = mask & ~missing & attributes[site].notna().to_numpy()
     rows = np.flatnonzero(usable)
     result = cross_site_arrays(
         z[rows],
@@ -298,18 +313,10 @@ def cross_site(
         folds=folds,
         n_bootstrap=n_bootstrap,
         seed=seed,
+    ).replace(
+        model=model, target=target, site=site, positive=positive_text, n_missing=int((~usable & mask).sum())
     )
-    result = {
-        "control": "cross_site",
-        "model": model,
-        "target": target,
-        "site": site,
-        "positive": positive_text,
-        "n_missing": int((~usable & mask).sum()),
-        "embedx_version": __version__,
-        **result,
-    }
     if write:
         with Store.open(store_path, "a") as store:
-            store.write_analysis("controls", f"cross_site__{model}__{target}__{site}", result)
+            store.write_analysis("controls", f"cross_site__{model}__{target}__{site}", result.to_dict())
     return result

@@ -14,8 +14,10 @@ Modes come from PCA on standardised latents (unit-variance units, so no latent u
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,10 +26,32 @@ from sklearn.decomposition import PCA
 
 from embedx._version import __version__
 from embedx.analysis.enrichment import one_per_subject
+from embedx.analysis.typed import JsonResult
 from embedx.data.schema import AttributeSpec, infer_kind
 from embedx.errors import EmbedxError
 
 MIN_GROUP = 10  # a group smaller than this is listed, not tested
+
+
+@dataclass(frozen=True)
+class DistributionResult(JsonResult):
+    """KS tests per PCA mode and pair of groups, BY-corrected; `text` says it in one line per attribute."""
+
+    n: int
+    units_tested: int
+    test_unit: str
+    n_modes: int
+    explained_variance_ratio: list[float]
+    alpha: float
+    tests: list[dict[str, Any]]
+    summary: dict[str, dict[str, Any]]
+    by_mode: dict[str, list[str]]
+    small_groups: list[dict[str, Any]]
+    text: list[str]
+    correction: str = "Benjamini-Yekutieli across all attributes x pairs x modes"
+    control: str = "distribution"
+    model: str | None = None
+    embedx_version: str = __version__
 
 
 def _groups_of(values: pd.Series, kind: str) -> pd.Series:
@@ -54,7 +78,7 @@ def distribution_tests_arrays(
     alpha: float = 0.05,
     seed: int = 0,
     groups: np.ndarray | None = None,
-) -> dict:
+) -> DistributionResult:
     """KS test of each of the first ``n_modes`` PCA modes for every pair of values of every attribute.
 
     The PCA is fitted on every row; with ``groups`` (subject ids) the KS tests use one image per subject
@@ -70,7 +94,8 @@ def distribution_tests_arrays(
     k = int(min(n_modes, zs.shape[1], zs.shape[0] - 1))
     pca = PCA(n_components=k, random_state=seed)
     modes = pca.fit_transform(zs)
-    if groups is not None:
+    per_subject = groups is not None
+    if per_subject:
         units = one_per_subject(np.asarray(groups), seed)
         modes = modes[units]
         attributes = attributes.iloc[units].reset_index(drop=True)
@@ -79,13 +104,13 @@ def distribution_tests_arrays(
     small: list[dict] = []
     for name in attributes.columns:
         kind = schema[name].kind if schema and name in schema else infer_kind(attributes[name])
-        groups = _groups_of(attributes[name], kind)
-        counts = groups.value_counts()
+        values = _groups_of(attributes[name], kind)
+        counts = values.value_counts()
         for value, count in counts.items():
             if count < MIN_GROUP:
                 small.append({"attribute": name, "group": value, "n": int(count)})
         testable = [v for v, c in counts.items() if c >= MIN_GROUP]
-        labels = groups.to_numpy()
+        labels = values.to_numpy()
         for a, b in combinations(sorted(testable), 2):
             in_a, in_b = labels == a, labels == b
             # Exact p-values cost O(n_a n_b); beyond a thousand per side the asymptotic one is as good.
@@ -136,20 +161,19 @@ def distribution_tests_arrays(
             )
         else:
             lines.append(f"{name}: no pair of groups differs on the first {k} modes")
-    return {
-        "n": int(z.shape[0]),
-        "units_tested": n_units,
-        "test_unit": "one image per subject" if groups is not None else "image",
-        "n_modes": k,
-        "explained_variance_ratio": [float(v) for v in pca.explained_variance_ratio_],
-        "correction": "Benjamini-Yekutieli across all attributes x pairs x modes",
-        "alpha": alpha,
-        "tests": tests,
-        "summary": summary,
-        "by_mode": by_mode,
-        "small_groups": small,
-        "text": lines,
-    }
+    return DistributionResult(
+        n=int(z.shape[0]),
+        units_tested=n_units,
+        test_unit="one image per subject" if per_subject else "image",
+        n_modes=k,
+        explained_variance_ratio=[float(v) for v in pca.explained_variance_ratio_],
+        alpha=alpha,
+        tests=tests,
+        summary=summary,
+        by_mode=by_mode,
+        small_groups=small,
+        text=lines,
+    )
 
 
 def distribution_tests(
@@ -161,13 +185,13 @@ def distribution_tests(
     alpha: float = 0.05,
     seed: int = 0,
     write: bool = True,
-) -> dict:
+) -> DistributionResult:
     """KS/BY table for one model of a store; written to `/analysis/controls/distribution__<model>`."""
-    from embedx.analysis.clusters import _resolve_model
+    from embedx.analysis.clusters import resolve_model
     from embedx.store.h5store import Store
 
     with Store.open(store_path, "r") as store:
-        model = _resolve_model(store.models(), model, store_path)
+        model = resolve_model(store.models(), model, store_path)
         table = store.attributes()
         schema = store.schema()
         z = store.latents(model)
@@ -190,9 +214,8 @@ def distribution_tests(
         alpha=alpha,
         seed=seed,
         groups=subjects[rows],
-    )
-    result = {"control": "distribution", "model": model, "embedx_version": __version__, **result}
+    ).replace(model=model)
     if write:
         with Store.open(store_path, "a") as store:
-            store.write_analysis("controls", f"distribution__{model}", result)
+            store.write_analysis("controls", f"distribution__{model}", result.to_dict())
     return result

@@ -17,8 +17,9 @@ chance:
 
 Images of one patient are not independent (same anatomy, usually same site), and a cluster or lasso tends
 to hold all of a patient's images, so image-level tests would be too confident. Given ``groups`` (subject
-ids), every test and odds-ratio CI is computed on one image per subject (a seeded draw; `units_tested`
-says how many), while the counts, shares and fold enrichment describe all selected images.
+ids), every test, odds ratio and odds-ratio CI is computed on one image per subject (a seeded draw;
+`units_tested` says how many), so an odds ratio and its interval always come from the same units; the
+counts, shares and fold enrichment describe all selected images.
 
 Missing values are left out per attribute and counted (`missing_selected`, `missing_rest`), never filled.
 Everything is numpy/scipy on integer codes, so a 220k-row cohort with a dozen attributes is well under
@@ -89,7 +90,15 @@ def format_value(value: object) -> str:
 
 
 # Fields that come from the test (subject-level when groups are given); the rest describe all rows.
-_TEST_FIELDS = ("statistic", "p_value", "or_ci_low", "or_ci_high", "attribute_p", "ks_statistic")
+_TEST_FIELDS = (
+    "statistic",
+    "p_value",
+    "odds_ratio",
+    "or_ci_low",
+    "or_ci_high",
+    "attribute_p",
+    "ks_statistic",
+)
 
 
 def one_per_subject(groups: np.ndarray, seed: int = 0) -> np.ndarray:

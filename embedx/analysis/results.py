@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from embedx._version import __version__
+from embedx.analysis.probe_result import VERDICT_ENCODED, VERDICT_NOT_FOUND, verdict_text
 from embedx.errors import EmbedxError
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
     "VERDICT_NOT_FOUND",
     "build_document",
     "fairness_key",
+    "family_line",
+    "gap_summary",
     "probe_key",
     "probe_table",
     "to_jsonable",
@@ -71,8 +74,6 @@ FAIRNESS_FIELDS = (
     "demographic_parity_difference",
     "equalized_odds_difference",
 )
-VERDICT_ENCODED = "encoded"
-VERDICT_NOT_FOUND = "not distinguishable from chance"
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -95,13 +96,6 @@ def to_jsonable(obj: Any) -> Any:
     if obj is pd.NA or obj is pd.NaT:
         return None
     return str(obj)
-
-
-def verdict_text(encoded: bool, skipped: str | None = None) -> str:
-    """The human verdict shown beside every probe."""
-    if skipped:
-        return f"skipped: {skipped}"
-    return VERDICT_ENCODED if encoded else VERDICT_NOT_FOUND
 
 
 def _safe_key(text: str) -> str:
@@ -222,6 +216,21 @@ def _fmt_ci(ci: Any) -> str:
     return f" [{_fmt(ci[0])}, {_fmt(ci[1])}]"
 
 
+def family_line(results: Iterable[Mapping[str, Any]]) -> str:
+    """The sentence printed under every probe table: how many tests Holm corrected for, with what."""
+    results = [r for r in results if not r.get("skipped")]
+    if not results:
+        return "no probe was run (every one was skipped; see the reasons)"
+    sizes = sorted({int(r.get("family_size") or 0) for r in results})
+    perms = sorted({int((r.get("permutation") or {}).get("permutations") or 0) for r in results})
+    alpha = results[0].get("alpha", 0.05)
+    size = sizes[0] if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+    return (
+        f"Holm over {size} test(s) at alpha {alpha:g} (the table above); p-values from "
+        f"{'/'.join(map(str, perms))} subject permutations on label-free folds, p = (k + 1) / (P + 1)"
+    )
+
+
 def probe_rich_table(results: Iterable[Mapping[str, Any]], title: str = "Probes") -> Any:
     """One row per model x attribute: score [95 % CI], chance, Holm p, n and the verdict."""
     from rich.table import Table
@@ -248,6 +257,36 @@ def probe_rich_table(results: Iterable[Mapping[str, Any]], title: str = "Probes"
             f"[{style}]{verdict}[/]" if style else verdict,
         )
     return table
+
+
+_GAP_LABELS = (
+    ("demographic_parity_difference", "DP diff"),
+    ("demographic_parity_ratio", "DP ratio"),
+    ("equalized_odds_difference", "EO diff"),
+    ("equal_opportunity_difference", "EOpp diff"),
+    ("worst_group_auc", "worst-group AUC"),
+    ("mae_difference", "MAE diff"),
+)
+
+
+def gap_summary(result: Mapping[str, Any]) -> str:
+    """'DP diff 0.050 [-0.010, 0.110] (F - M), p 0.12; ...': each gap with its interval, pair and p-value."""
+    gaps = result.get("gaps") or {}
+    parts = []
+    for key, label in _GAP_LABELS:
+        if key not in gaps and result.get(key) is None:
+            continue
+        gap = gaps.get(key) or {}
+        text = f"{label} {_fmt(result.get(key, gap.get('estimate')))}{_fmt_ci(gap.get('ci'))}"
+        if gap.get("pair"):
+            sign = " / " if key == "demographic_parity_ratio" else " - "
+            text += f" ({sign.join(map(str, gap['pair']))})"
+        if gap.get("p_value") is not None:
+            text += f", p {_fmt(gap['p_value'])}"
+        parts.append(text)
+    if result.get("kind") == "continuous" and result.get("worst_group"):
+        parts.append(f"worst group {result['worst_group']}")
+    return "; ".join(parts) or "no gaps: fewer than 2 groups large enough to compare"
 
 
 def fairness_rich_table(result: Mapping[str, Any]) -> Any:
@@ -294,28 +333,45 @@ def fairness_rich_table(result: Mapping[str, Any]) -> Any:
                 note,
             ]
         table.add_row(*row, style="dim" if g.get("too_small") else None)
-    gaps_ci = result.get("gaps_ci") or {}
-    if continuous:
-        caption = (
-            f"MAE difference {_fmt(result.get('mae_difference'))}, worst group {result.get('worst_group')}"
-        )
-    else:
-        parts = []
-        for key, label in (
-            ("demographic_parity_difference", "DP diff"),
-            ("demographic_parity_ratio", "DP ratio"),
-            ("equalized_odds_difference", "EO diff"),
-            ("equal_opportunity_difference", "EOpp diff"),
-            ("worst_group_auc", "worst-group AUC"),
-        ):
-            parts.append(f"{label} {_fmt(result.get(key))}{_fmt_ci(gaps_ci.get(key))}")
-        caption = "; ".join(parts)
+    caption = gap_summary(result)
+    if not continuous:
         op = result.get("operating_point") or {}
         if op.get("rule"):
             caption += f"\noperating point: {op['rule']}"
     if result.get("gaps_note"):
         caption += f"\n{result['gaps_note']}"
     table.caption = caption
+    return table
+
+
+def calibration_rich_table(result: Mapping[str, Any]) -> Any:
+    """Power per planted prevalence x effect, with the false-positive rate in the caption."""
+    from rich.table import Table
+
+    table = Table(
+        title=f"{result['model']}: how often a planted attribute is found "
+        f"(Holm threshold alpha / {result['family_size']} = {_fmt(result['threshold'])})",
+        header_style="bold",
+    )
+    for column in ("kind", "prevalence", "effect", "found [95% CI]", "p < alpha alone", "labels"):
+        table.add_column(column, justify="left" if column == "kind" else "right")
+    for row in result["power"]:
+        prevalence = "-" if row.get("prevalence") is None else f"{row['prevalence']:.0%}"
+        effect = ("d " if row["kind"] == "binary" else "r ") + f"{row['effect']:g}"
+        table.add_row(
+            row["kind"],
+            prevalence,
+            effect,
+            _fmt(row["power"], 2) + _fmt_ci(row["ci"]),
+            _fmt(row["power_single_test"], 2),
+            str(row["n_labels"]),
+        )
+    fpr = result.get("false_positive_rate")
+    table.caption = (
+        f"false-positive rate {_fmt(fpr)}{_fmt_ci(result.get('false_positive_ci'))} over {result['n_null']} "
+        f"null labels (expected {result['alpha']:g}); mean p {_fmt(result.get('mean_p'))}; "
+        f"{result['rows_used']} rows of {result['n']} used"
+    )
     return table
 
 

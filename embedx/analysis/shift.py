@@ -32,7 +32,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from embedx.analysis.background_cnn import fit_seed000_cnn
-from embedx.analysis.cross_site import _positive_mask
+from embedx.analysis.labels import positive_class
 from embedx.data.dataset import ImageDataset, make_loader
 from embedx.data.manifest import Manifest, load_manifest
 from embedx.data.preprocess import PreprocessConfig
@@ -156,7 +156,7 @@ def shift_experiment(
         log.info("%d row(s) with no %s or %s left out", int((~usable).sum()), by, target)
     rows = np.flatnonzero(usable.to_numpy())
     table = table.iloc[rows].reset_index(drop=True)
-    label, positive_value = _positive_mask(table[target], target, positive)
+    label, _, positive_value = positive_class(table[target].to_numpy(), target, positive)
     if difficulty == "auto":
         difficulty = f"{target}_difficulty" if f"{target}_difficulty" in table.columns else None
     tier_names, tier_of = _tiers(table, label, difficulty, tiers)

@@ -3,8 +3,8 @@
 Three ideas run through all of it:
 
 * **The subject is the unit of resampling.** Images of one patient are not independent, so bootstrap CIs
-  resample *subjects* (cluster bootstrap) and permutation tests shuffle labels *between subjects*; resampling
-  images would give CIs that are too narrow and p-values that are too small.
+  resample *subjects* (cluster bootstrap) and permutation tests exchange labels *between subjects*
+  (`SubjectPermuter`); resampling images would give CIs that are too narrow and p-values that are too small.
 * **Bootstrap on predictions only.** CIs are taken over the out-of-fold predictions that the score itself was
   computed from; nothing is refit, so 2,000 resamples cost seconds even at CheXpert size. For metrics that are
   ratios of per-sample sums (balanced accuracy, MAE, rates) the resample is a weighted sum of per-subject
@@ -22,15 +22,21 @@ import numpy as np
 __all__ = [
     "AGE_BANDS",
     "SubjectIndex",
+    "SubjectPermuter",
+    "auc_weighted",
     "balanced_accuracy_from_counts",
     "band",
     "bootstrap_balanced_accuracy",
     "bootstrap_mae",
     "cluster_bootstrap",
+    "count_dropped",
     "holm",
+    "normal_interval",
     "percentile_ci",
     "permutation_pvalue",
     "permute_by_subject",
+    "stratified_subject_weights",
+    "wilson_interval",
 ]
 
 CI_LEVEL = 0.95
@@ -149,8 +155,9 @@ def bootstrap_balanced_accuracy(
     hit = (np.asarray(y_true) == np.asarray(y_pred))[:, None] * onehot
     total_s = index.per_subject(onehot)
     correct_s = index.per_subject(hit)
-    return _weighted_replicates(index, n_boot, seed,
-                                lambda w: balanced_accuracy_from_counts(w @ correct_s, w @ total_s))
+    return _weighted_replicates(
+        index, n_boot, seed, lambda w: balanced_accuracy_from_counts(w @ correct_s, w @ total_s)
+    )
 
 
 def bootstrap_mae(
@@ -168,8 +175,9 @@ def bootstrap_mae(
     return _weighted_replicates(index, n_boot, seed, lambda w: (w @ err_s) / (w @ rows_s))
 
 
-def _weighted_replicates(index: SubjectIndex, n_boot: int, seed: int,
-                         statistic: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def _weighted_replicates(
+    index: SubjectIndex, n_boot: int, seed: int, statistic: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
     """`statistic(w)` on chunks of subject-resample weight rows (w: (chunk, n_subjects) counts), so metrics
     with per-subject sufficient statistics bootstrap as matrix products without materialising resamples."""
     rng = np.random.default_rng(seed)
@@ -194,28 +202,147 @@ def cluster_bootstrap(
     return np.asarray([statistic(index.resample_rows(rng)) for _ in range(n_boot)], dtype=float)
 
 
-def permute_by_subject(y: np.ndarray, index: SubjectIndex, rng: np.random.Generator) -> np.ndarray:
-    """One permutation of `y` that respects subjects (the exchangeable units under "no association").
+class SubjectPermuter:
+    """Permutations of a label that respect subjects, the exchangeable units under "no association".
 
-    Labels constant within subject (site, sex) are shuffled between subjects, so a subject keeps one label.
-    Labels that vary within a subject (view, age at each visit) move as a block: every subject receives the
-    label sequence of another subject, resampled to its own length, which keeps within-subject dependence.
+    * A label constant within each subject (site, sex) is shuffled *between subjects*: each subject keeps one
+      label for all its rows. Under the null (a subject's images say nothing about its label) every such
+      shuffle is equally likely, so the test is exact.
+    * A label that varies within a subject (view, age at each visit) moves as a block: every subject receives
+      the row-by-row label sequence of another subject *with the same number of rows*. That keeps each
+      sequence whole and the label's distribution exactly as observed, so the test is exact under
+      exchangeability of same-sized subjects. A subject whose row count no other subject shares keeps its
+      own labels (`n_fixed` counts them): it cannot be exchanged without inventing a sequence.
     """
-    y = np.asarray(y)
-    sorted_y = y[index.order]
-    first = sorted_y[index.starts]
-    constant = np.array_equal(sorted_y, np.repeat(first, index.sizes))
-    perm = rng.permutation(index.n_subjects)
-    out = np.empty_like(y)
-    if constant:
-        out[index.order] = np.repeat(first[perm], index.sizes)
+
+    def __init__(self, y: np.ndarray, index: SubjectIndex) -> None:
+        self.index = index
+        y = np.asarray(y)
+        self.sorted_y = y[index.order]
+        self.first = self.sorted_y[index.starts]
+        self.constant = bool(np.array_equal(self.sorted_y, np.repeat(self.first, index.sizes)))
+        sizes = index.sizes
+        self.by_size = np.argsort(sizes, kind="stable")  # subjects grouped by row count
+        _, size_counts = np.unique(sizes, return_counts=True)
+        self.n_fixed = 0 if self.constant else int(np.sum(size_counts == 1))
+        self._pos = np.arange(index.n_rows) - np.repeat(index.starts, sizes)  # row position within subject
+
+    @property
+    def scheme(self) -> str:
+        if self.constant:
+            return "labels shuffled between subjects (constant within subject): exact"
+        return (
+            "label sequences exchanged between subjects with the same number of rows (the label varies "
+            f"within subjects): exact for exchangeable subjects; {self.n_fixed} subject(s) with a unique row "
+            "count keep their own labels"
+        )
+
+    def draw(self, rng: np.random.Generator, n: int = 1) -> np.ndarray:
+        """`n` permuted labellings as an (n_rows, n) array in the original row order."""
+        index = self.index
+        S = index.n_subjects
+        if self.constant:
+            # (n, S): subject s receives the label of subject perm[:, s]
+            perm = rng.permuted(np.broadcast_to(np.arange(S), (n, S)), axis=1)
+            per_subject = self.first[perm]
+            out = np.empty((index.n_rows, n), dtype=self.first.dtype)
+            out[index.order] = np.repeat(per_subject, index.sizes, axis=1).T
+            return out
+        # Shuffle subjects within each size class: sort by (size, random key); the k-th subject of a size
+        # class (in stable order) receives the sequence of the k-th subject of the shuffled order.
+        sizes = index.sizes.astype(float)
+        shuffled = np.argsort(
+            sizes[None, :] * 2.0 + rng.random((n, S)), axis=1
+        )  # keys < 1 keep size classes apart
+        donor = np.empty((n, S), dtype=np.int64)
+        donor[:, self.by_size] = shuffled
+        row_subject = np.repeat(np.arange(S), index.sizes)  # subject of each row in sorted order
+        source = index.starts[donor[:, row_subject]] + self._pos[None, :]  # (n, rows)
+        out = np.empty((index.n_rows, n), dtype=self.sorted_y.dtype)
+        out[index.order] = self.sorted_y[source].T
         return out
-    donor_sizes = index.sizes[perm]
-    donor_starts = index.starts[perm]
-    pos = np.arange(index.n_rows) - np.repeat(index.starts, index.sizes)
-    within = pos % np.repeat(donor_sizes, index.sizes)
-    out[index.order] = sorted_y[np.repeat(donor_starts, index.sizes) + within]
-    return out
+
+
+def permute_by_subject(y: np.ndarray, index: SubjectIndex, rng: np.random.Generator) -> np.ndarray:
+    """One subject-respecting permutation of `y` (see `SubjectPermuter`)."""
+    return SubjectPermuter(y, index).draw(rng, 1)[:, 0]
+
+
+def normal_interval(estimate: float, replicates: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
+    """estimate +- z * (bootstrap standard error): always holds the estimate, and may cross zero.
+
+    Used for differences chosen after looking at the data (the largest gap between groups), whose percentile
+    interval can miss the estimate itself: the resampled "largest gap" is biased upward.
+    """
+    values = np.asarray(replicates, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size < 2 or not np.isfinite(estimate):
+        return (float("nan"), float("nan"))
+    from scipy.stats import norm
+
+    half = float(norm.ppf(0.5 + level / 2) * values.std(ddof=1))
+    return (float(estimate - half), float(estimate + half))
+
+
+def wilson_interval(successes: int, trials: int, level: float = CI_LEVEL) -> tuple[float, float]:
+    """Wilson score interval of a proportion (good at 0 and 1, where the normal interval fails)."""
+    if trials <= 0:
+        return (float("nan"), float("nan"))
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + level / 2))
+    p = successes / trials
+    denom = 1 + z**2 / trials
+    centre = (p + z**2 / (2 * trials)) / denom
+    half = z * np.sqrt(p * (1 - p) / trials + z**2 / (4 * trials**2)) / denom
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
+def count_dropped(replicates: np.ndarray) -> int:
+    """Replicates that gave no value (a class absent from a resample): reported beside every interval."""
+    return int(np.sum(~np.isfinite(np.asarray(replicates, dtype=float))))
+
+
+def auc_weighted(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC (ties count one half) for each row of ``weights`` (B, n): the bootstrap without refitting.
+
+    A resample is a vector of multiplicities; AUC is the weighted Mann-Whitney statistic, computed from one
+    sort shared by all B resamples. Rows where a class has zero weight give NaN.
+    """
+    scores = np.asarray(scores, dtype=float)
+    positive = np.asarray(positive, dtype=bool)
+    weights = np.atleast_2d(np.asarray(weights, dtype=float))
+    order = np.argsort(scores, kind="stable")
+    s = scores[order]
+    boundaries = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    w = weights[:, order]
+    pos_w = np.add.reduceat(w * positive[order], boundaries, axis=1)
+    neg_w = np.add.reduceat(w * ~positive[order], boundaries, axis=1)
+    neg_below = np.cumsum(neg_w, axis=1) - neg_w
+    total_pos, total_neg = pos_w.sum(axis=1), neg_w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (pos_w * (neg_below + 0.5 * neg_w)).sum(axis=1) / (total_pos * total_neg)
+    auc[(total_pos == 0) | (total_neg == 0)] = np.nan
+    return auc
+
+
+def stratified_subject_weights(
+    strata: np.ndarray, groups: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
+    """(n_boot, n) row multiplicities: subjects drawn with replacement *within each stratum* (e.g. site).
+
+    Resampling within strata keeps every stratum's size fixed, so a cross-site cell never loses its test
+    set; every statistic of one replicate is computed on the same drawn subjects, which pairs differences.
+    """
+    strata = np.asarray(strata)
+    groups = np.asarray(groups)
+    W = np.zeros((n_boot, len(groups)), dtype=np.float32)
+    for stratum in np.unique(strata):
+        rows = np.flatnonzero(strata == stratum)
+        subjects, codes = np.unique(groups[rows], return_inverse=True)
+        draws = rng.multinomial(len(subjects), np.full(len(subjects), 1.0 / len(subjects)), size=n_boot)
+        W[:, rows] = draws[:, codes.reshape(-1)]
+    return W
 
 
 def band(values: np.ndarray, edges: tuple[float, ...] | None = None, name: str = "") -> np.ndarray:

@@ -1,4 +1,4 @@
-"""`embedx probe` and `embedx fairness`: parse arguments, call `embedx.analysis`, print tables.
+"""`embedx probe`, `embedx fairness` and `embedx calibrate`: parse arguments, call `embedx.analysis`, print.
 
 Tables go to stdout (what a person reads); progress goes to stderr; `--json FILE` writes the design card's
 document for scripts. Results are also written into the store unless `--no-write`.
@@ -16,7 +16,7 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add `probe` and `fairness` to the root app."""
+    """Add `probe`, `fairness` and `calibrate` to the root app."""
 
     @app.command("probe")
     def probe_command(
@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
             None,
             "--permutations",
             help="Permutations per probe (default: max(1000, 40 x number of probes), "
-            "so that Holm can reach p < 0.05).",
+            "so that Holm over the whole table can reach p < 0.05).",
         ),
         bootstrap: int = typer.Option(
             2000, "--bootstrap", help="Subject-bootstrap resamples for the 95% CI."
@@ -63,13 +63,15 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Probe each attribute from each model's latents: score, 95% CI, chance, Holm-corrected verdict.
 
-        Classes: scaled linear SVM (balanced accuracy, macro AUC); continuous: linear SVR (MAE, R2). Folds
-        keep each subject on one side; chance is a Dummy baseline on the same folds; p-values come from
-        subject-level permutations; 'encoded' needs Holm-adjusted p < 0.05 and the CI clear of chance.
+        Classes: class-balanced linear SVM (balanced accuracy, chance 1/K; macro AUC); continuous: linear SVR
+        (MAE against the median baseline, R2). Folds keep each subject on one side; p-values come from
+        subject-level permutations on label-free folds; 'encoded' needs the Holm-adjusted p < 0.05 (over the
+        whole table printed), the CI clear of chance and a probe that predicts more than one value.
         """
         from embedx.analysis.probes import ProbeConfig, run_probes
         from embedx.analysis.results import (
             build_document,
+            family_line,
             poster_rich_table,
             probe_rich_table,
             terminal_console,
@@ -92,6 +94,7 @@ def register(app: typer.Typer) -> None:
         )  # type: ignore[arg-type]
         out = terminal_console()
         out.print(probe_rich_table(results, title=f"Probes of {store.name}"))
+        out.print(family_line(results))
         if len({r["model"] for r in results}) > 1:
             out.print(poster_rich_table(results))
         extra = {}
@@ -113,19 +116,22 @@ def register(app: typer.Typer) -> None:
                 if o["control"] == "within_strata":
                     out.print(
                         probe_rich_table(
-                            o["strata"],
+                            o.strata,
                             title=f"{o['model']}: {o['attribute']} within {' x '.join(o['within'])} strata",
                         )
                     )
+                    out.print(family_line(o.strata))
                 else:
-                    out.print(probe_rich_table(o["before"], title=f"{o['model']}: before ComBat"))
+                    out.print(probe_rich_table(o.before, title=f"{o['model']}: before ComBat"))
+                    out.print(family_line(o.before))
                     out.print(
                         probe_rich_table(
-                            o["after"],
+                            o.after,
                             title=f"{o['model']}: after ComBat by {o['batch']} "
-                            f"(fit on training folds; keeps {', '.join(o['covariates'])})",
+                            f"(fit on training folds, applied blind; keeps {', '.join(o['covariates'])})",
                         )
                     )
+                    out.print(family_line(o.after))
             extra["controls"] = outputs
         if json_path is not None:
             write_json(build_document(store, probes=results, **extra), json_path)
@@ -152,12 +158,17 @@ def register(app: typer.Typer) -> None:
             "youden", "--threshold", help="Operating point rule on validation folds: youden or fpr."
         ),
         target_fpr: float = typer.Option(0.2, "--target-fpr", help="FPR for --threshold fpr."),
-        min_group_n: int = typer.Option(30, "--min-group-n", help="Smaller groups are marked too small."),
+        min_group_n: int = typer.Option(
+            30, "--min-group-n", help="Groups with fewer subjects are marked too small."
+        ),
         min_group_class: int = typer.Option(
-            5, "--min-group-class", help="Fewer positives or negatives: too small."
+            5, "--min-group-class", help="Fewer positive or negative subjects: too small."
         ),
         intersections: str = typer.Option("pairs", "--intersections", help="pairs, all or none."),
         bootstrap: int = typer.Option(1000, "--bootstrap", help="Subject-bootstrap resamples."),
+        permutations: int = typer.Option(
+            1000, "--permutations", help="Subject permutations for each gap's p-value."
+        ),
         folds: int = typer.Option(5, "--folds", help="Outer folds (grouped by subject)."),
         seed: int = typer.Option(0, "--seed", help="Seed for folds and resampling."),
         no_write: bool = typer.Option(False, "--no-write", help="Do not store the results in the store."),
@@ -165,10 +176,13 @@ def register(app: typer.Typer) -> None:
         """Fairness of a probe for TARGET, per sensitive attribute and per intersection.
 
         Out-of-fold predictions of the target probe, thresholded at an operating point chosen on validation
-        folds, go into fairlearn's MetricFrame: per group n, positives, accuracy, TPR, FPR, AUC, selection
-        rate and ECE with subject-bootstrap CIs, and the DP / EO / equal-opportunity gaps.
+        folds, go into fairlearn's MetricFrame: per group n (rows and subjects), positives, accuracy, TPR,
+        FPR, AUC, selection rate and ECE with subject-bootstrap CIs; the DP / EO / equal-opportunity gaps
+        with the signed difference between the two extreme groups, its interval and a permutation p-value.
         """
         from embedx.analysis.fairness import FairnessConfig, run_fairness
+        from embedx.analysis.fairness_metrics import GroupRules
+        from embedx.analysis.probe_core import ProbeConfig
         from embedx.analysis.results import build_document, fairness_rich_table, terminal_console, write_json
         from embedx.errors import EmbedxError
 
@@ -177,15 +191,18 @@ def register(app: typer.Typer) -> None:
         if intersections not in ("pairs", "all", "none"):
             raise EmbedxError(f"--intersections must be pairs, all or none, got {intersections!r}")
         cfg = FairnessConfig(
-            folds=folds,
-            threshold_rule=threshold,
-            target_fpr=target_fpr,  # type: ignore[arg-type]
-            min_group_n=min_group_n,
-            min_group_class=min_group_class,
-            n_bootstrap=bootstrap,
-            intersections=intersections,
-            seed=seed,
-        )  # type: ignore[arg-type]
+            probe=ProbeConfig(folds=folds, seed=seed),
+            threshold_rule=threshold,  # type: ignore[arg-type]
+            target_fpr=target_fpr,
+            rules=GroupRules(
+                min_group_n=min_group_n,
+                min_group_class=min_group_class,
+                n_bootstrap=bootstrap,
+                n_permutations=permutations,
+                seed=seed,
+            ),
+            intersections=intersections,  # type: ignore[arg-type]
+        )
         results = run_fairness(
             store, target, _split(sensitive), model, write=not no_write, positive=positive, config=cfg
         )
@@ -195,4 +212,75 @@ def register(app: typer.Typer) -> None:
             out.print()
         if json_path is not None:
             write_json(build_document(store, fairness=results), json_path)
+            typer.echo(f"wrote {json_path}", err=True)
+
+    @app.command("calibrate")
+    def calibrate_command(
+        store: Path = typer.Argument(..., help="Store file (.h5)."),
+        name: list[str] = typer.Option(
+            [], "--name", "-n", help="Model(s) to calibrate (default: every model)."
+        ),
+        null_labels: int = typer.Option(200, "--null", help="Random labels with no link to the images."),
+        planted: int = typer.Option(200, "--planted", help="Labels planted along random latent directions."),
+        prevalences: str = typer.Option(
+            "0.01,0.05,0.2,0.5", "--prevalences", help="Prevalences of the planted binary labels."
+        ),
+        effects: str = typer.Option(
+            "0.2,0.5,0.8", "--effects", help="Effects (Cohen's d along the direction) of the planted labels."
+        ),
+        correlations: str = typer.Option(
+            "0.1,0.3",
+            "--correlations",
+            help="Correlations of planted continuous labels with their direction.",
+        ),
+        json_path: Path | None = typer.Option(None, "--json", help="Write the results here."),
+        figure: Path | None = typer.Option(None, "--figure", help="Write the power figure (PNG) here."),
+        seed: int = typer.Option(0, "--seed", help="Seed for labels, directions and permutations."),
+        no_write: bool = typer.Option(False, "--no-write", help="Do not store the results in the store."),
+    ) -> None:
+        """How often this store's audit calls a label with no link to the images encoded, and how often it
+        finds a real one, measured on the store's own latents and subjects (no ground truth needed).
+
+        Null labels re-draw each real attribute's values at random per subject; planted labels follow a
+        random latent direction at each prevalence x effect. Both go through the probes' permutation test;
+        a planted label is found when its p-value clears Holm's threshold for this store's probe table.
+        """
+        from embedx.analysis.calibration import CalibrationSettings, run_calibration
+        from embedx.analysis.probes import default_permutations
+        from embedx.analysis.results import calibration_rich_table, terminal_console, write_json
+        from embedx.errors import EmbedxError
+        from embedx.store.h5store import Store
+
+        def floats(text: str, flag: str) -> tuple[float, ...]:
+            try:
+                return tuple(float(v) for v in _split(text) or [])
+            except ValueError as err:
+                raise EmbedxError(f"{flag} takes comma-separated numbers, got {text!r}") from err
+
+        with Store.open(store) as opened:
+            family = max(1, len(opened.models()) * len(opened.schema()))
+        settings = CalibrationSettings(
+            n_null=null_labels,
+            n_planted=planted,
+            prevalences=floats(prevalences, "--prevalences"),
+            effects=floats(effects, "--effects"),
+            correlations=floats(correlations, "--correlations"),
+            family_size=family,
+            permutations=default_permutations(family),
+            seed=seed,
+        )
+        results = run_calibration(store, name or None, settings, write=not no_write)
+        out = terminal_console()
+        for r in results:
+            out.print(calibration_rich_table(r))
+            for line in r.text[:1]:
+                out.print(line)
+        if figure is not None:
+            from embedx.report.figures import calibration_figure, png_bytes
+
+            figure.parent.mkdir(parents=True, exist_ok=True)
+            figure.write_bytes(png_bytes(calibration_figure(results)))
+            typer.echo(f"wrote {figure}", err=True)
+        if json_path is not None:
+            write_json({"calibration": [r.to_dict() for r in results]}, json_path)
             typer.echo(f"wrote {json_path}", err=True)

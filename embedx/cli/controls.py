@@ -136,7 +136,8 @@ def register(app: typer.Typer) -> None:
         if result["skipped_sites"]:
             typer.echo("skipped: " + "; ".join(f"{k} ({v})" for k, v in result["skipped_sites"].items()))
         if png is not None:
-            from embedx.report.figures import cross_site_heatmap, png_bytes
+            from embedx.report.control_figures import cross_site_heatmap
+            from embedx.report.figures import png_bytes
 
             png.parent.mkdir(parents=True, exist_ok=True)
             png.write_bytes(png_bytes(cross_site_heatmap(result)))

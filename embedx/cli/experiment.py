@@ -40,7 +40,8 @@ def register(app: typer.Typer) -> None:
         from embedx.analysis.results import write_json
         from embedx.analysis.shift import ShiftSettings, shift_experiment
         from embedx.errors import EmbedxError
-        from embedx.report.figures import png_bytes, shift_figure
+        from embedx.report.control_figures import shift_figure
+        from embedx.report.figures import png_bytes
 
         if task != "detect":
             raise EmbedxError(f"--task {task!r}: only 'detect' is available; segmentation (seed 001's 3-D "

@@ -1,8 +1,8 @@
 """Counterfactuals from a diffusion autoencoder: "what the model thinks site B looks like" (no Streamlit).
 
-A linear probe fitted on z_sem separates two values of an attribute (site A vs site B). Its normal, mapped
-back to raw z_sem units, is the direction the latent space uses for that attribute. Moving an image's z_sem
-along it by a multiple of the distance between the two group means, and decoding with DDIM from the image's
+The probe of every analysis (a class-balanced linear SVM) fitted on z_sem separates two values of an
+attribute (site A vs site B). Its normal, mapped back to raw z_sem units, is the direction the latent space
+uses for that attribute. Moving an image's z_sem along it by a multiple of the distance between the two group means, and decoding with DDIM from the image's
 own stochastic code x_T, changes what the semantic code says about the attribute while x_T keeps the rest
 (pose, fine detail). x_T comes from the store where `encode --stochastic` saved it; otherwise it is found by
 DDIM inversion of the store's 64 px thumbnail, resized to the model's input size and conditioned on the
@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+
+from embedx.errors import EmbedxError
 
 XTSource = Literal["stored", "inverted", "fixed"]
 
@@ -33,19 +35,23 @@ class Direction:
 
 
 def probe_direction(
-    z: np.ndarray, labels: np.ndarray, value_a: str, value_b: str, seed: int = 0, max_per_value: int = 5_000
+    z: np.ndarray,
+    labels: np.ndarray,
+    value_a: str,
+    value_b: str,
+    seed: int = 0,
+    max_per_value: int = 5_000,
+    groups: np.ndarray | None = None,
 ) -> Direction:
-    """Logistic regression A vs B on standardised z_sem; its normal expressed in raw z_sem units.
+    """The probe of every analysis (class-balanced linear SVM, `LinearProbe`) A vs B; its normal in raw units.
 
     The decision function is w·(z − μ)/σ, so the raw-space normal is w/σ. `distance` is the gap between the
     two group means projected on that normal: moving by 1× of it takes an average A to an average B along
-    the probe's axis. `accuracy` is a 5-fold balanced accuracy, to say how separable the groups are at all.
-    At most `max_per_value` images per value are used (seeded), so the fit stays interactive on big stores.
+    the probe's axis. `accuracy` is the out-of-fold balanced accuracy (folds grouped by `groups`, the
+    subjects, when given), to say how separable the groups are at all. At most `max_per_value` images per
+    value are used (seeded), so the fit stays interactive on big stores.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from embedx.analysis.probe_core import ProbeConfig, out_of_fold_scores
 
     labels = np.asarray(labels).astype(str)
     keep = np.isin(labels, [value_a, value_b]) & ~np.isnan(z).any(axis=1)
@@ -55,15 +61,19 @@ def probe_direction(
         if len(members) > max_per_value:
             keep[rng.choice(members, len(members) - max_per_value, replace=False)] = False
     x, y = z[keep].astype(np.float64), (labels[keep] == value_b).astype(int)
+    subjects = np.arange(len(y)) if groups is None else np.asarray(groups)[keep]
     n_a, n_b = int((y == 0).sum()), int((y == 1).sum())
     if min(n_a, n_b) < 5:
         raise ValueError(f"need at least 5 encoded images of each value ({value_a}: {n_a}, {value_b}: {n_b})")
-    pipeline = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, random_state=seed))
-    folds = min(5, n_a, n_b)
-    accuracy = float(cross_val_score(pipeline, x, y, cv=folds, scoring="balanced_accuracy").mean())
-    pipeline.fit(x, y)
-    scaler, logistic = pipeline[0], pipeline[1]
-    normal = logistic.coef_[0] / scaler.scale_
+    config = ProbeConfig(seed=seed)
+    try:
+        scores, _, _ = out_of_fold_scores(x, y, subjects, config)
+    except EmbedxError as err:
+        raise ValueError(str(err)) from err
+    predicted = (scores > 0).astype(int)
+    accuracy = float(np.mean([np.mean(predicted[y == c] == c) for c in (0, 1)]))
+    probe = config.estimator("classification").fit(x, y, subjects)
+    normal = probe.direction()
     unit = normal / np.linalg.norm(normal)
     distance = float((x[y == 1].mean(0) - x[y == 0].mean(0)) @ unit)
     return Direction(unit.astype(np.float32), distance, accuracy, value_a, value_b, n_a, n_b)

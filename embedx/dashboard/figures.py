@@ -196,3 +196,33 @@ def group_metric_bars(table: pd.DataFrame, metric: str) -> go.Figure:
     figure = go.Figure(go.Bar(x=table["group"], y=table[metric], error_y=error, marker_color=PALETTE[0]))
     figure.update_layout(height=300, margin={"l": 10, "r": 10, "t": 30, "b": 10}, title=metric)
     return figure
+
+
+def calibration_lines(result: Mapping[str, Any]) -> go.Figure:
+    """Power of the audit against planted effect, one line per prevalence, Wilson CIs as error bars."""
+    figure = go.Figure()
+    binary = [r for r in result.get("power", []) if r["kind"] == "binary"]
+    for index, prevalence in enumerate(sorted({r["prevalence"] for r in binary})):
+        rows = sorted((r for r in binary if r["prevalence"] == prevalence), key=lambda r: r["effect"])
+        figure.add_scatter(
+            name=f"prevalence {prevalence:.0%}",
+            x=[r["effect"] for r in rows],
+            y=[r["power"] for r in rows],
+            mode="lines+markers",
+            marker_color=PALETTE[index % len(PALETTE)],
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": [r["ci"][1] - r["power"] for r in rows],
+                "arrayminus": [r["power"] - r["ci"][0] for r in rows],
+            },
+        )
+    figure.add_hline(y=float(result.get("alpha", 0.05)), line_dash="dash", line_color="black")
+    figure.update_layout(
+        height=340,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        xaxis_title="planted effect (Cohen's d along a random latent direction)",
+        yaxis_title=f"found (p < alpha / {result.get('family_size', 1)})",
+        yaxis_range=[-0.02, 1.02],
+    )
+    return figure

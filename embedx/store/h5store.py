@@ -52,7 +52,7 @@ from embedx.store.lock import WriterLock
 SCHEMA_VERSION = 1
 FORMAT = "embedx-store"
 THUMB_SIZE = 64
-ANALYSIS_KINDS = ("probes", "fairness", "clusters", "controls")
+ANALYSIS_KINDS = ("probes", "fairness", "clusters", "controls", "calibration")
 PROJECTION_METHODS = ("tsne", "umap", "pca")
 STATUS_NONE, STATUS_FITTED, STATUS_TRANSFORMED = 0, 1, 2
 

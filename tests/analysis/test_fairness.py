@@ -15,11 +15,16 @@ from fairlearn.metrics import (
 )
 
 from embedx.analysis.fairness import FairnessConfig, fairness_arrays, fairness_from_predictions, run_fairness
+from embedx.analysis.fairness_metrics import GroupRules
+from embedx.analysis.probe_core import ProbeConfig
 from embedx.analysis.results import FAIRNESS_FIELDS
 from embedx.errors import EmbedxError
 from embedx.store.h5store import Store
 
-FAST = FairnessConfig(n_bootstrap=200, n_bootstrap_auc=30, c_grid=(0.1, 1.0))
+FAST = FairnessConfig(
+    probe=ProbeConfig(c_grid=(0.1, 1.0)),
+    rules=GroupRules(n_bootstrap=200, n_bootstrap_auc=30, n_permutations=200),
+)
 
 
 def _block(group: str, positives: int, tp: int, negatives: int, fp: int) -> pd.DataFrame:
@@ -46,7 +51,7 @@ def _hand_built() -> pd.DataFrame:
 def test_known_tpr_gap_and_small_group_marked_not_dropped() -> None:
     f = _hand_built()
     out = fairness_from_predictions(
-        "group", f["group"].to_numpy(object), f["y"], f["prob"], f["pred"], f["subject"], FAST
+        "group", f["group"].to_numpy(object), f["y"], f["prob"], f["pred"], f["subject"], FAST.rules
     )
     assert out["by_group"]["A"]["tpr"] == pytest.approx(0.8)
     assert out["by_group"]["B"]["tpr"] == pytest.approx(0.5)
@@ -66,7 +71,9 @@ def test_numbers_equal_fairlearns_own_functions() -> None:
     y = rng.integers(0, 2, n)
     prob = np.clip(0.35 * y + 0.2 * (s == "x") + rng.uniform(0, 0.5, n), 0, 1)
     pred = (prob > 0.5).astype(int)
-    out = fairness_from_predictions("s", s.astype(object), y, prob, pred, np.arange(n).astype(str), FAST)
+    out = fairness_from_predictions(
+        "s", s.astype(object), y, prob, pred, np.arange(n).astype(str), FAST.rules
+    )
     assert set(FAIRNESS_FIELDS) - {"target"} <= set(out)
     assert out["demographic_parity_difference"] == pytest.approx(
         demographic_parity_difference(y, pred, sensitive_features=s)
@@ -90,9 +97,9 @@ def test_single_class_group_gives_nan_auc_with_a_reason() -> None:
     f = _hand_built()
     f.loc[f["group"] == "C", "y"] = 1  # group C: positives only
     out = fairness_from_predictions(
-        "group", f["group"].to_numpy(object), f["y"], f["prob"], f["pred"], f["subject"], FAST
+        "group", f["group"].to_numpy(object), f["y"], f["prob"], f["pred"], f["subject"], FAST.rules
     )
-    assert out["by_group"]["C"]["auc"] != out["by_group"]["C"]["auc"]  # NaN
+    assert out["by_group"]["C"]["auc"] is None  # undefined (NaN; null in the JSON form)
     assert "one class" in out["by_group"]["C"]["auc_note"]
 
 

@@ -99,6 +99,7 @@ def make_store(
         from embedx.analysis.clusters import run_clusters
         from embedx.analysis.cross_site import cross_site
         from embedx.analysis.fairness import FairnessConfig, run_fairness
+        from embedx.analysis.fairness_metrics import GroupRules
         from embedx.analysis.probes import ProbeConfig, run_probes
 
         quick = {"folds": 3, "c_grid": (0.1, 1.0), "seed": seed}
@@ -113,7 +114,11 @@ def make_store(
             "finding",
             ["sex"],
             "dae",
-            config=FairnessConfig(n_bootstrap=100, n_bootstrap_auc=50, intersections="none", **quick),
+            config=FairnessConfig(
+                probe=ProbeConfig(**quick),
+                rules=GroupRules(n_bootstrap=100, n_bootstrap_auc=50, n_permutations=100),
+                intersections="none",
+            ),
         )
         run_clusters(path, "dae", k=3, seed=seed)
         cross_site(path, "finding", "site", "dae", n_bootstrap=20, folds=3, seed=seed)

@@ -12,7 +12,7 @@ from embedx.dashboard import counterfactual, data, shaping, widgets
 path, meta = widgets.require_store()
 st.title("Counterfactuals")
 st.caption(
-    "What the model thinks an attribute looks like: a logistic-regression probe A vs B is fitted on "
+    "What the model thinks an attribute looks like: the class-balanced linear SVM probe A vs B is fitted on "
     "z_sem, each chosen image's z_sem is moved along its normal (in multiples of the distance between "
     "the A and B means) and decoded with DDIM on the CPU, beside the original."
 )
@@ -54,7 +54,7 @@ steps = st.sidebar.slider("DDIM steps", 5, 50, 20, key="cf_steps")
 z = data.latents(path, model_name)
 labels = data.labels(path, attribute).to_numpy()
 try:
-    direction = counterfactual.probe_direction(z, labels, value_a, value_b)
+    direction = counterfactual.probe_direction(z, labels, value_a, value_b, groups=meta.subject_ids)
 except ValueError as error:
     st.warning(f"Cannot fit the direction {attribute}: {value_a} → {value_b}: {error}")
     st.stop()

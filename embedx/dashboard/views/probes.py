@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from embedx.analysis.results import probe_table
+from embedx.analysis.probe_result import judge_family
+from embedx.analysis.results import family_line, probe_table
 from embedx.dashboard import data, figures, shaping, widgets
 
 path, meta = widgets.require_store()
 st.title("Probes")
-probes = shaping.probe_records(data.analysis(path, "probes"))
+probes = judge_family(shaping.probe_records(data.analysis(path, "probes")))  # Holm over the table shown
 if not probes:
     widgets.hint(
         "No probe results in this store yet. Probe every attribute of every model:",
@@ -18,8 +19,9 @@ if not probes:
     st.stop()
 models = sorted({str(p["model"]) for p in probes})
 st.caption(
-    "Score with its 95 % CI; * = encoded (Holm-corrected and the CI clear of chance). Categorical: "
-    "balanced accuracy (higher = more encoded); continuous: MAE against the median baseline (lower)."
+    "Score with its 95 % CI; * = encoded (Holm-corrected over this table and the CI clear of chance). "
+    "Categorical: balanced accuracy, chance 1/K (higher = more encoded); continuous: MAE against the median "
+    f"baseline (lower). {family_line(probes)}."
 )
 table = probe_table(probes, "formatted").T
 table.index.name = "attribute"
@@ -38,6 +40,7 @@ for p in probes:
             "ci high": (p.get("ci") or [None, None])[1],
             "chance": p.get("chance"),
             "p": p.get("p_value"),
+            "p (Holm)": p.get("p_holm"),
             "verdict": p.get("verdict")
             or ("encoded" if p.get("encoded") else "not distinguishable from chance"),
             "n": p.get("n"),
@@ -57,3 +60,35 @@ for metric in sorted({str(p.get("metric")) for p in probes}):
     if subset:
         st.markdown(f"**{metric}** by attribute ({', '.join(models)}); black bar = chance")
         st.plotly_chart(figures.probe_bars(subset), width="stretch", key=f"probe_bars_{metric}")
+
+st.subheader("How far to trust these verdicts on this cohort")
+calibration = data.analysis(path, "calibration")
+if not calibration:
+    widgets.hint(
+        "No calibration yet. Measure the false-positive rate and the power of the probes on this store's own "
+        "latents (random and planted labels, no ground truth needed):",
+        f"embedx calibrate {widgets.quote(path)}",
+    )
+else:
+    for result in calibration:
+        st.markdown(f"**{result['model']}** · " + (result.get("text") or [""])[0])
+        st.plotly_chart(
+            figures.calibration_lines(result), width="stretch", key=f"calibration_{result['model']}"
+        )
+        st.dataframe(
+            [
+                {
+                    "kind": r["kind"],
+                    "prevalence": r.get("prevalence"),
+                    "effect": r["effect"],
+                    "found": f"{r['found']}/{r['n_labels']}",
+                    "power": r["power"],
+                    "ci low": r["ci"][0],
+                    "ci high": r["ci"][1],
+                    "p < alpha alone": r["power_single_test"],
+                }
+                for r in result["power"]
+            ],
+            hide_index=True,
+            width="stretch",
+        )

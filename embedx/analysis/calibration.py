@@ -1,0 +1,376 @@
+"""`embedx calibrate`: how often this store's audit cries wolf, and how often it finds a real signal.
+
+No ground truth is needed: the store's own latents and subject structure are the test bed.
+
+* **False-positive rate.** Random labels, drawn per subject from each real attribute's own values (so they
+  have its kind, its classes and their prevalence, and no link to the images), go through the probes'
+  permutation test, each with its own permutations. The share with p < alpha should be about alpha; the
+  share that would pass Holm in this store's table, about alpha / m or less.
+* **Power.** Labels are planted along random directions of the latent space: a subject's score on a random
+  unit direction (standardised subject-mean latents) drives a liability, and the top `prevalence` of
+  subjects by liability are positive, with the liability's correlation chosen so that the two classes' mean
+  scores differ by `effect` standard deviations (Cohen's d; for Gaussian latents this is the Mahalanobis
+  distance between the classes, whatever the direction). Continuous labels get a correlation `r` with
+  the direction instead. A planted label counts as **found** when its p-value clears alpha / m, the
+  threshold Holm applies to the strongest probe of a table of m = attributes x models tests (conservative:
+  Holm's later steps are laxer). The probes' CI criterion is not re-run per label.
+
+Everything runs on the rows the probes' permutation test would use: at most `permutation_max_rows` rows
+(whole subjects, label-free folds, the same ridge statistic). Where the store is larger, a planted label
+keeps the number of positive rows that the probes' class-balanced subsample would keep. Labels with the
+same number of positive subjects share one permutation distribution (it depends on the labels only through
+that number), which makes hundreds of planted labels affordable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.stats import norm
+
+from embedx.analysis.folds import subject_codes, subject_folds, subject_subsample
+from embedx.analysis.labels import label_strings, missing_mask
+from embedx.analysis.permutation import RidgeNull, null_statistics, p_value, permutation_test
+from embedx.analysis.stats import SubjectIndex, wilson_interval
+from embedx.analysis.typed import JsonResult
+from embedx.errors import EmbedxError
+
+__all__ = ["CalibrationResult", "CalibrationSettings", "calibrate_arrays", "run_calibration"]
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    n_null: int = 200
+    n_planted: int = 200
+    prevalences: tuple[float, ...] = (0.01, 0.05, 0.2, 0.5)
+    effects: tuple[float, ...] = (0.2, 0.5, 0.8)
+    correlations: tuple[float, ...] = (0.1, 0.3)
+    null_permutations: int = 199
+    permutations: int = 1000  # for planted labels; run_calibration matches the probes' default
+    family_size: int = 1
+    alpha: float = 0.05
+    folds: int = 5
+    permutation_max_rows: int = 10_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if any(not 0 < p < 1 for p in self.prevalences):
+            raise EmbedxError(f"prevalences must lie strictly between 0 and 1, got {self.prevalences}")
+        if any(e <= 0 for e in self.effects) or any(not 0 < r < 1 for r in self.correlations):
+            raise EmbedxError("effects must be positive and correlations in (0, 1)")
+        if self.n_null < 0 or self.n_planted < 0 or self.null_permutations < 19 or self.permutations < 19:
+            raise EmbedxError("label counts cannot be negative; use at least 19 permutations")
+
+
+@dataclass(frozen=True)
+class CalibrationResult(JsonResult):
+    """False-positive rate on matched null labels and power on planted labels, for one model's latents."""
+
+    model: str
+    n: int
+    n_subjects: int
+    rows_used: int
+    subjects_used: int
+    family_size: int
+    alpha: float
+    threshold: float
+    null: list[dict[str, Any]]
+    false_positive_rate: float | None
+    false_positive_ci: list[float | None]
+    false_positive_rate_holm: float | None
+    mean_p: float | None
+    n_null: int
+    power: list[dict[str, Any]]
+    text: tuple[str, ...]
+    permutations: int
+    null_permutations: int
+    method: str = (
+        "null labels: each real attribute's subject-level values re-drawn at random, own "
+        "permutation test; planted labels: liability on a random latent direction, found = "
+        "p < alpha / m (Holm's strictest step); the probes' ridge statistic on label-free folds"
+    )
+    seconds: float | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    tuple_fields = ("text", "notes")
+
+
+def _subject_values(values: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """One value per subject (its first row), the pool that matched null labels are drawn from."""
+    _, first = np.unique(codes, return_index=True)
+    return values[first]
+
+
+def _matched_specs(attributes: dict[str, tuple[str, np.ndarray]], groups: np.ndarray) -> list[dict[str, Any]]:
+    """Per real attribute: kind and the pool of subject-level values that null labels are drawn from."""
+    specs = []
+    for name, (kind, values) in attributes.items():
+        present = ~missing_mask(values)
+        if present.sum() < 10:
+            continue
+        codes = subject_codes(groups[present])
+        continuous = kind == "continuous"
+        raw = values[present] if continuous else label_strings(values[present])
+        try:
+            pool = _subject_values(np.asarray(raw, dtype=float if continuous else object), codes)
+        except (TypeError, ValueError):
+            continue
+        if not continuous and len(set(pool.tolist())) < 2:
+            continue
+        specs.append({"attribute": name, "kind": kind, "pool": pool})
+    if not specs:  # a store without attributes: a generic mix
+        rng = np.random.default_rng(0)
+        specs = [
+            {
+                "attribute": "(generic) binary 10 %",
+                "kind": "binary",
+                "pool": (rng.random(1000) < 0.1).astype(str),
+            },
+            {
+                "attribute": "(generic) 3 classes",
+                "kind": "categorical",
+                "pool": rng.integers(0, 3, 1000).astype(str),
+            },
+            {"attribute": "(generic) continuous", "kind": "continuous", "pool": rng.normal(size=1000)},
+        ]
+    return specs
+
+
+def _planted_binary(
+    score: np.ndarray, prevalence: float, effect: float, n_pos: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Subjects' labels: the top `n_pos` by liability = rho * score + noise, rho set for mean gap `effect`."""
+    t = norm.ppf(1 - prevalence)
+    rho = min(0.999, effect * prevalence * (1 - prevalence) / max(norm.pdf(t), 1e-12))
+    liability = rho * score + np.sqrt(1 - rho**2) * rng.normal(size=len(score))
+    label = np.zeros(len(score), dtype=int)
+    label[np.argsort(-liability)[:n_pos]] = 1
+    return label
+
+
+def _cohens_d(score: np.ndarray, label: np.ndarray) -> float:
+    a, b = score[label == 1], score[label == 0]
+    pooled = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2))
+    return float((a.mean() - b.mean()) / pooled) if pooled > 0 else float("nan")
+
+
+def calibrate_arrays(
+    X: np.ndarray,
+    groups: np.ndarray,
+    attributes: dict[str, tuple[str, np.ndarray]],
+    settings: CalibrationSettings | None = None,
+    *,
+    model: str = "model",
+) -> CalibrationResult:
+    """Calibrate on latents `X` (n, d) with subject ids `groups`; `attributes`: name -> (kind, values)."""
+    cfg = settings or CalibrationSettings()
+    started = time.perf_counter()
+    X = np.asarray(X, dtype=np.float64)
+    ok = np.all(np.isfinite(X), axis=1)
+    X, groups = X[ok], np.asarray(groups).astype(str)[ok]
+    attributes = {k: (kind, np.asarray(v, dtype=object)[ok]) for k, (kind, v) in attributes.items()}
+    all_codes = subject_codes(groups)
+    n_subjects_all = int(all_codes.max()) + 1 if len(all_codes) else 0
+    if n_subjects_all < 4 * cfg.folds:
+        raise EmbedxError(
+            f"calibration needs at least {4 * cfg.folds} subjects, the store has {n_subjects_all}"
+        )
+    rng = np.random.default_rng(cfg.seed)
+    rows = subject_subsample(np.arange(len(X)), all_codes, cfg.permutation_max_rows, rng)
+    Xs, gs = X[rows], all_codes[rows]
+    sub = subject_codes(gs)
+    S = int(sub.max()) + 1
+    index = SubjectIndex(sub)
+    null = RidgeNull(Xs, subject_folds(sub, cfg.folds, cfg.seed + 2))
+    threshold = cfg.alpha / max(1, cfg.family_size)
+    notes: list[str] = []
+    if len(rows) < len(X):
+        notes.append(
+            f"calibrated on a random {len(rows)}-row subsample ({S} subjects), as the probes' "
+            "permutation test is"
+        )
+
+    # ---- false-positive rate: matched null labels, each with its own permutation test
+    specs = _matched_specs(attributes, groups)
+    null_rows: list[dict[str, Any]] = []
+    all_p: list[float] = []
+    per_spec = [cfg.n_null // len(specs) + (i < cfg.n_null % len(specs)) for i in range(len(specs))]
+    for spec, count in zip(specs, per_spec, strict=True):
+        ps = []
+        for _ in range(count):
+            drawn = spec["pool"][rng.integers(0, len(spec["pool"]), S)]
+            if spec["kind"] == "continuous":
+                y, k = np.asarray(drawn, float)[sub], 0
+            else:
+                classes, y_codes = np.unique(drawn.astype(str), return_inverse=True)
+                if len(classes) < 2:
+                    continue
+                y, k = y_codes[sub], len(classes)
+            outcome = permutation_test(null, y, index, k, cfg.null_permutations, int(rng.integers(2**31)))
+            if np.isfinite(outcome.p_value):
+                ps.append(outcome.p_value)
+        ps_arr = np.asarray(ps)
+        all_p += ps
+        hits = int(np.sum(ps_arr < cfg.alpha))
+        null_rows.append(
+            {
+                "attribute": spec["attribute"],
+                "kind": spec["kind"],
+                "n_labels": len(ps),
+                "false_positive_rate": float(hits / len(ps)) if ps else None,
+                "ci": list(wilson_interval(hits, len(ps))),
+                "mean_p": float(ps_arr.mean()) if ps else None,
+                "passes_holm": int(np.sum(ps_arr < threshold)),
+            }
+        )
+    p_all = np.asarray(all_p)
+    fp_hits = int(np.sum(p_all < cfg.alpha))
+
+    # ---- power: planted labels along random latent directions, one shared null per positive count
+    zs = index.per_subject(Xs) / index.sizes[:, None]
+    zs = (zs - zs.mean(axis=0)) / np.where(zs.std(axis=0) > 0, zs.std(axis=0), 1.0)
+    cells = [("binary", p, e) for p in cfg.prevalences for e in cfg.effects]
+    cells += [("continuous", None, r) for r in cfg.correlations]
+    per_cell = max(1, int(np.ceil(cfg.n_planted / max(1, len(cells))))) if cfg.n_planted else 0
+    rows_per_subject = index.sizes.astype(float)
+    power: list[dict[str, Any]] = []
+    shared_null: dict[Any, np.ndarray] = {}
+    scale = min(1.0, cfg.permutation_max_rows / max(1, len(X))) if len(X) > len(rows) else 1.0
+    for kind, prevalence, effect in cells if per_cell else []:
+        labels, realized = [], []
+        for _ in range(per_cell):
+            direction = rng.normal(size=zs.shape[1])
+            score = zs @ (direction / np.linalg.norm(direction))
+            score = (score - score.mean()) / (score.std() or 1.0)
+            if kind == "binary":
+                # positive rows the probes' class-balanced subsample would keep, out of these rows
+                full_pos_rows = prevalence * len(X)
+                kept = min(full_pos_rows, cfg.permutation_max_rows / 2) if scale < 1 else full_pos_rows
+                n_pos = int(np.clip(round(S * kept / len(rows)), 2, S - 2))
+                label = _planted_binary(score, prevalence, effect, n_pos, rng)
+                realized.append(_cohens_d(score, label))
+            else:
+                liability = effect * score + np.sqrt(1 - effect**2) * rng.normal(size=S)
+                label = np.empty(S)
+                label[np.argsort(liability)] = norm.ppf((np.arange(S) + 0.5) / S)  # fixed values: shared null
+                realized.append(float(np.corrcoef(score, label)[0, 1]))
+            labels.append(label)
+        k = 2 if kind == "binary" else 0
+        key = (kind, int(labels[0].sum()) if kind == "binary" else "ranks")
+        if key not in shared_null:
+            shared_null[key], _ = null_statistics(
+                null, labels[0][sub], index, k, cfg.permutations, int(rng.integers(2**31))
+            )
+        observed = null.statistic(np.stack([lab[sub] for lab in labels], axis=1), k)
+        ps = np.array([p_value(o, shared_null[key], lower_is_extreme=k == 0)[0] for o in observed])
+        found = int(np.sum(ps < threshold))
+        positive_rows = float(np.mean([rows_per_subject[lab == 1].sum() for lab in labels])) if k else None
+        power.append(
+            {
+                "kind": kind,
+                "prevalence": prevalence,
+                "effect": effect,
+                "effect_measure": "Cohen's d on the direction" if k else "correlation r with the direction",
+                "n_labels": len(labels),
+                "found": found,
+                "power": found / len(labels),
+                "ci": list(wilson_interval(found, len(labels))),
+                "power_single_test": float(np.mean(ps < cfg.alpha)),
+                "realized_effect": float(np.nanmean(realized)),
+                "positive_rows": positive_rows,
+            }
+        )
+    text = _sentences(null_rows, fp_hits, len(p_all), power, cfg, threshold)
+    return CalibrationResult(
+        model=model,
+        n=len(X),
+        n_subjects=n_subjects_all,
+        rows_used=len(rows),
+        subjects_used=S,
+        family_size=cfg.family_size,
+        alpha=cfg.alpha,
+        threshold=threshold,
+        null=null_rows,
+        false_positive_rate=float(fp_hits / len(p_all)) if len(p_all) else None,
+        false_positive_ci=list(wilson_interval(fp_hits, len(p_all))),
+        false_positive_rate_holm=float(np.mean(p_all < threshold)) if len(p_all) else None,
+        mean_p=float(p_all.mean()) if len(p_all) else None,
+        n_null=len(p_all),
+        power=power,
+        text=tuple(text),
+        permutations=cfg.permutations,
+        null_permutations=cfg.null_permutations,
+        seconds=round(time.perf_counter() - started, 1),
+        notes=tuple(notes),
+    )
+
+
+def _sentences(
+    null_rows: list[dict],
+    fp_hits: int,
+    n_null: int,
+    power: list[dict],
+    cfg: CalibrationSettings,
+    threshold: float,
+) -> list[str]:
+    lines = []
+    if n_null:
+        lines.append(
+            f"False-positive rate: {fp_hits}/{n_null} labels with no link to the images had "
+            f"p < {cfg.alpha:g} ({fp_hits / n_null:.1%}; expected {cfg.alpha:.0%}); at the Holm threshold "
+            f"of this store's table (alpha / {cfg.family_size} = {threshold:.2g}) the rate is lower still."
+        )
+    for row in power:
+        if row["kind"] == "binary":
+            what = f"an attribute at prevalence {row['prevalence']:.0%} with effect d = {row['effect']:g}"
+        else:
+            what = f"a continuous attribute with correlation r = {row['effect']:g}"
+        lines.append(
+            f"In this cohort, {what} is found with probability {row['power']:.2f} "
+            f"[{row['ci'][0]:.2f}, {row['ci'][1]:.2f}] ({row['found']}/{row['n_labels']} planted labels)."
+        )
+    return lines
+
+
+def run_calibration(
+    store_path: Any,
+    models: Sequence[str] | None = None,
+    settings: CalibrationSettings | None = None,
+    *,
+    write: bool = True,
+) -> list[CalibrationResult]:
+    """Calibrate every model (or those named) of a store; `/analysis/calibration/<model>` unless not `write`.
+
+    The family size m defaults to what `embedx probe` would correct for: attributes x models of the store;
+    the planted labels' permutations to what the probes would run for that family.
+    """
+    from embedx.analysis.probes import default_permutations, resolve_names
+    from embedx.progress import progress_bar
+    from embedx.store.h5store import Store
+
+    base = settings or CalibrationSettings()
+    results = []
+    with Store.open(store_path) as store:
+        names = resolve_names(models, store.models(), "model", store_path)
+        if not names:
+            raise EmbedxError(f"{store_path}: the store holds no latents yet (run `embedx encode` first)")
+        schema = store.schema()
+        table = store.attributes()
+        family = max(1, len(store.models()) * len(schema))
+        if settings is None:
+            base = CalibrationSettings(family_size=family, permutations=default_permutations(family))
+        attributes = {n: (s.kind, table[n].to_numpy()) for n, s in schema.items()}
+        subjects = np.asarray(store.subject_ids).astype(str)
+        with progress_bar(len(names), "calibrate", unit="model") as advance:
+            for name in names:
+                results.append(calibrate_arrays(store.latents(name), subjects, attributes, base, model=name))
+                advance(1)
+    if write:
+        with Store.open(store_path, mode="a") as store:
+            for r in results:
+                store.write_analysis("calibration", r.model, r.to_dict())
+    return results

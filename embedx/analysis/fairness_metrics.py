@@ -1,0 +1,516 @@
+"""Per-group metrics, intervals and gaps for fixed predictions: the numbers of a fairness audit.
+
+Given out-of-fold predictions of any classifier (the probe's, or the user's own) and one group label per
+row, this computes what a fairness reviewer checks (see fairness-anchors.md):
+
+* per group, from fairlearn's MetricFrame: n (rows and subjects), positives, accuracy, TPR, FPR, AUC,
+  selection rate, ECE; 95 % CIs by resampling subjects (`ci`; `ci_dropped` counts resamples in which a
+  group lost a class);
+* **groups too small to judge are shown, not dropped**: fewer than `min_group_n` subjects, or fewer than
+  `min_group_class` positive or negative subjects, marks a group `too_small` and keeps it out of the gaps;
+* **gaps as fairlearn defines them** (max - min over the eligible groups, e.g. the demographic-parity
+  difference), and beside each (`gaps`): the two groups that make it, the *signed* difference between them
+  with a bootstrap-SE interval (which always holds the estimate and may cross zero: the percentile interval
+  of a "largest gap" is biased upward and can miss its own estimate), and a **permutation p-value** for "no
+  gap": group labels exchanged between subjects (for TPR / FPR gaps, within the positives / negatives only),
+  the max - min statistic recomputed each time, which accounts for having picked the extreme pair.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from fairlearn.metrics import (
+    MetricFrame,
+    count,
+    demographic_parity_difference,
+    demographic_parity_ratio,
+    equal_opportunity_difference,
+    equalized_odds_difference,
+    false_positive_rate,
+    selection_rate,
+    true_positive_rate,
+)
+from sklearn.metrics import accuracy_score, mean_absolute_error, roc_auc_score
+
+from embedx.analysis.stats import (
+    SubjectIndex,
+    SubjectPermuter,
+    count_dropped,
+    normal_interval,
+    percentile_ci,
+)
+from embedx.analysis.typed import JsonResult
+
+__all__ = [
+    "FairnessResult",
+    "GroupRules",
+    "expected_calibration_error",
+    "fairness_from_predictions",
+    "mae_by_group",
+    "safe_auc",
+]
+
+RATE_METRICS = ("accuracy", "tpr", "fpr", "selection_rate")
+GAP_NAMES = (
+    "demographic_parity_difference",
+    "demographic_parity_ratio",
+    "equalized_odds_difference",
+    "equal_opportunity_difference",
+    "worst_group_auc",
+)
+
+
+@dataclass(frozen=True)
+class GroupRules:
+    """When a group is too small to judge, and how much resampling the intervals and p-values get."""
+
+    min_group_n: int = 30  # subjects
+    min_group_class: int = 5  # positive and negative subjects
+    n_bootstrap: int = 1000
+    n_bootstrap_auc: int = 200
+    n_permutations: int = 1000
+    ece_bins: int = 10
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FairnessResult(JsonResult):
+    """One target x sensitive attribute (or intersection): per-group metrics, gaps and their evidence."""
+
+    target: str
+    sensitive: str
+    by_group: dict[str, dict[str, Any]]
+    demographic_parity_difference: float | None = None
+    equalized_odds_difference: float | None = None
+    demographic_parity_ratio: float | None = None
+    equal_opportunity_difference: float | None = None
+    worst_group_auc: float | None = None
+    worst_group: str | None = None
+    mae_difference: float | None = None
+    worst_group_mae: float | None = None
+    gaps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    gaps_ci: dict[str, list[float | None]] = field(default_factory=dict)
+    gaps_note: str | None = None
+    groups_excluded_from_gaps: tuple[str, ...] = ()
+    n: int = 0
+    n_missing_sensitive: int = 0
+    model: str | None = None
+    kind: str = "binary"
+    positive_class: str | None = None
+    operating_point: dict[str, Any] | None = None
+    overall: dict[str, Any] = field(default_factory=dict)
+    n_excluded: int = 0
+    min_group_n: int = 0
+    min_group_class: int = 0
+    unit_for_too_small: str = "subjects"
+    age_bands: Any = None
+    bootstrap: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    tuple_fields = ("groups_excluded_from_gaps", "notes")
+
+
+def safe_auc(y_true: np.ndarray, y_pred: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC of `scores`; NaN when the group holds one class only (AUC is undefined there)."""
+    y_true = np.asarray(y_true)
+    if len(np.unique(y_true)) < 2:
+        return float("nan")
+    return float(roc_auc_score(y_true, np.asarray(scores)))
+
+
+def expected_calibration_error(
+    y_true: np.ndarray, y_pred: np.ndarray, scores: np.ndarray, bins: int = 10
+) -> float:
+    """ECE with equal-width probability bins: sum_b (n_b / n) |mean(y)_b - mean(p)_b|."""
+    y_true, p = np.asarray(y_true, float), np.asarray(scores, float)
+    if len(p) == 0:
+        return float("nan")
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    n_b = np.bincount(which, minlength=bins)
+    y_b = np.bincount(which, weights=y_true, minlength=bins)
+    p_b = np.bincount(which, weights=p, minlength=bins)
+    used = n_b > 0
+    return float(np.sum(np.abs(y_b[used] - p_b[used])) / len(p))
+
+
+def _positives(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(np.sum(y_true))
+
+
+def _negatives(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(np.sum(1 - np.asarray(y_true)))
+
+
+def _rates(counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-group rates from confusion counts (..., groups, 4) laid out as [TN, FP, FN, TP]."""
+    tn, fp, fn, tp = (counts[..., k] for k in range(4))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "accuracy": (tp + tn) / (tn + fp + fn + tp),
+            "tpr": tp / (tp + fn),
+            "fpr": fp / (fp + tn),
+            "selection_rate": (tp + fp) / (tn + fp + fn + tp),
+        }
+
+
+def _spread(values: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmax(values, axis=-1) - np.nanmin(values, axis=-1)
+
+
+def _subject_counts(labels: np.ndarray, groups: np.ndarray, flags: np.ndarray | None = None) -> pd.Series:
+    frame = pd.DataFrame({"g": labels, "s": groups})
+    if flags is not None:
+        frame = frame[flags]
+    return frame.groupby("g")["s"].nunique()
+
+
+def _permuted_counts(
+    codes: np.ndarray,
+    cell: np.ndarray,
+    groups: np.ndarray,
+    rows: np.ndarray,
+    n_groups: int,
+    n_perm: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """(n_perm, groups, 4) confusion counts with the group labels of `rows` exchanged between subjects."""
+    if len(rows) == 0 or n_perm == 0:
+        return np.zeros((n_perm, n_groups, 4))
+    permuter = SubjectPermuter(codes[rows], SubjectIndex(groups[rows]))
+    out = []
+    for start in range(0, n_perm, 64):
+        step = min(64, n_perm - start)
+        perm = permuter.draw(rng, step)  # (rows, step)
+        index = (perm * 4 + cell[rows][:, None]) + (n_groups * 4) * np.arange(step)[None, :]
+        out.append(np.bincount(index.ravel(), minlength=step * n_groups * 4).reshape(step, n_groups, 4))
+    return np.concatenate(out).astype(float)
+
+
+def _gap_evidence(
+    rates: dict[str, np.ndarray],
+    rate_reps: dict[str, np.ndarray],
+    perm: dict[str, np.ndarray],
+    names: list[str],
+    eligible: np.ndarray,
+    n_permutations: int,
+) -> dict[str, dict[str, Any]]:
+    """Signed pair difference, its bootstrap-SE interval and the permutation p for each gap."""
+    out: dict[str, dict[str, Any]] = {}
+    specs = {
+        "demographic_parity_difference": ("selection_rate",),
+        "equal_opportunity_difference": ("tpr",),
+        "equalized_odds_difference": ("tpr", "fpr"),
+    }
+    for gap, components in specs.items():
+        spreads = {c: float(_spread(rates[c][eligible])) for c in components}
+        component = max(spreads, key=lambda c: spreads[c])
+        values = rates[component][eligible]
+        hi, lo = int(np.nanargmax(values)), int(np.nanargmin(values))
+        estimate = float(values[hi] - values[lo])
+        reps = rate_reps[component][:, eligible][:, hi] - rate_reps[component][:, eligible][:, lo]
+        null = np.max(np.stack([_spread(perm[c][:, eligible]) for c in components]), axis=0)
+        valid = null[np.isfinite(null)]
+        p = (
+            float((1 + np.sum(valid >= max(spreads.values()) - 1e-12)) / (1 + valid.size))
+            if valid.size
+            else None
+        )
+        out[gap] = {
+            "estimate": max(spreads.values()),
+            "component": component,
+            "pair": [names[eligible[hi]], names[eligible[lo]]],
+            "signed_difference": estimate,
+            "ci": list(normal_interval(estimate, reps)),
+            "ci_dropped": count_dropped(reps),
+            "p_value": p,
+            "permutations": n_permutations,
+            "permutations_dropped": int(null.size - valid.size),
+        }
+    sel = rates["selection_rate"][eligible]
+    hi, lo = int(np.nanargmax(sel)), int(np.nanargmin(sel))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_reps = np.log(
+            rate_reps["selection_rate"][:, eligible][:, lo] / rate_reps["selection_rate"][:, eligible][:, hi]
+        )
+        ratio = float(sel[lo] / sel[hi]) if sel[hi] > 0 else float("nan")
+    low, high = normal_interval(float(np.log(ratio)) if ratio > 0 else float("nan"), log_reps)
+    out["demographic_parity_ratio"] = {
+        "estimate": ratio,
+        "pair": [names[eligible[lo]], names[eligible[hi]]],
+        "ci": [float(np.exp(low)), float(np.exp(high))] if np.isfinite(low) else [None, None],
+        "ci_dropped": count_dropped(log_reps),
+        "p_value": out["demographic_parity_difference"]["p_value"],
+        "interval": "bootstrap-SE interval on the log ratio",
+    }
+    return out
+
+
+def fairness_from_predictions(
+    name: str,
+    labels: np.ndarray,
+    y: np.ndarray,
+    prob: np.ndarray,
+    pred: np.ndarray,
+    groups: np.ndarray,
+    rules: GroupRules | None = None,
+    *,
+    target: str = "target",
+) -> FairnessResult:
+    """Per-group metrics, CIs and gaps for fixed binary predictions (labels: group per row, None = missing).
+
+    Public so that any classifier's predictions (not only the probe's) can be audited the same way.
+    """
+    rules = rules or GroupRules()
+    labels = np.asarray(labels, dtype=object)
+    y, pred, prob = np.asarray(y).astype(int), np.asarray(pred).astype(int), np.asarray(prob, dtype=float)
+    groups = np.asarray(groups).astype(str)
+    present = np.array([v is not None for v in labels])
+    lab = labels[present].astype(str)
+    yt, yp, pr, gr = y[present], pred[present], prob[present], groups[present]
+    frame = MetricFrame(
+        metrics={
+            "n": count,
+            "positives": _positives,
+            "negatives": _negatives,
+            "accuracy": accuracy_score,
+            "tpr": true_positive_rate,
+            "fpr": false_positive_rate,
+            "selection_rate": selection_rate,
+            "auc": safe_auc,
+            "ece": expected_calibration_error,
+        },
+        y_true=yt,
+        y_pred=yp,
+        sensitive_features=pd.Series(lab, name=name),
+        sample_params={"auc": {"scores": pr}, "ece": {"scores": pr}},
+    )
+    by = frame.by_group
+    names = [str(g) for g in by.index]
+    subjects = _subject_counts(lab, gr)
+    pos_subjects = _subject_counts(lab, gr, yt == 1)
+    neg_subjects = _subject_counts(lab, gr, yt == 0)
+    counts = {
+        g: (int(subjects.get(g, 0)), int(pos_subjects.get(g, 0)), int(neg_subjects.get(g, 0))) for g in names
+    }
+    too_small = {
+        g: counts[g][0] < rules.min_group_n or min(counts[g][1:]) < rules.min_group_class for g in names
+    }
+    eligible = np.array([j for j, g in enumerate(names) if not too_small[g]], dtype=int)
+
+    codes = np.searchsorted(np.asarray(names), lab)
+    cell = yt * 2 + yp
+    index = SubjectIndex(gr)
+    per_subject = np.zeros((index.n_subjects, 4 * len(names)))
+    np.add.at(per_subject, (index.codes, codes * 4 + cell), 1.0)
+    rng = np.random.default_rng(rules.seed)
+    rate_reps = {k: [] for k in RATE_METRICS}
+    for start in range(0, rules.n_bootstrap, 64):
+        step = min(64, rules.n_bootstrap - start)
+        boot = _rates((index.weights(step, rng) @ per_subject).reshape(step, len(names), 4))
+        for k in RATE_METRICS:
+            rate_reps[k].append(boot[k])
+    reps = {k: np.concatenate(v) if v else np.empty((0, len(names))) for k, v in rate_reps.items()}
+    auc_reps = np.full((rules.n_bootstrap_auc, len(names)), np.nan)
+    ece_reps = np.full((rules.n_bootstrap_auc, len(names)), np.nan)
+    for b in range(rules.n_bootstrap_auc):
+        rows = index.resample_rows(rng)
+        for j in range(len(names)):
+            sel = rows[codes[rows] == j]
+            if sel.size:
+                auc_reps[b, j] = safe_auc(yt[sel], yp[sel], pr[sel])
+                ece_reps[b, j] = expected_calibration_error(yt[sel], yp[sel], pr[sel], rules.ece_bins)
+
+    by_group: dict[str, dict[str, Any]] = {}
+    for j, g in enumerate(names):
+        row = by.loc[g]
+        entry: dict[str, Any] = {
+            k: float(row[k]) for k in ("accuracy", "tpr", "fpr", "auc", "selection_rate", "ece")
+        }
+        entry.update(
+            n=int(row["n"]),
+            positives=int(row["positives"]),
+            negatives=int(row["negatives"]),
+            n_subjects=counts[g][0],
+            positive_subjects=counts[g][1],
+            negative_subjects=counts[g][2],
+            too_small=too_small[g],
+        )
+        if np.isnan(entry["auc"]):
+            entry["auc_note"] = "AUC undefined: this group holds only one class"
+        entry["ci"] = {k: list(percentile_ci(reps[k][:, j])) for k in RATE_METRICS}
+        entry["ci"]["auc"] = list(percentile_ci(auc_reps[:, j]))
+        entry["ci"]["ece"] = list(percentile_ci(ece_reps[:, j]))
+        entry["ci_dropped"] = {k: count_dropped(reps[k][:, j]) for k in ("tpr", "fpr")} | {
+            "auc": count_dropped(auc_reps[:, j])
+        }
+        by_group[g] = entry
+    base = {
+        "target": target,
+        "sensitive": name,
+        "by_group": by_group,
+        "n": int(present.sum()),
+        "n_missing_sensitive": int((~present).sum()),
+        "groups_excluded_from_gaps": tuple(g for g in names if too_small[g]),
+        "min_group_n": rules.min_group_n,
+        "min_group_class": rules.min_group_class,
+    }
+    if eligible.size < 2:
+        return FairnessResult(
+            **base,
+            gaps_note=(
+                f"fewer than 2 groups large enough to compare (>= {rules.min_group_n} subjects, "
+                f">= {rules.min_group_class} positive and negative subjects)"
+            ),
+        )
+    rows_e = np.flatnonzero(np.isin(codes, eligible))
+    sf, yt_e, yp_e = lab[rows_e], yt[rows_e], yp[rows_e]
+    point = _rates(np.stack([np.bincount(cell[codes == j], minlength=4) for j in range(len(names))]))
+    perm_rng = np.random.default_rng(rules.seed + 1)
+    perm = {
+        "selection_rate": _rates(
+            _permuted_counts(codes, cell, gr, rows_e, len(names), rules.n_permutations, perm_rng)
+        )["selection_rate"]
+    }
+    for component, flag in (("tpr", 1), ("fpr", 0)):
+        within = rows_e[yt[rows_e] == flag]
+        perm[component] = _rates(
+            _permuted_counts(codes, cell, gr, within, len(names), rules.n_permutations, perm_rng)
+        )[component]
+    gaps = _gap_evidence(point, reps, perm, names, eligible, rules.n_permutations)
+    aucs = {names[j]: by_group[names[j]]["auc"] for j in eligible if not np.isnan(by_group[names[j]]["auc"])}
+    worst = min(aucs.values()) if aucs else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        worst_reps = np.nanmin(auc_reps[:, eligible], axis=1)
+    gaps["worst_group_auc"] = {
+        "estimate": worst,
+        "ci": list(normal_interval(worst, worst_reps)) if worst is not None else [None, None],
+        "ci_dropped": count_dropped(worst_reps),
+    }
+    return FairnessResult(
+        **base,
+        demographic_parity_difference=float(demographic_parity_difference(yt_e, yp_e, sensitive_features=sf)),
+        demographic_parity_ratio=float(demographic_parity_ratio(yt_e, yp_e, sensitive_features=sf)),
+        equalized_odds_difference=float(equalized_odds_difference(yt_e, yp_e, sensitive_features=sf)),
+        equal_opportunity_difference=float(equal_opportunity_difference(yt_e, yp_e, sensitive_features=sf)),
+        worst_group_auc=worst,
+        worst_group=min(aucs, key=aucs.get) if aucs else None,  # type: ignore[arg-type]
+        gaps=gaps,
+        gaps_ci={k: v["ci"] for k, v in gaps.items()},
+    )
+
+
+def mae_by_group(
+    name: str,
+    labels: np.ndarray,
+    y: np.ndarray,
+    pred: np.ndarray,
+    groups: np.ndarray,
+    rules: GroupRules | None = None,
+    *,
+    target: str = "target",
+) -> FairnessResult:
+    """A continuous target: MAE and bias per group; the MAE gap with a signed interval and permutation p."""
+    rules = rules or GroupRules()
+    labels = np.asarray(labels, dtype=object)
+    present = np.array([v is not None for v in labels])
+    lab = labels[present].astype(str)
+    yt, yp, gr = np.asarray(y, float)[present], np.asarray(pred, float)[present], np.asarray(groups)[present]
+    frame = MetricFrame(
+        metrics={
+            "n": count,
+            "mae": mean_absolute_error,
+            "bias": lambda a, b: float(np.mean(np.asarray(b) - np.asarray(a))),
+            "mean_target": lambda a, b: float(np.mean(a)),
+        },
+        y_true=yt,
+        y_pred=yp,
+        sensitive_features=pd.Series(lab, name=name),
+    )
+    by = frame.by_group
+    names = [str(g) for g in by.index]
+    codes = np.searchsorted(np.asarray(names), lab)
+    subjects = _subject_counts(lab, gr)
+    index = SubjectIndex(gr)
+    err = np.zeros((index.n_subjects, len(names)))
+    cnt = np.zeros((index.n_subjects, len(names)))
+    np.add.at(err, (index.codes, codes), np.abs(yt - yp))
+    np.add.at(cnt, (index.codes, codes), 1.0)
+    rng = np.random.default_rng(rules.seed)
+    chunks = []
+    for start in range(0, rules.n_bootstrap, 64):
+        w = index.weights(min(64, rules.n_bootstrap - start), rng)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            chunks.append((w @ err) / (w @ cnt))
+    reps = np.concatenate(chunks) if chunks else np.empty((0, len(names)))
+    by_group = {}
+    for j, g in enumerate(names):
+        row = by.loc[g]
+        by_group[g] = {
+            "n": int(row["n"]),
+            "n_subjects": int(subjects.get(g, 0)),
+            "mae": float(row["mae"]),
+            "bias": float(row["bias"]),
+            "mean_target": float(row["mean_target"]),
+            "too_small": bool(subjects.get(g, 0) < rules.min_group_n),
+            "ci": {"mae": list(percentile_ci(reps[:, j]))},
+            "ci_dropped": count_dropped(reps[:, j]),
+        }
+    eligible = np.array([j for j, g in enumerate(names) if not by_group[g]["too_small"]], dtype=int)
+    base = {
+        "target": target,
+        "sensitive": name,
+        "by_group": by_group,
+        "kind": "continuous",
+        "n": int(present.sum()),
+        "n_missing_sensitive": int((~present).sum()),
+        "min_group_n": rules.min_group_n,
+        "groups_excluded_from_gaps": tuple(names[j] for j in range(len(names)) if j not in eligible),
+        "gaps_note": "rate-based gaps are not defined for a continuous target; see mae_difference",
+    }
+    if eligible.size < 2:
+        return FairnessResult(**base)
+    maes = np.array([by_group[names[j]]["mae"] for j in eligible])
+    hi, lo = int(np.argmax(maes)), int(np.argmin(maes))
+    estimate = float(maes[hi] - maes[lo])
+    diff_reps = reps[:, eligible[hi]] - reps[:, eligible[lo]]
+    rows_e = np.flatnonzero(np.isin(codes, eligible))
+    permuter = SubjectPermuter(codes[rows_e], SubjectIndex(gr[rows_e]))
+    abs_err = np.abs(yt - yp)[rows_e]
+    null = []
+    perm_rng = np.random.default_rng(rules.seed + 1)
+    for start in range(0, rules.n_permutations, 64):
+        step = min(64, rules.n_permutations - start)
+        perm = permuter.draw(perm_rng, step)
+        idx = perm + len(names) * np.arange(step)[None, :]
+        sums = np.bincount(idx.ravel(), weights=np.repeat(abs_err, step), minlength=step * len(names))
+        totals = np.bincount(idx.ravel(), minlength=step * len(names))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            group_mae = (sums / totals).reshape(step, len(names))[:, eligible]
+        null.append(_spread(group_mae))
+    null_arr = np.concatenate(null) if null else np.empty(0)
+    p = float((1 + np.sum(null_arr >= estimate - 1e-12)) / (1 + null_arr.size)) if null_arr.size else None
+    gap = {
+        "estimate": estimate,
+        "pair": [names[eligible[hi]], names[eligible[lo]]],
+        "signed_difference": estimate,
+        "ci": list(normal_interval(estimate, diff_reps)),
+        "ci_dropped": count_dropped(diff_reps),
+        "p_value": p,
+        "permutations": rules.n_permutations,
+    }
+    return FairnessResult(
+        **base,
+        mae_difference=estimate,
+        worst_group_mae=float(maes[hi]),
+        worst_group=names[eligible[hi]],
+        gaps={"mae_difference": gap},
+        gaps_ci={"mae_difference": gap["ci"]},
+    )

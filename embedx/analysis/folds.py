@@ -1,0 +1,142 @@
+"""Subject-grouped folds and subject subsamples: every split in embedx keeps a patient on one side.
+
+Two kinds of folds, for two jobs:
+
+* `stratified_folds` balance the classes (or quintiles of a continuous label) across folds. They give the
+  most stable *estimate* of a probe's score, so the reported score and its interval use them.
+* `subject_folds` ignore the labels. A permutation test must compare the observed statistic with permuted
+  labels on the *same* folds; folds cut to balance the observed labels are balanced for them only, which
+  favours the observed labelling and makes p-values too small. The permutation tests use these.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+__all__ = [
+    "FAST_FOLDS_MIN_SUBJECTS",
+    "class_balanced_subsample",
+    "fold_splits",
+    "stratified_folds",
+    "stratified_splits",
+    "subject_codes",
+    "subject_folds",
+    "subject_subsample",
+]
+
+# Above this many subjects, stratified folds are dealt per subject (stratified by the subject's first label)
+# instead of sklearn's StratifiedGroupKFold, whose per-group Python loop costs ~30 s at 65k patients.
+FAST_FOLDS_MIN_SUBJECTS = 5_000
+
+
+def subject_codes(groups: np.ndarray) -> np.ndarray:
+    """Subject ids as integer codes 0..S-1 (hashing: far faster than sorting 220k id strings)."""
+    return pd.factorize(np.asarray(groups))[0].astype(np.int64)
+
+
+def stratified_folds(
+    y: np.ndarray, groups: np.ndarray, folds: int, seed: int, continuous: bool = False
+) -> np.ndarray:
+    """Fold id per row, every subject in exactly one fold, classes (or quintiles) balanced across folds."""
+    if continuous:
+        ranks = pd.Series(np.asarray(y, float)).rank(method="first").to_numpy()
+        strata = np.minimum((ranks - 1) * 5 // len(ranks), 4).astype(int)
+    else:
+        strata = np.unique(np.asarray(y), return_inverse=True)[1].reshape(-1)
+    fold = np.full(len(strata), -1, dtype=int)
+    subjects, first, codes = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class": callers merge tiny classes
+        if len(subjects) >= FAST_FOLDS_MIN_SUBJECTS:
+            splitter_s = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+            subject_fold = np.full(len(subjects), -1, dtype=int)
+            for f, (_, test) in enumerate(splitter_s.split(np.zeros(len(subjects)), strata[first])):
+                subject_fold[test] = f
+            return subject_fold[codes.reshape(-1)]
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        for f, (_, test) in enumerate(splitter.split(np.zeros(len(strata)), strata, groups)):
+            fold[test] = f
+    return fold
+
+
+def subject_folds(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold id per row from a seeded shuffle of the subjects alone (no label is looked at).
+
+    Subjects are dealt round-robin in random order, so fold sizes (in subjects) differ by at most one.
+    """
+    codes = subject_codes(groups)
+    n_subjects = int(codes.max()) + 1 if codes.size else 0
+    order = np.random.default_rng(seed).permutation(n_subjects)
+    subject_fold = np.empty(n_subjects, dtype=int)
+    subject_fold[order] = np.arange(n_subjects) % folds
+    return subject_fold[codes]
+
+
+def fold_splits(fold: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train rows, test rows) for each fold id present, in fold order."""
+    return [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in np.unique(fold) if f >= 0]
+
+
+def subject_subsample(
+    rows: np.ndarray, groups: np.ndarray, max_rows: int, rng: np.random.Generator
+) -> np.ndarray:
+    """At most ~`max_rows` of `rows`, taking whole subjects in random order (keeps the grouping)."""
+    rows = np.asarray(rows)
+    if len(rows) <= max_rows:
+        return rows
+    g = np.asarray(groups)[rows]
+    _, inverse, counts = np.unique(g, return_inverse=True, return_counts=True)
+    order = rng.permutation(len(counts))
+    keep_subjects = order[np.cumsum(counts[order]) <= max_rows]
+    if keep_subjects.size == 0:
+        keep_subjects = order[:1]
+    return rows[np.isin(inverse.reshape(-1), keep_subjects)]
+
+
+def class_balanced_subsample(
+    rows: np.ndarray, groups: np.ndarray, codes: np.ndarray, max_rows: int, rng: np.random.Generator
+) -> np.ndarray:
+    """At most ~`max_rows` of `rows` by whole subjects, keeping rare classes whole where the label allows.
+
+    When the label is constant within each subject, the row budget is shared out class by class (smallest
+    first, each at most an equal share of what is left), so a 2 % class keeps every subject instead of
+    the ~200 rows a plain subsample of 10k would leave it. Choosing subjects by their label keeps a
+    permutation test exact: under the null the chosen subjects' latents are as exchangeable as before.
+    A label that varies within a subject gets a plain subject subsample.
+    """
+    rows = np.asarray(rows)
+    if len(rows) <= max_rows:
+        return rows
+    g, c = np.asarray(groups)[rows], np.asarray(codes)[rows]
+    frame = pd.DataFrame({"g": g, "c": c})
+    if (frame.groupby("g")["c"].nunique() > 1).any():
+        return subject_subsample(rows, groups, max_rows, rng)
+    sizes = frame.groupby("c").size().sort_values()
+    budget, left = {}, max_rows
+    for i, (cls, size) in enumerate(sizes.items()):
+        budget[cls] = min(int(size), left // (len(sizes) - i))
+        left -= budget[cls]
+    kept = [subject_subsample(rows[c == cls], groups, budget[cls], rng) for cls in sizes.index]
+    return np.sort(np.concatenate(kept))
+
+
+def stratified_splits(
+    y: np.ndarray, groups: np.ndarray, folds: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified subject-grouped (train, test) splits; k shrinks to the subjects of the rarest class.
+
+    Raises `EmbedxError` when a class has fewer than 2 subjects: no split could train and test on it.
+    """
+    from embedx.errors import EmbedxError
+
+    y = np.asarray(y)
+    groups = np.asarray(groups)
+    per_class = min(len(np.unique(groups[y == c])) for c in np.unique(y))
+    k = int(min(folds, per_class, len(np.unique(groups))))
+    if k < 2:
+        raise EmbedxError(f"too few subjects per class for cross-validation ({per_class})")
+    return fold_splits(stratified_folds(y, groups, k, seed))

@@ -1,0 +1,117 @@
+"""Labels as every analysis reads them: what counts as missing, how values print, which class is positive.
+
+Probes, fairness, cross-site, background and `experiment shift` all turn a store or manifest column into
+class labels. Doing that in one place means one answer everywhere to three questions that otherwise drift
+apart: is "nan" / "" / None missing (yes, all of them), is 1.0 the same class as "1" (yes), and which value of
+a binary target is the positive one (`positive_class`: the user's choice, else the one unambiguous
+"positive-sounding" value, else the second value in sorted order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from embedx.errors import EmbedxError
+
+__all__ = [
+    "OTHER",
+    "POSITIVE_WORDS",
+    "label_strings",
+    "merge_small_classes",
+    "missing_mask",
+    "positive_class",
+]
+
+OTHER = "(other)"
+# Values that name the positive class of a binary target (compared case-insensitively).
+POSITIVE_WORDS = ("1", "true", "yes", "y", "positive", "pos", "present", "abnormal", "finding", "disease")
+_MISSING_TEXT = ("", "nan", "none", "<na>", "null")
+
+
+def missing_mask(values: np.ndarray | pd.Series | Sequence[Any]) -> np.ndarray:
+    """True where a value is missing: None, NaN, or text that reads as empty / 'nan' / 'none'."""
+    series = pd.Series(np.asarray(values, dtype=object), dtype=object)
+    missing = series.isna().to_numpy()
+    as_text = series.astype(str).str.strip().str.lower()
+    return missing | as_text.isin(_MISSING_TEXT).to_numpy()
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (float, np.floating)) and np.isfinite(value) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def label_strings(values: np.ndarray | pd.Series | Sequence[Any]) -> np.ndarray:
+    """Class labels as strings (object array); whole-number floats lose their '.0' (1.0 -> '1')."""
+    return np.asarray([_text(v) for v in np.asarray(values, dtype=object)], dtype=object)
+
+
+def positive_class(
+    values: np.ndarray | pd.Series | Sequence[Any], target: str, positive: str | None = None
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """The one rule for a binary target: returns (is_positive, is_missing, positive value as text).
+
+    `positive` names the positive value (compared as text, so "1" matches 1.0). Otherwise, of the two
+    values, the one that reads as positive (1, true, yes, positive, present, abnormal, ...) when exactly one
+    does, else the second in sorted order. Missing rows are False in `is_positive` and flagged in
+    `is_missing`. A target with other than two values needs `positive` (the rest is then negative).
+    """
+    missing = missing_mask(values)
+    labels = label_strings(values)
+    classes = sorted(set(labels[~missing].tolist()))
+    if positive is not None:
+        positive = _text(positive)
+        if positive not in classes:
+            matches = [c for c in classes if _same_number(c, positive)]
+            if not matches:
+                raise EmbedxError(
+                    f"target {target!r}: positive class {positive!r} is not among its values "
+                    f"({', '.join(classes[:8]) or 'none'})"
+                )
+            positive = matches[0]
+    elif len(classes) == 2:
+        hits = [c for c in classes if c.strip().lower() in POSITIVE_WORDS]
+        positive = hits[0] if len(hits) == 1 else classes[1]
+    else:
+        raise EmbedxError(
+            f"target {target!r} has {len(classes)} distinct values ({', '.join(classes[:8])}); a binary "
+            "target needs two, or the positive value named (--positive VALUE) to compare with the rest"
+        )
+    return (labels == positive) & ~missing, missing, positive
+
+
+def _same_number(a: str, b: str) -> bool:
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return False
+
+
+def merge_small_classes(
+    y: np.ndarray, groups: np.ndarray, min_subjects: int
+) -> tuple[np.ndarray, list[str], int]:
+    """Merge classes seen in fewer than `min_subjects` subjects into one '(other)' class.
+
+    Returns the new labels (rows of a still-too-small merged class become None), the merged class names and
+    the number of rows dropped. Subject-grouped folds cannot place a class in every test fold otherwise.
+    """
+    frame = pd.DataFrame({"y": y, "g": groups})
+    subjects = frame.groupby("y")["g"].nunique()
+    small = sorted(subjects.index[subjects < min_subjects].tolist())
+    if not small:
+        return y, [], 0
+    out = y.copy()
+    is_small = np.isin(y, small)
+    out[is_small] = OTHER
+    dropped = 0
+    if frame.loc[is_small, "g"].nunique() < min_subjects or len(small) == 1:
+        out[is_small] = None
+        dropped = int(is_small.sum())
+    return out, small, dropped

@@ -1,0 +1,546 @@
+"""The probe: one estimator and one cross-validated scoring routine for every analysis in embedx.
+
+Per-attribute probes, strata and ComBat controls, fairness, the cross-site matrix, the background-patch
+control, the calibration and the dashboard's counterfactual direction all fit `LinearProbe` and score with
+`cross_validated_probe` (or, for decision scores only, `out_of_fold_scores`). So one change of method reaches
+every verdict, and one test of it covers them all.
+
+`LinearProbe` (scikit-learn compatible: fit / predict / decision_function, get_params / clone):
+standardise -> linear SVM (SVR for a continuous attribute), in one pipeline so scaling is learnt on training
+rows only. Classes are weighted inversely to their frequency (`class_weight="balanced"`): an unweighted SVM on
+a 5 %-prevalence attribute predicts the majority class and scores chance however well the latents separate
+it. C is chosen by an inner subject-grouped CV on the training rows only; a C grid that fails is reported in
+`notes_`, never silently replaced. `kernel="rbf"` uses an exact RBF SVM up to `rbf_exact_max_rows` training
+rows and a Nystroem approximation above.
+
+`cross_validated_probe` scores one attribute (see docs/probes-and-fairness.md):
+* outer folds stratified by class and grouped by subject; out-of-fold predictions give the score
+  (balanced accuracy, chance exactly 1/K; or MAE against the out-of-fold median baseline);
+* a 95 % CI by resampling subjects over the out-of-fold predictions (`bootstrap.dropped` counts resamples
+  that lost a class);
+* a permutation p-value from `embedx.analysis.permutation` on label-free subject folds;
+* `degenerate` when the probe predicts (nearly) one class or a constant: never "encoded".
+
+Scale policy (recorded in every result): training folds above `max_train_rows` rows are subsampled by
+subject for the fit, C is tuned on at most `tune_max_rows` rows, and the permutation test runs on at most
+`permutation_max_rows` rows (whole subjects; a rare class is kept whole, which leaves the test exact because
+the choice depends on the labels only). Predictions, scores and CIs always cover every row.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.compose import TransformedTargetRegressor
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.kernel_approximation import Nystroem
+from sklearn.metrics import balanced_accuracy_score, mean_absolute_error, r2_score, roc_auc_score
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, SVR, LinearSVC, LinearSVR
+
+from embedx.analysis.folds import (
+    class_balanced_subsample,
+    fold_splits,
+    stratified_folds,
+    stratified_splits,
+    subject_codes,
+    subject_folds,
+    subject_subsample,
+)
+from embedx.analysis.labels import label_strings, merge_small_classes, missing_mask
+from embedx.analysis.permutation import LAMBDAS, RidgeNull, permutation_test
+from embedx.analysis.probe_result import ProbeResult, judge_family
+from embedx.analysis.stats import (
+    SubjectIndex,
+    bootstrap_balanced_accuracy,
+    bootstrap_mae,
+    count_dropped,
+    percentile_ci,
+)
+from embedx.errors import EmbedxError
+
+__all__ = ["C_GRID", "LinearProbe", "ProbeConfig", "cross_validated_probe", "out_of_fold_scores"]
+
+Kind = Literal["categorical", "binary", "continuous"]
+# Standardised latents with n >> d: accuracy is flat in C above ~0.1, and liblinear's primal solver slows
+# sharply at C >= 1 on near-separable data; small cohorts (d ~ n) need the small end.
+C_GRID = (0.001, 0.01, 0.1, 1.0)
+DEGENERATE_SHARE = 0.99  # a classifier predicting one class for >= 99 % of rows says nothing
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Every knob of a probe; recorded in each result so that a number can be reproduced."""
+
+    folds: int = 5
+    inner_folds: int = 2  # grouped inner CV for C; 2 keeps tuning at a third of the probe cost
+    c_grid: tuple[float, ...] = C_GRID
+    kernel: Literal["linear", "rbf"] = "linear"
+    n_permutations: int = 1000
+    n_bootstrap: int = 2000
+    alpha: float = 0.05
+    max_train_rows: int = 20_000
+    tune_max_rows: int = 1_500
+    permutation_max_rows: int = 10_000
+    rbf_exact_max_rows: int = 10_000
+    nystroem_components: int = 500
+    ridge_lambdas: tuple[float, ...] = LAMBDAS
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.folds < 2:
+            raise EmbedxError(f"probe folds must be at least 2, got {self.folds}")
+        if self.kernel not in ("linear", "rbf"):
+            raise EmbedxError(f"probe kernel must be 'linear' or 'rbf', got {self.kernel!r}")
+        if self.n_permutations < 0 or self.n_bootstrap < 0:
+            raise EmbedxError("numbers of permutations and bootstrap resamples cannot be negative")
+        if not self.c_grid or min(self.c_grid) <= 0:
+            raise EmbedxError(f"probe C grid must hold positive values, got {self.c_grid}")
+
+    def estimator(self, task: str) -> LinearProbe:
+        return LinearProbe(
+            task=task,
+            kernel=self.kernel,
+            c_grid=tuple(self.c_grid),
+            inner_folds=self.inner_folds,
+            tune_max_rows=self.tune_max_rows,
+            max_train_rows=self.max_train_rows,
+            rbf_exact_max_rows=self.rbf_exact_max_rows,
+            nystroem_components=self.nystroem_components,
+            seed=self.seed,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LinearProbe(BaseEstimator):
+    """Standardise -> class-balanced SVM (SVR for regression), C tuned by inner subject-grouped CV."""
+
+    def __init__(
+        self,
+        task: Literal["classification", "regression"] = "classification",
+        kernel: Literal["linear", "rbf"] = "linear",
+        c_grid: tuple[float, ...] = C_GRID,
+        inner_folds: int = 2,
+        tune_max_rows: int = 1_500,
+        max_train_rows: int = 20_000,
+        rbf_exact_max_rows: int = 10_000,
+        nystroem_components: int = 500,
+        seed: int = 0,
+    ) -> None:
+        self.task = task
+        self.kernel = kernel
+        self.c_grid = c_grid
+        self.inner_folds = inner_folds
+        self.tune_max_rows = tune_max_rows
+        self.max_train_rows = max_train_rows
+        self.rbf_exact_max_rows = rbf_exact_max_rows
+        self.nystroem_components = nystroem_components
+        self.seed = seed
+
+    # ---- the model
+
+    def _pipeline(self, C: float, n_train: int, n_features: int) -> tuple[Pipeline, str]:
+        regression = self.task == "regression"
+        steps: list[tuple[str, Any]] = [("scale", StandardScaler())]
+        exact_rbf = self.kernel == "rbf" and n_train <= self.rbf_exact_max_rows
+        if self.kernel == "rbf" and not exact_rbf:
+            components = min(self.nystroem_components, n_train)
+            steps.append(
+                (
+                    "kernel",
+                    Nystroem(gamma=1.0 / max(n_features, 1), n_components=components, random_state=self.seed),
+                )
+            )
+            name = f"Nystroem({components}) + Linear" + ("SVR" if regression else "SVC(balanced)")
+        elif exact_rbf:
+            name = "SVR(rbf)" if regression else "SVC(rbf, balanced)"
+        else:
+            name = "LinearSVR" if regression else "LinearSVC(balanced)"
+        if regression:
+            base = (
+                SVR(kernel="rbf", C=C, gamma="scale", cache_size=1000)
+                if exact_rbf
+                else LinearSVR(
+                    C=C,
+                    loss="squared_epsilon_insensitive",
+                    epsilon=0.0,
+                    dual="auto",
+                    tol=1e-3,
+                    max_iter=5000,
+                    random_state=self.seed,
+                )
+            )
+            model: Any = TransformedTargetRegressor(regressor=base, transformer=StandardScaler())
+        else:
+            model = (
+                SVC(kernel="rbf", C=C, gamma="scale", cache_size=1000, class_weight="balanced")
+                if exact_rbf
+                else LinearSVC(
+                    C=C, class_weight="balanced", dual="auto", tol=1e-3, max_iter=5000, random_state=self.seed
+                )
+            )
+        steps.append(("model", model))
+        return Pipeline(steps), name
+
+    def _score(self, y_true: np.ndarray, pred: np.ndarray) -> float:
+        if self.task == "regression":
+            return -float(np.mean(np.abs(y_true - pred)))
+        return float(balanced_accuracy_score(y_true, pred))
+
+    def _tune(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[float, list[str]]:
+        grid = tuple(self.c_grid)
+        middle = float(grid[len(grid) // 2])
+        if len(grid) == 1:
+            return float(grid[0]), []
+        n_subjects = len(np.unique(groups))
+        k = min(self.inner_folds, n_subjects)
+        if k < 2:
+            return middle, [f"C not tuned ({n_subjects} subject(s) in the tuning rows); C={middle:g} used"]
+        splitter = (
+            GroupKFold(n_splits=k)
+            if self.task == "regression"
+            else StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=self.seed)
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            splits = [
+                (tr, te)
+                for tr, te in splitter.split(X, y, groups)
+                if self.task == "regression" or len(np.unique(y[tr])) == len(np.unique(y))
+            ]
+        if not splits:
+            return middle, [f"C not tuned (no inner split holds every class); C={middle:g} used"]
+        scores, failures = {}, []
+        for C in grid:
+            values = []
+            for tr, te in splits:
+                try:
+                    model, _ = self._pipeline(C, len(tr), X.shape[1])
+                    values.append(self._score(y[te], model.fit(X[tr], y[tr]).predict(X[te])))
+                except (ValueError, np.linalg.LinAlgError) as err:
+                    failures.append(f"C={C:g}: {err}")
+            if values and np.all(np.isfinite(values)):
+                scores[C] = float(np.mean(values))
+        if not scores:
+            return middle, [
+                f"every C of the grid failed on the tuning rows ({failures[0]}); C={middle:g} used"
+            ]
+        best = max(scores, key=lambda c: scores[c])  # ties: the first (smallest) C
+        notes = [f"C grid: {len(failures)} inner fit(s) failed ({failures[0]})"] if failures else []
+        return float(best), notes
+
+    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> LinearProbe:
+        X = np.asarray(X, dtype=np.float64)
+        y = np.asarray(y)
+        groups = np.arange(len(y)) if groups is None else subject_codes(groups)
+        rng = np.random.default_rng(self.seed)
+        rows = subject_subsample(np.arange(len(y)), groups, self.max_train_rows, rng)
+        notes: list[str] = []
+        if self.task == "classification" and len(np.unique(y[rows])) < len(np.unique(y)):
+            rows = np.arange(len(y))
+            notes.append("the training subsample lost a class: fitted on every training row")
+        tune = subject_subsample(rows, groups, self.tune_max_rows, rng)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            self.C_, tune_notes = self._tune(X[tune], y[tune], groups[tune])
+            self.pipeline_, self.estimator_name_ = self._pipeline(self.C_, len(rows), X.shape[1])
+            self.pipeline_.fit(X[rows], y[rows])
+        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+            notes.append(
+                "the SVM solver stopped at its iteration limit on some fits (scores are still valid)"
+            )
+        self.notes_ = notes + tune_notes
+        self.n_train_rows_ = len(rows)
+        if self.task == "classification":
+            self.classes_ = self.pipeline_.classes_
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.pipeline_.predict(np.asarray(X, dtype=np.float64))
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        if self.task == "regression":
+            return np.asarray(self.pipeline_.predict(X), dtype=float)
+        return np.asarray(self.pipeline_.decision_function(X), dtype=float)
+
+    def direction(self) -> np.ndarray:
+        """Linear kernel, two classes: the normal of the decision boundary in raw feature units."""
+        scale = self.pipeline_.named_steps["scale"].scale_
+        return np.asarray(self.pipeline_.named_steps["model"].coef_[0]) / scale
+
+
+def out_of_fold_scores(
+    X: np.ndarray, y: np.ndarray, groups: np.ndarray, config: ProbeConfig, fold: np.ndarray | None = None
+) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]], list[str]]:
+    """Out-of-fold decision scores of a classification probe: (scores, the splits, notes).
+
+    Binary labels give one score per row (positive class = the larger label); more classes give (n, K).
+    Without `fold`, folds are stratified and subject-grouped; k shrinks to the subjects of the rarest class.
+    """
+    y = np.asarray(y)
+    groups = subject_codes(groups)
+    splits = stratified_splits(y, groups, config.folds, config.seed) if fold is None else fold_splits(fold)
+    scores: np.ndarray | None = None
+    notes: list[str] = []
+    for train, test in splits:
+        probe = config.estimator("classification").fit(X[train], y[train], groups[train])
+        notes += probe.notes_
+        s = probe.decision_function(X[test])
+        if scores is None:
+            scores = np.zeros((len(y), *s.shape[1:]))
+        scores[test] = s
+    assert scores is not None
+    return scores, splits, sorted(set(notes))
+
+
+def _decision_columns(probe: LinearProbe, X: np.ndarray, k: int) -> np.ndarray:
+    """Decision scores laid out for all k classes (a class missing from a training fold scores lowest)."""
+    scores = probe.decision_function(X)
+    if k <= 2 or (scores.ndim == 2 and scores.shape[1] == k):
+        return scores
+    full = np.full((len(X), k), float(np.min(scores)) - 1.0)
+    present = np.asarray(probe.classes_, dtype=int)
+    if scores.ndim == 1:  # two classes present: the score favours the larger one
+        full[:, present[1]], full[:, present[0]] = scores, -scores
+    else:
+        full[:, present] = scores
+    return full
+
+
+def _macro_auc(codes: np.ndarray, scores: np.ndarray, k: int) -> float:
+    """Macro one-vs-rest AUC from decision scores (sklearn's 'ovr' path wants probabilities)."""
+    if k == 2:
+        return float(roc_auc_score(codes == 1, scores if scores.ndim == 1 else scores[:, 1]))
+    aucs = [roc_auc_score(codes == c, scores[:, c]) for c in range(k) if 0 < np.sum(codes == c) < len(codes)]
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def cross_validated_probe(
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    kind: Kind,
+    *,
+    model: str = "model",
+    attribute: str = "attribute",
+    config: ProbeConfig | None = None,
+    role: str | None = None,
+    fold: np.ndarray | None = None,
+    fold_X: Callable[[int], np.ndarray] | None = None,
+) -> ProbeResult:
+    """Probe one attribute from one model's latents (see the module doc); a single call is its own family.
+
+    Rows with a missing label or a non-finite latent row are excluded and counted. Classes seen in fewer
+    subjects than folds are merged into '(other)'. A `fold` array (row -> fold id, label-free) may be given to
+    share folds between probes; with it, `fold_X(f)` may supply the matrix that fold f trains and tests on.
+    """
+    cfg = config or ProbeConfig()
+    started = time.perf_counter()
+    if kind not in ("categorical", "binary", "continuous"):
+        raise EmbedxError(f"attribute {attribute!r}: unknown kind {kind!r}")
+    X, y = np.asarray(X), np.asarray(y, dtype=object)
+    groups = subject_codes(np.asarray(groups).astype(str))
+    if X.ndim != 2 or len(X) != len(y) or len(y) != len(groups):
+        raise EmbedxError(
+            f"probe {model}/{attribute}: latents {X.shape}, labels {len(y)} and subjects "
+            f"{len(groups)} do not line up"
+        )
+    continuous = kind == "continuous"
+    base: dict[str, Any] = {
+        "model": model,
+        "attribute": attribute,
+        "kind": kind,
+        "role": role,
+        "folds": cfg.folds,
+        "metric": "mae" if continuous else "balanced_accuracy",
+        "kernel": cfg.kernel,
+        "n_total": len(y),
+    }
+    missing = missing_mask(y)
+    not_encoded = ~np.all(np.isfinite(X), axis=1)
+    base.update(n_missing=int(missing.sum()), n_not_encoded=int((not_encoded & ~missing).sum()))
+    keep = ~missing & ~not_encoded
+    if continuous:
+        try:
+            labels: np.ndarray = np.asarray(y[keep], dtype=float)
+        except (TypeError, ValueError) as err:
+            raise EmbedxError(
+                f"attribute {attribute!r} is declared continuous but holds non-numbers"
+            ) from err
+    else:
+        labels, merged, dropped = merge_small_classes(label_strings(y[keep]), groups[keep], cfg.folds)
+        base.update(merged_classes=tuple(merged), n_dropped_small_classes=dropped)
+        if dropped:
+            keep[np.flatnonzero(keep)[np.array([v is None for v in labels])]] = False
+            labels = labels[np.array([v is not None for v in labels])]
+    rows = np.flatnonzero(keep)
+    Xk, gk = (X, groups) if len(rows) == len(X) else (X[rows], groups[rows])  # no 450 MB copy at 220k
+    base.update(n=len(rows), n_subjects=len(np.unique(gk)))
+    if not continuous:
+        values, counts = np.unique(labels.astype(str), return_counts=True)
+        base["classes"] = {str(v): int(c) for v, c in zip(values, counts, strict=True)}
+        if len(values) < 2:
+            return _skipped(base, f"fewer than 2 classes with at least {cfg.folds} subjects each")
+    elif len(np.unique(labels)) < 2:
+        return _skipped(base, "the attribute is constant")
+    if base["n_subjects"] < cfg.folds:
+        return _skipped(
+            base, f"{base['n_subjects']} subjects with this attribute, fewer than {cfg.folds} folds"
+        )
+
+    class_names, codes = (
+        (np.empty(0), labels.astype(float))
+        if continuous
+        else np.unique(labels.astype(str), return_inverse=True)
+    )
+    codes = np.asarray(codes).reshape(-1)
+    k = len(class_names)
+    fold_k = stratified_folds(codes, gk, cfg.folds, cfg.seed, continuous) if fold is None else fold[rows]
+    task = "regression" if continuous else "classification"
+    pred = np.zeros(len(rows), dtype=float if continuous else int)
+    decision = np.zeros(len(rows)) if k <= 2 else np.zeros((len(rows), k))
+    chance_pred = np.zeros(len(rows))
+    notes: list[str] = []
+    c_used, train_rows, name, any_subsampled = [], [], "", False
+    for f, (train, test) in zip(np.unique(fold_k), fold_splits(fold_k), strict=True):
+        Xf = Xk if fold_X is None else np.asarray(fold_X(int(f)))[rows]
+        chance_pred[test] = np.median(codes[train]) if continuous else 0
+        if not continuous and len(np.unique(codes[train])) < 2:
+            pred[test] = codes[train][0]  # shared label-free folds can leave one class in training
+            notes.append(f"fold {int(f)}: one class in its training rows; it predicts that class")
+            continue
+        probe = cfg.estimator(task).fit(Xf[train], codes[train], gk[train])
+        pred[test] = probe.predict(Xf[test])
+        decision[test] = _decision_columns(probe, Xf[test], k)
+        notes += probe.notes_
+        c_used.append(probe.C_)
+        train_rows.append(probe.n_train_rows_)
+        any_subsampled |= probe.n_train_rows_ < len(train)
+        name = probe.estimator_name_
+
+    index = SubjectIndex(gk)
+    if continuous:
+        score, chance = (
+            float(mean_absolute_error(codes, pred)),
+            float(mean_absolute_error(codes, chance_pred)),
+        )
+        replicates = bootstrap_mae(codes, pred, gk, cfg.n_bootstrap, cfg.seed, index=index)
+        extra = {
+            "r2": float(r2_score(codes, pred)),
+            "chance_r2": float(r2_score(codes, chance_pred)),
+            "chance_method": "out-of-fold MAE of the training folds' median (DummyRegressor(median))",
+        }
+        degenerate = bool(np.std(pred) < 0.01 * np.std(codes))
+    else:
+        score, chance = float(balanced_accuracy_score(codes, pred)), 1.0 / k
+        replicates = bootstrap_balanced_accuracy(codes, pred, gk, cfg.n_bootstrap, cfg.seed, index=index)
+        predicted = np.bincount(pred, minlength=k)
+        extra = {
+            "auc": _macro_auc(codes, decision, k),
+            "auc_chance": 0.5,
+            "chance_method": "1/K: the balanced accuracy of any predictor that ignores the latents",
+            "predicted_classes": {str(c): int(n) for c, n in zip(class_names, predicted, strict=True)},
+        }
+        degenerate = bool(predicted.max() >= DEGENERATE_SHARE * len(pred))
+    ci = percentile_ci(replicates) if cfg.n_bootstrap else (float("nan"), float("nan"))
+    permutation = _permutation(
+        Xk,
+        codes,
+        gk,
+        k,
+        continuous,
+        cfg,
+        fold_k if fold is not None else None,
+        None if fold_X is None else (lambda f: np.asarray(fold_X(int(f)))[rows]),
+    )
+    if degenerate:
+        notes.append("the probe predicts (nearly) a single value: not evidence of encoding")
+    result = ProbeResult(
+        **base,
+        **extra,
+        score=score,
+        ci=ci,
+        chance=chance,
+        p_value=permutation.pop("p_value"),
+        estimator=name,
+        C=float(np.median(c_used)) if c_used else None,
+        C_per_fold=tuple(c_used),
+        degenerate=degenerate,
+        bootstrap={
+            "resamples": cfg.n_bootstrap,
+            "dropped": count_dropped(replicates),
+            "unit": "subject",
+            "level": 0.95,
+            "over": "out-of-fold predictions",
+        },
+        permutation=permutation,
+        train_rows_per_fold=tuple(train_rows),
+        train_subsampled=any_subsampled,
+        notes=tuple(sorted(set(notes))),
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    return judge_family([result], cfg.alpha)[0]
+
+
+def _permutation(
+    X: np.ndarray,
+    codes: np.ndarray,
+    groups: np.ndarray,
+    k: int,
+    continuous: bool,
+    cfg: ProbeConfig,
+    fold: np.ndarray | None,
+    fold_X: Callable[[int], np.ndarray] | None,
+) -> dict[str, Any]:
+    """The permutation test on label-free folds of (a subject subsample of) the probed rows."""
+    if cfg.n_permutations == 0:
+        return {"p_value": None, "permutations": 0}
+    rng = np.random.default_rng(cfg.seed + 1)
+    everything = np.arange(len(codes))
+    if fold is not None:
+        rows = everything  # shared (ComBat) folds: the harmonised matrices are per fold, keep every row
+    elif continuous:
+        rows = subject_subsample(everything, groups, cfg.permutation_max_rows, rng)
+    else:
+        rows = class_balanced_subsample(everything, groups, codes, cfg.permutation_max_rows, rng)
+    g = groups[rows]
+    perm_fold = fold[rows] if fold is not None else subject_folds(g, cfg.folds, cfg.seed + 2)
+    null = RidgeNull(
+        None if fold_X is not None else X[rows],
+        perm_fold,
+        lambdas=cfg.ridge_lambdas,
+        fold_X=None if fold_X is None else (lambda f: fold_X(f)[rows]),
+    )
+    outcome = permutation_test(
+        null, codes[rows], SubjectIndex(g), 0 if continuous else k, cfg.n_permutations, cfg.seed + 3
+    )
+    return {
+        "p_value": outcome.p_value,
+        "permutations": outcome.permutations,
+        "dropped": outcome.dropped,
+        "unit": "subject",
+        "scheme": outcome.scheme,
+        "statistic": outcome.statistic,
+        "observed_statistic": outcome.observed,
+        "null_mean": outcome.null_mean,
+        "folds": "shared with the probe (label-free)" if fold is not None else "label-free subject folds",
+        "rows": len(rows),
+        "subsampled": bool(len(rows) < len(codes)),
+        "lambdas": list(cfg.ridge_lambdas),
+    }
+
+
+def _skipped(base: dict[str, Any], reason: str) -> ProbeResult:
+    return judge_family([ProbeResult(**base, skipped=reason)])[0]

@@ -1,0 +1,171 @@
+"""`ProbeResult`: one probe's verdict, typed, frozen, and readable as the design card's JSON.
+
+Every producer of a probe (per-attribute probes, strata, ComBat, background patches, calibration) returns
+this type, and every reader (report, dashboard, CLI, a user's CI script) gets the same fields. It is a
+read-only `Mapping` over its JSON form too, so code that reads stored results (plain dicts from the store)
+and fresh ones is the same code: `result["score"]` works for both.
+
+A family of probes is judged together by `judge_family`: Holm's correction over exactly the results given
+(the table that is shown), `encoded` only when the adjusted p < alpha, the 95 % CI is clear of chance and the
+probe is not degenerate (it predicts more than one class, or more than a constant).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from embedx.analysis.stats import holm
+from embedx.analysis.typed import JsonResult
+
+__all__ = [
+    "VERDICT_ENCODED",
+    "VERDICT_NOT_FOUND",
+    "ProbeResult",
+    "clear_of_chance",
+    "judge_family",
+    "verdict_text",
+]
+
+VERDICT_ENCODED = "encoded"
+VERDICT_NOT_FOUND = "not distinguishable from chance"
+
+
+def verdict_text(encoded: bool, skipped: str | None = None, degenerate: bool = False) -> str:
+    """The human verdict shown beside every probe."""
+    if skipped:
+        return f"skipped: {skipped}"
+    if encoded:
+        return VERDICT_ENCODED
+    if degenerate:
+        return f"{VERDICT_NOT_FOUND} (the probe predicts a single value)"
+    return VERDICT_NOT_FOUND
+
+
+@dataclass(frozen=True)
+class ProbeResult(JsonResult):
+    """One model x attribute probe (see docs/probes-and-fairness.md for every field)."""
+
+    model: str
+    attribute: str
+    kind: str
+    metric: str  # "balanced_accuracy" | "mae"
+    score: float | None = None
+    ci: tuple[float | None, float | None] = (None, None)
+    chance: float | None = None
+    p_value: float | None = None
+    encoded: bool = False
+    n: int = 0
+    classes: dict[str, int] = field(default_factory=dict)
+    verdict: str = VERDICT_NOT_FOUND
+    p_holm: float | None = None
+    family_size: int = 1
+    alpha: float = 0.05
+    skipped: str | None = None
+    degenerate: bool = False
+    role: str | None = None
+    stratum: str | None = None
+    n_total: int = 0
+    n_missing: int = 0
+    n_not_encoded: int = 0
+    n_subjects: int = 0
+    folds: int = 0
+    kernel: str = "linear"
+    estimator: str = ""
+    C: float | None = None
+    C_per_fold: tuple[float, ...] = ()
+    auc: float | None = None
+    auc_chance: float | None = None
+    r2: float | None = None
+    chance_r2: float | None = None
+    chance_method: str = ""
+    predicted_classes: dict[str, int] = field(default_factory=dict)
+    merged_classes: tuple[str, ...] = ()
+    n_dropped_small_classes: int = 0
+    bootstrap: dict[str, Any] = field(default_factory=dict)
+    permutation: dict[str, Any] = field(default_factory=dict)
+    train_rows_per_fold: tuple[int, ...] = ()
+    train_subsampled: bool = False
+    notes: tuple[str, ...] = ()
+    normalized_encoding: float | None = None
+    normalized_by: str | None = None
+    harmonised: dict[str, Any] | None = None
+    seconds: float | None = None
+
+    omit_if_none: ClassVar[tuple[str, ...]] = (
+        "stratum",
+        "normalized_encoding",
+        "normalized_by",
+        "harmonised",
+    )
+    tuple_fields: ClassVar[tuple[str, ...]] = (
+        "ci",
+        "C_per_fold",
+        "merged_classes",
+        "train_rows_per_fold",
+        "notes",
+    )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProbeResult:
+        """A result from its JSON form (a stored analysis); unknown keys ignored, absent ones defaulted."""
+        if isinstance(data, ProbeResult):
+            return data
+        values = dict(data)
+        for required in ("model", "attribute", "kind"):
+            values.setdefault(required, "")
+        values.setdefault("metric", "balanced_accuracy")
+        if values.get("ci") is None:
+            values["ci"] = (None, None)
+        return super().from_dict(values)
+
+
+def clear_of_chance(result: Mapping[str, Any]) -> bool:
+    """The 95 % CI lies strictly on the informative side of chance (a constant predictor sits *on* it)."""
+    ci, chance = result.get("ci") or (None, None), result.get("chance")
+    if chance is None:
+        return False
+    if result.get("metric") == "mae":
+        high = ci[1]
+        return high is not None and np.isfinite(high) and high < chance
+    low = ci[0]
+    return low is not None and np.isfinite(low) and low > chance
+
+
+def judge_family(
+    results: Sequence[ProbeResult | Mapping[str, Any]], alpha: float = 0.05
+) -> list[ProbeResult]:
+    """Holm over exactly these results (skipped ones are not tests); returns them re-judged.
+
+    `encoded` = Holm-adjusted p < alpha AND the CI clear of chance AND not degenerate. `family_size` is the
+    number of tests Holm counted, so a reader sees what the p-values were corrected for.
+    """
+    typed = [ProbeResult.from_dict(r) for r in results]
+    pvals = [np.nan if (r.skipped or r.p_value is None) else float(r.p_value) for r in typed]
+    adjusted = holm(pvals)
+    m = int(np.sum(~np.isnan(adjusted)))
+    out = []
+    for r, p_adj in zip(typed, adjusted, strict=True):
+        if r.skipped:
+            out.append(r.replace(encoded=False, verdict=verdict_text(False, r.skipped)))
+            continue
+        p_holm = None if np.isnan(p_adj) else float(p_adj)
+        encoded = bool(p_holm is not None and p_holm < alpha and clear_of_chance(r) and not r.degenerate)
+        out.append(
+            r.replace(
+                p_holm=p_holm,
+                family_size=m,
+                alpha=alpha,
+                encoded=encoded,
+                verdict=verdict_text(encoded, None, r.degenerate),
+            )
+        )
+    return out
+
+
+def smallest_holm_p(family_size: int, permutations: int) -> float:
+    """The smallest Holm-adjusted p a family can reach: m / (P + 1)."""
+    return family_size / (permutations + 1)

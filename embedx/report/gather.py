@@ -1,0 +1,267 @@
+"""What the report shows, gathered: stored analyses, the missing ones run with defaults, the target rules.
+
+The report reads the analyses already in the store (`/analysis/<kind>/<key>`) and runs the missing ones with
+their defaults (see docs/report.md for when). Probes are judged once more as one family: Holm over exactly
+the table the report shows, whatever families they were stored with, so the verdicts and the printed family
+size describe the page the reader sees.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from embedx._version import __version__
+from embedx.analysis.probe_result import judge_family
+from embedx.errors import EmbedxError
+
+if TYPE_CHECKING:
+    from embedx.report.sections import Collector
+
+log = logging.getLogger(__name__)
+
+SITE_WORDS = ("site", "hospital", "institution", "centre", "center")
+
+
+def pick_target(schema: Mapping[str, Any], requested: str | None = None) -> str | None:
+    """The report's fairness / cross-site target (documented rule; see the module doc)."""
+    if requested is not None:
+        if requested not in schema:
+            raise EmbedxError(
+                f"--target {requested!r} is not an attribute of the store ({', '.join(schema)})"
+            )
+        return requested
+    candidates = [n for n, s in schema.items() if s.role == "clinical" and s.kind == "binary"]
+    if "finding" in candidates:
+        return "finding"
+    return candidates[0] if candidates else None
+
+
+def pick_site(schema: Mapping[str, Any], exclude: str | None = None) -> str | None:
+    """The site-like attribute for the cross-site matrix, or None."""
+    for name, spec in schema.items():
+        if name == exclude or spec.kind == "continuous":
+            continue
+        words = re.split(r"[^a-z]+", name.lower())
+        if any(w in SITE_WORDS for w in words):
+            return name
+    return None
+
+
+def store_snapshot(store_path: Any) -> dict[str, Any]:
+    from embedx.store.h5store import Store
+
+    with Store.open(store_path, "r") as store:
+        models = store.models()
+        snap: dict[str, Any] = {
+            "n": store.n,
+            "models": models,
+            "attributes": store.attributes(),
+            "schema": store.schema(),
+            "subject_ids": np.asarray(store.subject_ids).astype(str),
+            "projections": store.projections(),
+            "embedding_info": {m: store.embedding_info(m) for m in models},
+            "probes": store.read_analysis("probes"),
+            "calibration": store.read_analysis("calibration"),
+            "fairness": store.read_analysis("fairness"),
+            "clusters": store.read_analysis("clusters"),
+            "controls": store.read_analysis("controls"),
+            "file_attrs": {
+                k: (v.item() if isinstance(v, np.generic) else v)
+                for k, v in store.h5.attrs.items()
+                if k != "subject_salt"
+            },
+        }
+    return snap
+
+
+def provenance(store_path: Any, snap: Mapping[str, Any]) -> dict[str, Any]:
+    models = []
+    for name, info in snap["embedding_info"].items():
+        models.append(
+            {
+                "name": name,
+                "kind": info.get("kind"),
+                "dim": info.get("dim"),
+                "n_encoded": info.get("n_encoded"),
+                "checkpoint_hash": info.get("checkpoint_hash"),
+                "config": info.get("config"),
+                "embedx_version": info.get("embedx_version"),
+                "date": info.get("date"),
+                "run_dir": info.get("run_dir"),
+            }
+        )
+    return {
+        "store": str(store_path.resolve()),
+        "store_created": snap["file_attrs"].get("created"),
+        "store_embedx_version": snap["file_attrs"].get("embedx_version"),
+        "n_samples": int(snap["n"]),
+        "n_subjects": len(np.unique(snap["subject_ids"])),
+        "models": models,
+        "embedx_version": __version__,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "attributes": {n: {"kind": s.kind, "role": s.role} for n, s in snap["schema"].items()},
+    }
+
+
+def _run_probes(
+    store_path: Path, models: Sequence[str], options: Mapping[str, Any], notes: list[str]
+) -> list[dict]:
+    try:
+        from embedx.analysis.probes import run_probes
+    except ImportError as err:  # the probe module is part of the package; this only guards a broken install
+        notes.append(f"probes could not be run ({err}); run `embedx probe` first")
+        return []
+    return list(run_probes(store_path, models=list(models), **options))
+
+
+def latest_by(results: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[dict]:
+    """De-duplicate stored results by identity fields, the later one winning."""
+    out: dict[tuple, dict] = {}
+    for r in results:
+        out[tuple(str(r.get(k)) for k in keys)] = dict(r)
+    return list(out.values())
+
+
+def gather(
+    store_path: Path,
+    snap: dict[str, Any],
+    col: Collector,
+    *,
+    target: str | None,
+    run_missing: bool,
+    seed: int,
+    probe_options: Mapping[str, Any],
+    n_bootstrap: int,
+) -> dict[str, Any]:
+    models: list[str] = snap["models"]
+    if not models:
+        raise EmbedxError(
+            f"{store_path}: the store holds no embeddings; run `embedx encode` before the report"
+        )
+    notes = col.notes
+    # Probes.
+    probes = latest_by(snap["probes"], ("model", "attribute"))
+    have = {p["model"] for p in probes}
+    missing = [m for m in models if m not in have]
+    if missing and run_missing:
+        log.info("report: running probes for %s", ", ".join(missing))
+        probes = latest_by(
+            probes + _run_probes(store_path, missing, probe_options, notes), ("model", "attribute")
+        )
+        notes.append(f"probes computed for the report (defaults) for: {', '.join(missing)}")
+    stored_families = sorted({int(p.get("family_size") or 0) for p in probes if not p.get("skipped")})
+    probes = judge_family(probes)
+    family = probes[0].family_size if probes else 0
+    if stored_families and stored_families != [family]:
+        notes.append(
+            f"probe verdicts re-judged with Holm over the {family} tests this report shows (they were stored "
+            f"with families of {', '.join(map(str, stored_families))})"
+        )
+    # Target, fairness, cross-site.
+    target = pick_target(snap["schema"], target)
+    fairness: list[dict] = []
+    cross: list[dict] = [c for c in snap["controls"] if c.get("control") == "cross_site"]
+    if target is None:
+        notes.append(
+            "no fairness / cross-site analysis: no --target given and no clinical binary attribute "
+            "(e.g. 'finding') in the store"
+        )
+    else:
+        fairness = [f for f in snap["fairness"] if f.get("target") == target]
+        if not fairness and run_missing:
+            from embedx.analysis.fairness import run_fairness
+
+            fairness = list(run_fairness(store_path, target, seed=seed))
+            notes.append(f"fairness computed for the report (defaults), target {target!r}")
+        site = pick_site(snap["schema"], exclude=target)
+        if site is None:
+            notes.append(
+                "no cross-site matrix: no site-like attribute (site / hospital / institution / centre)"
+            )
+        elif run_missing:
+            # Every model gets its matrix: a DAE and a VAE of one cohort can carry the site differently.
+            from embedx.analysis.cross_site import cross_site
+
+            for model in models:
+                key = (model, target, site)
+                if any((c.get("model"), c.get("target"), c.get("site")) == key for c in cross):
+                    continue
+                try:
+                    cross.append(
+                        cross_site(store_path, target, site, model, n_bootstrap=n_bootstrap, seed=seed)
+                    )
+                    notes.append(
+                        f"cross-site matrix computed for the report: {target!r} across {site!r} ({model})"
+                    )
+                except EmbedxError as err:
+                    notes.append(f"cross-site matrix not possible for {model}: {err}")
+    cross = latest_by(cross, ("model", "target", "site"))
+    # Clusters and distribution tests per model.
+    clusters = {c["model"]: c for c in snap["clusters"]}
+    distributions = {c["model"]: c for c in snap["controls"] if c.get("control") == "distribution"}
+    for m in models:
+        if m not in clusters and run_missing:
+            from embedx.analysis.clusters import run_clusters
+
+            clusters[m] = run_clusters(store_path, m, seed=seed)
+            notes.append(f"clusters computed for the report (k-means, k by silhouette) for {m}")
+        if m not in distributions and run_missing:
+            from embedx.analysis.distribution import distribution_tests
+
+            distributions[m] = distribution_tests(store_path, m, seed=seed)
+    calibration = {c["model"]: c for c in snap["calibration"]}
+    missing_calibration = [m for m in models if m not in calibration]
+    if missing_calibration and run_missing:
+        from embedx.analysis.calibration import run_calibration
+
+        for result in run_calibration(store_path, missing_calibration):
+            calibration[result.model] = result
+        notes.append(
+            f"calibration (false-positive rate and power) computed for the report for: "
+            f"{', '.join(missing_calibration)}"
+        )
+    underpowered_note = underpowered(probes)
+    if underpowered_note:
+        notes.append(underpowered_note)
+    background = [c for c in snap["controls"] if c.get("control") == "background"]
+    if not background:
+        notes.append(
+            "background-patch control not in the store: run `embedx control background --manifest "
+            "m.csv --attribute site --store STORE` to add it"
+        )
+    return {
+        "probes": probes,
+        "calibration": calibration,
+        "fairness": fairness,
+        "cross_site": cross,
+        "clusters": clusters,
+        "distribution": distributions,
+        "background": background,
+        "target": target,
+    }
+
+
+def underpowered(probes: Sequence[Mapping[str, Any]], alpha: float = 0.05) -> str | None:
+    """A note when too few permutations were run for any probe to pass Holm (the verdicts then all read
+    'not distinguishable from chance' whatever the scores)."""
+    worst = None
+    for p in probes:
+        perms = (p.get("permutation") or {}).get("permutations")
+        family = p.get("family_size")
+        if isinstance(perms, int) and isinstance(family, int) and family / (perms + 1) >= alpha:
+            worst = (perms, family)
+    if worst is None:
+        return None
+    perms, family = worst
+    return (
+        f"probes ran with {perms} permutations for {family} tests: the smallest Holm-adjusted p is "
+        f"{family / (perms + 1):.2f} >= {alpha}, so no probe can be called encoded; rerun `embedx probe` "
+        f"with at least {int(np.ceil(family / alpha))} permutations"
+    )

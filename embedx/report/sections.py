@@ -1,0 +1,356 @@
+"""The report's HTML sections, each from gathered results; figures go through the `Collector`."""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from embedx.analysis.results import family_line, gap_summary, probe_table
+from embedx.report import control_figures, figures
+
+PROJECTION_PREFERENCE = ("tsne", "umap", "pca")
+
+
+class Collector:
+    """Gathers results, figures and notes while the report is assembled."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.figures: list[dict[str, str]] = []
+        self.notes: list[str] = []
+        self._png: dict[str, str] = {}
+
+    def figure(self, fig, name: str, caption: str) -> str:
+        """Write the PNG, remember it with a caption, and return its base64 `<img>` tag."""
+        data = figures.png_bytes(fig)
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+        path = self.out_dir / "figures" / f"{safe}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        self.figures.append({"file": f"figures/{safe}.png", "caption": caption})
+        encoded = base64.b64encode(data).decode("ascii")
+        return (
+            f'<figure><img src="data:image/png;base64,{encoded}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+
+
+def compact_clusters(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """Cluster payload for report.json: without per-row labels and the full per-value test table."""
+    out = {k: v for k, v in payload.items() if k != "labels"}
+    out["clusters"] = [{k: v for k, v in c.items() if k != "tests"} for c in payload.get("clusters", [])]
+    return out
+
+
+def table_html(frame: pd.DataFrame, index: bool = True) -> str:
+    return frame.to_html(
+        index=index, border=0, classes="tbl", na_rep="–", escape=True, float_format=lambda v: f"{v:.3g}"
+    )
+
+
+def map_section(store_path: Path, snap: Mapping[str, Any], col: Collector, seed: int) -> str:
+    from embedx.store.h5store import Store
+
+    parts = []
+    kinds = {n: s.kind for n, s in snap["schema"].items()}
+    attributes = snap["attributes"]
+    with Store.open(store_path, "r") as store:
+        for model in snap["models"]:
+            methods = snap["projections"].get(model, [])
+            method = next((m for m in PROJECTION_PREFERENCE if m in methods), methods[0] if methods else None)
+            if method is not None:
+                coords = store.projection(model, method)
+                note = f"stored {method} projection"
+            else:
+                from sklearn.decomposition import PCA
+
+                z = store.latents(model)
+                mask = store.encoded_mask(model)
+                coords = np.full((len(mask), 2), np.nan, dtype=np.float32)
+                if mask.sum() >= 3:
+                    zz = z[mask]
+                    std = zz.std(axis=0)
+                    coords[mask] = PCA(n_components=2, random_state=seed).fit_transform(
+                        (zz - zz.mean(axis=0)) / np.where(std > 0, std, 1.0)
+                    )
+                note = "PCA computed for the report (no projection stored; run `embedx project`)"
+                col.notes.append(f"{model}: no stored projection, the map is a PCA computed on the fly")
+            fig = figures.maps_figure(coords, attributes, kinds, f"{model} — {note}", seed=seed)
+            parts.append(
+                col.figure(
+                    fig,
+                    f"map_{model}_{method or 'pca-on-the-fly'}",
+                    f"{model}: 2-D map ({note}) coloured by each attribute",
+                )
+            )
+    return "\n".join(parts)
+
+
+def probe_section(probes: list[dict], col: Collector) -> str:
+    if not probes:
+        return "<p>No probe results.</p>"
+    order = sorted(probes, key=lambda p: (p.get("role") or "", p["attribute"], p["model"]))
+    table = probe_table(order, value="formatted")
+    rows = []
+    for p in order:
+        ci = p.get("ci") or [None, None]
+        rows.append(
+            {
+                "model": p["model"],
+                "attribute": p["attribute"],
+                "metric": p["metric"],
+                "score": p.get("score"),
+                "CI low": ci[0],
+                "CI high": ci[1],
+                "chance": p.get("chance"),
+                "p": p.get("p_value"),
+                "p (Holm)": p.get("p_holm"),
+                "n": p.get("n"),
+                "verdict": p.get("verdict")
+                or ("encoded" if p.get("encoded") else "not distinguishable from chance"),
+            }
+        )
+    fig = col.figure(
+        figures.probe_bars(order), "probes", "Probe score per attribute and model, 95 % CI, chance"
+    )
+    return (
+        f"<p>{html.escape(family_line(order))}.</p>"
+        "<h3>Poster table (score [95 % CI], * = encoded after Holm)</h3>"
+        + table_html(table)
+        + fig
+        + "<h3>All probes</h3>"
+        + table_html(pd.DataFrame(rows), index=False)
+    )
+
+
+def calibration_section(calibration: Mapping[str, Mapping[str, Any]], col: Collector) -> str:
+    """False-positive rate and power per model: a sentence, a table and the power figure."""
+    if not calibration:
+        return "<p>Not run (see notes): <code>embedx calibrate STORE</code> adds it.</p>"
+    parts = []
+    for model, result in calibration.items():
+        rows = [
+            {
+                "kind": r["kind"],
+                "prevalence": r.get("prevalence"),
+                "effect": r["effect"],
+                "found": f"{r['found']}/{r['n_labels']}",
+                "power": r["power"],
+                "95 % CI": f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]",
+                "p < alpha alone": r["power_single_test"],
+            }
+            for r in result["power"]
+        ]
+        text = list(result.get("text") or [])
+        parts.append(
+            f"<h3>{html.escape(model)}</h3><p>{html.escape(text[0] if text else '')}</p>"
+            + table_html(pd.DataFrame(rows), index=False)
+            + "".join(f"<p class='meta'>{html.escape(n)}</p>" for n in result.get("notes") or [])
+        )
+    parts.append(
+        col.figure(
+            figures.calibration_figure(list(calibration.values())),
+            "calibration",
+            "Power of the audit by planted prevalence and effect; false-positive rate in the title",
+        )
+    )
+    return "\n".join(parts)
+
+
+def fairness_section(fairness: list[dict], col: Collector) -> str:
+    if not fairness:
+        return "<p>No fairness results (see notes).</p>"
+    parts = []
+    for f in fairness:
+        groups = f.get("by_group") or {}
+        frame = pd.DataFrame(
+            {
+                g: {k: v for k, v in (vals or {}).items() if not isinstance(v, (dict, list))}
+                for g, vals in groups.items()
+            }
+        ).T
+        gap_text = gap_summary(f)
+        parts.append(
+            f"<h3>{html.escape(str(f.get('target')))} by {html.escape(str(f.get('sensitive')))}"
+            f"{' — ' + html.escape(str(f['model'])) if f.get('model') else ''}</h3>"
+            f"<p>{html.escape(gap_text)}</p>" + table_html(frame)
+        )
+        name = f"fairness_{f.get('model', '')}_{f.get('target')}_{f.get('sensitive')}"
+        parts.append(
+            col.figure(
+                figures.fairness_figure(f),
+                name,
+                f"{f.get('target')} by {f.get('sensitive')}: TPR / FPR / AUC per group with 95 % CI",
+            )
+        )
+    return "\n".join(parts)
+
+
+def cluster_montage(store_path: Path, payload: Mapping[str, Any], col: Collector) -> str:
+    """Thumbnails of each cluster's representatives (nearest its centre), when the store has them."""
+    from embedx.store.h5store import Store
+
+    clusters = [c for c in payload.get("clusters", []) if c.get("representative_rows")][
+        : figures.MONTAGE_ROWS
+    ]
+    if not clusters:
+        return ""
+    with Store.open(store_path, "r") as store:
+        has = store.has_thumbnail()
+        rows = sorted({r for c in clusters for r in c["representative_rows"] if has[r]})
+        if not rows:
+            return ""
+        thumbs = dict(zip(rows, store.thumbnails(rows), strict=True))
+    grid = [[thumbs[r] for r in c["representative_rows"] if r in thumbs] for c in clusters]
+    fig = figures.cluster_montage(grid, [f"[{c['id']}] {c['name']}" for c in clusters])
+    model = str(payload.get("model"))
+    return col.figure(fig, f"clusters_{model}", f"{model}: the samples nearest each cluster's centre")
+
+
+def cluster_section(
+    clusters: Mapping[str, Mapping[str, Any]], store_path: Path | None = None, col: Collector | None = None
+) -> str:
+    if not clusters:
+        return "<p>No clusters.</p>"
+    parts = []
+    for model, payload in clusters.items():
+        rows = []
+        for c in payload.get("clusters", []):
+            top = c.get("enriched") or []
+            rows.append(
+                {
+                    "cluster": c["id"],
+                    "name": c["name"],
+                    "size": c["size"],
+                    "share": f"{100 * c['fraction']:.1f} %",
+                    "strongest attribute (Cramér's V)": ", ".join(
+                        f"{a['attribute']} {a['cramers_v']:.2f}"
+                        for a in (c.get("attributes") or [])[:2]
+                        if a.get("cramers_v") is not None
+                    ),
+                    "enriched values (fold, q)": "; ".join(
+                        f"{e['attribute']}={e['value']} ×{e['fold']:.1f} q={e['q_value']:.1e}"
+                        if e.get("fold") is not None
+                        else f"{e['attribute']}={e['value']} (only here)"
+                        for e in top[:4]
+                    ),
+                    "representatives": ", ".join(c.get("representatives", [])[:3]),
+                }
+            )
+        sil = payload.get("silhouette")
+        parts.append(
+            f"<h3>{html.escape(model)} — {html.escape(str(payload.get('method')))}, "
+            f"{payload.get('n_clusters')} clusters"
+            + (f", silhouette {sil:.2f}" if sil is not None else "")
+            + "</h3>"
+            + table_html(pd.DataFrame(rows), index=False)
+        )
+        if store_path is not None and col is not None:
+            parts.append(cluster_montage(store_path, payload, col))
+    return "\n".join(parts)
+
+
+def controls_section(gathered: Mapping[str, Any], col: Collector) -> str:
+    parts = ["<h3>Cross-site generalisation (Zech; seed 001)</h3>"]
+    if gathered["cross_site"]:
+        for c in gathered["cross_site"]:
+            head = c.get("internal_vs_external") or {}
+            ci = head.get("ci") or [None, None]
+            parts.append(
+                f"<p><b>{html.escape(str(c.get('target')))} across {html.escape(str(c.get('site')))}</b> "
+                f"({html.escape(str(c.get('model')))}): leave-one-site-out internal AUC "
+                f"{_f(head.get('internal_auc'))} vs external {_f(head.get('external_auc'))}, difference "
+                f"{_f(head.get('difference'))} [{_f(ci[0])}, {_f(ci[1])}] — "
+                f"{html.escape(str(head.get('verdict')))}. "
+                f"Pooled grouped-CV AUC {_f((c.get('pooled') or {}).get('auc'))}; prevalence by site: "
+                + html.escape(", ".join(f"{s} {v:.0%}" for s, v in (c.get("prevalence") or {}).items()))
+                + "</p>"
+            )
+            parts.append(
+                col.figure(
+                    control_figures.cross_site_heatmap(c),
+                    f"cross_site_{c.get('model')}_{c.get('target')}_{c.get('site')}",
+                    f"Cross-site AUC matrix: {c.get('target')} by {c.get('site')}",
+                )
+            )
+    else:
+        parts.append("<p>Not run (see notes).</p>")
+    parts.append("<h3>Background-patch control (Dhar &amp; Shamir; seed 002)</h3>")
+    if gathered["background"]:
+        frame = pd.DataFrame(
+            [
+                {
+                    "attribute": b["attribute"],
+                    "balanced accuracy": b["score"],
+                    "CI": f"[{_f(b['ci'][0])}, {_f(b['ci'][1])}]",
+                    "chance": b["chance"],
+                    "p": b["p_value"],
+                    "n": b["n"],
+                    "patch": f"{b.get('patch')} px, {b.get('selection')}",
+                    "verdict": b.get("verdict"),
+                }
+                for b in gathered["background"]
+            ]
+        )
+        parts.append(table_html(frame, index=False))
+        parts.append(
+            col.figure(
+                control_figures.background_figure(gathered["background"]),
+                "background",
+                "Balanced accuracy from blank background patches, 95 % CI, chance",
+            )
+        )
+    else:
+        parts.append("<p>Not in the store (see notes).</p>")
+    parts.append("<h3>Distribution tests: KS per PCA mode, Benjamini–Yekutieli (chexploration)</h3>")
+    for model, d in gathered["distribution"].items():
+        parts.append(
+            f"<p><b>{html.escape(model)}</b>: "
+            + "<br>".join(html.escape(t) for t in d.get("text", []))
+            + "</p>"
+        )
+        if d.get("tests"):
+            parts.append(
+                col.figure(
+                    control_figures.distribution_figure(d),
+                    f"distribution_{model}",
+                    f"{model}: KS tests per PCA mode (strongest pair per attribute)",
+                )
+            )
+    return "\n".join(parts)
+
+
+def _f(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.3f}"
+
+
+def provenance_html(prov: Mapping[str, Any]) -> str:
+    models = pd.DataFrame(
+        [
+            {
+                k: (v if k != "config" else (str(v)[:300] + ("…" if v and len(str(v)) > 300 else "")))
+                for k, v in m.items()
+            }
+            for m in prov["models"]
+        ]
+    )
+    facts = pd.DataFrame(
+        {
+            "": {
+                "store": prov["store"],
+                "samples": prov["n_samples"],
+                "subjects": prov["n_subjects"],
+                "store created": prov.get("store_created"),
+                "embedx": prov["embedx_version"],
+                "report date": prov["date"],
+            }
+        }
+    )
+    return table_html(facts) + table_html(models, index=False)
