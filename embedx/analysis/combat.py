@@ -26,7 +26,7 @@ feature interactions that ComBat cannot remove.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +40,7 @@ from embedx.analysis.strata import StrataResult, probe_within_strata
 from embedx.analysis.typed import JsonResult
 from embedx.errors import EmbedxError
 
-__all__ = ["ComBat", "CombatResult", "probe_after_combat", "run_confound_controls"]
+__all__ = ["ComBat", "CombatResult", "fold_harmoniser", "probe_after_combat", "run_confound_controls"]
 
 _EPS = 1e-8
 
@@ -226,6 +226,26 @@ def _folds_covering_sites(groups: np.ndarray, site: np.ndarray, folds: int, seed
     )
 
 
+def fold_harmoniser(
+    X: np.ndarray, site: np.ndarray, covariates: pd.DataFrame | None, fold: np.ndarray
+) -> Callable[[int], np.ndarray]:
+    """`harmonised(f)`: every row harmonised by a ComBat fitted on fold f's training rows, applied blind.
+
+    A row's output depends on its latents and site only, never on its own covariates (module doc), so a
+    probe of sex or age after harmonisation cannot read a label that ComBat wrote into the features.
+    """
+    cache: dict[int, np.ndarray] = {}
+
+    def harmonised(f: int) -> np.ndarray:
+        if f not in cache:
+            train = fold != f
+            combat = ComBat().fit(X[train], site[train], None if covariates is None else covariates[train])
+            cache[f] = combat.transform(X, site)
+        return cache[f]
+
+    return harmonised
+
+
 def probe_after_combat(
     X: np.ndarray,
     attributes: pd.DataFrame,
@@ -259,16 +279,7 @@ def probe_after_combat(
     groups_k = np.asarray(groups).astype(str)[rows]
     site = frame_k[batch].astype(str).to_numpy()
     fold = _folds_covering_sites(groups_k, site, cfg.folds, cfg.seed)
-    cov_frame = frame_k[covariates] if covariates else None
-    cache: dict[int, np.ndarray] = {}
-
-    def harmonised(f: int) -> np.ndarray:
-        """All rows harmonised (blind) by a ComBat fitted on fold f's training rows only."""
-        if f not in cache:
-            train = fold != f
-            combat = ComBat().fit(Xk[train], site[train], None if cov_frame is None else cov_frame[train])
-            cache[f] = combat.transform(Xk, site)
-        return cache[f]
+    harmonised = fold_harmoniser(Xk, site, frame_k[covariates] if covariates else None, fold)
 
     before, after = [], []
     for attribute in probe:

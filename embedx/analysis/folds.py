@@ -28,8 +28,9 @@ __all__ = [
     "subject_subsample",
 ]
 
-# Above this many subjects, stratified folds are dealt per subject (stratified by the subject's first label)
-# instead of sklearn's StratifiedGroupKFold, whose per-group Python loop costs ~30 s at 65k patients.
+# Above this many subjects, folds for a label that varies within subjects are dealt per subject (stratified
+# by the subject's first label) instead of StratifiedGroupKFold, whose per-group loop costs ~30 s at 65k
+# patients.
 FAST_FOLDS_MIN_SUBJECTS = 5_000
 
 
@@ -41,7 +42,12 @@ def subject_codes(groups: np.ndarray) -> np.ndarray:
 def stratified_folds(
     y: np.ndarray, groups: np.ndarray, folds: int, seed: int, continuous: bool = False
 ) -> np.ndarray:
-    """Fold id per row, every subject in exactly one fold, classes (or quintiles) balanced across folds."""
+    """Fold id per row, every subject in exactly one fold, classes (or quintiles) balanced across folds.
+
+    A label constant within each subject is stratified exactly by dealing subjects (`StratifiedKFold` over
+    subjects); one that varies within subjects goes through `StratifiedGroupKFold`, which is slow, up to
+    `FAST_FOLDS_MIN_SUBJECTS` subjects, and is dealt by each subject's first label above.
+    """
     if continuous:
         ranks = pd.Series(np.asarray(y, float)).rank(method="first").to_numpy()
         strata = np.minimum((ranks - 1) * 5 // len(ranks), 4).astype(int)
@@ -49,14 +55,16 @@ def stratified_folds(
         strata = np.unique(np.asarray(y), return_inverse=True)[1].reshape(-1)
     fold = np.full(len(strata), -1, dtype=int)
     subjects, first, codes = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
+    codes = codes.reshape(-1)
+    constant = bool(np.all(strata == strata[first][codes]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "least populated class": callers merge tiny classes
-        if len(subjects) >= FAST_FOLDS_MIN_SUBJECTS:
+        if constant or len(subjects) >= FAST_FOLDS_MIN_SUBJECTS:
             splitter_s = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
             subject_fold = np.full(len(subjects), -1, dtype=int)
             for f, (_, test) in enumerate(splitter_s.split(np.zeros(len(subjects)), strata[first])):
                 subject_fold[test] = f
-            return subject_fold[codes.reshape(-1)]
+            return subject_fold[codes]
         splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
         for f, (_, test) in enumerate(splitter.split(np.zeros(len(strata)), strata, groups)):
             fold[test] = f

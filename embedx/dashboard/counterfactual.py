@@ -2,11 +2,12 @@
 
 The probe of every analysis (a class-balanced linear SVM) fitted on z_sem separates two values of an
 attribute (site A vs site B). Its normal, mapped back to raw z_sem units, is the direction the latent space
-uses for that attribute. Moving an image's z_sem along it by a multiple of the distance between the two group means, and decoding with DDIM from the image's
-own stochastic code x_T, changes what the semantic code says about the attribute while x_T keeps the rest
-(pose, fine detail). x_T comes from the store where `encode --stochastic` saved it; otherwise it is found by
-DDIM inversion of the store's 64 px thumbnail, resized to the model's input size and conditioned on the
-stored z_sem; `noise="fixed"` skips inversion and decodes every image from one seeded noise draw.
+uses for that attribute. Moving an image's z_sem along it by a multiple of the distance between the two
+group means, and decoding with DDIM from the image's own stochastic code x_T, changes what the semantic code
+says about the attribute while x_T keeps the rest (pose, fine detail). x_T comes from the store where
+`encode --stochastic` saved it; otherwise it is found by DDIM inversion of the store's 64 px thumbnail,
+resized to the model's input size and conditioned on the stored z_sem; `noise="fixed"` skips inversion and
+decodes every image from one seeded noise draw.
 """
 
 from __future__ import annotations

@@ -49,3 +49,17 @@ def synth_store(tmp_path_factory: pytest.TempPathFactory) -> Callable[[float], P
         return cache[strength]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def phantom_latents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    """Real latents for null tests: pixel PCA of a 1,000-image phantom cohort (~490 subjects, 1-3 images)."""
+    from embedx.store.h5store import Store
+
+    path = pixel_pca_store(tmp_path_factory.mktemp("phantom-latents"), 1000, 1.0, seed=7)
+    with Store.open(path) as store:
+        return {
+            "X": store.latents("pixels-pca"),
+            "subjects": np.asarray(store.subject_ids).astype(str),
+            "site": store.attributes()["site"].to_numpy(),
+        }

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from embedx.analysis.combat import ComBat, probe_after_combat, run_confound_controls
+from embedx.analysis.combat import ComBat, fold_harmoniser, probe_after_combat, run_confound_controls
 from embedx.analysis.probes import ProbeConfig
 from embedx.errors import EmbedxError
 from embedx.store.h5store import Store
@@ -113,3 +113,63 @@ def test_confound_controls_on_the_synthetic_cohort(synth_store) -> None:
     assert after["sex"]["encoded"] and after["age"]["encoded"]
     with Store.open(path) as store:
         assert store.read_analysis("controls", "combat__pixels-pca__site")["batch"] == "site"
+
+
+def test_matches_neurocombat_on_a_small_fixture() -> None:
+    """Fit and transform with each row's own covariates is neuroCombat's harmonisation, number for number."""
+    from neuroCombat import neuroCombat
+
+    X, frame, _ = _cohort(seed=4, n_subjects=60, dim=8)
+    covars = frame.copy()
+    reference = neuroCombat(
+        dat=X.T, covars=covars, batch_col="site", categorical_cols=["sex"], continuous_cols=["age"]
+    )["data"].T
+    ours = ComBat().fit_transform(X, frame["site"], frame[["sex", "age"]])
+    np.testing.assert_allclose(ours, reference, rtol=2e-3, atol=2e-3)
+    # and without empirical Bayes (plain location / scale per site)
+    plain = neuroCombat(
+        dat=X.T, covars=covars, batch_col="site", categorical_cols=["sex"], continuous_cols=["age"], eb=False
+    )["data"].T
+    np.testing.assert_allclose(
+        ComBat(empirical_bayes=False).fit_transform(X, frame["site"], frame[["sex", "age"]]),
+        plain,
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
+def test_flipping_a_test_rows_sex_leaves_its_harmonised_features_unchanged() -> None:
+    """The control's harmonisation is blind to the probed label: a held-out row's features do not move when
+    its sex or age changes (neuroCombat's own-covariate transform would move them)."""
+    X, frame, _groups = _cohort(seed=5)
+    fold = np.repeat(np.arange(len(X) // 2) % 5, 2)  # subjects keep both images in one fold
+    site = frame["site"].to_numpy()
+    flipped = frame.copy()
+    test = fold == 0
+    flipped.loc[test, "sex"] = np.where(frame.loc[test, "sex"] == "F", "M", "F")
+    flipped.loc[test, "age"] = frame.loc[test, "age"] + 30
+    original = fold_harmoniser(X, site, frame[["sex", "age"]], fold)(0)
+    changed = fold_harmoniser(X, site, flipped[["sex", "age"]], fold)(0)
+    np.testing.assert_array_equal(original[test], changed[test])
+    # the transform with each row's own covariates, which the control does not use, would have leaked
+    combat = ComBat().fit(X[~test], site[~test], frame[["sex", "age"]][~test])
+    own = combat.transform(X[test], site[test], frame[["sex", "age"]][test])
+    moved = combat.transform(X[test], site[test], flipped[["sex", "age"]][test])
+    assert np.abs(own - moved).max() > 0.05
+    sex_gap = (
+        original[test & (frame["sex"] == "M").to_numpy(), :3].mean()
+        - original[test & (frame["sex"] == "F").to_numpy(), :3].mean()
+    )
+    assert sex_gap > 0.8  # the biology in the latents is kept
+
+
+def test_after_combat_a_covariate_with_no_signal_stays_at_chance() -> None:
+    """The covariate term must not write the probed label into the features: a sex label with no effect on
+    the latents, declared as a ComBat covariate, is not found after harmonisation."""
+    X, frame, groups = _cohort(seed=6)
+    X[:, :3] -= 1.5 * (frame["sex"] == "M").to_numpy()[:, None]  # remove the sex effect entirely
+    out = probe_after_combat(
+        X, frame, groups, {"site": "categorical", "sex": "binary", "age": "continuous"}, config=FAST
+    )
+    after = {r["attribute"]: r for r in out.after}
+    assert not after["sex"].encoded and after["sex"].score < 0.6

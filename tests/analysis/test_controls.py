@@ -173,6 +173,10 @@ def test_ks_flags_a_shifted_mode_and_not_identical_groups() -> None:
     assert result["correction"].startswith("Benjamini-Yekutieli")
     # BY is stricter than the raw p-values: the q of every test is at least its p.
     assert all(t["q_value"] >= t["p_value"] for t in result["tests"])
+    assert result["test_unit"] == "image" and result["units_tested"] == n  # no subjects given: images
+    subjects = np.repeat(np.arange(n // 3), 3).astype(str)
+    per_subject = distribution_tests_arrays(z, pd.DataFrame({"group": group}), n_modes=5, groups=subjects)
+    assert per_subject["test_unit"] == "one image per subject" and per_subject["units_tested"] == n // 3
 
 
 def test_control_background_cli_writes_strict_json(phantoms: dict[float, Path], tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from embedx.analysis.enrichment import COLUMNS, bh_adjust, enrichment, top_enriched
+from embedx.analysis.enrichment import COLUMNS, bh_adjust, enrichment, one_per_subject, top_enriched
 from embedx.data.schema import AttributeSpec
 from embedx.errors import EmbedxError
 
@@ -117,3 +117,21 @@ def test_subject_level_tests_do_not_count_one_patient_many_times() -> None:
     assert image_level["significant"]
     assert not subject_level["significant"] and subject_level["units_tested"] == 40
     assert subject_level["n_selected"] == 60 and subject_level["fold"] == image_level["fold"]
+
+
+def test_odds_ratio_and_its_interval_come_from_the_same_units() -> None:
+    """With subjects given, the odds ratio is computed on the tested units (one image per subject), so it
+    always lies inside its own interval (it did not when the ratio came from all images)."""
+    rng = np.random.default_rng(3)
+    subjects = np.repeat([f"p{i}" for i in range(120)], rng.integers(1, 8, 120))
+    site = pd.Series(subjects).map(dict(zip(np.unique(subjects), rng.choice(["a", "b"], 120), strict=True)))
+    mask = (site.to_numpy() == "a") & (rng.random(len(subjects)) < 0.6) | (rng.random(len(subjects)) < 0.2)
+    rows = enrichment(pd.DataFrame({"site": site.to_numpy()}), mask, groups=subjects).set_index("value")
+    units = one_per_subject(subjects, seed=0)
+    a, selected = site.to_numpy()[units] == "a", mask[units]
+    table = [[np.sum(a & selected), np.sum(~a & selected)], [np.sum(a & ~selected), np.sum(~a & ~selected)]]
+    expected = table[0][0] * table[1][1] / (table[0][1] * table[1][0])
+    assert rows.loc["a", "odds_ratio"] == pytest.approx(expected)  # the tested units, not all images
+    for row in rows.itertuples():
+        assert row.or_ci_low <= row.odds_ratio <= row.or_ci_high
+        assert row.units_tested == 120

@@ -187,3 +187,57 @@ def test_fairness_cli_prints_groups_and_writes_json(synth_store, tmp_path) -> No
     assert doc["probes"] == [] and doc["fairness"][0]["target"] == "sex"
     assert doc["fairness"][0]["sensitive"] == "site"
     assert doc["fairness"][0]["by_group"]["north"]["n"] > 0
+
+
+def test_gap_evidence_under_the_null_and_under_a_real_gap() -> None:
+    """No gap: permutation p about uniform, the signed interval holds its estimate and mostly crosses 0.
+    A real TPR gap: p small and the interval clear of 0."""
+    rules = GroupRules(n_bootstrap=100, n_bootstrap_auc=5, n_permutations=199, min_group_n=20)
+    rng = np.random.default_rng(10)
+    p_values, crosses = [], []
+    for _ in range(60):
+        n_subjects = 300
+        sizes = rng.integers(1, 3, n_subjects)
+        codes = np.repeat(np.arange(n_subjects), sizes)
+        group = rng.choice(["a", "b", "c"], n_subjects, p=[0.5, 0.3, 0.2])[codes].astype(object)
+        y = (rng.random(len(codes)) < 0.3).astype(int)
+        prob = np.clip(0.3 * y + rng.uniform(0, 0.7, len(codes)), 0, 1)
+        pred = (prob > 0.5).astype(int)
+        out = fairness_from_predictions("g", group, y, prob, pred, codes.astype(str), rules)
+        for name in ("demographic_parity_difference", "equal_opportunity_difference"):
+            gap = out.gaps[name]
+            low, high = gap["ci"]
+            assert low <= gap["signed_difference"] <= high
+            crosses.append(low <= 0)
+        p_values.append(out.gaps["demographic_parity_difference"]["p_value"])
+    p = np.asarray(p_values)
+    assert np.mean(p < 0.05) <= 0.12 and 0.35 < p.mean() < 0.65
+    assert np.mean(crosses) > 0.5
+    f = _hand_built()
+    real = fairness_from_predictions(
+        "group", f["group"].to_numpy(object), f["y"], f["prob"], f["pred"], f["subject"], rules
+    )
+    tpr_gap = real.gaps["equal_opportunity_difference"]
+    assert tpr_gap["pair"] == ["A", "B"] and tpr_gap["signed_difference"] == pytest.approx(0.3)
+    assert tpr_gap["ci"][0] > 0 and tpr_gap["p_value"] < 0.01
+
+
+def test_too_small_counts_subjects_not_images() -> None:
+    """40 images of 10 patients are 10 subjects: too few to judge at min_group_n=30."""
+    f = _hand_built()
+    few = pd.DataFrame(
+        {
+            "group": "D",
+            "y": [1, 0] * 20,
+            "pred": [1, 0] * 20,
+            "prob": [0.8, 0.2] * 20,
+            "subject": np.repeat([f"d{i}" for i in range(10)], 4),
+        }
+    )
+    f = pd.concat([f, few], ignore_index=True)
+    out = fairness_from_predictions(
+        "group", f["group"].to_numpy(object), f["y"], f["prob"], f["pred"], f["subject"], FAST.rules
+    )
+    d = out["by_group"]["D"]
+    assert d["n"] == 40 and d["n_subjects"] == 10 and d["too_small"]
+    assert "D" in out["groups_excluded_from_gaps"]

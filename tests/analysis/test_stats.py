@@ -8,6 +8,7 @@ from sklearn.metrics import balanced_accuracy_score
 
 from embedx.analysis.stats import (
     SubjectIndex,
+    SubjectPermuter,
     bootstrap_balanced_accuracy,
     bootstrap_mae,
     holm,
@@ -92,3 +93,46 @@ def test_permute_by_subject_moves_varying_labels_as_blocks() -> None:
     perm = permute_by_subject(y, SubjectIndex(groups), np.random.default_rng(0))
     for g in range(20):
         assert sorted(perm[groups == g].tolist()) == [0, 1]
+
+
+def test_holm_matches_statsmodels() -> None:
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(8)
+    for m in (1, 3, 17, 60):
+        p = rng.uniform(0, 0.2, m) ** 2
+        p[rng.random(m) < 0.2] = 0.049  # ties
+        expected = multipletests(p, alpha=0.05, method="holm")[1]
+        np.testing.assert_allclose(holm(p), expected)
+
+
+def test_varying_labels_are_exchanged_only_between_subjects_of_the_same_size() -> None:
+    """A permutation keeps every subject's sequence whole and the label's multiset exact."""
+    rng = np.random.default_rng(9)
+    sizes = np.array([1, 2, 2, 3, 3, 3, 4])
+    groups = np.repeat(np.arange(len(sizes)), sizes)
+    y = rng.integers(0, 5, len(groups))
+    index = SubjectIndex(groups)
+    permuter = SubjectPermuter(y, index)
+    assert not permuter.constant and permuter.n_fixed == 2  # sizes 1 and 4 occur once
+    sequences = {tuple(y[groups == g]) for g in range(len(sizes))}
+    draws = permuter.draw(np.random.default_rng(0), 200)
+    moved = 0
+    for b in range(draws.shape[1]):
+        perm = draws[:, b]
+        assert sorted(perm.tolist()) == sorted(y.tolist())
+        for g, size in enumerate(sizes):
+            got = tuple(perm[groups == g])
+            assert got in sequences and len(got) == size
+            moved += got != tuple(y[groups == g])
+        for g in (0, 6):  # unique sizes keep their own labels
+            np.testing.assert_array_equal(perm[groups == g], y[groups == g])
+    assert moved > 100
+
+
+def test_constant_labels_permute_uniformly_over_subjects() -> None:
+    groups = np.repeat(np.arange(4), [1, 3, 2, 1])
+    y = np.repeat([1, 0, 0, 0], [1, 3, 2, 1])
+    draws = SubjectPermuter(y, SubjectIndex(groups)).draw(np.random.default_rng(1), 4000)
+    positive_subject = np.array([[draws[groups == g, b][0] for g in range(4)] for b in range(4000)])
+    np.testing.assert_allclose(positive_subject.mean(axis=0), 0.25, atol=0.03)  # each subject equally often

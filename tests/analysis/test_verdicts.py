@@ -1,0 +1,172 @@
+"""The probe's verdicts on imbalanced and null labels: p-values calibrated, rare effects found, chance exact.
+
+Null labels are drawn at random per subject (or per image, for labels that vary within a subject) on real
+latents: pixel PCA of a phantom cohort, whose images share subjects. With no link between labels and images,
+the share of raw p < 0.05 must be about 5 % and the mean p about 0.5, whatever the label's kind or balance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+
+from embedx.analysis.probe_core import LinearProbe, ProbeConfig, cross_validated_probe
+from embedx.analysis.probe_result import ProbeResult, judge_family
+
+NULL = ProbeConfig(n_permutations=199, n_bootstrap=0, c_grid=(0.1,))
+
+
+def _null_label(kind: int, codes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """Eight kinds of label with no pixel effect, constant within subject or varying within it."""
+    n_subjects, n = int(codes.max()) + 1, len(codes)
+    prevalence = (0.02, 0.05, 0.2, 0.5)[kind % 4]
+    if kind < 4:
+        return (rng.random(n_subjects) < prevalence).astype(int)[codes], "binary"
+    if kind == 4:
+        return rng.integers(0, 3, n_subjects)[codes], "categorical"
+    if kind == 5:
+        return rng.normal(50, 10, n_subjects)[codes], "continuous"
+    if kind == 6:
+        return (rng.random(n) < 0.3).astype(int), "binary"  # varies within subject (like a view)
+    return rng.normal(50, 10, n_subjects)[codes] + rng.normal(0, 2, n), "continuous"  # age at each visit
+
+
+@pytest.mark.slow
+def test_p_values_are_calibrated_on_null_labels(phantom_latents) -> None:
+    X, subjects = phantom_latents["X"], phantom_latents["subjects"]
+    codes = np.unique(subjects, return_inverse=True)[1]
+    rng = np.random.default_rng(2026)
+    p_values, kinds = [], []
+    for i in range(240):
+        y, kind = _null_label(i % 8, codes, rng)
+        r = cross_validated_probe(X, y, subjects, kind, config=NULL)  # type: ignore[arg-type]
+        if r.p_value is not None:
+            p_values.append(r.p_value)
+            kinds.append(i % 8)
+    p = np.asarray(p_values)
+    assert len(p) >= 200, "too many null labels were skipped"
+    share = float(np.mean(p < 0.05))
+    assert 0.02 <= share <= 0.08, share
+    assert abs(float(p.mean()) - 0.5) <= 0.05, p.mean()
+    for kind in range(8):  # no kind of label is systematically anti-conservative
+        assert np.mean(p[np.asarray(kinds) == kind] < 0.05) <= 0.2
+
+
+def _rare_cohort(prevalence: float, effect: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """2,000 subjects x 1-2 images, 48 correlated features; the label shifts one latent factor by `effect`."""
+    rng = np.random.default_rng(seed)
+    n_subjects = 2000
+    sizes = rng.integers(1, 3, n_subjects)
+    codes = np.repeat(np.arange(n_subjects), sizes)
+    label = (rng.random(n_subjects) < prevalence).astype(int)
+    factors = rng.normal(size=(n_subjects, 8))
+    factors[:, 0] += effect * label
+    mixing = rng.normal(size=(8, 48))
+    X = factors[codes] @ mixing + rng.normal(size=(len(codes), 48))
+    return X, label[codes], codes.astype(str)
+
+
+@pytest.mark.parametrize("prevalence", [0.02, 0.05])
+def test_rare_attribute_with_a_moderate_effect_is_found(prevalence: float) -> None:
+    X, y, subjects = _rare_cohort(prevalence, effect=1.2, seed=int(prevalence * 100))
+    cfg = ProbeConfig(n_permutations=200, n_bootstrap=300)
+    found = cross_validated_probe(X, y, subjects, "binary", config=cfg)
+    assert found.encoded, found.to_dict()
+    assert found.score > 0.6 and found.ci[0] > 0.5
+    # a class-balanced linear SVM on the same latents finds it too: the probe is not weaker than that
+    folds = StratifiedGroupKFold(5, shuffle=True, random_state=0)
+    svm = make_pipeline(StandardScaler(), LinearSVC(C=0.1, class_weight="balanced"))
+    pred = cross_val_predict(svm, X, y, groups=subjects, cv=folds)
+    balanced = np.mean([np.mean(pred[y == c] == c) for c in (0, 1)])
+    assert found.score > balanced - 0.05
+    null = cross_validated_probe(X, np.random.default_rng(1).permutation(y), subjects, "binary", config=cfg)
+    assert not null.encoded
+
+
+def test_rare_attribute_with_no_effect_is_not_found() -> None:
+    for prevalence in (0.02, 0.05):
+        X, y, subjects = _rare_cohort(prevalence, effect=0.0, seed=11)
+        r = cross_validated_probe(
+            X, y, subjects, "binary", config=ProbeConfig(n_permutations=200, n_bootstrap=300)
+        )
+        assert not r.encoded and r.p_value > 0.01
+
+
+def test_chance_is_one_over_k_and_a_constant_predictor_is_never_encoded() -> None:
+    rng = np.random.default_rng(3)
+    subjects = np.arange(300).astype(str)
+    y = rng.integers(0, 3, 300)
+    X = rng.normal(size=(300, 6))
+    r = cross_validated_probe(
+        X, y, subjects, "categorical", config=ProbeConfig(n_permutations=50, n_bootstrap=200)
+    )
+    assert r.chance == 1 / 3
+    # a probe whose every prediction is one class scores exactly chance and is flagged, whatever the p-value
+    constant = ProbeResult(
+        model="m",
+        attribute="a",
+        kind="binary",
+        metric="balanced_accuracy",
+        score=0.5,
+        ci=(0.5, 0.5),
+        chance=0.5,
+        p_value=0.001,
+        degenerate=True,
+    )
+    nearly = constant.replace(score=0.52, ci=(0.505, 0.53))
+    for result in judge_family([constant, nearly]):
+        assert not result.encoded
+    assert not judge_family([constant.replace(degenerate=False)])[0].encoded  # CI on chance: not clear of it
+
+
+def test_a_probe_that_predicts_one_class_is_degenerate() -> None:
+    rng = np.random.default_rng(4)
+    X = np.zeros((200, 4))  # no information at all: every prediction is the same
+    y = (rng.random(200) < 0.3).astype(int)
+    r = cross_validated_probe(
+        X, y, np.arange(200).astype(str), "binary", config=ProbeConfig(n_permutations=50, n_bootstrap=100)
+    )
+    assert r.degenerate and not r.encoded and "single value" in r.verdict
+
+
+def test_linear_probe_is_a_scikit_learn_estimator() -> None:
+    from sklearn.base import clone
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(300, 5))
+    y = (X[:, 0] + 0.3 * rng.normal(size=300) > 1.2).astype(int)  # ~12 % positives
+    probe = LinearProbe(c_grid=(0.01, 0.1, 1.0), seed=1)
+    twin = clone(probe)
+    assert twin.get_params() == probe.get_params()
+    probe.fit(X, y, groups=np.repeat(np.arange(150), 2))
+    assert probe.C_ in (0.01, 0.1, 1.0) and list(probe.classes_) == [0, 1]
+    assert probe.decision_function(X).shape == (300,)
+    predicted = probe.predict(X)
+    assert 0.05 < predicted.mean() < 0.5  # class-balanced: the minority class is predicted
+    regression = LinearProbe(task="regression").fit(X, X[:, 1] * 3)
+    assert np.corrcoef(regression.predict(X), X[:, 1])[0, 1] > 0.95
+
+
+def test_a_failing_c_grid_is_reported_not_hidden() -> None:
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(40, 3))
+    y = np.array([0, 1] * 20)
+    probe = LinearProbe(c_grid=(0.1, 1.0), inner_folds=2).fit(X, y, groups=np.zeros(40))  # one subject
+    assert any("not tuned" in note for note in probe.notes_)
+
+
+def test_probe_result_round_trips_through_its_json_form() -> None:
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(200, 4))
+    y = (X[:, 0] > 0).astype(int)
+    r = cross_validated_probe(
+        X, y, np.arange(200).astype(str), "binary", config=ProbeConfig(n_permutations=50, n_bootstrap=100)
+    )
+    data = r.to_dict()
+    assert ProbeResult.from_dict(data).to_dict() == data
+    assert data["permutation"]["folds"] == "label-free subject folds" and data["bootstrap"]["dropped"] == 0
+    assert r["score"] == data["score"] and dict(r) == data
