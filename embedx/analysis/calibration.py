@@ -266,7 +266,7 @@ def calibrate_arrays(
                 null, labels[0][sub], index, k, cfg.permutations, int(rng.integers(2**31))
             )
         observed = null.statistic(np.stack([lab[sub] for lab in labels], axis=1), k)
-        ps = np.array([p_value(o, shared_null[key], lower_is_extreme=k == 0)[0] for o in observed])
+        ps = np.array([p_value(o, shared_null[key])[0] for o in observed])
         found = int(np.sum(ps < threshold))
         positive_rows = float(np.mean([rows_per_subject[lab == 1].sum() for lab in labels])) if k else None
         power.append(

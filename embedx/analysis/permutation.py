@@ -14,7 +14,9 @@ What makes the p-value right:
 * **A statistic that does not reward the majority class.** Categorical labels: the macro one-vs-rest AUC of
   the out-of-fold ridge scores (for two classes, the AUC). AUC does not depend on the class prior, so a
   5 %-prevalence attribute is scored as fairly as a balanced one; an argmax rule would predict the majority
-  class and score chance. Continuous labels: the out-of-fold MAE. The AUC is computed on 2,048 score bins
+  class and score chance. Continuous labels: the correlation of the out-of-fold predictions with the label
+  (first order in the effect, where an MAE gain is second order: at r = 0.3 on phantom latents it found 70 %
+  of planted labels where the MAE found 25 %). The AUC is computed on 2,048 score bins
   per labelling (within 1e-4 of the exact AUC); the observed and the permuted labellings get the identical
   statistic, which is all the test needs.
 * **The same statistic for every labelling**, including the maximum over a fixed grid of ridge penalties
@@ -110,16 +112,22 @@ class RidgeNull:
     def statistic(self, labels: np.ndarray, n_classes: int) -> np.ndarray:
         """Statistic per labelling. `labels` (n, B): class codes 0..K-1, or floats when n_classes == 0.
 
-        Categorical: macro one-vs-rest AUC (higher = more information), maximised over lambda.
-        Continuous: MAE (lower = more information), minimised over lambda.
+        Categorical: macro one-vs-rest AUC, continuous: Pearson correlation of prediction and label; both
+        maximised over lambda, and higher means more information.
         """
         labels = np.asarray(labels)
         _n, B = labels.shape
         if n_classes == 0:
             T = labels.astype(np.float32)
-            best = np.full(B, np.inf)
+            centred = T - T.mean(axis=0)
+            norm = np.sqrt((centred * centred).sum(axis=0))
+            best = np.full(B, -np.inf)
             for pred in self._oof(T).values():
-                best = np.minimum(best, np.mean(np.abs(pred - labels), axis=0))
+                pred -= pred.mean(axis=0)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    r = (pred * centred).sum(axis=0) / (np.sqrt((pred * pred).sum(axis=0)) * norm)
+                best = np.fmax(best, r)
+            best[~np.isfinite(best)] = np.nan
             return best
         columns = [1] if n_classes == 2 else list(range(n_classes))  # two classes: one AUC says it all
         T = np.concatenate([(labels == k).astype(np.float32) for k in columns], axis=1)  # (n, B * len(cols))
@@ -183,7 +191,7 @@ class PermutationOutcome:
 
 def statistic_name(n_classes: int) -> str:
     if n_classes == 0:
-        return "out-of-fold MAE of a ridge probe (min over the lambda grid)"
+        return "correlation of out-of-fold ridge predictions with the label (max over the lambda grid)"
     what = "AUC" if n_classes == 2 else "macro one-vs-rest AUC"
     return f"out-of-fold {what} of a ridge probe (max over the lambda grid)"
 
@@ -204,15 +212,14 @@ def null_statistics(
     return (np.concatenate(chunks) if chunks else np.empty(0)), permuter.scheme
 
 
-def p_value(observed: float, null_values: np.ndarray, lower_is_extreme: bool) -> tuple[float, int]:
+def p_value(observed: float, null_values: np.ndarray) -> tuple[float, int]:
     """(p = (k + 1) / (P + 1) with ties counted as extreme, number of null values that were undefined)."""
     values = np.asarray(null_values, dtype=float)
     valid = values[np.isfinite(values)]
     if valid.size == 0 or not np.isfinite(observed):
         return float("nan"), int(values.size - valid.size)
     tol = 1e-7 * max(1.0, abs(observed))  # float32 refits: equal statistics may differ in the last bits
-    extreme = np.sum(valid <= observed + tol) if lower_is_extreme else np.sum(valid >= observed - tol)
-    return float((1 + extreme) / (1 + valid.size)), int(values.size - valid.size)
+    return float((1 + np.sum(valid >= observed - tol)) / (1 + valid.size)), int(values.size - valid.size)
 
 
 def permutation_test(
@@ -227,7 +234,7 @@ def permutation_test(
     y = np.asarray(y)
     observed = float(null.statistic(y[:, None], n_classes)[0])
     values, scheme = null_statistics(null, y, index, n_classes, n_permutations, seed)
-    p, dropped = p_value(observed, values, lower_is_extreme=n_classes == 0)
+    p, dropped = p_value(observed, values)
     valid = values[np.isfinite(values)]
     return PermutationOutcome(
         statistic=statistic_name(n_classes),
