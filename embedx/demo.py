@@ -40,6 +40,7 @@ class DemoProfile:
     train: dict[str, list[str]]
     umap: bool = False
     bootstrap: int = 1000
+    calibration_labels: int = 200  # null and planted labels each, for `embedx calibrate`
     expected_minutes: str = ""
 
 
@@ -48,14 +49,25 @@ QUICK = DemoProfile(
     n=720,
     synth_size=64,
     train={
-        "vae": ["optim.total_samples=12000", "optim.eval_every_samples=12000",
-                "optim.checkpoint_every_samples=12000"],
-        "dae": ["optim.total_samples=9600", "optim.eval_every_samples=9600",
-                "optim.checkpoint_every_samples=9600", "eval.latent_stats_samples=720"],
-        "cnn": ["optim.total_samples=4800", "optim.eval_every_samples=4800",
-                "optim.checkpoint_every_samples=4800"],
+        "vae": [
+            "optim.total_samples=12000",
+            "optim.eval_every_samples=12000",
+            "optim.checkpoint_every_samples=12000",
+        ],
+        "dae": [
+            "optim.total_samples=9600",
+            "optim.eval_every_samples=9600",
+            "optim.checkpoint_every_samples=9600",
+            "eval.latent_stats_samples=720",
+        ],
+        "cnn": [
+            "optim.total_samples=4800",
+            "optim.eval_every_samples=4800",
+            "optim.checkpoint_every_samples=4800",
+        ],
     },
     bootstrap=500,
+    calibration_labels=60,
     expected_minutes="under 5 minutes on 2 CPU cores",
 )
 
@@ -65,9 +77,15 @@ FULL = DemoProfile(
     synth_size=128,
     train={
         "vae": ["data.preprocess.size=128", "optim.total_samples=400000", "optim.batch_size=64"],
-        "dae": ["data.preprocess.size=64", "dae.unet_channels=[32,64,128,128]",
-                "optim.total_samples=1000000", "optim.batch_size=64", "optim.lr=5e-4",
-                "optim.warmup_samples=20000", "optim.ema_decay=0.999"],
+        "dae": [
+            "data.preprocess.size=64",
+            "dae.unet_channels=[32,64,128,128]",
+            "optim.total_samples=1000000",
+            "optim.batch_size=64",
+            "optim.lr=5e-4",
+            "optim.warmup_samples=20000",
+            "optim.ema_decay=0.999",
+        ],
         "cnn": ["data.preprocess.size=64", "optim.total_samples=40000"],
     },
     umap=True,
@@ -99,6 +117,7 @@ def run_demo(
 ) -> dict:
     """Run the whole flow into `out`; returns the summary (also written as `out/demo_summary.json`)."""
     from embedx.analysis.background import background_control
+    from embedx.analysis.calibration import CalibrationSettings, run_calibration
     from embedx.analysis.clusters import run_clusters
     from embedx.analysis.cross_site import cross_site
     from embedx.analysis.fairness import run_fairness
@@ -123,15 +142,18 @@ def run_demo(
         f"{profile.synth_size} px; models {', '.join(models)}; expected {profile.expected_minutes}."
     )
     if quick:
-        console.print("[dim]--quick uses small images and a small cohort: enough to show the injected "
-                      "signals, not to train models that reconstruct well.[/]")
-    stages = 1 + len(models) + len(models) + 1 + 5 + 1
+        console.print(
+            "[dim]--quick uses small images and a small cohort: enough to show the injected "
+            "signals, not to train models that reconstruct well.[/]"
+        )
+    stages = 1 + len(models) + len(models) + 1 + 6 + 1
     timer = StageTimer(total=stages)
 
     manifest = timer.run(
         f"synthesise {kind} cohort ({profile.n} images)",
-        lambda: generate_cohort(kind, profile.n, cohort_dir, size=profile.synth_size, seed=seed,
-                                prevalence=_demo_prevalence()),
+        lambda: generate_cohort(
+            kind, profile.n, cohort_dir, size=profile.synth_size, seed=seed, prevalence=_demo_prevalence()
+        ),
     )
     truth = read_ground_truth(cohort_dir)
 
@@ -142,8 +164,10 @@ def run_demo(
     }
     for model, config in configs.items():
         size = config.data.preprocess.size
-        runs[model] = timer.run(f"train {model} ({size} px, {config.optim.total_samples:,} samples)",
-                                lambda c=config, m=model: train(c, manifest, runs_dir / m))
+        runs[model] = timer.run(
+            f"train {model} ({size} px, {config.optim.total_samples:,} samples)",
+            lambda c=config, m=model: train(c, manifest, runs_dir / m),
+        )
     for model in models:
         timer.run(f"encode {model}", lambda m=model: encode(runs[m], manifest, store_path, name=m))
 
@@ -155,23 +179,43 @@ def run_demo(
     timer.run("project (t-SNE" + (", UMAP" if profile.umap else "") + ")", _projections)
     probes = timer.run(
         "probe every attribute",
-        lambda: run_probes(store_path, n_permutations=None, n_bootstrap=profile.bootstrap,
-                           seed=seed),
+        lambda: run_probes(store_path, n_permutations=None, n_bootstrap=profile.bootstrap, seed=seed),
     )
-    timer.run("fairness of the finding probe",
-              lambda: run_fairness(store_path, "finding", model="vae", seed=seed))
+    labels = profile.calibration_labels
+    timer.run(
+        f"calibrate the audit ({labels} null + {labels} planted labels)",
+        lambda: run_calibration(
+            store_path,
+            settings=CalibrationSettings(
+                n_null=labels, n_planted=labels, null_permutations=99 if quick else 199, seed=seed
+            ),
+        ),
+    )
+    timer.run(
+        "fairness of the finding probe", lambda: run_fairness(store_path, "finding", model="vae", seed=seed)
+    )
     timer.run("clusters", lambda: [run_clusters(store_path, m, seed=seed) for m in ("vae", "dae")])
     timer.run(
         "controls (background patches, cross-site)",
         lambda: (
-            background_control(manifest, "site", patch=max(4, profile.synth_size // 8),
-                               size=profile.synth_size, store_path=store_path,
-                               n_bootstrap=profile.bootstrap, seed=seed),
+            background_control(
+                manifest,
+                "site",
+                patch=max(4, profile.synth_size // 8),
+                size=profile.synth_size,
+                store_path=store_path,
+                n_bootstrap=profile.bootstrap,
+                seed=seed,
+            ),
             cross_site(store_path, "finding", "site", model="vae", n_bootstrap=profile.bootstrap, seed=seed),
         ),
     )
-    timer.run("report", lambda: build_report(store_path, report_dir, target="finding", seed=seed,
-                                            n_bootstrap=profile.bootstrap))
+    timer.run(
+        "report",
+        lambda: build_report(
+            store_path, report_dir, target="finding", seed=seed, n_bootstrap=profile.bootstrap
+        ),
+    )
     summary = summarise(truth, probes, models=[m for m in models if m != "cnn"])
     summary["timings_s"] = {name: round(seconds, 1) for name, seconds in timer.done}
     summary["paths"] = {"cohort": str(cohort_dir), "store": str(store_path), "report": str(report_dir)}
@@ -197,15 +241,17 @@ def summarise(truth: dict, probes: list[dict], models: list[str]) -> dict:
             continue
         encoded_by = sorted(p["model"] for p in found if p.get("encoded"))
         best = max(found, key=lambda p: _advantage(p))
-        rows.append({
-            "attribute": attribute,
-            "injected": bool(spec["in_pixels"]),
-            "effect": spec.get("effect", ""),
-            "found_by": encoded_by,
-            "found": bool(encoded_by),
-            "best": {k: best.get(k) for k in ("model", "metric", "score", "ci", "chance", "p_value")},
-            "agrees": bool(encoded_by) == bool(spec["in_pixels"]),
-        })
+        rows.append(
+            {
+                "attribute": attribute,
+                "injected": bool(spec["in_pixels"]),
+                "effect": spec.get("effect", ""),
+                "found_by": encoded_by,
+                "found": bool(encoded_by),
+                "best": {k: best.get(k) for k in ("model", "metric", "score", "ci", "chance", "p_value")},
+                "agrees": bool(encoded_by) == bool(spec["in_pixels"]),
+            }
+        )
     return {"attributes": rows, "all_agree": all(r["agrees"] for r in rows)}
 
 
@@ -242,9 +288,11 @@ def print_summary(summary: dict) -> None:
             "[green]yes[/]" if row["agrees"] else "[red]NO[/]",
         )
     console.print(table)
-    console.print("[dim]Scores: balanced accuracy, or mean absolute error where marked (MAE, lower is "
-                  "better). "
-                  "Found = Holm-corrected permutation p < 0.05 and the CI clear of chance.[/]")
+    console.print(
+        "[dim]Scores: balanced accuracy, or mean absolute error where marked (MAE, lower is "
+        "better). "
+        "Found = Holm-corrected permutation p < 0.05 and the CI clear of chance.[/]"
+    )
     timings = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in summary.get("timings_s", {}).items())
     if timings:
         console.print(f"[dim]stage times: {timings}[/]")

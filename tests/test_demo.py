@@ -20,7 +20,10 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = {**os.environ, "EMBEDX_NO_PROGRESS": "1"}
     completed = subprocess.run(
         [sys.executable, "-m", "embedx", "demo", "--quick", "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=900,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
     (out / "demo.log").write_text(completed.stdout + completed.stderr, encoding="utf-8")
@@ -61,3 +64,17 @@ def test_demo_summary_says_everything_agrees(demo_dir: Path) -> None:
     summary = json.loads((demo_dir / "demo_summary.json").read_text(encoding="utf-8"))
     assert summary["all_agree"], summary["attributes"]
     assert {row["attribute"] for row in summary["attributes"]} >= {"site", "sex", "age", "insurance"}
+
+
+def test_report_shows_how_far_to_trust_the_verdicts(demo_dir: Path) -> None:
+    report = json.loads((demo_dir / "report" / "report.json").read_text(encoding="utf-8"))
+    calibration = {c["model"]: c for c in report["calibration"]}
+    assert {"vae", "dae"} <= set(calibration)
+    for result in calibration.values():
+        assert result["false_positive_rate"] <= 0.15 and result["n_null"] >= 50
+        strongest = max(
+            result["power"], key=lambda r: (r["kind"] == "binary", r["prevalence"] or 0, r["effect"])
+        )
+        assert strongest["power"] >= 0.8  # a balanced attribute with a large effect is found on these latents
+    html = (demo_dir / "report" / "report.html").read_text(encoding="utf-8")
+    assert "How far to trust these verdicts" in html and "Holm over" in html

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -50,8 +50,8 @@ class CalibrationSettings:
     effects: tuple[float, ...] = (0.2, 0.5, 0.8)
     correlations: tuple[float, ...] = (0.1, 0.3)
     null_permutations: int = 199
-    permutations: int = 1000  # for planted labels; run_calibration matches the probes' default
-    family_size: int = 1
+    permutations: int | None = None  # planted labels; None: what the probes would run for the family
+    family_size: int | None = None  # None: attributes x models of the store (run_calibration), else 1
     alpha: float = 0.05
     folds: int = 5
     permutation_max_rows: int = 10_000
@@ -62,7 +62,12 @@ class CalibrationSettings:
             raise EmbedxError(f"prevalences must lie strictly between 0 and 1, got {self.prevalences}")
         if any(e <= 0 for e in self.effects) or any(not 0 < r < 1 for r in self.correlations):
             raise EmbedxError("effects must be positive and correlations in (0, 1)")
-        if self.n_null < 0 or self.n_planted < 0 or self.null_permutations < 19 or self.permutations < 19:
+        if (
+            self.n_null < 0
+            or self.n_planted < 0
+            or self.null_permutations < 19
+            or (self.permutations or 19) < 19
+        ):
             raise EmbedxError("label counts cannot be negative; use at least 19 permutations")
 
 
@@ -167,7 +172,11 @@ def calibrate_arrays(
     model: str = "model",
 ) -> CalibrationResult:
     """Calibrate on latents `X` (n, d) with subject ids `groups`; `attributes`: name -> (kind, values)."""
+    from embedx.analysis.probes import default_permutations
+
     cfg = settings or CalibrationSettings()
+    family = cfg.family_size or 1
+    cfg = replace(cfg, family_size=family, permutations=cfg.permutations or default_permutations(family))
     started = time.perf_counter()
     X = np.asarray(X, dtype=np.float64)
     ok = np.all(np.isfinite(X), axis=1)
@@ -345,14 +354,13 @@ def run_calibration(
 ) -> list[CalibrationResult]:
     """Calibrate every model (or those named) of a store; `/analysis/calibration/<model>` unless not `write`.
 
-    The family size m defaults to what `embedx probe` would correct for: attributes x models of the store;
-    the planted labels' permutations to what the probes would run for that family.
+    Unset in `settings`, the family size m is what `embedx probe` would correct for (attributes x models of
+    the store) and the planted labels' permutations what the probes would run for that family.
     """
-    from embedx.analysis.probes import default_permutations, resolve_names
+    from embedx.analysis.probes import resolve_names
     from embedx.progress import progress_bar
     from embedx.store.h5store import Store
 
-    base = settings or CalibrationSettings()
     results = []
     with Store.open(store_path) as store:
         names = resolve_names(models, store.models(), "model", store_path)
@@ -360,9 +368,9 @@ def run_calibration(
             raise EmbedxError(f"{store_path}: the store holds no latents yet (run `embedx encode` first)")
         schema = store.schema()
         table = store.attributes()
-        family = max(1, len(store.models()) * len(schema))
-        if settings is None:
-            base = CalibrationSettings(family_size=family, permutations=default_permutations(family))
+        base = settings or CalibrationSettings()
+        if base.family_size is None:
+            base = replace(base, family_size=max(1, len(store.models()) * len(schema)))
         attributes = {n: (s.kind, table[n].to_numpy()) for n, s in schema.items()}
         subjects = np.asarray(store.subject_ids).astype(str)
         with progress_bar(len(names), "calibrate", unit="model") as advance:

@@ -37,9 +37,9 @@ from fairlearn.metrics import (
 )
 from sklearn.metrics import accuracy_score, mean_absolute_error, roc_auc_score
 
+from embedx.analysis.fairness_gaps import gap_evidence, gap_nulls, mae_gap_null, rates_from_counts
 from embedx.analysis.stats import (
     SubjectIndex,
-    SubjectPermuter,
     count_dropped,
     normal_interval,
     percentile_ci,
@@ -146,110 +146,11 @@ def _negatives(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.sum(1 - np.asarray(y_true)))
 
 
-def _rates(counts: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-group rates from confusion counts (..., groups, 4) laid out as [TN, FP, FN, TP]."""
-    tn, fp, fn, tp = (counts[..., k] for k in range(4))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return {
-            "accuracy": (tp + tn) / (tn + fp + fn + tp),
-            "tpr": tp / (tp + fn),
-            "fpr": fp / (fp + tn),
-            "selection_rate": (tp + fp) / (tn + fp + fn + tp),
-        }
-
-
-def _spread(values: np.ndarray) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmax(values, axis=-1) - np.nanmin(values, axis=-1)
-
-
 def _subject_counts(labels: np.ndarray, groups: np.ndarray, flags: np.ndarray | None = None) -> pd.Series:
     frame = pd.DataFrame({"g": labels, "s": groups})
     if flags is not None:
         frame = frame[flags]
     return frame.groupby("g")["s"].nunique()
-
-
-def _permuted_counts(
-    codes: np.ndarray,
-    cell: np.ndarray,
-    groups: np.ndarray,
-    rows: np.ndarray,
-    n_groups: int,
-    n_perm: int,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """(n_perm, groups, 4) confusion counts with the group labels of `rows` exchanged between subjects."""
-    if len(rows) == 0 or n_perm == 0:
-        return np.zeros((n_perm, n_groups, 4))
-    permuter = SubjectPermuter(codes[rows], SubjectIndex(groups[rows]))
-    out = []
-    for start in range(0, n_perm, 64):
-        step = min(64, n_perm - start)
-        perm = permuter.draw(rng, step)  # (rows, step)
-        index = (perm * 4 + cell[rows][:, None]) + (n_groups * 4) * np.arange(step)[None, :]
-        out.append(np.bincount(index.ravel(), minlength=step * n_groups * 4).reshape(step, n_groups, 4))
-    return np.concatenate(out).astype(float)
-
-
-def _gap_evidence(
-    rates: dict[str, np.ndarray],
-    rate_reps: dict[str, np.ndarray],
-    perm: dict[str, np.ndarray],
-    names: list[str],
-    eligible: np.ndarray,
-    n_permutations: int,
-) -> dict[str, dict[str, Any]]:
-    """Signed pair difference, its bootstrap-SE interval and the permutation p for each gap."""
-    out: dict[str, dict[str, Any]] = {}
-    specs = {
-        "demographic_parity_difference": ("selection_rate",),
-        "equal_opportunity_difference": ("tpr",),
-        "equalized_odds_difference": ("tpr", "fpr"),
-    }
-    for gap, components in specs.items():
-        spreads = {c: float(_spread(rates[c][eligible])) for c in components}
-        component = max(spreads, key=lambda c: spreads[c])
-        values = rates[component][eligible]
-        hi, lo = int(np.nanargmax(values)), int(np.nanargmin(values))
-        estimate = float(values[hi] - values[lo])
-        reps = rate_reps[component][:, eligible][:, hi] - rate_reps[component][:, eligible][:, lo]
-        null = np.max(np.stack([_spread(perm[c][:, eligible]) for c in components]), axis=0)
-        valid = null[np.isfinite(null)]
-        p = (
-            float((1 + np.sum(valid >= max(spreads.values()) - 1e-12)) / (1 + valid.size))
-            if valid.size
-            else None
-        )
-        out[gap] = {
-            "estimate": max(spreads.values()),
-            "component": component,
-            "pair": [names[eligible[hi]], names[eligible[lo]]],
-            "signed_difference": estimate,
-            "ci": list(normal_interval(estimate, reps)),
-            "ci_dropped": count_dropped(reps),
-            "p_value": p,
-            "permutations": n_permutations,
-            "permutations_dropped": int(null.size - valid.size),
-        }
-    sel = rates["selection_rate"][eligible]
-    hi, lo = int(np.nanargmax(sel)), int(np.nanargmin(sel))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_reps = np.log(
-            rate_reps["selection_rate"][:, eligible][:, lo] / rate_reps["selection_rate"][:, eligible][:, hi]
-        )
-        ratio = float(sel[lo] / sel[hi]) if sel[hi] > 0 else float("nan")
-    low, high = normal_interval(float(np.log(ratio)) if ratio > 0 else float("nan"), log_reps)
-    out["demographic_parity_ratio"] = {
-        "estimate": ratio,
-        "pair": [names[eligible[lo]], names[eligible[hi]]],
-        "ci": [float(np.exp(low)), float(np.exp(high))] if np.isfinite(low) else [None, None],
-        "ci_dropped": count_dropped(log_reps),
-        "p_value": out["demographic_parity_difference"]["p_value"],
-        "interval": "bootstrap-SE interval on the log ratio",
-    }
-    return out
 
 
 def fairness_from_predictions(
@@ -313,7 +214,7 @@ def fairness_from_predictions(
     rate_reps = {k: [] for k in RATE_METRICS}
     for start in range(0, rules.n_bootstrap, 64):
         step = min(64, rules.n_bootstrap - start)
-        boot = _rates((index.weights(step, rng) @ per_subject).reshape(step, len(names), 4))
+        boot = rates_from_counts((index.weights(step, rng) @ per_subject).reshape(step, len(names), 4))
         for k in RATE_METRICS:
             rate_reps[k].append(boot[k])
     reps = {k: np.concatenate(v) if v else np.empty((0, len(names))) for k, v in rate_reps.items()}
@@ -371,19 +272,11 @@ def fairness_from_predictions(
         )
     rows_e = np.flatnonzero(np.isin(codes, eligible))
     sf, yt_e, yp_e = lab[rows_e], yt[rows_e], yp[rows_e]
-    point = _rates(np.stack([np.bincount(cell[codes == j], minlength=4) for j in range(len(names))]))
-    perm_rng = np.random.default_rng(rules.seed + 1)
-    perm = {
-        "selection_rate": _rates(
-            _permuted_counts(codes, cell, gr, rows_e, len(names), rules.n_permutations, perm_rng)
-        )["selection_rate"]
-    }
-    for component, flag in (("tpr", 1), ("fpr", 0)):
-        within = rows_e[yt[rows_e] == flag]
-        perm[component] = _rates(
-            _permuted_counts(codes, cell, gr, within, len(names), rules.n_permutations, perm_rng)
-        )[component]
-    gaps = _gap_evidence(point, reps, perm, names, eligible, rules.n_permutations)
+    point = rates_from_counts(
+        np.stack([np.bincount(cell[codes == j], minlength=4) for j in range(len(names))])
+    )
+    perm = gap_nulls(codes, cell, yt, gr, rows_e, len(names), rules.n_permutations, rules.seed + 1)
+    gaps = gap_evidence(point, reps, perm, names, eligible, rules.n_permutations)
     aucs = {names[j]: by_group[names[j]]["auc"] for j in eligible if not np.isnan(by_group[names[j]]["auc"])}
     worst = min(aucs.values()) if aucs else None
     with warnings.catch_warnings():
@@ -482,20 +375,9 @@ def mae_by_group(
     estimate = float(maes[hi] - maes[lo])
     diff_reps = reps[:, eligible[hi]] - reps[:, eligible[lo]]
     rows_e = np.flatnonzero(np.isin(codes, eligible))
-    permuter = SubjectPermuter(codes[rows_e], SubjectIndex(gr[rows_e]))
-    abs_err = np.abs(yt - yp)[rows_e]
-    null = []
-    perm_rng = np.random.default_rng(rules.seed + 1)
-    for start in range(0, rules.n_permutations, 64):
-        step = min(64, rules.n_permutations - start)
-        perm = permuter.draw(perm_rng, step)
-        idx = perm + len(names) * np.arange(step)[None, :]
-        sums = np.bincount(idx.ravel(), weights=np.repeat(abs_err, step), minlength=step * len(names))
-        totals = np.bincount(idx.ravel(), minlength=step * len(names))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            group_mae = (sums / totals).reshape(step, len(names))[:, eligible]
-        null.append(_spread(group_mae))
-    null_arr = np.concatenate(null) if null else np.empty(0)
+    null_arr = mae_gap_null(
+        codes, np.abs(yt - yp), gr, rows_e, len(names), eligible, rules.n_permutations, rules.seed + 1
+    )
     p = float((1 + np.sum(null_arr >= estimate - 1e-12)) / (1 + null_arr.size)) if null_arr.size else None
     gap = {
         "estimate": estimate,

@@ -29,12 +29,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from embedx.analysis.folds import class_balanced_subsample, subject_folds, subject_subsample
 from embedx.analysis.stats import SubjectIndex, SubjectPermuter
 
-__all__ = ["LAMBDAS", "PermutationOutcome", "RidgeNull", "null_statistics", "p_value", "permutation_test"]
+__all__ = [
+    "LAMBDAS",
+    "PermutationOutcome",
+    "RidgeNull",
+    "null_statistics",
+    "p_value",
+    "permutation_test",
+    "probe_permutation_test",
+]
 
 LAMBDAS = (1e-3, 1e-1, 10.0)
 _BINS = 2048
@@ -247,3 +257,56 @@ def permutation_test(
         null_mean=float(valid.mean()) if valid.size else float("nan"),
         scheme=scheme,
     )
+
+
+def probe_permutation_test(
+    X: np.ndarray,
+    codes: np.ndarray,
+    groups: np.ndarray,
+    k: int,
+    continuous: bool,
+    cfg: Any,
+    fold: np.ndarray | None,
+    fold_X: Callable[[int], np.ndarray] | None,
+) -> dict[str, Any]:
+    """The probes' permutation test on label-free folds of (a subject subsample of) the probed rows.
+
+    `codes`: class codes (or floats when `continuous`); `fold`: shared label-free folds (then every row is
+    kept, since `fold_X` matrices are per fold); otherwise at most `permutation_max_rows` rows, a rare class
+    kept whole where the label is constant within subjects. Returns the `permutation` field of a probe.
+    """
+    if cfg.n_permutations == 0:
+        return {"p_value": None, "permutations": 0}
+    rng = np.random.default_rng(cfg.seed + 1)
+    everything = np.arange(len(codes))
+    if fold is not None:
+        rows = everything  # shared (ComBat) folds: the harmonised matrices are per fold, keep every row
+    elif continuous:
+        rows = subject_subsample(everything, groups, cfg.permutation_max_rows, rng)
+    else:
+        rows = class_balanced_subsample(everything, groups, codes, cfg.permutation_max_rows, rng)
+    g = groups[rows]
+    perm_fold = fold[rows] if fold is not None else subject_folds(g, cfg.folds, cfg.seed + 2)
+    null = RidgeNull(
+        None if fold_X is not None else X[rows],
+        perm_fold,
+        lambdas=cfg.ridge_lambdas,
+        fold_X=None if fold_X is None else (lambda f: fold_X(f)[rows]),
+    )
+    outcome = permutation_test(
+        null, codes[rows], SubjectIndex(g), 0 if continuous else k, cfg.n_permutations, cfg.seed + 3
+    )
+    return {
+        "p_value": outcome.p_value,
+        "permutations": outcome.permutations,
+        "dropped": outcome.dropped,
+        "unit": "subject",
+        "scheme": outcome.scheme,
+        "statistic": outcome.statistic,
+        "observed_statistic": outcome.observed,
+        "null_mean": outcome.null_mean,
+        "folds": "shared with the probe (label-free)" if fold is not None else "label-free subject folds",
+        "rows": len(rows),
+        "subsampled": bool(len(rows) < len(codes)),
+        "lambdas": list(cfg.ridge_lambdas),
+    }

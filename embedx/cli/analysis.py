@@ -69,14 +69,8 @@ def register(app: typer.Typer) -> None:
         whole table printed), the CI clear of chance and a probe that predicts more than one value.
         """
         from embedx.analysis.probes import ProbeConfig, run_probes
-        from embedx.analysis.results import (
-            build_document,
-            family_line,
-            poster_rich_table,
-            probe_rich_table,
-            terminal_console,
-            write_json,
-        )
+        from embedx.analysis.results import build_document, write_json
+        from embedx.analysis.tables import family_line, poster_rich_table, probe_rich_table, terminal_console
         from embedx.errors import EmbedxError
 
         if kernel not in ("linear", "rbf"):
@@ -183,7 +177,8 @@ def register(app: typer.Typer) -> None:
         from embedx.analysis.fairness import FairnessConfig, run_fairness
         from embedx.analysis.fairness_metrics import GroupRules
         from embedx.analysis.probe_core import ProbeConfig
-        from embedx.analysis.results import build_document, fairness_rich_table, terminal_console, write_json
+        from embedx.analysis.results import build_document, write_json
+        from embedx.analysis.tables import fairness_rich_table, terminal_console
         from embedx.errors import EmbedxError
 
         if threshold not in ("youden", "fpr"):
@@ -246,10 +241,9 @@ def register(app: typer.Typer) -> None:
         a planted label is found when its p-value clears Holm's threshold for this store's probe table.
         """
         from embedx.analysis.calibration import CalibrationSettings, run_calibration
-        from embedx.analysis.probes import default_permutations
-        from embedx.analysis.results import calibration_rich_table, terminal_console, write_json
+        from embedx.analysis.results import write_json
+        from embedx.analysis.tables import calibration_rich_table, terminal_console
         from embedx.errors import EmbedxError
-        from embedx.store.h5store import Store
 
         def floats(text: str, flag: str) -> tuple[float, ...]:
             try:
@@ -257,16 +251,12 @@ def register(app: typer.Typer) -> None:
             except ValueError as err:
                 raise EmbedxError(f"{flag} takes comma-separated numbers, got {text!r}") from err
 
-        with Store.open(store) as opened:
-            family = max(1, len(opened.models()) * len(opened.schema()))
         settings = CalibrationSettings(
             n_null=null_labels,
             n_planted=planted,
             prevalences=floats(prevalences, "--prevalences"),
             effects=floats(effects, "--effects"),
             correlations=floats(correlations, "--correlations"),
-            family_size=family,
-            permutations=default_permutations(family),
             seed=seed,
         )
         results = run_calibration(store, name or None, settings, write=not no_write)

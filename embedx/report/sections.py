@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from embedx.analysis.results import family_line, gap_summary, probe_table
+from embedx.analysis.results import probe_table
+from embedx.analysis.tables import family_line, gap_summary
 from embedx.report import control_figures, figures
 
 PROJECTION_PREFERENCE = ("tsne", "umap", "pca")

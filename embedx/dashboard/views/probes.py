@@ -5,7 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from embedx.analysis.probe_result import judge_family
-from embedx.analysis.results import family_line, probe_table
+from embedx.analysis.results import probe_table
+from embedx.analysis.tables import family_line
 from embedx.dashboard import data, figures, shaping, widgets
 
 path, meta = widgets.require_store()

@@ -1,0 +1,236 @@
+"""What the terminal and the report print about results: rich tables, the Holm line, gap sentences.
+
+The JSON shapes live in `embedx.analysis.results`; this module only formats them (the CLI prints these
+tables to stdout, the report and the dashboard reuse `family_line` and `gap_summary`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from embedx.analysis.probe_result import verdict_text
+from embedx.analysis.results import probe_table
+
+__all__ = [
+    "calibration_rich_table",
+    "fairness_rich_table",
+    "family_line",
+    "gap_summary",
+    "poster_rich_table",
+    "probe_rich_table",
+    "terminal_console",
+]
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return (
+        f"{float(value):.{digits}g}"
+        if abs(float(value)) < 1e-3 and value != 0
+        else f"{float(value):.{digits}f}"
+    )
+
+
+def _fmt_ci(ci: Any) -> str:
+    if not ci or ci[0] is None or ci[1] is None:
+        return ""
+    return f" [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def family_line(results: Iterable[Mapping[str, Any]]) -> str:
+    """The sentence printed under every probe table: how many tests Holm corrected for, with what."""
+    results = [r for r in results if not r.get("skipped")]
+    if not results:
+        return "no probe was run (every one was skipped; see the reasons)"
+    sizes = sorted({int(r.get("family_size") or 0) for r in results})
+    perms = sorted({int((r.get("permutation") or {}).get("permutations") or 0) for r in results})
+    alpha = results[0].get("alpha", 0.05)
+    size = sizes[0] if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+    return (
+        f"Holm over {size} test(s) at alpha {alpha:g} (the table above); p-values from "
+        f"{'/'.join(map(str, perms))} subject permutations on label-free folds, p = (k + 1) / (P + 1)"
+    )
+
+
+def probe_rich_table(results: Iterable[Mapping[str, Any]], title: str = "Probes") -> Any:
+    """One row per model x attribute: score [95 % CI], chance, Holm p, n and the verdict; notes below."""
+    from rich.table import Table
+
+    results = list(results)
+    table = Table(title=title, header_style="bold")
+    for column in ("model", "attribute", "metric", "score [95% CI]", "chance", "p (Holm)", "n", "verdict"):
+        table.add_column(column, justify="right" if column in ("chance", "p (Holm)", "n") else "left")
+    for r in results:
+        verdict = r.get("verdict") or verdict_text(bool(r.get("encoded")), r.get("skipped"))
+        style = "green" if r.get("encoded") else ("yellow" if r.get("skipped") else "")
+        extra = ""
+        if r.get("normalized_encoding") is not None:
+            extra = f" (E={_fmt(r['normalized_encoding'], 2)})"
+        table.add_row(
+            str(r.get("model", "")) + (f" [{r['stratum']}]" if r.get("stratum") else ""),
+            str(r["attribute"]),
+            {"balanced_accuracy": "bal. acc", "mae": "MAE"}.get(
+                str(r.get("metric")), str(r.get("metric", ""))
+            ),
+            ("-" if r.get("score") is None else _fmt(r["score"]) + _fmt_ci(r.get("ci"))) + extra,
+            _fmt(r.get("chance")),
+            _fmt(r.get("p_holm")),
+            _fmt(r.get("n")),
+            f"[{style}]{verdict}[/]" if style else verdict,
+        )
+    notes = sorted(
+        {f"{r.get('model')}/{r.get('attribute')}: {n}" for r in results for n in r.get("notes") or []}
+    )
+    if notes:
+        table.caption = (
+            "notes (also in the JSON): " + "; ".join(notes[:8]) + (" ..." if len(notes) > 8 else "")
+        )
+    return table
+
+
+_GAP_LABELS = (
+    ("demographic_parity_difference", "DP diff"),
+    ("demographic_parity_ratio", "DP ratio"),
+    ("equalized_odds_difference", "EO diff"),
+    ("equal_opportunity_difference", "EOpp diff"),
+    ("worst_group_auc", "worst-group AUC"),
+    ("mae_difference", "MAE diff"),
+)
+
+
+def gap_summary(result: Mapping[str, Any]) -> str:
+    """'DP diff 0.050 [-0.010, 0.110] (F - M), p 0.12; ...': each gap with its interval, pair and p-value."""
+    gaps = result.get("gaps") or {}
+    parts = []
+    for key, label in _GAP_LABELS:
+        if key not in gaps and result.get(key) is None:
+            continue
+        gap = gaps.get(key) or {}
+        text = f"{label} {_fmt(result.get(key, gap.get('estimate')))}{_fmt_ci(gap.get('ci'))}"
+        if gap.get("pair"):
+            sign = " / " if key == "demographic_parity_ratio" else " - "
+            text += f" ({sign.join(map(str, gap['pair']))})"
+        if gap.get("p_value") is not None:
+            text += f", p {_fmt(gap['p_value'])}"
+        parts.append(text)
+    if result.get("kind") == "continuous" and result.get("worst_group"):
+        parts.append(f"worst group {result['worst_group']}")
+    return "; ".join(parts) or "no gaps: fewer than 2 groups large enough to compare"
+
+
+def fairness_rich_table(result: Mapping[str, Any]) -> Any:
+    """One table per sensitive attribute: a row per group, gaps in the caption."""
+    from rich.table import Table
+
+    continuous = result.get("kind") == "continuous"
+    title = f"{result.get('model', '')}: {result['target']} by {result['sensitive']}"
+    table = Table(title=title, header_style="bold")
+    columns = (
+        ("group", "n", "MAE [95% CI]", "bias", "note")
+        if continuous
+        else (
+            "group",
+            "n",
+            "pos",
+            "accuracy",
+            "TPR [95% CI]",
+            "FPR [95% CI]",
+            "AUC [95% CI]",
+            "selection",
+            "ECE",
+            "note",
+        )
+    )
+    for c in columns:
+        table.add_column(c, justify="left" if c in ("group", "note") else "right")
+    for group, g in result["by_group"].items():
+        note = "too small: not in gaps" if g.get("too_small") else (g.get("auc_note") or "")
+        ci = g.get("ci") or {}
+        if continuous:
+            row = [group, _fmt(g["n"]), _fmt(g["mae"]) + _fmt_ci(ci.get("mae")), _fmt(g.get("bias")), note]
+        else:
+            row = [
+                group,
+                _fmt(g["n"]),
+                _fmt(g.get("positives")),
+                _fmt(g.get("accuracy")),
+                _fmt(g.get("tpr")) + _fmt_ci(ci.get("tpr")),
+                _fmt(g.get("fpr")) + _fmt_ci(ci.get("fpr")),
+                _fmt(g.get("auc")) + _fmt_ci(ci.get("auc")),
+                _fmt(g.get("selection_rate")),
+                _fmt(g.get("ece")),
+                note,
+            ]
+        table.add_row(*row, style="dim" if g.get("too_small") else None)
+    caption = gap_summary(result)
+    if not continuous:
+        op = result.get("operating_point") or {}
+        if op.get("rule"):
+            caption += f"\noperating point: {op['rule']}"
+    if result.get("gaps_note"):
+        caption += f"\n{result['gaps_note']}"
+    table.caption = caption
+    return table
+
+
+def calibration_rich_table(result: Mapping[str, Any]) -> Any:
+    """Power per planted prevalence x effect, with the false-positive rate in the caption."""
+    from rich.table import Table
+
+    table = Table(
+        title=f"{result['model']}: how often a planted attribute is found "
+        f"(Holm threshold alpha / {result['family_size']} = {_fmt(result['threshold'])})",
+        header_style="bold",
+    )
+    for column in ("kind", "prevalence", "effect", "found [95% CI]", "p < alpha alone", "labels"):
+        table.add_column(column, justify="left" if column == "kind" else "right")
+    for row in result["power"]:
+        prevalence = "-" if row.get("prevalence") is None else f"{row['prevalence']:.0%}"
+        effect = ("d " if row["kind"] == "binary" else "r ") + f"{row['effect']:g}"
+        table.add_row(
+            row["kind"],
+            prevalence,
+            effect,
+            _fmt(row["power"], 2) + _fmt_ci(row["ci"]),
+            _fmt(row["power_single_test"], 2),
+            str(row["n_labels"]),
+        )
+    fpr = result.get("false_positive_rate")
+    table.caption = (
+        f"false-positive rate {_fmt(fpr)}{_fmt_ci(result.get('false_positive_ci'))} over {result['n_null']} "
+        f"null labels (expected {result['alpha']:g}); mean p {_fmt(result.get('mean_p'))}; "
+        f"{result['rows_used']} rows of {result['n']} used"
+    )
+    return table
+
+
+def poster_rich_table(results: Iterable[Mapping[str, Any]], title: str = "models x attributes") -> Any:
+    """The poster's table as a rich table: rows models, columns attributes, cells 'score [CI]*'."""
+    from rich.table import Table
+
+    frame = probe_table(results, value="formatted")
+    table = Table(
+        title=title, header_style="bold", caption="* encoded (Holm p < 0.05 and CI clear of chance)"
+    )
+    table.add_column("model")
+    for column in frame.columns:
+        table.add_column(str(column), justify="right")
+    for model, row in frame.iterrows():
+        table.add_row(str(model), *["-" if v is None or v != v else str(v) for v in row.tolist()])
+    return table
+
+
+def terminal_console() -> Any:
+    """A stdout console: the terminal's width, or 160 columns when piped (tables would wrap at 80)."""
+    import sys
+
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
