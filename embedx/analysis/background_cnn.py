@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from embedx.analysis.folds import stratified_splits
-from embedx.analysis.stats import bootstrap_balanced_accuracy, percentile_ci
+from embedx.analysis.stats import bootstrap_balanced_accuracy, count_dropped, percentile_ci
 from embedx.errors import EmbedxError
 from embedx.progress import progress_bar
 
@@ -78,6 +78,7 @@ def cnn_on_patches(
         "ci": [float(ci[0]), float(ci[1])],
         "chance": chance,
         "encoded": bool(ci[0] > chance),
+        "bootstrap": {"resamples": n_bootstrap, "dropped": count_dropped(reps), "unit": "subject"},
         "folds": len(splits),
         "epochs": epochs,
         "lr": lr,

@@ -328,10 +328,12 @@ def _sentences(
 ) -> list[str]:
     lines = []
     if n_null:
+        holm_hits = sum(r["passes_holm"] for r in null_rows)
         lines.append(
             f"False-positive rate: {fp_hits}/{n_null} labels with no link to the images had "
-            f"p < {cfg.alpha:g} ({fp_hits / n_null:.1%}; expected {cfg.alpha:.0%}); at the Holm threshold "
-            f"of this store's table (alpha / {cfg.family_size} = {threshold:.2g}) the rate is lower still."
+            f"p < {cfg.alpha:g} ({fp_hits / n_null:.1%}; expected {cfg.alpha:.0%}); {holm_hits}/{n_null} "
+            f"would pass the Holm threshold of this store's table "
+            f"(alpha / {cfg.family_size} = {threshold:.2g})."
         )
     for row in power:
         if row["kind"] == "binary":

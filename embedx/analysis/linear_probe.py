@@ -34,7 +34,7 @@ __all__ = ["C_GRID", "LinearProbe"]
 
 # Standardised latents with n >> d: accuracy is flat in C above ~0.1, and liblinear's primal solver slows
 # sharply at C >= 1 on near-separable data; small cohorts (d ~ n) need the small end.
-C_GRID = (0.001, 0.01, 0.1, 1.0)
+C_GRID = (0.001, 0.01, 0.1)
 
 
 class LinearProbe(BaseEstimator):

@@ -137,22 +137,18 @@ def calibration_section(calibration: Mapping[str, Mapping[str, Any]], col: Colle
         return "<p>Not run (see notes): <code>embedx calibrate STORE</code> adds it.</p>"
     parts = []
     for model, result in calibration.items():
-        rows = [
-            {
-                "kind": r["kind"],
-                "prevalence": r.get("prevalence"),
-                "effect": r["effect"],
-                "found": f"{r['found']}/{r['n_labels']}",
-                "power": r["power"],
-                "95 % CI": f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]",
-                "p < alpha alone": r["power_single_test"],
-            }
-            for r in result["power"]
-        ]
+        rows: dict[str, dict[str, str]] = {}
+        for r in result["power"]:
+            label = f"prevalence {r['prevalence']:.0%}" if r["kind"] == "binary" else "continuous"
+            effect = ("d = " if r["kind"] == "binary" else "r = ") + f"{r['effect']:g}"
+            rows.setdefault(label, {})[effect] = (
+                f"{r['power']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}] ({r['found']}/{r['n_labels']})"
+            )
         text = list(result.get("text") or [])
         parts.append(
             f"<h3>{html.escape(model)}</h3><p>{html.escape(text[0] if text else '')}</p>"
-            + table_html(pd.DataFrame(rows), index=False)
+            + "<p>Share of planted labels found (95 % Wilson interval; found / planted):</p>"
+            + table_html(pd.DataFrame.from_dict(rows, orient="index").fillna(""))
             + "".join(f"<p class='meta'>{html.escape(n)}</p>" for n in result.get("notes") or [])
         )
     parts.append(
