@@ -271,17 +271,16 @@ def probe_permutation_test(
 ) -> dict[str, Any]:
     """The probes' permutation test on label-free folds of (a subject subsample of) the probed rows.
 
-    `codes`: class codes (or floats when `continuous`); `fold`: shared label-free folds (then every row is
-    kept, since `fold_X` matrices are per fold); otherwise at most `permutation_max_rows` rows, a rare class
-    kept whole where the label is constant within subjects. Returns the `permutation` field of a probe.
+    `codes`: class codes (or floats when `continuous`); `fold`: shared label-free folds (the ComBat control,
+    whose `fold_X(f)` matrices are harmonised per fold), else fresh label-free subject folds. At most
+    `permutation_max_rows` rows, whole subjects, a rare class kept whole where the label is constant within
+    subjects. Returns the `permutation` field of a probe.
     """
     if cfg.n_permutations == 0:
         return {"p_value": None, "permutations": 0}
     rng = np.random.default_rng(cfg.seed + 1)
     everything = np.arange(len(codes))
-    if fold is not None:
-        rows = everything  # shared (ComBat) folds: the harmonised matrices are per fold, keep every row
-    elif continuous:
+    if continuous:
         rows = subject_subsample(everything, groups, cfg.permutation_max_rows, rng)
     else:
         rows = class_balanced_subsample(everything, groups, codes, cfg.permutation_max_rows, rng)

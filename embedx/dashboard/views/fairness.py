@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from embedx.analysis.tables import gap_summary
 from embedx.dashboard import data, figures, shaping, widgets
 
 path, meta = widgets.require_store()
@@ -24,6 +25,10 @@ for label, result in zip(labels, results, strict=True):
         columns = st.columns(min(len(gaps), 4))
         for index, (name, value) in enumerate(gaps.items()):
             columns[index % len(columns)].metric(name.replace("_", " "), f"{value:.3f}")
+        st.caption(
+            "Each gap: the two groups that make it, the signed difference's 95 % interval (it may include 0) "
+            "and a subject-permutation p-value for 'no gap': " + gap_summary(result)
+        )
     overall = result.get("overall")
     if isinstance(overall, dict):
         st.caption(
