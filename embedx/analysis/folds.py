@@ -49,8 +49,10 @@ def stratified_folds(
     `FAST_FOLDS_MIN_SUBJECTS` subjects, and is dealt by each subject's first label above.
     """
     if continuous:
+        # quintiles, fewer when the cohort is too small for every quantile to fill each fold
+        bins = int(max(1, min(5, len(np.unique(np.asarray(groups))) // folds)))
         ranks = pd.Series(np.asarray(y, float)).rank(method="first").to_numpy()
-        strata = np.minimum((ranks - 1) * 5 // len(ranks), 4).astype(int)
+        strata = np.minimum((ranks - 1) * bins // len(ranks), bins - 1).astype(int)
     else:
         strata = np.unique(np.asarray(y), return_inverse=True)[1].reshape(-1)
     fold = np.full(len(strata), -1, dtype=int)

@@ -178,8 +178,16 @@ def gather(
         if not fairness and run_missing:
             from embedx.analysis.fairness import run_fairness
 
-            fairness = list(run_fairness(store_path, target, seed=seed))
-            notes.append(f"fairness computed for the report (defaults), target {target!r}")
+            fairness = (
+                _attempt(
+                    lambda: list(run_fairness(store_path, target, seed=seed)),
+                    notes,
+                    f"fairness for target {target!r}",
+                )
+                or []
+            )
+            if fairness:
+                notes.append(f"fairness computed for the report (defaults), target {target!r}")
         site = pick_site(snap["schema"], exclude=target)
         if site is None:
             notes.append(
@@ -210,23 +218,28 @@ def gather(
         if m not in clusters and run_missing:
             from embedx.analysis.clusters import run_clusters
 
-            clusters[m] = run_clusters(store_path, m, seed=seed)
-            notes.append(f"clusters computed for the report (k-means, k by silhouette) for {m}")
+            found = _attempt(lambda m=m: run_clusters(store_path, m, seed=seed), notes, f"clusters of {m}")
+            if found is not None:
+                clusters[m] = found
+                notes.append(f"clusters computed for the report (k-means, k by silhouette) for {m}")
         if m not in distributions and run_missing:
             from embedx.analysis.distribution import distribution_tests
 
-            distributions[m] = distribution_tests(store_path, m, seed=seed)
+            found = _attempt(
+                lambda m=m: distribution_tests(store_path, m, seed=seed), notes, f"distribution tests of {m}"
+            )
+            if found is not None:
+                distributions[m] = found
     calibration = {c["model"]: c for c in snap["calibration"]}
     missing_calibration = [m for m in models if m not in calibration]
     if missing_calibration and run_missing:
         from embedx.analysis.calibration import run_calibration
 
-        for result in run_calibration(store_path, missing_calibration):
-            calibration[result.model] = result
-        notes.append(
-            f"calibration (false-positive rate and power) computed for the report for: "
-            f"{', '.join(missing_calibration)}"
-        )
+        for m in missing_calibration:
+            found = _attempt(lambda m=m: run_calibration(store_path, [m])[0], notes, f"calibration of {m}")
+            if found is not None:
+                calibration[m] = found
+                notes.append(f"calibration (false-positive rate and power) computed for the report for {m}")
     underpowered_note = underpowered(probes)
     if underpowered_note:
         notes.append(underpowered_note)
@@ -246,6 +259,15 @@ def gather(
         "background": background,
         "target": target,
     }
+
+
+def _attempt(work: Any, notes: list[str], what: str) -> Any:
+    """Run one optional analysis of the report; a cohort too small for it gets a note, not a failed report."""
+    try:
+        return work()
+    except EmbedxError as err:
+        notes.append(f"{what} skipped: {err}")
+        return None
 
 
 def underpowered(probes: Sequence[Mapping[str, Any]], alpha: float = 0.05) -> str | None:

@@ -203,3 +203,32 @@ def test_cli_report_clusters_and_controls(store: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "cs.json").read_text())["sites"] == ["east", "north", "south"]
     assert (tmp_path / "cs.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_pilot_cohort_gets_a_report_that_says_what_it_left_out(tmp_path: Path) -> None:
+    """12 images of 12 patients: probes are skipped or thin, fairness and calibration are skipped with a
+    reason, and the report is still written."""
+    rng = np.random.default_rng(3)
+    n = 12
+    path = write_store_from_arrays(
+        tmp_path / "pilot.h5",
+        [f"i{i}" for i in range(n)],
+        [f"p{i}" for i in range(n)],
+        pd.DataFrame(
+            {
+                "site": rng.choice(["a", "b", "c", "d"], n),
+                "sex": ["F", "M"] * 6,
+                "age": rng.normal(60, 10, n),
+                "finding": [0.0, 1.0, 0.0] * 4,
+            }
+        ),
+        SCHEMA,
+        {"vae": rng.normal(size=(n, 8)).astype(np.float32)},
+    )
+    doc = build_report(path, tmp_path / "out", probe_options={"n_permutations": 50, "n_bootstrap": 50})
+    assert (tmp_path / "out" / "report.html").is_file()
+    notes = " ".join(doc["notes"])
+    assert "calibration of vae skipped" in notes and "fairness for target 'finding' skipped" in notes
+    finding = next(p for p in doc["probes"] if p["attribute"] == "finding")  # 4 positive patients of 12
+    assert finding["skipped"].startswith("fewer than 2 classes") and not finding["encoded"]
+    assert not any(p["encoded"] for p in doc["probes"])  # noise latents: nothing is found
