@@ -271,7 +271,7 @@ def calibrate_arrays(
         k = 2 if kind == "binary" else 0
         key = (kind, int(labels[0].sum()) if kind == "binary" else "ranks")
         if key not in shared_null:
-            shared_null[key], _ = null_statistics(
+            shared_null[key], _, _ = null_statistics(
                 null, labels[0][sub], index, k, cfg.permutations, int(rng.integers(2**31))
             )
         observed = null.statistic(np.stack([lab[sub] for lab in labels], axis=1), k)

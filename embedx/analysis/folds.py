@@ -110,28 +110,38 @@ def subject_subsample(
 def class_balanced_subsample(
     rows: np.ndarray, groups: np.ndarray, codes: np.ndarray, max_rows: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """At most ~`max_rows` of `rows` by whole subjects, keeping rare classes whole where the label allows.
+    """About `max_rows` of `rows` by whole subjects, sharing the row budget between the classes.
 
-    When the label is constant within each subject, the row budget is shared out class by class (smallest
-    first, each at most an equal share of what is left), so a 2 % class keeps every subject instead of
-    the ~200 rows a plain subsample of 10k would leave it. Choosing subjects by their label keeps a
-    permutation test exact: under the null the chosen subjects' latents are as exchangeable as before.
-    A label that varies within a subject gets a plain subject subsample.
+    The budget is shared out class by class, rarest first, each class getting at most an equal share of
+    what is left, so a 2 % class keeps every subject instead of the ~200 rows a plain subsample of 10k would
+    leave it. Subjects are chosen by the labels they hold (a subject holding a rare class is taken for it,
+    with all its rows), which keeps a permutation test exact: choosing subjects by their labels alone leaves
+    the chosen subjects' latents as exchangeable under the null as before. Every class keeps at least 2
+    subjects where it has them.
     """
     rows = np.asarray(rows)
     if len(rows) <= max_rows:
         return rows
     g, c = np.asarray(groups)[rows], np.asarray(codes)[rows]
-    frame = pd.DataFrame({"g": g, "c": c})
-    if (frame.groupby("g")["c"].nunique() > 1).any():
-        return subject_subsample(rows, groups, max_rows, rng)
-    sizes = frame.groupby("c").size().sort_values()
+    sizes = pd.Series(c).value_counts().sort_values()
     budget, left = {}, max_rows
     for i, (cls, size) in enumerate(sizes.items()):
         budget[cls] = min(int(size), left // (len(sizes) - i))
         left -= budget[cls]
-    kept = [subject_subsample(rows[c == cls], groups, budget[cls], rng) for cls in sizes.index]
-    return np.sort(np.concatenate(kept))
+    subject, g_codes = np.unique(g, return_inverse=True)
+    g_codes = g_codes.reshape(-1)
+    chosen = np.zeros(len(subject), dtype=bool)
+    for cls in sizes.index:
+        held = np.bincount(g_codes[c == cls], minlength=len(subject))  # rows of this class per subject
+        have = int(held[chosen].sum())
+        for taken, s_ in enumerate(rng.permutation(np.flatnonzero(held > 0))):
+            if have >= budget[cls] and taken >= 2:
+                break
+            if not chosen[s_]:
+                chosen[s_] = True
+                have += int(held[s_])
+    keep = np.flatnonzero(chosen[g_codes])
+    return rows[keep]
 
 
 def stratified_splits(

@@ -195,6 +195,7 @@ class PermutationOutcome:
     dropped: int
     null_mean: float
     scheme: str
+    mixing: float = 1.0
 
     @property
     def valid(self) -> int:
@@ -210,18 +211,23 @@ def statistic_name(n_classes: int) -> str:
 
 def null_statistics(
     null: RidgeNull, y: np.ndarray, index: SubjectIndex, n_classes: int, n_permutations: int, seed: int
-) -> tuple[np.ndarray, str]:
-    """The statistic for `n_permutations` subject-respecting permutations of `y` (NaN where undefined)."""
+) -> tuple[np.ndarray, str, float]:
+    """The statistic for `n_permutations` subject-respecting permutations of `y` (NaN where undefined),
+    the permutation scheme, and how far the permutations move the labels (`SubjectPermuter.mixing`)."""
     permuter = SubjectPermuter(np.asarray(y), index)
     rng = np.random.default_rng(seed)
     chunks = []
+    mixing = float("nan")
     done = 0
     batch = null.batch_size(n_classes)
     while done < n_permutations:
         step = min(batch, n_permutations - done)
-        chunks.append(null.statistic(permuter.draw(rng, step), n_classes))
+        draws = permuter.draw(rng, step)
+        if done == 0:
+            mixing = permuter.mixing(draws)
+        chunks.append(null.statistic(draws, n_classes))
         done += step
-    return (np.concatenate(chunks) if chunks else np.empty(0)), permuter.scheme
+    return (np.concatenate(chunks) if chunks else np.empty(0)), permuter.scheme, mixing
 
 
 def p_value(observed: float, null_values: np.ndarray) -> tuple[float, int]:
@@ -245,7 +251,7 @@ def permutation_test(
     """Permutation p-value of `y` (class codes, or floats when n_classes == 0) on `null`'s rows and folds."""
     y = np.asarray(y)
     observed = float(null.statistic(y[:, None], n_classes)[0])
-    values, scheme = null_statistics(null, y, index, n_classes, n_permutations, seed)
+    values, scheme, mixing = null_statistics(null, y, index, n_classes, n_permutations, seed)
     p, dropped = p_value(observed, values)
     valid = values[np.isfinite(values)]
     return PermutationOutcome(
@@ -256,6 +262,7 @@ def permutation_test(
         dropped=dropped,
         null_mean=float(valid.mean()) if valid.size else float("nan"),
         scheme=scheme,
+        mixing=mixing,
     )
 
 
@@ -304,8 +311,11 @@ def probe_permutation_test(
         "statistic": outcome.statistic,
         "observed_statistic": outcome.observed,
         "null_mean": outcome.null_mean,
+        "mixing": outcome.mixing,
         "folds": "shared with the probe (label-free)" if fold is not None else "label-free subject folds",
         "rows": len(rows),
+        # rows of each class in the test, in the order of the probe's `classes`
+        "rows_per_class": None if continuous else np.bincount(codes[rows].astype(int), minlength=k).tolist(),
         "subsampled": bool(len(rows) < len(codes)),
         "lambdas": list(cfg.ridge_lambdas),
     }

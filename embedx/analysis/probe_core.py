@@ -15,7 +15,8 @@ holds every knob and builds it (`config.estimator(task)`), so no caller assemble
 * a 95 % CI by resampling subjects over the out-of-fold predictions (`bootstrap.dropped` counts resamples
   that lost a class);
 * a permutation p-value from `embedx.analysis.permutation` on label-free subject folds;
-* `degenerate` when the probe predicts (nearly) one class or a constant: never "encoded".
+* `degenerate` when the probe predicts (nearly) one class or a constant: never "encoded";
+* `untestable` when the subject-respecting permutations can hardly move the labels (see `SubjectPermuter`).
 
 Scale policy (recorded in every result): training folds above `max_train_rows` rows are subsampled by
 subject for the fit, C is tuned on at most `tune_max_rows` rows, and the permutation test runs on at most
@@ -56,6 +57,7 @@ __all__ = ["C_GRID", "LinearProbe", "ProbeConfig", "cross_validated_probe", "out
 
 Kind = Literal["categorical", "binary", "continuous"]
 DEGENERATE_SHARE = 0.99  # a classifier predicting one class for >= 99 % of rows says nothing
+MIN_MIXING = 0.1  # permutations that change < 10 % of what a free shuffle would: the test cannot reject
 
 
 @dataclass(frozen=True)
@@ -277,7 +279,14 @@ def cross_validated_probe(
             "chance_method": "1/K: the balanced accuracy of any predictor that ignores the latents",
             "predicted_classes": {str(c): int(n) for c, n in zip(class_names, predicted, strict=True)},
         }
-        degenerate = bool(predicted.max() >= DEGENERATE_SHARE * len(pred))
+        # one class predicted for (nearly) every row, beyond what that class's own share explains: a rare
+        # class predicted exactly right also predicts the majority class for > 99 % of rows
+        top = int(np.argmax(predicted))
+        true_share = float(np.mean(codes == top))
+        degenerate = bool(
+            (predicted > 0).sum() < 2
+            or predicted[top] >= max(DEGENERATE_SHARE, true_share + 0.01) * len(pred)
+        )
     ci = percentile_ci(replicates) if cfg.n_bootstrap else (float("nan"), float("nan"))
     permutation = probe_permutation_test(
         Xk,
@@ -291,6 +300,13 @@ def cross_validated_probe(
     )
     if degenerate:
         notes.append("the probe predicts (nearly) a single value: not evidence of encoding")
+    untestable = None
+    if permutation.get("mixing") is not None and permutation["mixing"] < MIN_MIXING:
+        untestable = (
+            f"the permutations barely move this label (mixing {permutation['mixing']:.2f}): it varies within "
+            "subjects whose row counts are unique, so no subject can take another's labels; if it should be "
+            "constant per subject, fix the rows that differ"
+        )
     result = ProbeResult(
         **base,
         **extra,
@@ -302,6 +318,7 @@ def cross_validated_probe(
         C=float(np.median(c_used)) if c_used else None,
         C_per_fold=tuple(c_used),
         degenerate=degenerate,
+        untestable=untestable,
         bootstrap={
             "resamples": cfg.n_bootstrap,
             "dropped": count_dropped(replicates),

@@ -34,10 +34,14 @@ VERDICT_ENCODED = "encoded"
 VERDICT_NOT_FOUND = "not distinguishable from chance"
 
 
-def verdict_text(encoded: bool, skipped: str | None = None, degenerate: bool = False) -> str:
+def verdict_text(
+    encoded: bool, skipped: str | None = None, degenerate: bool = False, untestable: str | None = None
+) -> str:
     """The human verdict shown beside every probe."""
     if skipped:
         return f"skipped: {skipped}"
+    if untestable:
+        return f"untestable: {untestable}"
     if encoded:
         return VERDICT_ENCODED
     if degenerate:
@@ -65,6 +69,7 @@ class ProbeResult(JsonResult):
     family_size: int = 1
     alpha: float = 0.05
     skipped: str | None = None
+    untestable: str | None = None  # a test that cannot reject (the labels can hardly be permuted), and why
     degenerate: bool = False
     role: str | None = None
     stratum: str | None = None
@@ -135,34 +140,42 @@ def clear_of_chance(result: Mapping[str, Any]) -> bool:
     return low is not None and np.isfinite(low) and low > chance
 
 
+def _below_chance(result: ProbeResult) -> bool:
+    """The whole 95 % CI on the wrong side of chance (e.g. fold-wise constant predictions)."""
+    low, high = result.ci or (None, None)
+    if result.chance is None or low is None or high is None:
+        return False
+    return bool(low > result.chance) if result.metric == "mae" else bool(high < result.chance)
+
+
 def judge_family(
     results: Sequence[ProbeResult | Mapping[str, Any]], alpha: float = 0.05
 ) -> list[ProbeResult]:
-    """Holm over exactly these results (skipped ones are not tests); returns them re-judged.
+    """Holm over exactly these results (skipped and untestable ones are not tests); returns them re-judged.
 
     `encoded` = Holm-adjusted p < alpha AND the CI clear of chance AND not degenerate. `family_size` is the
-    number of tests Holm counted, so a reader sees what the p-values were corrected for.
+    number of tests Holm counted, so a reader sees what the p-values were corrected for. A result without a
+    CI (no bootstrap resamples) gets no verdict rather than "not distinguishable from chance".
     """
     typed = [ProbeResult.from_dict(r) for r in results]
-    pvals = [np.nan if (r.skipped or r.p_value is None) else float(r.p_value) for r in typed]
+    pvals = [np.nan if (r.skipped or r.untestable or r.p_value is None) else float(r.p_value) for r in typed]
     adjusted = holm(pvals)
     m = int(np.sum(~np.isnan(adjusted)))
     out = []
     for r, p_adj in zip(typed, adjusted, strict=True):
-        if r.skipped:
-            out.append(r.replace(encoded=False, verdict=verdict_text(False, r.skipped)))
+        if r.skipped or r.untestable:
+            verdict = verdict_text(False, r.skipped, untestable=r.untestable)
+            out.append(r.replace(encoded=False, p_holm=None, family_size=m, alpha=alpha, verdict=verdict))
             continue
         p_holm = None if np.isnan(p_adj) else float(p_adj)
         encoded = bool(p_holm is not None and p_holm < alpha and clear_of_chance(r) and not r.degenerate)
-        out.append(
-            r.replace(
-                p_holm=p_holm,
-                family_size=m,
-                alpha=alpha,
-                encoded=encoded,
-                verdict=verdict_text(encoded, None, r.degenerate),
-            )
-        )
+        verdict = verdict_text(encoded, None, r.degenerate)
+        ci = r.ci or (None, None)
+        if r.score is not None and any(v is None or not np.isfinite(v) for v in ci):
+            verdict = "no verdict: no confidence interval (bootstrap resamples = 0)"
+        elif not encoded and _below_chance(r):
+            verdict += " (below chance: the probe does worse than guessing, which is no evidence of encoding)"
+        out.append(r.replace(p_holm=p_holm, family_size=m, alpha=alpha, encoded=encoded, verdict=verdict))
     return out
 
 

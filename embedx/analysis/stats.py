@@ -207,17 +207,24 @@ class SubjectPermuter:
 
     * A label constant within each subject (site, sex) is shuffled *between subjects*: each subject keeps one
       label for all its rows. Under the null (a subject's images say nothing about its label) every such
-      shuffle is equally likely, so the test is exact.
-    * A label that varies within a subject (view, age at each visit) moves as a block: every subject receives
-      the row-by-row label sequence of another subject *with the same number of rows*. That keeps each
-      sequence whole and the label's distribution exactly as observed, so the test is exact under
-      exchangeability of same-sized subjects. A subject whose row count no other subject shares keeps its
-      own labels (`n_fixed` counts them): it cannot be exchanged without inventing a sequence.
+      shuffle is equally likely, so the test is exact when the label is unrelated to how many images a
+      subject has, and conservative when it is (larger subjects all positive, say).
+    * A label that varies within a subject (view, age at each visit) is permuted in two exchangeable ways at
+      once: every subject receives the labels of another subject *with the same number of rows* (so the
+      label's distribution stays exactly as observed), in a random order over its own images (images of
+      one subject are exchangeable under the null, so a label tied to the image's position, such as "first
+      image frontal", is still testable). A subject whose row count no other subject shares keeps its own
+      labels, reordered (`n_fixed` counts them).
+
+    When the permutations can hardly move the labels (a label that varies within one subject only while
+    every subject's row count is unique, so nearly every subject is fixed), `mixing` is near 0 and the
+    probes call the test untestable rather than "not distinguishable from chance".
     """
 
     def __init__(self, y: np.ndarray, index: SubjectIndex) -> None:
         self.index = index
         y = np.asarray(y)
+        self.y = y
         self.sorted_y = y[index.order]
         self.first = self.sorted_y[index.starts]
         self.constant = bool(np.array_equal(self.sorted_y, np.repeat(self.first, index.sizes)))
@@ -225,16 +232,17 @@ class SubjectPermuter:
         self.by_size = np.argsort(sizes, kind="stable")  # subjects grouped by row count
         _, size_counts = np.unique(sizes, return_counts=True)
         self.n_fixed = 0 if self.constant else int(np.sum(size_counts == 1))
+        self._row_subject = np.repeat(np.arange(index.n_subjects), sizes).astype(float)  # sorted order
         self._pos = np.arange(index.n_rows) - np.repeat(index.starts, sizes)  # row position within subject
 
     @property
     def scheme(self) -> str:
         if self.constant:
-            return "labels shuffled between subjects (constant within subject): exact"
+            return "labels shuffled between subjects (constant within subject)"
         return (
-            "label sequences exchanged between subjects with the same number of rows (the label varies "
-            f"within subjects): exact for exchangeable subjects; {self.n_fixed} subject(s) with a unique row "
-            "count keep their own labels"
+            "labels exchanged between subjects with the same number of rows and shuffled over each subject's "
+            f"images (the label varies within subjects); {self.n_fixed} subject(s) with a unique row count "
+            "keep their own labels, reordered"
         )
 
     def draw(self, rng: np.random.Generator, n: int = 1) -> np.ndarray:
@@ -249,18 +257,30 @@ class SubjectPermuter:
             out[index.order] = np.repeat(per_subject, index.sizes, axis=1).T
             return out
         # Shuffle subjects within each size class: sort by (size, random key); the k-th subject of a size
-        # class (in stable order) receives the sequence of the k-th subject of the shuffled order.
+        # class (in stable order) receives the labels of the k-th subject of the shuffled order ...
         sizes = index.sizes.astype(float)
-        shuffled = np.argsort(
-            sizes[None, :] * 2.0 + rng.random((n, S)), axis=1
-        )  # keys < 1 keep size classes apart
+        shuffled = np.argsort(sizes[None, :] * 2.0 + rng.random((n, S)), axis=1)  # keys < 1 keep sizes apart
         donor = np.empty((n, S), dtype=np.int64)
         donor[:, self.by_size] = shuffled
-        row_subject = np.repeat(np.arange(S), index.sizes)  # subject of each row in sorted order
+        row_subject = self._row_subject.astype(np.int64)
         source = index.starts[donor[:, row_subject]] + self._pos[None, :]  # (n, rows)
+        # ... in a random order over its own images (subject blocks stay in place: keys < 1 per block)
+        within = np.argsort(self._row_subject[None, :] + rng.random((n, index.n_rows)), axis=1)
+        source = np.take_along_axis(source, within, axis=1)
         out = np.empty((index.n_rows, n), dtype=self.sorted_y.dtype)
         out[index.order] = self.sorted_y[source].T
         return out
+
+    def mixing(self, draws: np.ndarray) -> float:
+        """How far the drawn labellings (n_rows, n) move the labels: the share of rows whose label changed,
+        relative to what shuffling the labels freely over all rows would change (1 = fully mixed, 0 = the
+        observed labels every time)."""
+        if draws.size == 0:
+            return 0.0
+        _, counts = np.unique(self.y, return_counts=True)
+        free = 1.0 - float(np.sum((counts / counts.sum()) ** 2))
+        changed = float(np.mean(draws != self.y[:, None]))
+        return changed / free if free > 0 else 0.0
 
 
 def permute_by_subject(y: np.ndarray, index: SubjectIndex, rng: np.random.Generator) -> np.ndarray:

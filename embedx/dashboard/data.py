@@ -199,7 +199,7 @@ def _analysis(path: str, stamp: float, kind: str) -> list[dict]:
 
 
 def analysis(path: Path, kind: str) -> list[dict]:
-    """Every stored result of one kind (probes | fairness | clusters | controls), [] when none."""
+    """Every stored result of one kind (probes | fairness | clusters | controls | calibration), [] if none."""
     return _analysis(str(path), _stamp(path), kind)
 
 

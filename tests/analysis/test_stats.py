@@ -107,7 +107,8 @@ def test_holm_matches_statsmodels() -> None:
 
 
 def test_varying_labels_are_exchanged_only_between_subjects_of_the_same_size() -> None:
-    """A permutation keeps every subject's sequence whole and the label's multiset exact."""
+    """A permutation gives each subject the labels of a same-sized subject (in any order): the multiset of
+    labels is kept exactly, and subjects with a unique row count keep their own labels, reordered."""
     rng = np.random.default_rng(9)
     sizes = np.array([1, 2, 2, 3, 3, 3, 4])
     groups = np.repeat(np.arange(len(sizes)), sizes)
@@ -115,19 +116,44 @@ def test_varying_labels_are_exchanged_only_between_subjects_of_the_same_size() -
     index = SubjectIndex(groups)
     permuter = SubjectPermuter(y, index)
     assert not permuter.constant and permuter.n_fixed == 2  # sizes 1 and 4 occur once
-    sequences = {tuple(y[groups == g]) for g in range(len(sizes))}
-    draws = permuter.draw(np.random.default_rng(0), 200)
-    moved = 0
+    multisets = {tuple(sorted(y[groups == g])) for g in range(len(sizes))}
+    draws = permuter.draw(np.random.default_rng(0), 300)
+    moved = reordered = 0
     for b in range(draws.shape[1]):
         perm = draws[:, b]
         assert sorted(perm.tolist()) == sorted(y.tolist())
         for g, size in enumerate(sizes):
-            got = tuple(perm[groups == g])
-            assert got in sequences and len(got) == size
-            moved += got != tuple(y[groups == g])
-        for g in (0, 6):  # unique sizes keep their own labels
-            np.testing.assert_array_equal(perm[groups == g], y[groups == g])
-    assert moved > 100
+            got = perm[groups == g]
+            assert tuple(sorted(got)) in multisets and len(got) == size
+            moved += tuple(sorted(got)) != tuple(sorted(y[groups == g]))
+        for g in (0, 6):  # unique sizes keep their own labels, in some order
+            assert sorted(perm[groups == g]) == sorted(y[groups == g])
+        reordered += not np.array_equal(perm[groups == 6], y[groups == 6])
+    assert moved > 100 and reordered > 100
+
+
+def test_a_label_tied_to_image_position_is_permuted_within_subjects() -> None:
+    """'First image frontal, second lateral' in every subject: exchanging whole sequences between subjects
+    would reproduce it every time; shuffling over each subject's images does not."""
+    groups = np.repeat(np.arange(100), 2)
+    view = np.tile([0, 1], 100)
+    permuter = SubjectPermuter(view, SubjectIndex(groups))
+    draws = permuter.draw(np.random.default_rng(2), 200)
+    assert permuter.mixing(draws) > 0.9
+    assert 0.4 < np.mean(draws[::2] == 0) < 0.6  # the first image is no longer always label 0
+
+
+def test_a_label_that_can_barely_be_permuted_is_measured_as_such() -> None:
+    """Every subject's row count is unique and one row is mistyped: permutations barely move the labels."""
+    sizes = np.arange(1, 31)
+    groups = np.repeat(np.arange(30), sizes)
+    sex = np.repeat(np.arange(30) % 2, sizes)
+    sex[np.flatnonzero(groups == 29)[0]] = 1 - sex[np.flatnonzero(groups == 29)[0]]
+    permuter = SubjectPermuter(sex, SubjectIndex(groups))
+    assert permuter.n_fixed == 30
+    assert permuter.mixing(permuter.draw(np.random.default_rng(3), 400)) < 0.02
+    constant = SubjectPermuter(np.repeat(np.arange(30) % 2, sizes), SubjectIndex(groups))
+    assert constant.mixing(constant.draw(np.random.default_rng(3), 400)) > 0.9
 
 
 def test_constant_labels_permute_uniformly_over_subjects() -> None:

@@ -170,3 +170,41 @@ def test_probe_result_round_trips_through_its_json_form() -> None:
     assert ProbeResult.from_dict(data).to_dict() == data
     assert data["permutation"]["folds"] == "label-free subject folds" and data["bootstrap"]["dropped"] == 0
     assert r["score"] == data["score"] and dict(r) == data
+
+
+def test_a_label_tied_to_image_position_is_testable() -> None:
+    """'First image frontal, then lateral' in every subject, and the latents see the view: found."""
+    rng = np.random.default_rng(12)
+    subjects = np.repeat(np.arange(150), 2)
+    view = np.tile([0, 1], 150)
+    X = rng.normal(size=(300, 8)) + 1.5 * view[:, None] * (np.arange(8) < 2)
+    r = cross_validated_probe(
+        X, view, subjects.astype(str), "binary", config=ProbeConfig(n_permutations=199, n_bootstrap=200)
+    )
+    assert r.encoded and r.p_value < 0.01 and r.permutation["mixing"] > 0.9
+
+
+def test_a_label_that_cannot_be_permuted_is_untestable_not_absent() -> None:
+    """Unique row counts and one mistyped row: the verdict says the test cannot decide, and why."""
+    rng = np.random.default_rng(13)
+    sizes = np.arange(5, 65)
+    subjects = np.repeat(np.arange(60), sizes)
+    sex = np.repeat(np.arange(60) % 2, sizes)
+    sex[np.flatnonzero(subjects == 59)[0]] ^= 1
+    X = rng.normal(size=(len(sex), 6)) + sex[:, None]
+    r = cross_validated_probe(
+        X, sex, subjects.astype(str), "binary", config=ProbeConfig(n_permutations=99, n_bootstrap=100)
+    )
+    assert r.untestable and not r.encoded and r.verdict.startswith("untestable")
+    assert judge_family([r])[0].family_size == 0  # not counted as a test
+
+
+def test_a_perfect_probe_of_a_rare_class_is_not_degenerate() -> None:
+    rng = np.random.default_rng(14)
+    y = np.zeros(1500, dtype=int)
+    y[:8] = 1  # 0.5 % prevalence
+    X = rng.normal(size=(1500, 4)) + 6.0 * y[:, None]
+    r = cross_validated_probe(
+        X, y, np.arange(1500).astype(str), "binary", config=ProbeConfig(n_permutations=199, n_bootstrap=200)
+    )
+    assert r.score > 0.95 and not r.degenerate and r.encoded
