@@ -35,7 +35,7 @@ import pandas as pd
 
 from embedx.analysis.folds import subject_folds
 from embedx.analysis.probe_core import ProbeConfig, cross_validated_probe
-from embedx.analysis.probe_result import ProbeResult, judge_family
+from embedx.analysis.probe_result import ProbeResult, clear_of_chance, judge_family, verdict_text
 from embedx.analysis.strata import StrataResult, probe_within_strata
 from embedx.analysis.typed import JsonResult
 from embedx.errors import EmbedxError
@@ -246,6 +246,21 @@ def fold_harmoniser(
     return harmonised
 
 
+def _judge_batch_by_ci(result: ProbeResult) -> ProbeResult:
+    """The batch attribute's own probe after harmonising by it: its permutation p is conservative by
+    construction (the harmonisation used the observed labels, permuted ones get no such removal), so its
+    verdict rests on the CI against chance alone."""
+    if result.skipped or result.untestable:
+        return result
+    encoded = clear_of_chance(result) and not result.degenerate
+    note = (
+        "after harmonising by this attribute its permutation p-value is conservative (the harmonisation saw "
+        "the observed labels); the verdict rests on the 95 % CI against chance"
+    )
+    verdict = "still encoded after harmonisation (CI clear of chance)" if encoded else verdict_text(False)
+    return result.replace(encoded=encoded, verdict=verdict, notes=(*result.notes, note))
+
+
 def probe_after_combat(
     X: np.ndarray,
     attributes: pd.DataFrame,
@@ -261,8 +276,10 @@ def probe_after_combat(
     """Re-probe after ComBat by `batch`, fitted on each outer training fold and applied blind to all rows.
 
     The same label-free subject folds serve the probes before and after harmonisation (a paired comparison)
-    and their permutation tests. Rows lacking the batch label, a covariate or a finite latent row are
-    excluded and counted. Holm runs within each of the two families.
+    and their permutation tests. A covariate is probed after a ComBat that keeps the *other* covariates (so
+    the harmonisation never saw the labels it is probed for); the batch attribute's own verdict after
+    harmonisation rests on its CI (its permutation p is conservative). Rows lacking the batch label, a
+    covariate or a finite latent row are excluded and counted. Holm runs within each of the two families.
     """
     cfg = config or ProbeConfig()
     covariates = [c for c in covariates if c != batch]
@@ -279,7 +296,12 @@ def probe_after_combat(
     groups_k = np.asarray(groups).astype(str)[rows]
     site = frame_k[batch].astype(str).to_numpy()
     fold = _folds_covering_sites(groups_k, site, cfg.folds, cfg.seed)
-    harmonised = fold_harmoniser(Xk, site, frame_k[covariates] if covariates else None, fold)
+    harmonisers: dict[tuple[str, ...], Callable[[int], np.ndarray]] = {}
+
+    def harmoniser(keep: tuple[str, ...]) -> Callable[[int], np.ndarray]:
+        if keep not in harmonisers:
+            harmonisers[keep] = fold_harmoniser(Xk, site, frame_k[list(keep)] if keep else None, fold)
+        return harmonisers[keep]
 
     before, after = [], []
     for attribute in probe:
@@ -287,18 +309,23 @@ def probe_after_combat(
         y = frame_k[attribute].to_numpy()
         options = {"model": model, "attribute": attribute, "config": cfg, "fold": fold}
         before.append(cross_validated_probe(Xk, y, groups_k, kind, **options))  # type: ignore[arg-type]
-        r = cross_validated_probe(Xk, y, groups_k, kind, fold_X=harmonised, **options)  # type: ignore[arg-type]
+        # A probed covariate is left out of the harmonisation that it is probed after: the harmonised
+        # matrices then do not depend on its labels, which keeps its permutation test valid.
+        keep = tuple(c for c in covariates if c != attribute)
+        r = cross_validated_probe(Xk, y, groups_k, kind, fold_X=harmoniser(keep), **options)  # type: ignore[arg-type]
         after.append(
             r.replace(
                 harmonised={
                     "method": "ComBat (empirical Bayes)",
                     "batch": batch,
-                    "covariates": covariates,
+                    "covariates": list(keep),
                     "fit": "outer training folds only",
                     "transform": "blind to covariates (training mean term)",
                 }
             )
         )
+    after = judge_family(after, cfg.alpha)
+    after = [_judge_batch_by_ci(r) if r.attribute == batch else r for r in after]
     return CombatResult(
         model=model,
         batch=batch,
@@ -307,7 +334,7 @@ def probe_after_combat(
         n_excluded=int(len(X) - len(rows)),
         folds="label-free subject folds, shared before / after (every site in every training fold)",
         before=tuple(judge_family(before, cfg.alpha)),
-        after=tuple(judge_family(after, cfg.alpha)),
+        after=tuple(after),
     )
 
 

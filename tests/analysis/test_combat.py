@@ -173,3 +173,34 @@ def test_after_combat_a_covariate_with_no_signal_stays_at_chance() -> None:
     )
     after = {r["attribute"]: r for r in out.after}
     assert not after["sex"].encoded and after["sex"].score < 0.6
+
+
+def test_sex_confounded_with_site_is_not_found_after_combat_when_the_latents_carry_no_sex() -> None:
+    """Sex shares of 10 / 50 / 90 % across three sites, a strong site effect and no sex effect. Harmonising
+    with sex as a covariate shifts each site along the estimated sex direction by its sex mix, and the sex
+    probe reads it (2 of these 4 cohorts called sex "encoded" that way). The control leaves the probed
+    covariate out of its own harmonisation, so sex stays at chance."""
+    cfg = ProbeConfig(n_permutations=199, n_bootstrap=200, c_grid=(0.1,))
+    found = []
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        n = 800
+        site = rng.integers(0, 3, n)
+        sex = (rng.random(n) < np.array([0.1, 0.5, 0.9])[site]).astype(int)
+        X = rng.normal(size=(n, 16))
+        X[:, :4] += np.array([2.0, 0.0, -2.0])[site][:, None]
+        frame = pd.DataFrame({"site": np.array(["A", "B", "C"])[site], "sex": np.array(["F", "M"])[sex]})
+        out = probe_after_combat(
+            X,
+            frame,
+            np.arange(n).astype(str),
+            {"site": "categorical", "sex": "binary"},
+            covariates=("sex",),
+            probe=["site", "sex"],
+            config=cfg,
+        )
+        after = {r.attribute: r for r in out.after}
+        found.append(after["sex"].encoded)
+        assert after["sex"].harmonised["covariates"] == []
+        assert "conservative" in " ".join(after["site"].notes)
+    assert not any(found)
