@@ -1,11 +1,13 @@
 """The evidence behind a fairness gap: which two groups make it, how sure, and is it there at all.
 
 `gap_evidence` gives, for each gap of `fairness_from_predictions`, the extreme pair of groups, their signed
-difference with a bootstrap-SE interval (it always holds the estimate and may cross zero) and a permutation
-p-value for "no gap". The permutation nulls exchange group labels between subjects (`SubjectPermuter`):
-across every row for the selection rate; within the positives for TPR and within the negatives for FPR, so
-that a group's prevalence does not pass for a gap in its error rates. The statistic is the max - min over the
-eligible groups each time, which accounts for having picked the extreme pair after looking.
+difference with an interval that is simultaneous over every pair of groups (bootstrap max-t: it always holds
+the estimate, may cross zero, and stays valid although the pair was chosen as the most extreme) and a
+permutation p-value for "no gap". The permutation nulls exchange group labels between subjects
+(`SubjectPermuter`): across every row for the selection rate; within the positives for TPR and within the
+negatives for FPR, so that a group's prevalence does not pass for a gap in its error rates. The statistic is
+the max - min over the eligible groups each time, which accounts for having picked the extreme pair after
+looking.
 """
 
 from __future__ import annotations
@@ -15,9 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from embedx.analysis.stats import SubjectIndex, SubjectPermuter, count_dropped, normal_interval
+from embedx.analysis.stats import SubjectIndex, SubjectPermuter, count_dropped
 
-__all__ = ["gap_evidence", "gap_nulls", "mae_gap_null", "rates_from_counts", "spread"]
+__all__ = [
+    "gap_evidence",
+    "gap_nulls",
+    "mae_gap_null",
+    "pair_critical_value",
+    "rates_from_counts",
+    "simultaneous_interval",
+    "spread",
+]
 
 
 def rates_from_counts(counts: np.ndarray) -> dict[str, np.ndarray]:
@@ -60,6 +70,41 @@ def permuted_counts(
     return np.concatenate(out).astype(float)
 
 
+def pair_critical_value(points: list[np.ndarray], replicates: list[np.ndarray], level: float = 0.95) -> float:
+    """The bootstrap max-t critical value over every pair of groups (in every component given).
+
+    points[c] (G,) and replicates[c] (B, G) per component; returns q such that d_ij +- q se_ij covers all
+    pairwise differences at once with probability `level`. The interval of the pair picked as the largest
+    gap is then valid although it was picked after looking (a plain +-1.96 se interval around it excludes 0
+    in a third of null cohorts with five groups). With two groups, q is about 1.96.
+    """
+    t_max = None
+    for point, reps in zip(points, replicates, strict=True):
+        i, j = np.triu_indices(len(point), k=1)
+        if i.size == 0:
+            continue
+        d = point[i] - point[j]
+        diffs = reps[:, i] - reps[:, j]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            se = np.nanstd(diffs, axis=0, ddof=1)
+            t = np.abs(diffs - d) / np.where(se > 0, se, np.nan)
+            t = np.nanmax(np.where(np.isfinite(t), t, np.nan), axis=1)
+        t_max = t if t_max is None else np.fmax(t_max, t)
+    if t_max is None or not np.isfinite(t_max).any():
+        return float("nan")
+    return float(np.nanquantile(t_max, level))
+
+
+def simultaneous_interval(estimate: float, replicates: np.ndarray, q: float) -> list[float | None]:
+    values = np.asarray(replicates, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size < 2 or not np.isfinite(estimate) or not np.isfinite(q):
+        return [None, None]
+    half = q * float(values.std(ddof=1))
+    return [estimate - half, estimate + half]
+
+
 def gap_evidence(
     rates: dict[str, np.ndarray],
     rate_reps: dict[str, np.ndarray],
@@ -68,8 +113,14 @@ def gap_evidence(
     eligible: np.ndarray,
     n_permutations: int,
 ) -> dict[str, dict[str, Any]]:
-    """Signed pair difference, its bootstrap-SE interval and the permutation p for each gap."""
+    """Signed pair difference, its simultaneous interval over all pairs, and the permutation p per gap."""
     out: dict[str, dict[str, Any]] = {}
+    q = {
+        components: pair_critical_value(
+            [rates[c][eligible] for c in components], [rate_reps[c][:, eligible] for c in components]
+        )
+        for components in (("selection_rate",), ("tpr",), ("tpr", "fpr"))
+    }
     specs = {
         "demographic_parity_difference": ("selection_rate",),
         "equal_opportunity_difference": ("tpr",),
@@ -94,8 +145,9 @@ def gap_evidence(
             "component": component,
             "pair": [names[eligible[hi]], names[eligible[lo]]],
             "signed_difference": estimate,
-            "ci": list(normal_interval(estimate, reps)),
+            "ci": simultaneous_interval(estimate, reps, q[components]),
             "ci_dropped": count_dropped(reps),
+            "interval": "bootstrap max-t interval, simultaneous over every pair of groups",
             "p_value": p,
             "permutations": n_permutations,
             "permutations_dropped": int(null.size - valid.size),
@@ -107,14 +159,18 @@ def gap_evidence(
             rate_reps["selection_rate"][:, eligible][:, lo] / rate_reps["selection_rate"][:, eligible][:, hi]
         )
         ratio = float(sel[lo] / sel[hi]) if sel[hi] > 0 else float("nan")
-    low, high = normal_interval(float(np.log(ratio)) if ratio > 0 else float("nan"), log_reps)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_sel = np.log(sel)
+        log_reps_all = np.log(rate_reps["selection_rate"][:, eligible])
+    q_log = pair_critical_value([log_sel], [log_reps_all])
+    low, high = simultaneous_interval(float(np.log(ratio)) if ratio > 0 else float("nan"), log_reps, q_log)
     out["demographic_parity_ratio"] = {
         "estimate": ratio,
         "pair": [names[eligible[lo]], names[eligible[hi]]],
-        "ci": [float(np.exp(low)), float(np.exp(high))] if np.isfinite(low) else [None, None],
+        "ci": [float(np.exp(low)), float(np.exp(high))] if low is not None else [None, None],
         "ci_dropped": count_dropped(log_reps),
         "p_value": out["demographic_parity_difference"]["p_value"],
-        "interval": "bootstrap-SE interval on the log ratio",
+        "interval": "bootstrap max-t interval on the log ratio, simultaneous over every pair of groups",
     }
     return out
 

@@ -37,7 +37,14 @@ from fairlearn.metrics import (
 )
 from sklearn.metrics import accuracy_score, mean_absolute_error, roc_auc_score
 
-from embedx.analysis.fairness_gaps import gap_evidence, gap_nulls, mae_gap_null, rates_from_counts
+from embedx.analysis.fairness_gaps import (
+    gap_evidence,
+    gap_nulls,
+    mae_gap_null,
+    pair_critical_value,
+    rates_from_counts,
+    simultaneous_interval,
+)
 from embedx.analysis.stats import (
     SubjectIndex,
     count_dropped,
@@ -379,12 +386,14 @@ def mae_by_group(
         codes, np.abs(yt - yp), gr, rows_e, len(names), eligible, rules.n_permutations, rules.seed + 1
     )
     p = float((1 + np.sum(null_arr >= estimate - 1e-12)) / (1 + null_arr.size)) if null_arr.size else None
+    q = pair_critical_value([maes], [reps[:, eligible]])
     gap = {
         "estimate": estimate,
         "pair": [names[eligible[hi]], names[eligible[lo]]],
         "signed_difference": estimate,
-        "ci": list(normal_interval(estimate, diff_reps)),
+        "ci": simultaneous_interval(estimate, diff_reps, q),
         "ci_dropped": count_dropped(diff_reps),
+        "interval": "bootstrap max-t interval, simultaneous over every pair of groups",
         "p_value": p,
         "permutations": rules.n_permutations,
     }
