@@ -111,7 +111,12 @@ def _subject_values(values: np.ndarray, codes: np.ndarray) -> np.ndarray:
 
 
 def _matched_specs(attributes: dict[str, tuple[str, np.ndarray]], groups: np.ndarray) -> list[dict[str, Any]]:
-    """Per real attribute: kind and the pool of subject-level values that null labels are drawn from."""
+    """Per real attribute: kind, and what its null labels are drawn from.
+
+    A label constant within subjects gives one value per subject (`pool`); a label that varies within
+    subjects (view, age at each visit) gives each subject's own sequence of values (`sequences`), so its
+    null labels vary within subjects too and exercise the same permutation scheme as the real one.
+    """
     specs = []
     for name, (kind, values) in attributes.items():
         present = ~missing_mask(values)
@@ -119,30 +124,55 @@ def _matched_specs(attributes: dict[str, tuple[str, np.ndarray]], groups: np.nda
             continue
         codes = subject_codes(groups[present])
         continuous = kind == "continuous"
-        raw = values[present] if continuous else label_strings(values[present])
         try:
-            pool = _subject_values(np.asarray(raw, dtype=float if continuous else object), codes)
+            raw = np.asarray(values[present], dtype=float) if continuous else label_strings(values[present])
         except (TypeError, ValueError):
             continue
-        if not continuous and len(set(pool.tolist())) < 2:
+        if not continuous and len(set(raw.tolist())) < 2:
             continue
-        specs.append({"attribute": name, "kind": kind, "pool": pool})
+        order = np.argsort(codes, kind="stable")
+        sizes = np.bincount(codes)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        first = raw[order][starts]
+        varying = not np.array_equal(raw[order], np.repeat(first, sizes))
+        spec: dict[str, Any] = {"attribute": name, "kind": kind, "varying": varying, "pool": first}
+        if varying:
+            spec.update(flat=raw[order], starts=starts, sizes=sizes)
+        specs.append(spec)
     if not specs:  # a store without attributes: a generic mix
         rng = np.random.default_rng(0)
         specs = [
             {
                 "attribute": "(generic) binary 10 %",
                 "kind": "binary",
+                "varying": False,
                 "pool": (rng.random(1000) < 0.1).astype(str),
             },
             {
                 "attribute": "(generic) 3 classes",
                 "kind": "categorical",
+                "varying": False,
                 "pool": rng.integers(0, 3, 1000).astype(str),
             },
-            {"attribute": "(generic) continuous", "kind": "continuous", "pool": rng.normal(size=1000)},
+            {
+                "attribute": "(generic) continuous",
+                "kind": "continuous",
+                "varying": False,
+                "pool": rng.normal(size=1000),
+            },
         ]
     return specs
+
+
+def _null_label(spec: dict[str, Any], sub: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One label with no link to the images: each subject gets a random donor subject's value, or, for a
+    label varying within subjects, values drawn from a random donor subject's own sequence."""
+    n_subjects = int(sub.max()) + 1
+    if not spec["varying"]:
+        return spec["pool"][rng.integers(0, len(spec["pool"]), n_subjects)][sub]
+    donor = rng.integers(0, len(spec["sizes"]), n_subjects)[sub]  # per row: its subject's donor
+    pick = spec["starts"][donor] + (rng.random(len(sub)) * spec["sizes"][donor]).astype(int)
+    return spec["flat"][pick]
 
 
 def _planted_binary(
@@ -204,6 +234,7 @@ def calibrate_arrays(
         )
 
     # ---- false-positive rate: matched null labels, each with its own permutation test
+    holm_measurable = 1.0 / (cfg.null_permutations + 1) < threshold  # else no null label could pass Holm
     specs = _matched_specs(attributes, groups)
     null_rows: list[dict[str, Any]] = []
     all_p: list[float] = []
@@ -211,14 +242,14 @@ def calibrate_arrays(
     for spec, count in zip(specs, per_spec, strict=True):
         ps = []
         for _ in range(count):
-            drawn = spec["pool"][rng.integers(0, len(spec["pool"]), S)]
+            drawn = _null_label(spec, sub, rng)
             if spec["kind"] == "continuous":
-                y, k = np.asarray(drawn, float)[sub], 0
+                y, k = np.asarray(drawn, float), 0
             else:
                 classes, y_codes = np.unique(drawn.astype(str), return_inverse=True)
                 if len(classes) < 2:
                     continue
-                y, k = y_codes[sub], len(classes)
+                y, k = y_codes.reshape(-1), len(classes)
             outcome = permutation_test(null, y, index, k, cfg.null_permutations, int(rng.integers(2**31)))
             if np.isfinite(outcome.p_value):
                 ps.append(outcome.p_value)
@@ -229,11 +260,12 @@ def calibrate_arrays(
             {
                 "attribute": spec["attribute"],
                 "kind": spec["kind"],
+                "varies_within_subject": bool(spec["varying"]),
                 "n_labels": len(ps),
                 "false_positive_rate": float(hits / len(ps)) if ps else None,
                 "ci": list(wilson_interval(hits, len(ps))),
                 "mean_p": float(ps_arr.mean()) if ps else None,
-                "passes_holm": int(np.sum(ps_arr < threshold)),
+                "passes_holm": int(np.sum(ps_arr < threshold)) if holm_measurable else None,
             }
         )
     p_all = np.asarray(all_p)
@@ -251,6 +283,7 @@ def calibrate_arrays(
     scale = min(1.0, cfg.permutation_max_rows / max(1, len(X))) if len(X) > len(rows) else 1.0
     for kind, prevalence, effect in cells if per_cell else []:
         labels, realized = [], []
+        wanted = n_pos = None
         for _ in range(per_cell):
             direction = rng.normal(size=zs.shape[1])
             score = zs @ (direction / np.linalg.norm(direction))
@@ -259,7 +292,8 @@ def calibrate_arrays(
                 # positive rows the probes' class-balanced subsample would keep, out of these rows
                 full_pos_rows = prevalence * len(X)
                 kept = min(full_pos_rows, cfg.permutation_max_rows / 2) if scale < 1 else full_pos_rows
-                n_pos = int(np.clip(round(S * kept / len(rows)), 2, S - 2))
+                wanted = round(S * kept / len(rows))
+                n_pos = int(np.clip(wanted, 2, S - 2))
                 label = _planted_binary(score, prevalence, effect, n_pos, rng)
                 realized.append(_cohens_d(score, label))
             else:
@@ -291,6 +325,9 @@ def calibrate_arrays(
                 "power_single_test": float(np.mean(ps < cfg.alpha)),
                 "realized_effect": float(np.nanmean(realized)),
                 "positive_rows": positive_rows,
+                "positive_subjects": n_pos,
+                "test_prevalence": None if positive_rows is None else positive_rows / len(rows),
+                "too_few_subjects": bool(k and wanted is not None and wanted < 2),
             }
         )
     text = _sentences(null_rows, fp_hits, len(p_all), power, cfg, threshold)
@@ -306,7 +343,9 @@ def calibrate_arrays(
         null=null_rows,
         false_positive_rate=float(fp_hits / len(p_all)) if len(p_all) else None,
         false_positive_ci=list(wilson_interval(fp_hits, len(p_all))),
-        false_positive_rate_holm=float(np.mean(p_all < threshold)) if len(p_all) else None,
+        false_positive_rate_holm=(
+            float(np.mean(p_all < threshold)) if len(p_all) and holm_measurable else None
+        ),
         mean_p=float(p_all.mean()) if len(p_all) else None,
         n_null=len(p_all),
         power=power,
@@ -328,16 +367,29 @@ def _sentences(
 ) -> list[str]:
     lines = []
     if n_null:
-        holm_hits = sum(r["passes_holm"] for r in null_rows)
+        if all(r["passes_holm"] is not None for r in null_rows):
+            holm_hits = sum(r["passes_holm"] for r in null_rows)
+            holm = (
+                f"{holm_hits}/{n_null} would pass the Holm threshold of this store's table "
+                f"(alpha / {cfg.family_size} = {threshold:.2g})"
+            )
+        else:
+            holm = (
+                f"the Holm threshold of this store's table (alpha / {cfg.family_size} = {threshold:.2g}) "
+                f"is below the smallest p that {cfg.null_permutations} permutations can give, so that rate "
+                "is not measured (raise --null-permutations)"
+            )
         lines.append(
             f"False-positive rate: {fp_hits}/{n_null} labels with no link to the images had "
-            f"p < {cfg.alpha:g} ({fp_hits / n_null:.1%}; expected {cfg.alpha:.0%}); {holm_hits}/{n_null} "
-            f"would pass the Holm threshold of this store's table "
-            f"(alpha / {cfg.family_size} = {threshold:.2g})."
+            f"p < {cfg.alpha:g} ({fp_hits / n_null:.1%}; expected {cfg.alpha:.0%}); {holm}."
         )
     for row in power:
         if row["kind"] == "binary":
             what = f"an attribute at prevalence {row['prevalence']:.0%} with effect d = {row['effect']:g}"
+            if row.get("too_few_subjects"):
+                what += (
+                    f" (too few subjects for it here: {row['positive_subjects']} positive subjects planted)"
+                )
         else:
             what = f"a continuous attribute with correlation r = {row['effect']:g}"
         lines.append(

@@ -252,6 +252,12 @@ def fairness_from_predictions(
         )
         if np.isnan(entry["auc"]):
             entry["auc_note"] = "AUC undefined: this group holds only one class"
+        if entry["positives"] == 0:  # fairlearn reports 0, which reads as "misses every positive"
+            entry["tpr"] = float("nan")
+            entry["tpr_note"] = "TPR undefined: this group holds no positives"
+        if entry["negatives"] == 0:
+            entry["fpr"] = float("nan")
+            entry["fpr_note"] = "FPR undefined: this group holds no negatives"
         entry["ci"] = {k: list(percentile_ci(reps[k][:, j])) for k in RATE_METRICS}
         entry["ci"]["auc"] = list(percentile_ci(auc_reps[:, j]))
         entry["ci"]["ece"] = list(percentile_ci(ece_reps[:, j]))

@@ -33,11 +33,16 @@ _MISSING_TEXT = ("", "nan", "none", "<na>", "null")
 
 
 def missing_mask(values: np.ndarray | pd.Series | Sequence[Any]) -> np.ndarray:
-    """True where a value is missing: None, NaN, or text that reads as empty / 'nan' / 'none'."""
+    """True where a value is missing: None, NaN, +-infinity, or text that reads as empty / 'nan' / 'none'.
+
+    An infinite age is no age: it is counted as missing like NaN rather than reaching a model that refuses
+    it and stopping a whole table of probes.
+    """
     series = pd.Series(np.asarray(values, dtype=object), dtype=object)
     missing = series.isna().to_numpy()
     as_text = series.astype(str).str.strip().str.lower()
-    return missing | as_text.isin(_MISSING_TEXT).to_numpy()
+    infinite = np.isinf(pd.to_numeric(series, errors="coerce").to_numpy(dtype=float))
+    return missing | infinite | as_text.isin(_MISSING_TEXT).to_numpy()
 
 
 def _text(value: Any) -> str:

@@ -126,10 +126,15 @@ class SubjectIndex:
 
 
 def balanced_accuracy_from_counts(correct: np.ndarray, total: np.ndarray) -> np.ndarray:
-    """Mean per-class recall from (..., K) correct and total counts; classes with no rows are left out."""
+    """Mean per-class recall from (..., K) correct and total counts; NaN where a class has no rows.
+
+    A bootstrap resample that lost a class has no balanced accuracy over all K classes: averaging the
+    recalls of the classes left would put the other classes' recall into the interval. Such resamples are
+    NaN, left out of the interval and counted as dropped.
+    """
     with np.errstate(invalid="ignore", divide="ignore"):
-        recall = np.where(total > 0, correct / np.where(total > 0, total, 1), np.nan)
-    return np.nanmean(recall, axis=-1)
+        recall = correct / np.where(total > 0, total, 1)
+    return np.where(np.all(total > 0, axis=-1), recall.mean(axis=-1), np.nan)
 
 
 def _chunks(n: int) -> Iterator[int]:

@@ -75,6 +75,8 @@ def register(app: typer.Typer) -> None:
 
         if kernel not in ("linear", "rbf"):
             raise EmbedxError(f"--kernel must be linear or rbf, got {kernel!r}")
+        if bootstrap < 1:
+            raise EmbedxError("--bootstrap must be at least 1: the verdict needs the confidence interval")
         results = run_probes(
             store,
             models=name or None,
@@ -228,6 +230,11 @@ def register(app: typer.Typer) -> None:
             "--correlations",
             help="Correlations of planted continuous labels with their direction.",
         ),
+        null_permutations: int = typer.Option(
+            199,
+            "--null-permutations",
+            help="Permutations per null label (>= 2 m / 0.05 measures Holm's rate).",
+        ),
         json_path: Path | None = typer.Option(None, "--json", help="Write the results here."),
         figure: Path | None = typer.Option(None, "--figure", help="Write the power figure (PNG) here."),
         seed: int = typer.Option(0, "--seed", help="Seed for labels, directions and permutations."),
@@ -257,6 +264,7 @@ def register(app: typer.Typer) -> None:
             prevalences=floats(prevalences, "--prevalences"),
             effects=floats(effects, "--effects"),
             correlations=floats(correlations, "--correlations"),
+            null_permutations=null_permutations,
             seed=seed,
         )
         results = run_calibration(store, name or None, settings, write=not no_write)

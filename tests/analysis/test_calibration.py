@@ -123,3 +123,16 @@ def test_run_calibration_defaults_match_the_probe_table(synth_store) -> None:
         write=False,
     )
     assert results[0].family_size == family and results[0].model == "pixels-pca8"
+
+
+def test_null_labels_vary_within_subjects_like_the_attribute_they_match(phantom_latents) -> None:
+    X, subjects = phantom_latents["X"], phantom_latents["subjects"]
+    rng = np.random.default_rng(5)
+    view = rng.choice(["AP", "PA"], len(subjects))  # per image, like a view
+    settings = CalibrationSettings(n_null=40, n_planted=0, null_permutations=99, family_size=24)
+    result = calibrate_arrays(X, subjects, {"view": ("binary", view)}, settings)
+    row = result.null[0]
+    assert row["varies_within_subject"] and row["n_labels"] == 40 and row["false_positive_rate"] <= 0.15
+    # alpha / 24 is below 1 / 100: with 99 permutations a Holm-level false positive cannot be measured
+    assert row["passes_holm"] is None and result.false_positive_rate_holm is None
+    assert "not measured" in result.text[0]

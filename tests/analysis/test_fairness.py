@@ -101,6 +101,8 @@ def test_single_class_group_gives_nan_auc_with_a_reason() -> None:
     )
     assert out["by_group"]["C"]["auc"] is None  # undefined (NaN; null in the JSON form)
     assert "one class" in out["by_group"]["C"]["auc_note"]
+    assert out["by_group"]["C"]["fpr"] is None and "no negatives" in out["by_group"]["C"]["fpr_note"]
+    assert out["by_group"]["C"]["tpr"] == 0.4  # 4 of its 10 positives are predicted positive
 
 
 def test_probe_fairness_on_the_synthetic_cohort(synth_store) -> None:

@@ -268,3 +268,11 @@ def test_normalized_encoding_read_from_a_cnn_in_the_store(tmp_path) -> None:
     assert vae["normalized_by"] == "cnn-site"
     assert vae["normalized_encoding"] == pytest.approx(expected)
     assert 0 < vae["normalized_encoding"] < 1
+
+
+def test_infinite_values_count_as_missing_not_as_a_crash(cohort) -> None:
+    age = cohort["age"].copy()
+    age[:3] = np.inf
+    age[3] = -np.inf
+    r = probe_arrays(cohort["X"], age, cohort["groups"], "continuous", config=FAST)
+    assert r["n_missing"] == 4 and r["n"] == len(age) - 4 and r["encoded"]

@@ -162,3 +162,14 @@ def test_constant_labels_permute_uniformly_over_subjects() -> None:
     draws = SubjectPermuter(y, SubjectIndex(groups)).draw(np.random.default_rng(1), 4000)
     positive_subject = np.array([[draws[groups == g, b][0] for g in range(4)] for b in range(4000)])
     np.testing.assert_allclose(positive_subject.mean(axis=0), 0.25, atol=0.03)  # each subject equally often
+
+
+def test_a_resample_that_loses_a_class_is_dropped_not_averaged() -> None:
+    """Five positives among 400 subjects: some resamples hold none; they are NaN (counted as dropped)."""
+    y = np.zeros(400, dtype=int)
+    y[:5] = 1
+    pred = y.copy()
+    pred[5:200] = 1  # many false positives: recall of the negatives alone would be about 0.5
+    reps = bootstrap_balanced_accuracy(y, pred, np.arange(400), n_boot=2000, seed=0)
+    assert 0 < np.sum(np.isnan(reps)) < 40  # P(no positive drawn) = (1 - 5/400)^400, about 0.7 %
+    assert np.nanmin(reps) >= 0.7  # every kept resample averages both recalls (1.0 and about 0.5)
