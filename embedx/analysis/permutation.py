@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from embedx.analysis.folds import class_balanced_subsample, subject_folds, subject_subsample
-from embedx.analysis.stats import SubjectIndex, SubjectPermuter
+from embedx.analysis.stats import SubjectIndex, SubjectPermuter, auc_from_ordered_counts
 
 __all__ = [
     "LAMBDAS",
@@ -175,13 +175,7 @@ def _binned_auc(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
     cell += (np.arange(m, dtype=np.int32) * bins)[None, :]
     pos = np.bincount(cell[positive], minlength=bins * m).reshape(m, bins).astype(float)
     total = np.bincount(cell.ravel(), minlength=bins * m).reshape(m, bins).astype(float)
-    neg = total - pos
-    below = np.cumsum(neg, axis=1) - neg
-    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (pos * (below + 0.5 * neg)).sum(axis=1) / (n_pos * n_neg)
-    auc[(n_pos == 0) | (n_neg == 0)] = np.nan
-    return auc
+    return auc_from_ordered_counts(pos, total - pos)
 
 
 @dataclass(frozen=True)

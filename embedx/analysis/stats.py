@@ -23,6 +23,7 @@ __all__ = [
     "AGE_BANDS",
     "SubjectIndex",
     "SubjectPermuter",
+    "auc_from_ordered_counts",
     "auc_weighted",
     "balanced_accuracy_from_counts",
     "band",
@@ -343,11 +344,18 @@ def auc_weighted(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) 
     w = weights[:, order]
     pos_w = np.add.reduceat(w * positive[order], boundaries, axis=1)
     neg_w = np.add.reduceat(w * ~positive[order], boundaries, axis=1)
-    neg_below = np.cumsum(neg_w, axis=1) - neg_w
-    total_pos, total_neg = pos_w.sum(axis=1), neg_w.sum(axis=1)
+    return auc_from_ordered_counts(pos_w, neg_w)
+
+
+def auc_from_ordered_counts(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """AUC per row from positive and negative weights in ascending score order (m, cells); ties count one
+    half. NaN where a row has no positive or no negative weight. Shared by the weighted bootstrap AUC and the
+    permutation test's binned AUC."""
+    below = np.cumsum(neg, axis=1) - neg
+    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (pos_w * (neg_below + 0.5 * neg_w)).sum(axis=1) / (total_pos * total_neg)
-    auc[(total_pos == 0) | (total_neg == 0)] = np.nan
+        auc = (pos * (below + 0.5 * neg)).sum(axis=1) / (n_pos * n_neg)
+    auc[(n_pos == 0) | (n_neg == 0)] = np.nan
     return auc
 
 
