@@ -197,7 +197,7 @@ class BackgroundResult(JsonResult):
         own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "probe"}
         if own["cnn"] is None:
             del own["cnn"]
-        from embedx.analysis.results import to_jsonable
+        from embedx.analysis.typed import to_jsonable
 
         return to_jsonable({**self.probe.to_dict(), **own})
 

@@ -24,16 +24,15 @@ Fairness result (one per target x sensitive attribute or intersection)::
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from embedx._version import __version__
 from embedx.analysis.probe_result import VERDICT_ENCODED, VERDICT_NOT_FOUND, verdict_text
+from embedx.analysis.typed import to_jsonable
 from embedx.errors import EmbedxError
 
 __all__ = [
@@ -72,28 +71,6 @@ FAIRNESS_FIELDS = (
     "demographic_parity_difference",
     "equalized_odds_difference",
 )
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Recursively turn numpy / pandas values into JSON types; NaN and infinities become None."""
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [to_jsonable(v) for v in obj.tolist()]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        value = float(obj)
-        return None if math.isnan(value) or math.isinf(value) else value
-    if obj is None or isinstance(obj, str):
-        return obj
-    if obj is pd.NA or obj is pd.NaT:
-        return None
-    return str(obj)
 
 
 def _safe_key(text: str) -> str:

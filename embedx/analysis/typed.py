@@ -9,11 +9,15 @@ fresh ones is the same code. `to_dict()` gives the plain JSON document that the 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import fields
 from typing import Any, ClassVar, TypeVar
 
-__all__ = ["JsonResult"]
+import numpy as np
+import pandas as pd
+
+__all__ = ["JsonResult", "to_jsonable"]
 
 T = TypeVar("T", bound="JsonResult")
 
@@ -27,8 +31,6 @@ class JsonResult(Mapping[str, Any]):
     tuple_fields: ClassVar[tuple[str, ...]] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        from embedx.analysis.results import to_jsonable
-
         out = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
         for name in self.omit_if_none:
             if out.get(name) is None:
@@ -66,3 +68,25 @@ class JsonResult(Mapping[str, Any]):
         return len(self._json())
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Recursively turn numpy / pandas values into JSON types; NaN and infinities become None."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [to_jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        return None if math.isnan(value) or math.isinf(value) else value
+    if obj is None or isinstance(obj, str):
+        return obj
+    if obj is pd.NA or obj is pd.NaT:
+        return None
+    return str(obj)
