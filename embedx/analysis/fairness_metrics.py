@@ -47,6 +47,7 @@ from embedx.analysis.fairness_gaps import (
 )
 from embedx.analysis.stats import (
     SubjectIndex,
+    auc_weighted,
     count_dropped,
     normal_interval,
     percentile_ci,
@@ -160,6 +161,34 @@ def _subject_counts(labels: np.ndarray, groups: np.ndarray, flags: np.ndarray | 
     return frame.groupby("g")["s"].nunique()
 
 
+def _auc_ece_replicates(
+    codes: np.ndarray,
+    y: np.ndarray,
+    prob: np.ndarray,
+    index: SubjectIndex,
+    n_groups: int,
+    rules: GroupRules,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group AUC and ECE over subject resamples, as weighted statistics (one sort per group serves every
+    resample): (n_bootstrap_auc, groups) each, NaN where a resample leaves a group without a class."""
+    auc = np.full((rules.n_bootstrap_auc, n_groups), np.nan)
+    ece = np.full((rules.n_bootstrap_auc, n_groups), np.nan)
+    bins = np.minimum((prob * rules.ece_bins).astype(int), rules.ece_bins - 1)
+    for start in range(0, rules.n_bootstrap_auc, 64):
+        step = min(64, rules.n_bootstrap_auc - start)
+        weights = index.weights(step, rng)[:, index.codes]  # subject multiplicities on their rows
+        for j in range(n_groups):
+            rows = np.flatnonzero(codes == j)
+            w = weights[:, rows]
+            auc[start : start + step, j] = auc_weighted(prob[rows], y[rows].astype(bool), w)
+            onehot = np.eye(rules.ece_bins)[bins[rows]]
+            gap = np.abs((w * y[rows]) @ onehot - (w * prob[rows]) @ onehot).sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ece[start : start + step, j] = np.where(w.sum(axis=1) > 0, gap / w.sum(axis=1), np.nan)
+    return auc, ece
+
+
 def fairness_from_predictions(
     name: str,
     labels: np.ndarray,
@@ -225,15 +254,7 @@ def fairness_from_predictions(
         for k in RATE_METRICS:
             rate_reps[k].append(boot[k])
     reps = {k: np.concatenate(v) if v else np.empty((0, len(names))) for k, v in rate_reps.items()}
-    auc_reps = np.full((rules.n_bootstrap_auc, len(names)), np.nan)
-    ece_reps = np.full((rules.n_bootstrap_auc, len(names)), np.nan)
-    for b in range(rules.n_bootstrap_auc):
-        rows = index.resample_rows(rng)
-        for j in range(len(names)):
-            sel = rows[codes[rows] == j]
-            if sel.size:
-                auc_reps[b, j] = safe_auc(yt[sel], yp[sel], pr[sel])
-                ece_reps[b, j] = expected_calibration_error(yt[sel], yp[sel], pr[sel], rules.ece_bins)
+    auc_reps, ece_reps = _auc_ece_replicates(codes, yt, pr, index, len(names), rules, rng)
 
     by_group: dict[str, dict[str, Any]] = {}
     for j, g in enumerate(names):

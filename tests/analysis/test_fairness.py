@@ -248,3 +248,33 @@ def test_too_small_counts_subjects_not_images() -> None:
     d = out["by_group"]["D"]
     assert d["n"] == 40 and d["n_subjects"] == 10 and d["too_small"]
     assert "D" in out["groups_excluded_from_gaps"]
+
+
+def test_weighted_auc_and_ece_resamples_match_explicit_subject_resamples() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from embedx.analysis.fairness_metrics import _auc_ece_replicates, expected_calibration_error
+    from embedx.analysis.stats import SubjectIndex, percentile_ci
+
+    rng = np.random.default_rng(0)
+    subjects = np.repeat(np.arange(300), rng.integers(1, 4, 300))
+    y = (rng.random(len(subjects)) < 0.3).astype(int)
+    prob = np.clip(0.3 * y + rng.uniform(0, 0.7, len(subjects)), 0, 1)
+    index = SubjectIndex(subjects)
+    auc, ece = _auc_ece_replicates(
+        np.zeros(len(y), dtype=int),
+        y,
+        prob,
+        index,
+        1,
+        GroupRules(n_bootstrap_auc=1500),
+        np.random.default_rng(1),
+    )
+    explicit = np.array(
+        [
+            (roc_auc_score(y[rows], prob[rows]), expected_calibration_error(y[rows], None, prob[rows]))
+            for rows in (index.resample_rows(np.random.default_rng(2 + b)) for b in range(1500))
+        ]
+    )
+    np.testing.assert_allclose(percentile_ci(auc[:, 0]), percentile_ci(explicit[:, 0]), atol=0.012)
+    np.testing.assert_allclose(percentile_ci(ece[:, 0]), percentile_ci(explicit[:, 1]), atol=0.012)
