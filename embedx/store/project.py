@@ -10,8 +10,11 @@ the old points stay where users have learned them:
   stored coordinates and the stored latents of those rows (affinities recomputed with the same perplexity
   and seed) and `transform` optimises only the new points against the fixed map. Nothing opaque is
   stored, at the cost of recomputing the reference kNN graph (seconds at 50k).
-- UMAP: the fitted `umap.UMAP` object is pickled into the store (umap has no other way to transform), so
-  `--transform-new` unpickles data from the store: use it only on stores you trust (that you made).
+- UMAP: nothing but numbers is stored (a shared store must never run code, so the fitted `umap.UMAP` object
+  is not pickled into it, and a `model_pickle` left by an older embedx is never read). New points are placed
+  the way UMAP's own `transform` starts: at the membership-weighted mean of the map positions of their
+  `n_neighbors` nearest fitted rows in latent space (weights exp(-(d - d_nearest) / sigma), sigma the mean
+  neighbour distance above the nearest), from the stored latents and coordinates alone.
 - PCA: components and mean are stored as arrays.
 Placed points get status 2 in `/projection_state/<model>/<method>/status` so that plots can flag them.
 """
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import time
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -94,7 +96,7 @@ def _fit(method: str, X: np.ndarray, params: dict[str, Any]) -> tuple[np.ndarray
 
         reducer = umap.UMAP(n_components=2, **params)
         coords = reducer.fit_transform(X)
-        return np.asarray(coords, dtype=np.float32), {"model_pickle": np.void(pickle.dumps(reducer))}
+        return np.asarray(coords, dtype=np.float32), {}
     from sklearn.decomposition import PCA
 
     pca = PCA(n_components=2, random_state=params["random_state"]).fit(X)
@@ -122,11 +124,21 @@ def _transform(method: str, X_ref: np.ndarray, Y_ref: np.ndarray, X_new: np.ndar
         )
         return np.asarray(reference.transform(X_new), dtype=np.float32)
     if method == "umap":
-        if "model_pickle" not in state:
-            raise StoreError("this UMAP map has no saved model; refit it without --transform-new")
-        reducer = pickle.loads(state["model_pickle"].tobytes())
-        return np.asarray(reducer.transform(X_new), dtype=np.float32)
+        return place_by_neighbours(X_ref, Y_ref, X_new, int(params.get("n_neighbors", 15)))
     return ((X_new - state["mean"]) @ state["components"].T).astype(np.float32)
+
+
+def place_by_neighbours(X_ref: np.ndarray, Y_ref: np.ndarray, X_new: np.ndarray, k: int) -> np.ndarray:
+    """New points at the membership-weighted mean map position of their k nearest reference rows."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = int(max(1, min(k, len(X_ref))))
+    distances, neighbours = NearestNeighbors(n_neighbors=k).fit(X_ref).kneighbors(X_new)
+    above = distances - distances[:, :1]
+    sigma = np.maximum(above.mean(axis=1, keepdims=True), 1e-12)
+    weights = np.exp(-above / sigma)
+    weights /= weights.sum(axis=1, keepdims=True)
+    return np.einsum("nk,nkc->nc", weights, Y_ref[neighbours]).astype(np.float32)
 
 
 def _library(method: str) -> tuple[str, str]:

@@ -107,8 +107,23 @@ def test_umap_fit_and_transform(tmp_path):
     path = _clustered_store(tmp_path / "s.h5", n=300)
     (result,) = project(str(path), "umap", n_neighbors=10)
     assert result.trustworthiness > TRUST_BOUND
+    with Store.open(path) as store:
+        assert store.projection_state("m", "umap") == {}  # nothing but coordinates and numbers is stored
     new_rows = _add_new(path, 20)
+    # a crafted store: a pickle that would run code if anything unpickled it (older embedx did)
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):  # noqa: ANN204
+            return (open, (str(marker), "w"))
+
+    with Store.open(path, "a") as store:
+        state = store._state_group("m", "umap", create=True)
+        state.create_dataset("model_pickle", data=np.void(pickle.dumps(Payload())))
     (result,) = project(str(path), "umap", transform_new=True)
+    assert not marker.exists(), "a store made embedx run code"
     assert result.n_transformed == 20
     with Store.open(path) as store:
         assert store.projection_info("m", "umap")["params"]["n_neighbors"] == 10
