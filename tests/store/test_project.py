@@ -116,7 +116,7 @@ def test_umap_fit_and_transform(tmp_path):
     marker = tmp_path / "pwned"
 
     class Payload:
-        def __reduce__(self):  # noqa: ANN204
+        def __reduce__(self):
             return (open, (str(marker), "w"))
 
     with Store.open(path, "a") as store:
