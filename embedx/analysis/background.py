@@ -36,6 +36,7 @@ from embedx.analysis.probe_core import ProbeConfig, cross_validated_probe
 from embedx.analysis.probe_result import ProbeResult
 from embedx.analysis.typed import JsonResult
 from embedx.errors import EmbedxError, ImageReadError
+from embedx.privacy import scrub_path
 from embedx.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ def extract_patches(
             try:
                 array = load_image(path, cfg)
             except ImageReadError as err:
-                failed.append({"row": int(row), "reason": err.reason})
+                failed.append({"row": int(row), "reason": scrub_path(err.reason, path)})
                 advance()
                 continue
             images.append(array.mean(axis=0))  # channels averaged: the background is the same in each

@@ -38,6 +38,7 @@ from embedx.data.manifest import Manifest, load_manifest
 from embedx.data.preprocess import PreprocessConfig
 from embedx.data.splits import train_val_test_split
 from embedx.errors import EmbedxError
+from embedx.privacy import scrub_path
 from embedx.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,9 @@ def shift_experiment(
         "summary": summary,
         "gaps": _gaps(summary, groups),
         "skipped": skipped,
-        "failed": [{"row": int(r), "reason": reason} for r, reason in failed],
+        # shift.json is shared: a failure names its manifest row, never its path (folders carry names)
+        "failed": [{"row": int(r), "reason": scrub_path(reason, man.absolute_path(int(r)))}
+                   for r, reason in failed],
     }
 
 

@@ -27,6 +27,7 @@ from embedx.data.dataset import ImageDataset, make_loader
 from embedx.data.images import NIFTI_SUFFIXES
 from embedx.data.manifest import Manifest, load_manifest
 from embedx.errors import EmbedxError, StoreError
+from embedx.privacy import scrub_path
 from embedx.progress import progress_bar
 from embedx.store.h5store import THUMB_SIZE, Store, escape_name, now_iso
 from embedx.store.shards import ShardWriter, merge_shards, shard_dir
@@ -341,7 +342,10 @@ def encode(
 
         if main:
             assert store is not None
-            store.set_failed(name, [f[0] for f in failed], [f[1] for f in failed])
+            # the store is shared: a failure's reason keeps no trace of the file's path (often a name)
+            row_of = {sid: i for i, sid in enumerate(ids.tolist())} if failed else {}
+            reasons = [scrub_path(reason, man.absolute_path(row_of[sid])) for sid, reason in failed]
+            store.set_failed(name, [f[0] for f in failed], reasons)
             store.set_embedding_attrs(name, date_finished=now_iso(), n_failed=len(failed))
             done = int(store.encoded_mask(name)[rows].sum())
             result = EncodeResult(

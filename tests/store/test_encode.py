@@ -99,18 +99,27 @@ def test_unreadable_images_skipped_and_listed(cohort, vae_run, tmp_path):
     table = load_manifest(cohort).table.iloc[:40].reset_index(drop=True)
     bad = cohort.parent / "images" / "corrupt.png"
     bad.write_bytes(b"\x89PNG not really")
+    (cohort.parent / "DOE^JOHN_MRN1234567").mkdir(exist_ok=True)
+    bad_named = cohort.parent / "DOE^JOHN_MRN1234567" / "MR_small.png"
+    bad_named.write_bytes(b"not an image at all")
     table.loc[3, "path"] = "images/corrupt.png"
     table.loc[5, "path"] = "images/does-not-exist.png"
+    table.loc[7, "path"] = "DOE^JOHN_MRN1234567/MR_small.png"  # a folder named after the patient
     manifest = write_manifest(table, cohort.parent / "m-bad.csv", load_manifest(cohort).schema)
     result = encode(vae_run, manifest, tmp_path / "s.h5", batch_size=8, workers=0)
     ids = load_manifest(manifest, check_files=False).sample_ids()
-    assert sorted(s for s, _ in result.failed) == sorted([ids[3], ids[5]])
+    assert sorted(s for s, _ in result.failed) == sorted([ids[3], ids[5], ids[7]])
+    assert any("corrupt.png" in reason for _, reason in result.failed)  # the user's terminal names the file
     with Store.open(tmp_path / "s.h5") as store:
         mask = store.encoded_mask("vae-tiny")
-        assert mask.sum() == 38 and not mask[3] and not mask[5]
+        assert mask.sum() == 37 and not mask[3] and not mask[5] and not mask[7]
         failed = store.failed("vae-tiny")
-        assert set(failed["sample_id"]) == {ids[3], ids[5]}
-        assert failed["reason"].str.contains("corrupt.png|does-not-exist.png").all()
+        assert set(failed["sample_id"]) == {ids[3], ids[5], ids[7]}
+        assert failed["reason"].str.contains("<file>").all()  # the store, which is shared, does not
+        assert not failed["reason"].str.contains("corrupt.png|does-not-exist|DOE|MRN|MR_small").any()
+        assert failed["reason"].str.contains("does not exist|not a readable image|corrupt").all()
+    raw = (tmp_path / "s.h5").read_bytes()
+    assert b"DOE^JOHN" not in raw and b"MRN1234567" not in raw
 
 
 def test_a_manifest_whose_first_images_all_fail_is_refused_before_the_store_exists(cohort, vae_run, tmp_path):
