@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from embedx.data.schema import (
+    MOSTLY_NUMERIC,
     RESERVED_COLUMNS,
     AttributeSpec,
     read_schema,
@@ -53,6 +54,8 @@ class Manifest:
     source: Path | None
     root: Path
     schema: dict[str, AttributeSpec] = field(default_factory=dict)
+    # text values of continuous columns that were read as missing: {column: {text: rows}}
+    text_as_missing: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def attributes(self) -> list[str]:
@@ -162,10 +165,31 @@ def _read_table(path: Path, problems: list[str]) -> tuple[pd.DataFrame, list[int
     return table, lines
 
 
+def _text_to_missing(table: pd.DataFrame, name: str, where: str) -> dict[str, int]:
+    """A continuous column's text values ("unknown", "89+") become missing; say which, and how many."""
+    column = table[name]
+    numeric = pd.to_numeric(column, errors="coerce")
+    text = column[numeric.isna() & column.notna()].astype(str).value_counts()
+    if len(text):
+        shown = ", ".join(f"{v!r} x{c}" for v, c in text.head(8).items())
+        log.warning(
+            "%s: column %r is continuous; %d text value(s) (%s) are not numbers and count as missing. "
+            "If they mean something (89+ = 89 or older), recode them in the manifest.",
+            where, name, int(text.sum()), shown + (" ..." if len(text) > 8 else ""),
+        )
+    table[name] = numeric
+    return {str(k): int(v) for k, v in text.items()}
+
+
 def _check_values(
-    table: pd.DataFrame, schema: dict[str, AttributeSpec], lines: list[int] | None, problems: list[str]
+    table: pd.DataFrame,
+    schema: dict[str, AttributeSpec],
+    lines: list[int] | None,
+    problems: list[str],
+    path_name: str = "manifest",
 ) -> None:
-    """Declared kinds must fit the values: numbers in continuous columns, at most two values in binary."""
+    """Declared kinds must fit the values: numbers in continuous columns (a few text values, under 20 %,
+    count as missing and are named), at most two values in binary."""
     for name, spec in schema.items():
         if name not in table.columns:
             continue
@@ -173,14 +197,14 @@ def _check_values(
         if spec.kind == "continuous" and not pd.api.types.is_numeric_dtype(column):
             numeric = pd.to_numeric(column, errors="coerce")
             bad_rows = np.flatnonzero(numeric.isna().to_numpy() & column.notna().to_numpy())
-            if len(bad_rows):
+            if len(bad_rows) > (1 - MOSTLY_NUMERIC) * column.notna().sum():
                 items = [f"{_where(int(r), lines)}: {column.iloc[r]!r}" for r in bad_rows]
                 problems.append(
                     f"column {name!r} is declared continuous but {len(bad_rows)} value(s) are not numbers:"
                     + _capped(items)
                 )
             else:
-                table[name] = numeric
+                _text_to_missing(table, name, path_name)
         if spec.kind == "binary":
             values = column.dropna().unique()
             if len(values) > 2:
@@ -264,7 +288,7 @@ def load_manifest(
         declared.update(read_schema(sidecar))
     if schema_file is not None:
         declared.update(read_schema(schema_file))
-    _check_values(table, declared, lines, problems)
+    _check_values(table, declared, lines, problems, path.name)
 
     if problems:
         raise ManifestError(
@@ -276,7 +300,11 @@ def load_manifest(
     columns = ["path", "subject_id"] + [c for c in table.columns if c not in RESERVED_COLUMNS]
     table = table[columns].reset_index(drop=True)
     schema = resolve_schema(table, declared)
-    manifest = Manifest(table=table, source=path, root=root, schema=schema)
+    text_values = {}
+    for name, spec in schema.items():
+        if spec.inferred and spec.kind == "continuous" and not pd.api.types.is_numeric_dtype(table[name]):
+            text_values[name] = _text_to_missing(table, name, path.name)  # mostly numbers, a few words
+    manifest = Manifest(table=table, source=path, root=root, schema=schema, text_as_missing=text_values)
     inferred = [f"{n} ({s.kind}/{s.role})" for n, s in schema.items() if s.inferred]
     if inferred:
         log.warning(
@@ -352,6 +380,10 @@ def summarize_manifest(manifest: Manifest) -> str:
             f"{name:<{width}}  {spec.kind:<11}  {spec.role:<11}  {mark:<10}  {pct:>13}  "
             f"{_values_summary(table[name], spec)}"
         )
+    for name, text in manifest.text_as_missing.items():
+        if text:
+            shown = ", ".join(f"{v!r} x{c}" for v, c in list(text.items())[:8])
+            lines.append(f"{name}: text values counted as missing (recode any that mean a number): {shown}")
     if any(s.inferred for s in manifest.schema.values()):
         sidecar = sidecar_path(manifest.source) if manifest.source else "a sidecar <manifest>.yaml"
         lines.append(f"(inferred) kinds/roles were guessed from the values and names; pin them in {sidecar}")

@@ -148,12 +148,41 @@ def infer_role(name: str) -> str:
     return "clinical"
 
 
+# A column whose values are at least this share numbers is numeric with a few text values ("unknown",
+# "89+", "n/a"): it is read as continuous with those values missing, and the user is told which they were.
+MOSTLY_NUMERIC = 0.8
+
+
+def text_among_numbers(values: pd.Series) -> dict[str, int] | None:
+    """The text values of a mostly numeric column with their counts; None when it is not mostly numeric.
+
+    "Mostly numeric" means at least `MOSTLY_NUMERIC` of the present values are numbers and those numbers
+    alone would read as continuous (non-integer, or many distinct values).
+    """
+    present = values.dropna()
+    if present.empty or pd.api.types.is_numeric_dtype(present):
+        return None
+    numeric = pd.to_numeric(present, errors="coerce")
+    share = float(numeric.notna().mean())
+    if share < MOSTLY_NUMERIC or share == 1.0:
+        return None
+    numbers = numeric.dropna()
+    non_integer = bool(np.any(np.abs(numbers - np.round(numbers)) > 1e-9))
+    if not (non_integer or numbers.nunique() >= CONTINUOUS_MIN_DISTINCT):
+        return None
+    text = present[numeric.isna()].astype(str).value_counts()
+    return {str(k): int(v) for k, v in text.items()}
+
+
 def infer_kind(values: pd.Series) -> str:
     """Guess the kind from the non-missing values.
 
-    Two distinct values -> binary; numeric with non-integer values or many distinct values -> continuous;
-    everything else (strings, few integer codes) -> categorical.
+    Two distinct values -> binary; numeric with non-integer values or many distinct values -> continuous
+    (also when a few values are text, see `text_among_numbers`); everything else (strings, few integer
+    codes) -> categorical.
     """
+    if text_among_numbers(values) is not None:
+        return "continuous"
     present = values.dropna()
     distinct = present.unique()
     if len(distinct) == 2:

@@ -197,3 +197,33 @@ def test_summary_for_data_check(cohort):
     assert "(inferred)" in age_line
     finding_line = next(line for line in text.splitlines() if line.startswith("finding"))
     assert "(inferred)" not in finding_line
+
+
+def test_a_numeric_column_with_a_few_text_values_is_continuous_and_says_which(tmp_path, caplog) -> None:
+    """Ages with 'unknown', '89+' and 'n/a' among them: continuous, the text rows missing and named —
+    not a 100-level category. Declared continuous, the same; mostly text, an error naming the rows."""
+    import logging
+
+    from embedx.data.manifest import load_manifest, summarize_manifest
+
+    rng = np.random.default_rng(0)
+    ages = [f"{a:.0f}" for a in rng.uniform(20, 88, 97)] + ["unknown", "89+", "n/a"]
+    for i in range(100):
+        (tmp_path / f"{i}.png").write_bytes(b"")
+    pd.DataFrame({"path": [f"{i}.png" for i in range(100)], "age": ages}).to_csv(
+        tmp_path / "m.csv", index=False
+    )
+    with caplog.at_level(logging.WARNING):
+        manifest = load_manifest(tmp_path / "m.csv", check_files=False)
+    assert manifest.schema["age"].kind == "continuous"
+    assert manifest.table["age"].isna().sum() == 3  # "n/a" is read as missing by the CSV reader itself
+    assert manifest.text_as_missing["age"] == {"unknown": 1, "89+": 1}
+    assert "'89+'" in caplog.text and "count as missing" in caplog.text
+    assert "'unknown' x1" in summarize_manifest(manifest)
+    (tmp_path / "m.yaml").write_text("attributes:\n  age: {kind: continuous, role: demographic}\n")
+    declared = load_manifest(tmp_path / "m.csv", check_files=False)
+    assert declared.table["age"].isna().sum() == 3 and not declared.schema["age"].inferred
+    words = pd.DataFrame({"path": [f"{i}.png" for i in range(100)], "age": ["old"] * 50 + ["42"] * 50})
+    words.to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(ManifestError, match="declared continuous but 50 value"):
+        load_manifest(tmp_path / "m.csv", check_files=False)
