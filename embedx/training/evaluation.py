@@ -24,8 +24,12 @@ from embedx.training.figures import save_confusion_matrix, save_image_grid
 
 
 def _batches(dataset: ImageDataset, rows: range | list[int], batch_size: int, workers: int,
-             device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+             device: torch.device, failed: dict[int, str] | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of the readable images; an unreadable one is skipped and recorded in `failed` (row: reason)."""
     for batch in shard_loader(dataset, list(rows), batch_size, workers):
+        if failed is not None:
+            for row, reason in batch.get("failed", []):
+                failed.setdefault(int(row), reason)
         if len(batch["row"]) == 0:
             continue
         out = {"image": batch["image"].to(device)}
@@ -34,7 +38,8 @@ def _batches(dataset: ImageDataset, rows: range | list[int], batch_size: int, wo
         yield out
 
 
-def _validation(model: nn.Module, data: RunData, config: TrainConfig, accelerator: Any) -> dict[str, float]:
+def _validation(model: nn.Module, data: RunData, config: TrainConfig, accelerator: Any,
+                failed: dict[int, str] | None = None) -> dict[str, float]:
     """Mean validation loss and its parts; CNN: accuracy, balanced accuracy and the confusion matrix;
     DAE: the z_sem-usage gap (loss with z_sem shuffled across the batch minus with the right one)."""
     assert data.val is not None
@@ -46,7 +51,7 @@ def _validation(model: nn.Module, data: RunData, config: TrainConfig, accelerato
     k = len(data.classes) if data.classes else 0
     confusion = torch.zeros((k, k), dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(config.optim.seed + 104729 + rank)
-    for batch in _batches(data.val, range(rank, n, world), local_batch, 0, device):
+    for batch in _batches(data.val, range(rank, n, world), local_batch, 0, device, failed):
         size = batch["image"].shape[0]
         loss, parts = model.training_loss(batch)
         values = {**parts, "loss": float(loss)}
@@ -98,8 +103,11 @@ def _eval_images(data: RunData, count: int) -> torch.Tensor | None:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: RunData, config: TrainConfig, run_dir: Path, *, step: int,
-             samples: int, accelerator: Any) -> dict[str, float]:
-    """Validation metrics (all processes) and the eval PNG (main process); returns the metrics."""
+             samples: int, accelerator: Any, failed: dict[int, str] | None = None) -> dict[str, float]:
+    """Validation metrics (all processes) and the eval PNG (main process); returns the metrics.
+
+    Unreadable validation images are recorded in `failed` (row: reason), so the run's skipped.csv lists them
+    with the training ones."""
     was_training = model.training
     model.eval()
     device = accelerator.device
@@ -108,7 +116,7 @@ def evaluate(model: nn.Module, data: RunData, config: TrainConfig, run_dir: Path
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.optim.seed + 7919 + accelerator.process_index)
         if data.val is not None:
-            values = _validation(model, data, config, accelerator)
+            values = _validation(model, data, config, accelerator, failed)
         if accelerator.is_main_process:
             folder = Path(run_dir) / "eval"
             title = f"{config.model} after {samples:,} samples (step {step})"

@@ -34,6 +34,8 @@ from embedx.training.metrics import MetricsLog
 
 log = logging.getLogger(__name__)
 
+NO_IMAGE_STEPS = 8  # batches without one readable image after which a run stops instead of shipping noise
+
 # Keys that may change when a run is resumed: how long it runs and how often it reports, not what it learns.
 RESUMABLE_CHANGES = ("optim.total_samples", "optim.eval_every_samples", "optim.checkpoint_every_samples",
                      "optim.log_every_samples", "optim.keep_checkpoints", "data.workers", "eval.")
@@ -266,6 +268,7 @@ def train(config: TrainConfig, manifest_path: str | Path, out_dir: str | Path | 
             torch.manual_seed(opt.seed * 1000 + rank + step)
     metrics = MetricsLog(run_dir, enabled=main, resume_step=step if restored is not None else None)
     failed: dict[int, str] = {}
+    images_used = 0  # readable training images seen, over all processes
     device = accelerator.device
 
     def data_state() -> dict[str, Any]:
@@ -275,7 +278,7 @@ def train(config: TrainConfig, manifest_path: str | Path, out_dir: str | Path | 
     def run_eval() -> None:
         final = _final_model(accelerator.unwrap_model(wrapped).model, ema)
         values = evaluate(final, data, config, run_dir, step=step, samples=step * opt.batch_size,
-                          accelerator=accelerator)
+                          accelerator=accelerator, failed=failed)
         metrics.log(step, step * opt.batch_size, "val", values)
 
     bar = progress_bar(opt.total_samples, f"train {config.model}", unit="img") if main else nullcontext(None)
@@ -290,6 +293,9 @@ def train(config: TrainConfig, manifest_path: str | Path, out_dir: str | Path | 
             usable = torch.tensor([len(batch["row"])], device=device)
             if world > 1:
                 usable = accelerator.gather(usable)
+            images_used += int(usable.sum())
+            if images_used == 0 and step + 1 >= min(total_steps, NO_IMAGE_STEPS):
+                _refuse_unreadable(run_dir, failed, manifest, step + 1)
             wrapped.train()
             if bool((usable > 0).all()):
                 loss, parts = wrapped(_to_device(batch, device))
@@ -354,6 +360,16 @@ def train(config: TrainConfig, manifest_path: str | Path, out_dir: str | Path | 
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run_dir
+
+
+def _refuse_unreadable(run_dir: Path, failed: dict[int, str], manifest: Any, steps: int) -> None:
+    """Stop a run that has not read one image: it would otherwise ship an untrained model and exit 0."""
+    _write_skipped(run_dir, failed, manifest)
+    first = "; ".join(f"row {r + 1}: {reason}" for r, reason in sorted(failed.items())[:3])
+    raise EmbedxError(
+        f"no training image could be read in the first {steps} batches ({len(failed)} unreadable, listed in "
+        f"{run_dir / 'skipped.csv'}); check the manifest's paths and formats. First: {first or 'none'}"
+    )
 
 
 def _gather_failed(accelerator: Any, failed: dict[int, str]) -> dict[int, str]:

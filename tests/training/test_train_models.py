@@ -77,3 +77,41 @@ def test_short_run_learns_logs_and_round_trips(cohort: Path, tiny_config, tmp_pa
         after = torch.mean((loaded.model.reconstruct(images) - images) ** 2)
         before = torch.mean((untrained.reconstruct(images) - images) ** 2)
         assert after < 0.5 * before, (float(after), float(before))
+
+
+def test_a_run_that_reads_no_image_stops_with_the_reasons(cohort: Path, tiny_config, tmp_path: Path) -> None:
+    """Every file there but unreadable (another format): the run stops after a few batches with a clear error
+    and ships no model (it used to train on nothing and exit 0)."""
+    from embedx.data.manifest import write_manifest
+    from embedx.errors import EmbedxError
+
+    man = load_manifest(cohort)
+    table = man.table.copy()
+    (tmp_path / "junk").mkdir()
+    for i in range(len(table)):
+        (tmp_path / "junk" / f"{i}.png").write_bytes(b"this is not an image")
+    table["path"] = [f"junk/{i}.png" for i in range(len(table))]
+    manifest = write_manifest(table, tmp_path / "wrong.csv", man.schema)
+    with pytest.raises(EmbedxError, match="no training image could be read"):
+        train(tiny_config("vae"), manifest, tmp_path / "run")
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    assert len(pd.read_csv(tmp_path / "run" / "skipped.csv")) >= 8
+
+
+def test_unreadable_validation_images_are_listed_with_the_training_ones(
+    cohort: Path, tiny_config, tmp_path: Path
+) -> None:
+    from embedx.data.manifest import write_manifest
+    from embedx.training.data import build_datasets
+
+    man = load_manifest(cohort)
+    config = tiny_config("vae")
+    data = build_datasets(man, config)
+    val_row = int(data.val.rows[0])
+    table = man.table.copy()
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    table.loc[val_row, "path"] = str(tmp_path / "broken.png")
+    manifest = write_manifest(table, cohort.parent / "one-broken-val.csv", man.schema)
+    run_dir = train(config, manifest, tmp_path / "run")
+    skipped = pd.read_csv(run_dir / "skipped.csv")
+    assert val_row in set(skipped["row"])  # a validation image: not in any training batch
