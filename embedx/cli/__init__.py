@@ -57,6 +57,11 @@ def main() -> None:
     except EmbedxError as error:
         console.print(f"[bold red]error:[/] {error}")
         sys.exit(2)
+    except OSError as error:  # a path the user gave cannot be written or read: theirs to fix, not a bug
+        where = f"{error.filename}: " if error.filename else ""
+        hint = " (the disk is full)" if error.errno == 28 else ""
+        console.print(f"[bold red]error:[/] {where}{error.strerror or error}{hint}")
+        sys.exit(2)
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
     except (typer.Abort, KeyboardInterrupt):

@@ -79,6 +79,8 @@ def check_manifest_fits_run(run: object, manifest: Manifest) -> None:
     before the store is touched.
     """
     paths = manifest.table["path"].astype(str).tolist()
+    if not paths:
+        raise EmbedxError(f"{manifest.source}: the manifest has a header but no rows; nothing to encode")
     info = getattr(run, "info", {}) or {}
     train_manifest = info.get("manifest")
     if train_manifest and Path(train_manifest).exists():

@@ -243,7 +243,13 @@ class Store:
                 file = h5py.File(path, "r+" if mode == "a" else "r", locking=False)
             except (OSError, BlockingIOError) as err:
                 text = str(err)
-                if "lock" in text.lower():
+                lowered = text.lower()
+                if "truncated file" in lowered:
+                    raise StoreError(
+                        f"{path} is truncated (an interrupted copy or a full disk?): it is shorter than its "
+                        f"header says ({text}); copy it again or re-encode"
+                    ) from err
+                if any(w in lowered for w in ("file lock", "unable to lock", "temporarily unavailable")):
                     raise StoreError(
                         f"{path} is held by another process's HDF5 file lock; close it first ({text})"
                     ) from err

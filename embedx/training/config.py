@@ -309,9 +309,13 @@ def validate_config(data: Mapping[str, Any], sources: Mapping[str, str] | None =
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the config file ({err.strerror})") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not a text file (byte {err.start} is not UTF-8); a config is a YAML file"
+        ) from err
     try:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as err:
