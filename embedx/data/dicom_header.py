@@ -163,6 +163,7 @@ def read_header(path: Path, salt: str) -> dict[str, Any]:
     since some of them quote element values.
     """
     import pydicom
+    from pydicom.errors import InvalidDicomError
 
     pyd_log = logging.getLogger("pydicom")
     level = pyd_log.level
@@ -172,6 +173,17 @@ def read_header(path: Path, salt: str) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except InvalidDicomError:
+                # Old files may lack the 128-byte preamble and 'DICM' marker (as the field's viewers accept):
+                # read them as a bare dataset, and keep them only when they carry an image header.
+                try:
+                    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+                except Exception:
+                    ds = None
+                if ds is None or "Rows" not in ds:
+                    raise DicomHeaderError(
+                        f"{path}: not a DICOM file (no 'DICM' marker and no image header)"
+                    ) from None
             except Exception as err:  # any parse failure: report the type only, messages may quote values
                 raise DicomHeaderError(f"{path}: not a readable DICOM file ({type(err).__name__})") from None
             if str(ds.file_meta.get("MediaStorageSOPClassUID", "")) == "1.2.840.10008.1.3.10":

@@ -255,3 +255,19 @@ def test_scan_errors(tmp_path: Path) -> None:
     (tmp_path / "empty" / "readme.txt").write_text("x")
     with pytest.raises(EmbedxError, match="no usable images"):
         scan_to_manifest(tmp_path / "empty", tmp_path / "m.csv", salt="x")
+
+
+def test_a_dicom_file_without_preamble_is_scanned_not_skipped(tmp_path: Path) -> None:
+    """pydicom-data's OT-PAL-8-face.dcm has no 128-byte preamble or 'DICM' marker; viewers read it, so does
+    `data scan` (a text file that merely ends in .dcm is still skipped)."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from embedx.data.scan import scan_folder
+
+    shutil.copy(get_testdata_file("OT-PAL-8-face.dcm"), tmp_path / "face.dcm")
+    (tmp_path / "notes.dcm").write_text("not an image")
+    result = scan_folder(tmp_path, salt="test")
+    assert len(result.table) == 1 and str(result.table["path"].iloc[0]).endswith("face.dcm")
+    assert [Path(p).name for p, _ in result.skipped] == ["notes.dcm"]
