@@ -207,7 +207,10 @@ def read_dicom(
         uid = str(tsyntax) if tsyntax is not None else "unknown"
         name = getattr(tsyntax, "name", uid)
         message = str(err)
-        if isinstance(err, NotImplementedError) or "missing dependencies" in message:
+        # "Pillow does not support 'JPEG Extended' for samples with 12-bit precision": the installed decoder
+        # cannot do this variant, which is a missing decoder, not damaged data
+        unsupported = "does not support" in message or "not supported" in message
+        if isinstance(err, NotImplementedError) or "missing dependencies" in message or unsupported:
             hint = _DECODER_HINTS.get(uid, "a pydicom pixel-data plugin (pylibjpeg or python-gdcm)")
             reason = f"unsupported transfer syntax {name} ({uid}): install {hint} to decode it"
         else:  # a decoder is installed but failed on this file's data

@@ -324,3 +324,15 @@ def test_corrupt_and_truncated_png(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(ImageReadError, match="does not exist"):
         read_image(tmp_path / "nope.png")
+
+
+def test_a_12_bit_jpeg_extended_dicom_names_the_missing_decoder_not_corruption():
+    """Pillow decodes 8-bit JPEG Extended but refuses 12-bit samples: that is a missing decoder, and the
+    message says which to install (it used to call the file corrupt)."""
+    path = _real("JPEG-lossy.dcm")
+    try:
+        read_image(path)
+    except ImageReadError as err:
+        assert "corrupt" not in err.reason and "pylibjpeg" in err.reason and "JPEG Extended" in err.reason
+    else:
+        pytest.skip("a decoder for 12-bit JPEG Extended is installed here")
