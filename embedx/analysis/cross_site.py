@@ -69,6 +69,7 @@ class CrossSiteResult(JsonResult):
     site: str | None = None
     positive: str | None = None
     n_missing: int = 0
+    rows_encoded: int | None = None  # the model's encoded rows when this ran
     embedx_version: str = __version__
 
 
@@ -314,6 +315,7 @@ def cross_site(
         n_bootstrap=n_bootstrap,
         seed=seed,
     ).replace(
+        rows_encoded=int(mask.sum()),
         model=model, target=target, site=site, positive=positive_text, n_missing=int((~usable & mask).sum())
     )
     if write:

@@ -184,6 +184,7 @@ def fairness_arrays(
         )
     rules = cfg.rules
     base: dict[str, Any] = {
+        "rows_encoded": int(np.all(np.isfinite(X), axis=1).sum()),
         "model": model,
         "n_excluded": int(len(target) - len(rows)),
         "age_bands": list(cfg.age_edges) if cfg.age_edges else "<40, 40-59, 60-79, 80+",

@@ -113,6 +113,7 @@ class FairnessResult(JsonResult):
     operating_point: dict[str, Any] | None = None
     overall: dict[str, Any] = field(default_factory=dict)
     n_excluded: int = 0
+    rows_encoded: int | None = None  # the model's encoded rows when this ran
     min_group_n: int = 0
     min_group_class: int = 0
     unit_for_too_small: str = "subjects"

@@ -196,7 +196,11 @@ def cross_validated_probe(
     }
     missing = missing_mask(y)
     not_encoded = ~np.all(np.isfinite(X), axis=1)
-    base.update(n_missing=int(missing.sum()), n_not_encoded=int((not_encoded & ~missing).sum()))
+    base.update(
+        n_missing=int(missing.sum()),
+        n_not_encoded=int((not_encoded & ~missing).sum()),
+        rows_encoded=int((~not_encoded).sum()),
+    )
     keep = ~missing & ~not_encoded
     if continuous:
         try:

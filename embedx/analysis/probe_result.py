@@ -74,6 +74,7 @@ class ProbeResult(JsonResult):
     role: str | None = None
     stratum: str | None = None
     n_total: int = 0
+    rows_encoded: int | None = None  # the model's encoded rows when this ran (a later encode makes it stale)
     n_missing: int = 0
     n_not_encoded: int = 0
     n_subjects: int = 0

@@ -67,6 +67,7 @@ def store_snapshot(store_path: Any) -> dict[str, Any]:
             "subject_ids": np.asarray(store.subject_ids).astype(str),
             "projections": store.projections(),
             "embedding_info": {m: store.embedding_info(m) for m in models},
+            "encoded": {m: int(store.encoded_mask(m).sum()) for m in models},
             "probes": store.read_analysis("probes"),
             "calibration": store.read_analysis("calibration"),
             "fairness": store.read_analysis("fairness"),
@@ -146,16 +147,29 @@ def gather(
             f"{store_path}: the store holds no embeddings; run `embedx encode` before the report"
         )
     notes = col.notes
-    # Probes.
+    # Probes: every model x attribute of the store, computed on the rows encoded now.
+    attributes = set(snap["schema"])
     probes = latest_by(snap["probes"], ("model", "attribute"))
-    have = {p["model"] for p in probes}
-    missing = [m for m in models if m not in have]
-    if missing and run_missing:
-        log.info("report: running probes for %s", ", ".join(missing))
+    stale = {p["model"] for p in probes if not current(p, snap)}
+    partial = {m for m in models if attributes - {p["attribute"] for p in probes if p["model"] == m}} - stale
+    rerun = [m for m in models if m in stale or m in partial]
+    if rerun and run_missing:
+        log.info("report: running probes for %s", ", ".join(rerun))
         probes = latest_by(
-            probes + _run_probes(store_path, missing, probe_options, notes), ("model", "attribute")
+            [p for p in probes if p["model"] not in rerun]
+            + _run_probes(store_path, rerun, probe_options, notes),
+            ("model", "attribute"),
         )
-        notes.append(f"probes computed for the report (defaults) for: {', '.join(missing)}")
+        for what, chosen in (("on rows encoded since", stale), ("for attributes not probed", partial)):
+            named = [m for m in rerun if m in chosen]
+            if named:
+                notes.append(f"probes recomputed for the report ({what}): {', '.join(named)}")
+    elif rerun:
+        notes.append(
+            f"stored probes of {', '.join(rerun)} are partial or predate the latest encode; "
+            "rerun `embedx probe`"
+        )
+    probes = [p for p in probes if p["model"] in models and (p["attribute"] in attributes)]
     stored_families = sorted({int(p.get("family_size") or 0) for p in probes if not p.get("skipped")})
     probes = judge_family(probes)
     family = probes[0].family_size if probes else 0
@@ -167,14 +181,14 @@ def gather(
     # Target, fairness, cross-site.
     target = pick_target(snap["schema"], target)
     fairness: list[dict] = []
-    cross: list[dict] = [c for c in snap["controls"] if c.get("control") == "cross_site"]
+    cross: list[dict] = [c for c in snap["controls"] if c.get("control") == "cross_site" and current(c, snap)]
     if target is None:
         notes.append(
             "no fairness / cross-site analysis: no --target given and no clinical binary attribute "
             "(e.g. 'finding') in the store"
         )
     else:
-        fairness = [f for f in snap["fairness"] if f.get("target") == target]
+        fairness = [f for f in snap["fairness"] if f.get("target") == target and current(f, snap)]
         if not fairness and run_missing:
             from embedx.analysis.fairness import run_fairness
 
@@ -212,8 +226,10 @@ def gather(
                     notes.append(f"cross-site matrix not possible for {model}: {err}")
     cross = latest_by(cross, ("model", "target", "site"))
     # Clusters and distribution tests per model.
-    clusters = {c["model"]: c for c in snap["clusters"]}
-    distributions = {c["model"]: c for c in snap["controls"] if c.get("control") == "distribution"}
+    clusters = {c["model"]: c for c in snap["clusters"] if current(c, snap)}
+    distributions = {
+        c["model"]: c for c in snap["controls"] if c.get("control") == "distribution" and current(c, snap)
+    }
     for m in models:
         if m not in clusters and run_missing:
             from embedx.analysis.clusters import run_clusters
@@ -230,7 +246,7 @@ def gather(
             )
             if found is not None:
                 distributions[m] = found
-    calibration = {c["model"]: c for c in snap["calibration"]}
+    calibration = {c["model"]: c for c in snap["calibration"] if current(c, snap)}
     missing_calibration = [m for m in models if m not in calibration]
     if missing_calibration and run_missing:
         from embedx.analysis.calibration import run_calibration
@@ -259,6 +275,20 @@ def gather(
         "background": background,
         "target": target,
     }
+
+
+def current(result: Mapping[str, Any], snap: Mapping[str, Any]) -> bool:
+    """The result was computed on the rows its model has encoded now (an encode since makes it stale).
+
+    Results record `rows_encoded`; clusters, distribution tests and calibration record the encoded rows
+    they used as `n`. A result without either (an older embedx) counts as stale and is recomputed."""
+    encoded = snap["encoded"].get(result.get("model"))
+    count = result.get("rows_encoded")
+    if count is None and (
+        result.get("control") == "distribution" or "clusters" in result or "false_positive_rate" in result
+    ):
+        count = result.get("n")
+    return encoded is not None and count == encoded
 
 
 def _attempt(work: Any, notes: list[str], what: str) -> Any:

@@ -232,3 +232,32 @@ def test_a_pilot_cohort_gets_a_report_that_says_what_it_left_out(tmp_path: Path)
     finding = next(p for p in doc["probes"] if p["attribute"] == "finding")  # 4 positive patients of 12
     assert finding["skipped"].startswith("fewer than 2 classes") and not finding["encoded"]
     assert not any(p["encoded"] for p in doc["probes"])  # noise latents: nothing is found
+
+
+def test_partial_and_stale_analyses_are_recomputed_not_reused(tmp_path: Path) -> None:
+    """Probes of one attribute, run while the encode was half done: the report probes every attribute on
+    every row encoded now, and says so."""
+    from embedx.analysis.probes import ProbeConfig, run_probes
+
+    rng = np.random.default_rng(4)
+    n = 240
+    site = rng.choice(["a", "b"], n)
+    z = rng.normal(size=(n, 6)).astype(np.float32) + 1.5 * (site == "a")[:, None]
+    half = z.copy()
+    half[120:] = np.nan  # an encode stopped halfway
+    path = write_store_from_arrays(
+        tmp_path / "s.h5",
+        [f"i{i}" for i in range(n)],
+        [f"p{i}" for i in range(n)],
+        pd.DataFrame({"site": site, "sex": rng.choice(["F", "M"], n)}),
+        None,
+        {"m": half},
+    )
+    run_probes(path, attributes=["site"], config=ProbeConfig(n_permutations=99, n_bootstrap=100))
+    with Store.open(path, "a") as store:
+        store.write_latents("m", np.arange(120, n), z[120:])  # the encode finishes
+    doc = build_report(path, tmp_path / "out", probe_options={"n_permutations": 200, "n_bootstrap": 100})
+    by = {p["attribute"]: p for p in doc["probes"]}
+    assert set(by) == {"site", "sex"}
+    assert by["site"]["n"] == n and by["site"]["rows_encoded"] == n
+    assert any("recomputed" in note and "encoded since" in note for note in doc["notes"])
