@@ -34,8 +34,8 @@ from scipy.stats import norm
 
 from embedx.analysis.folds import subject_codes, subject_folds, subject_subsample
 from embedx.analysis.labels import label_strings, missing_mask
-from embedx.analysis.permutation import RidgeNull, null_statistics, p_value, permutation_test
-from embedx.analysis.stats import SubjectIndex, wilson_interval
+from embedx.analysis.permutation import RidgeNull, null_statistics, permutation_test
+from embedx.analysis.stats import SubjectIndex, permutation_pvalue, wilson_interval
 from embedx.analysis.typed import JsonResult
 from embedx.errors import EmbedxError
 
@@ -309,7 +309,7 @@ def calibrate_arrays(
                 null, labels[0][sub], index, k, cfg.permutations, int(rng.integers(2**31))
             )
         observed = null.statistic(np.stack([lab[sub] for lab in labels], axis=1), k)
-        ps = np.array([p_value(o, shared_null[key])[0] for o in observed])
+        ps = np.array([permutation_pvalue(o, shared_null[key]) for o in observed])
         found = int(np.sum(ps < threshold))
         positive_rows = float(np.mean([rows_per_subject[lab == 1].sum() for lab in labels])) if k else None
         power.append(

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from embedx.analysis.stats import SubjectIndex, SubjectPermuter, count_dropped
+from embedx.analysis.stats import SubjectIndex, SubjectPermuter, count_dropped, permutation_pvalue
 
 __all__ = [
     "gap_evidence",
@@ -134,12 +134,7 @@ def gap_evidence(
         estimate = float(values[hi] - values[lo])
         reps = rate_reps[component][:, eligible][:, hi] - rate_reps[component][:, eligible][:, lo]
         null = np.max(np.stack([spread(perm[c][:, eligible]) for c in components]), axis=0)
-        valid = null[np.isfinite(null)]
-        p = (
-            float((1 + np.sum(valid >= max(spreads.values()) - 1e-12)) / (1 + valid.size))
-            if valid.size
-            else None
-        )
+        p = permutation_pvalue(max(spreads.values()), null)
         out[gap] = {
             "estimate": max(spreads.values()),
             "component": component,
@@ -150,7 +145,7 @@ def gap_evidence(
             "interval": "bootstrap max-t interval, simultaneous over every pair of groups",
             "p_value": p,
             "permutations": n_permutations,
-            "permutations_dropped": int(null.size - valid.size),
+            "permutations_dropped": count_dropped(null),
         }
     sel = rates["selection_rate"][eligible]
     hi, lo = int(np.nanargmax(sel)), int(np.nanargmin(sel))

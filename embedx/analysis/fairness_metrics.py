@@ -51,6 +51,7 @@ from embedx.analysis.stats import (
     count_dropped,
     normal_interval,
     percentile_ci,
+    permutation_pvalue,
 )
 from embedx.analysis.typed import JsonResult
 
@@ -413,7 +414,7 @@ def mae_by_group(
     null_arr = mae_gap_null(
         codes, np.abs(yt - yp), gr, rows_e, len(names), eligible, rules.n_permutations, rules.seed + 1
     )
-    p = float((1 + np.sum(null_arr >= estimate - 1e-12)) / (1 + null_arr.size)) if null_arr.size else None
+    p = permutation_pvalue(estimate, null_arr)
     q = pair_critical_value([maes], [reps[:, eligible]])
     gap = {
         "estimate": estimate,

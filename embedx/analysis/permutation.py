@@ -34,14 +34,19 @@ from typing import Any
 import numpy as np
 
 from embedx.analysis.folds import class_balanced_subsample, subject_folds, subject_subsample
-from embedx.analysis.stats import SubjectIndex, SubjectPermuter, auc_from_ordered_counts
+from embedx.analysis.stats import (
+    SubjectIndex,
+    SubjectPermuter,
+    auc_from_ordered_counts,
+    count_dropped,
+    permutation_pvalue,
+)
 
 __all__ = [
     "LAMBDAS",
     "PermutationOutcome",
     "RidgeNull",
     "null_statistics",
-    "p_value",
     "permutation_test",
     "probe_permutation_test",
 ]
@@ -224,16 +229,6 @@ def null_statistics(
     return (np.concatenate(chunks) if chunks else np.empty(0)), permuter.scheme, mixing
 
 
-def p_value(observed: float, null_values: np.ndarray) -> tuple[float, int]:
-    """(p = (k + 1) / (P + 1) with ties counted as extreme, number of null values that were undefined)."""
-    values = np.asarray(null_values, dtype=float)
-    valid = values[np.isfinite(values)]
-    if valid.size == 0 or not np.isfinite(observed):
-        return float("nan"), int(values.size - valid.size)
-    tol = 1e-7 * max(1.0, abs(observed))  # float32 refits: equal statistics may differ in the last bits
-    return float((1 + np.sum(valid >= observed - tol)) / (1 + valid.size)), int(values.size - valid.size)
-
-
 def permutation_test(
     null: RidgeNull,
     y: np.ndarray,
@@ -246,7 +241,7 @@ def permutation_test(
     y = np.asarray(y)
     observed = float(null.statistic(y[:, None], n_classes)[0])
     values, scheme, mixing = null_statistics(null, y, index, n_classes, n_permutations, seed)
-    p, dropped = p_value(observed, values)
+    p, dropped = permutation_pvalue(observed, values), count_dropped(values)
     valid = values[np.isfinite(values)]
     return PermutationOutcome(
         statistic=statistic_name(n_classes),

@@ -67,10 +67,18 @@ def holm(p_values: np.ndarray | list[float]) -> np.ndarray:
 
 
 def permutation_pvalue(observed: float, null: np.ndarray, greater: bool = True) -> float:
-    """(1 + #{null at least as extreme}) / (1 + P): never zero, valid at any number of permutations."""
+    """(1 + #{null at least as extreme}) / (1 + P): never zero, valid at any number of permutations.
+
+    Ties count as extreme, within 1e-7 relative (statistics recomputed in float32 may differ in the last
+    bits for an identical labelling); null values that are NaN are left out (count them with
+    `count_dropped`). NaN when nothing is left or the observed value is undefined.
+    """
     null = np.asarray(null, dtype=float)
-    null = null[~np.isnan(null)]
-    extreme = np.sum(null >= observed) if greater else np.sum(null <= observed)
+    null = null[np.isfinite(null)]
+    if null.size == 0 or not np.isfinite(observed):
+        return float("nan")
+    tol = 1e-7 * max(1.0, abs(observed))
+    extreme = np.sum(null >= observed - tol) if greater else np.sum(null <= observed + tol)
     return float((1 + extreme) / (1 + null.size))
 
 
