@@ -23,6 +23,8 @@ def register(app: typer.Typer) -> None:
         stochastic: bool = typer.Option(False, "--stochastic", help="DAE only: also store x_T by DDIM "
                                         "inversion (slow: --steps UNet calls per image)."),
         steps: int | None = typer.Option(None, "--steps", help="DDIM inversion steps for --stochastic."),
+        cohort: str = typer.Option("", "--cohort", help="Name of this cohort, to keep it apart from another "
+                                   "cohort in the same store whose manifest writes the same paths."),
     ) -> None:
         """Encode a cohort with a trained VAE / DAE / CNN into the HDF5 store.
 
@@ -35,7 +37,7 @@ def register(app: typer.Typer) -> None:
         from embedx.store.encode import encode
 
         result = encode(run_dir, manifest, out, name, batch_size=batch_size, workers=workers,
-                        stochastic=stochastic, steps=steps)
+                        stochastic=stochastic, steps=steps, cohort=cohort)
         if not PartialState().is_main_process:
             return
         console.print(
@@ -43,6 +45,8 @@ def register(app: typer.Typer) -> None:
             f"{result.n_skipped_done} already there, {result.n_new_samples} new samples; "
             f"{result.n_encoded_total}/{result.n_manifest} of the manifest encoded"
         )
+        for text in result.warnings:
+            console.print(f"[yellow]{text}[/]", highlight=False)
         if result.failed:
             console.print(f"[yellow]{len(result.failed)} image(s) could not be read and were skipped "
                           f"(listed in the store under /embeddings/{result.name}/failed_ids):[/]")

@@ -9,7 +9,6 @@ number in the file is given too ("line N+1" when no value spans several lines).
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from embedx.data.identity import normalised_path, sample_id
 from embedx.data.schema import (
     MOSTLY_NUMERIC,
     RESERVED_COLUMNS,
@@ -35,15 +35,6 @@ log = logging.getLogger(__name__)
 PARQUET_SUFFIXES = (".parquet", ".pq")
 # How many offending rows one problem lists before it says "... and N more".
 MAX_LISTED = 20
-
-
-def sample_id(path_as_written: str) -> str:
-    """Stable id of one sample: sha1 of the path exactly as written in the manifest, 16 hex characters.
-
-    The path as written (not the resolved absolute path) is hashed so that the id survives moving the
-    cohort folder; it is the join key between the manifest and the store.
-    """
-    return hashlib.sha1(str(path_as_written).encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass
@@ -68,8 +59,9 @@ class Manifest:
         path = Path(str(self.table.at[row, "path"]))
         return path if path.is_absolute() else self.root / path
 
-    def sample_ids(self) -> np.ndarray:
-        return np.array([sample_id(p) for p in self.table["path"]], dtype=str)
+    def sample_ids(self, cohort: str = "") -> np.ndarray:
+        """The store's join key per row: the cohort-relative path, hashed (see `embedx.data.identity`)."""
+        return np.array([sample_id(p, self.root, cohort) for p in self.table["path"]], dtype=str)
 
     def missing_counts(self) -> dict[str, int]:
         """Missing values per attribute; they are counted and reported, never filled."""
@@ -247,16 +239,22 @@ def load_manifest(
         )
     table["path"] = paths.where(paths.isna(), paths.astype(str).str.strip())
 
+    root = path.resolve().parent
     present = table["path"].dropna()
-    dup_mask = present.duplicated(keep=False)
+    # "a.png", "./a.png" and "<root>/a.png" are one file: compare the paths as the store keys them
+    keyed = present.map(lambda p: normalised_path(p, root))
+    dup_mask = keyed.duplicated(keep=False)
     if dup_mask.any():
         items = []
-        for value, rows in present[dup_mask].groupby(present[dup_mask], sort=False).groups.items():
-            where = ", ".join(_where(int(r), lines) for r in rows)
-            items.append(f"{value!r} at {where}")
+        for _, rows in keyed[dup_mask].groupby(keyed[dup_mask], sort=False).groups.items():
+            written = present[rows]
+            if written.nunique() == 1:
+                items.append(f"{written.iloc[0]!r} at " + ", ".join(_where(int(r), lines) for r in rows))
+            else:
+                items.append("one file written as " + ", ".join(
+                    f"{present[r]!r} ({_where(int(r), lines)})" for r in rows))
         problems.append(f"{len(items)} duplicated path(s):" + _capped(items))
 
-    root = path.resolve().parent
     if check_files:
         missing = []
         for r, value in present.items():
@@ -280,7 +278,7 @@ def load_manifest(
         table["subject_id"] = sid.astype(str).str.strip()
     else:
         log.warning("%s has no 'subject_id' column: every row is treated as its own subject", path)
-        table["subject_id"] = [sample_id(p) for p in table["path"].fillna("")]
+        table["subject_id"] = [sample_id(p, root) for p in table["path"].fillna("")]
 
     declared: dict[str, AttributeSpec] = {}
     sidecar = sidecar_path(path)

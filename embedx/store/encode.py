@@ -30,6 +30,7 @@ from embedx.errors import EmbedxError, StoreError
 from embedx.privacy import scrub_path
 from embedx.progress import progress_bar
 from embedx.store.h5store import THUMB_SIZE, Store, escape_name, now_iso
+from embedx.store.identity import plan_identity, record_manifest
 from embedx.store.shards import ShardWriter, merge_shards, shard_dir
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class EncodeResult:
     n_encoded_now: int
     n_encoded_total: int  # of the manifest's rows, after this run
     failed: list[tuple[str, str]] = field(default_factory=list)  # (sample id, reason)
+    warnings: list[str] = field(default_factory=list)  # about the cohort's identity (moved, duplicated)
 
 
 def thumbnail_tensor(images: torch.Tensor) -> torch.Tensor:
@@ -263,8 +265,11 @@ def encode(
     workers: int | None = None,
     stochastic: bool = False,
     steps: int | None = None,
+    cohort: str = "",
 ) -> EncodeResult:
     """Encode every not-yet-encoded row of `manifest` with the run's model into `/embeddings/<name>`.
+
+    `cohort` names the cohort when one store holds several whose manifests write the same paths.
 
     Under `accelerate launch` with several processes, every process must call this with the same
     arguments; the result is complete on the main process.
@@ -278,6 +283,8 @@ def encode(
         raise EmbedxError(f"run folder {run_dir} does not exist")
     name = name or run_dir.resolve().name
     escape_name(name)
+    if "\x00" in cohort or cohort != cohort.strip():
+        raise EmbedxError(f"--cohort {cohort!r}: use a plain name (no leading or trailing spaces)")
     if batch_size < 1:
         raise EmbedxError(f"--batch-size must be at least 1, got {batch_size}")
     state = PartialState()
@@ -292,8 +299,9 @@ def encode(
     dim = _latent_dim(run, device)
     pre = run.preprocess
     xt_shape = (pre.channels, pre.size, pre.size) if stochastic else None
-    ids = man.sample_ids().astype(object)
+    ids = man.sample_ids(cohort).astype(object)
     world, rank, main = state.num_processes, state.process_index, state.is_main_process
+    warnings: list[str] = []
 
     store: Store | None = None
     if main:
@@ -303,8 +311,14 @@ def encode(
             assert store is not None
             before_n = store.n
             _check_same_checkpoint(store, name, run.checkpoint_hash)
+            plan = plan_identity(store, man, cohort)
+            warnings = plan.warnings()
+            for text in warnings:
+                log.warning("%s", text)
             rows = store.add_samples(ids, man.table["subject_id"], man.table[man.attributes], man.schema,
-                                     pseudonymise=True)
+                                     pseudonymise=True,
+                                     extra={"fingerprint": plan.fingerprints, "cohort": [cohort] * len(ids)})
+            record_manifest(store, man, cohort)
             store.ensure_embedding(name, dim, _provenance(run, man), xt_shape)
             merged, _ = merge_shards(store, name)  # work left by a crashed multi-process run
             if merged:
@@ -353,7 +367,7 @@ def encode(
             result = EncodeResult(
                 store=Path(store_path), name=name, kind=run.kind, n_manifest=len(ids), n_new_samples=n_new,
                 n_skipped_done=len(ids) - n_pending, n_encoded_now=n_pending - len(failed),
-                n_encoded_total=done, failed=failed,
+                n_encoded_total=done, failed=failed, warnings=warnings,
             )
         else:
             result = EncodeResult(store=Path(store_path), name=name, kind=run.kind, n_manifest=len(ids),

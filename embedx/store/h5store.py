@@ -48,6 +48,7 @@ from embedx._version import __version__
 from embedx.data.schema import AttributeSpec, resolve_schema
 from embedx.errors import StoreError
 from embedx.store.lock import WriterLock
+from embedx.store.repair import ALIGNED, aligned_datasets, refuse_if_broken, repair
 
 SCHEMA_VERSION = 1
 FORMAT = "embedx-store"
@@ -57,7 +58,7 @@ PROJECTION_METHODS = ("tsne", "umap", "pca")
 STATUS_NONE, STATUS_FITTED, STATUS_TRANSFORMED = 0, 1, 2
 
 _STR = h5py.string_dtype("utf-8")
-_ALIGNED = "row_aligned"
+_ALIGNED = ALIGNED
 
 
 def now_iso() -> str:
@@ -255,6 +256,14 @@ class Store:
                     ) from err
                 raise StoreError(f"{path} is not a readable HDF5 store: {text}") from err
             cls._check_format(file, path)
+            try:
+                if mode == "a":
+                    repair(file, path)
+                else:
+                    refuse_if_broken(file, path)
+            except BaseException:
+                file.close()
+                raise
         except BaseException:
             if lock is not None:
                 lock.release()
@@ -389,11 +398,14 @@ class Store:
         attributes: pd.DataFrame | None = None,
         schema: Mapping[str, AttributeSpec] | None = None,
         pseudonymise: bool = False,
+        extra: Mapping[str, Sequence[str] | np.ndarray] | None = None,
     ) -> np.ndarray:
         """Insert new samples (appended) and update the given ones; returns their store rows, input order.
 
         Existing rows keep their latents; their subject id and attribute values are refreshed from the
         input, so the newest manifest is the truth. Every row-aligned dataset grows with the samples table.
+        `extra` holds per-row text fields of /samples written in the same step (fingerprint, cohort).
+        A write that fails (a full disk) is undone, so the store never holds rows without ids.
         """
         self._need_write()
         ids = np.asarray([str(s) for s in sample_ids], dtype=object)
@@ -418,11 +430,61 @@ class Store:
         rows = self.rows_of(ids, missing_ok=True)
         new = rows < 0
         old_n = self.n
-        if new.any():
-            self._grow(old_n + int(new.sum()))
-            rows[new] = np.arange(old_n, old_n + int(new.sum()))
-        _write_rows(self._f["samples/id"], rows, ids)
-        _write_rows(self._f["samples/subject_id"], rows, subjects)
+        try:
+            if new.any():
+                self._grow(old_n + int(new.sum()))
+                rows[new] = np.arange(old_n, old_n + int(new.sum()))
+            _write_rows(self._f["samples/id"], rows, ids)
+            _write_rows(self._f["samples/subject_id"], rows, subjects)
+            for field_name, values in (extra or {}).items():
+                self._write_sample_strings(field_name, rows, np.asarray(values, dtype=object))
+            self._write_attributes(rows, attributes, full_schema)
+        except BaseException as err:
+            self._undo_growth(old_n)
+            if not isinstance(err, OSError):
+                raise
+            raise StoreError(
+                f"{self.path}: could not add {int(new.sum())} sample(s) ({err}); a full disk? The store "
+                f"keeps its {old_n} earlier rows: free some space and rerun."
+            ) from err
+        self._ids_cache = None
+        self._f.flush()
+        return rows
+
+    def _undo_growth(self, old_n: int) -> None:
+        """Best effort after a failed write: cut grown datasets back (the next writer repairs the rest)."""
+        self._ids_cache = None
+        try:
+            for ds in aligned_datasets(self._f):
+                if ds.shape[0] > old_n:
+                    ds.resize(old_n, axis=0)
+            self._f.flush()
+        except (OSError, RuntimeError, ValueError):
+            pass
+
+    def sample_strings(self, field_name: str) -> np.ndarray:
+        """A per-row text field of /samples (e.g. `fingerprint`, `cohort`); "" everywhere if never written."""
+        ds = self._f["samples"].get(field_name)
+        if ds is None:
+            return np.full(self.n, "", dtype=object)
+        return ds.asstr()[()].astype(object)
+
+    def _write_sample_strings(self, field_name: str, rows: np.ndarray, values: np.ndarray) -> None:
+        group = self._f["samples"]
+        if field_name not in group:
+            _create_aligned(group, field_name, self.n, (), _STR)
+        _write_rows(group[field_name], rows, values)
+
+    def rename_samples(self, rows: np.ndarray, new_ids: Sequence[str]) -> None:
+        """Give stored rows new ids (their image moved): latents, thumbnails and analyses stay theirs."""
+        self._need_write()
+        rows = np.asarray(rows, dtype=np.int64)
+        _write_rows(self._f["samples/id"], rows, np.asarray(new_ids, dtype=object))
+        self._ids_cache = None
+        self._f.flush()
+
+    def _write_attributes(self, rows: np.ndarray, attributes: pd.DataFrame,
+                          full_schema: Mapping[str, AttributeSpec]) -> None:
         group = self._f["samples/attrs"]
         for name in attributes.columns:
             spec = full_schema[name]
@@ -445,16 +507,10 @@ class Store:
             ds.attrs["role"] = spec.role
             ds.attrs["inferred"] = bool(spec.inferred)
             _write_rows(ds, rows, values)
-        self._ids_cache = None
-        self._f.flush()
-        return rows
 
     def _grow(self, new_n: int) -> None:
-        def visit(_name: str, obj: Any) -> None:
-            if isinstance(obj, h5py.Dataset) and obj.attrs.get(_ALIGNED, False):
-                obj.resize(new_n, axis=0)
-
-        self._f.visititems(visit)
+        for ds in aligned_datasets(self._f):
+            ds.resize(new_n, axis=0)
 
     # ------------------------------------------------------------------ embeddings
     def models(self) -> list[str]:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from embedx.store.h5store import Store, _format_category
+from embedx.store.identity import cohort_counts, duplicate_rows
 
 
 def store_summary(path: str | Path) -> dict[str, Any]:
@@ -21,6 +22,8 @@ def store_summary(path: str | Path) -> dict[str, Any]:
             "samples": store.n,
             "subjects": len(set(store.subject_ids.tolist()) - {""}),
             "thumbnails": int(store.has_thumbnail().sum()),
+            "cohorts": cohort_counts(store),
+            "duplicate_images": duplicate_rows(store),
             "models": [],
             "attributes": [],
             "projections": [],
@@ -71,6 +74,12 @@ def render_info(summary: dict[str, Any]) -> None:
               f"{summary['embedx_version']}, created {summary['created']}")
     out.print(f"{summary['samples']} samples, {summary['subjects']} subjects, "
               f"{summary['thumbnails']} thumbnails")
+    named = {k: v for k, v in summary["cohorts"].items() if k}
+    if named:
+        out.print("cohorts: " + ", ".join(f"{k or '(unnamed)'} {v}" for k, v in summary["cohorts"].items()))
+    if summary["duplicate_images"]:
+        out.print(f"[yellow]{summary['duplicate_images']} rows hold an image that another row also holds "
+                  "(same file content under another path)[/]")
     models = Table(title="models")
     for col in ("name", "kind", "dim", "encoded", "failed", "date", "checkpoint"):
         models.add_column(col)

@@ -59,13 +59,30 @@ def test_parquet_loads_the_same_as_csv(cohort):
     np.testing.assert_array_equal(a.sample_ids(), b.sample_ids())
 
 
-def test_sample_id_is_a_stable_hash_of_the_path_as_written():
+def test_sample_id_is_the_hash_of_the_cohort_relative_path(tmp_path):
     import hashlib
 
     assert len(sample_id("img/0.png")) == 16 and int(sample_id("img/0.png"), 16) >= 0
-
+    # plain relative paths keep the id they always had (stores written before keep matching)
     assert sample_id("a/b.dcm") == hashlib.sha1(b"a/b.dcm").hexdigest()[:16]
-    assert sample_id("img/0.png") != sample_id("./img/0.png")
+    root = tmp_path / "cohort"
+    same = ["img/0.png", "./img/0.png", "img//0.png", "img\\0.png", str(root / "img" / "0.png"),
+            f"{root}/sub/../img/0.png"]
+    assert len({sample_id(p, root) for p in same}) == 1
+    # outside the root an absolute path stays absolute; a cohort name keeps two cohorts apart
+    assert sample_id("/elsewhere/img/0.png", root) != sample_id("img/0.png", root)
+    assert sample_id("img/0.png", root, "padchest") != sample_id("img/0.png", root)
+    assert sample_id("img/0.png", root, "padchest") != sample_id("img/0.png", root, "nih")
+
+
+def test_one_file_written_two_ways_is_a_duplicated_path(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "0.png").write_bytes(b"x")
+    pd.DataFrame({"path": ["img/0.png", str(tmp_path / "img" / "0.png")]}).to_csv(tmp_path / "m.csv",
+                                                                                  index=False)
+    with pytest.raises(ManifestError, match=r"1 duplicated path\(s\):\n    one file written as 'img/0.png' "
+                       r"\(row 1 \(line 2\)\), '/"):
+        load_manifest(tmp_path / "m.csv")
 
 
 def test_missing_path_column_is_named(tmp_path):

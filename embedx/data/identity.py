@@ -1,0 +1,88 @@
+"""Which image a manifest row is: a sample id that survives moving the folder, and a content fingerprint.
+
+The sample id is the store's join key. It hashes the path *relative to the cohort root* (the manifest's
+folder), normalised, so `images/a.png`, `./images/a.png` and `/data/cohort/images/a.png` (with the manifest in
+`/data/cohort`) are one sample, and moving the folder together with its manifest keeps every id. Paths written
+absolute outside the root keep their absolute form: if that folder moves (a new mount point), the id changes,
+and the content fingerprint is what recognises the image (see `embedx.store.identity`).
+
+A cohort name, when given, is part of the id: two cohorts whose manifests both say `images/000000.png` are
+then two sets of rows, never one.
+
+The fingerprint reads the whole file up to 1 MiB and, for larger files, its size plus 16 evenly spread
+16 KiB blocks (first and last included). Reading every byte of a million DICOMs would double an encode's
+I/O; spread blocks still separate different scans, whose headers (UIDs) and pixel blocks differ, including
+uncompressed NIfTI volumes whose first and last slices are empty background.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+FULL_HASH_BYTES = 1 << 20
+BLOCKS = 16
+BLOCK_BYTES = 16 << 10
+
+
+def normalised_path(path_as_written: str, root: Path | None) -> str:
+    """The path as the cohort sees it: posix separators, no `.`/`..`, relative to `root` when inside it."""
+    text = str(path_as_written).strip().replace("\\", "/")
+    if not text:
+        return text
+    if posixpath.isabs(text) or (len(text) > 1 and text[1] == ":"):
+        if root is not None:
+            try:
+                rel = os.path.relpath(os.path.normpath(text), os.path.normpath(str(root.absolute())))
+            except ValueError:  # another drive on Windows
+                rel = ""
+            if rel and not rel.startswith(".."):
+                return posixpath.normpath(rel.replace("\\", "/"))
+        return posixpath.normpath(text)
+    return posixpath.normpath(text)
+
+
+def sample_id(path_as_written: str, root: Path | None = None, cohort: str = "") -> str:
+    """sha1 of the cohort-relative path (prefixed by the cohort name when one is given), 16 hex characters."""
+    key = normalised_path(path_as_written, root)
+    if cohort:
+        key = f"{cohort}\x00{key}"
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
+
+
+def content_fingerprint(path: Path) -> str:
+    """16 hex characters that differ between different files; "" for a file that cannot be read."""
+    try:
+        size = path.stat().st_size
+        digest = hashlib.sha1(str(size).encode() + b"\x00")
+        with path.open("rb") as handle:
+            if size <= FULL_HASH_BYTES:
+                digest.update(handle.read())
+            else:
+                step = (size - BLOCK_BYTES) / (BLOCKS - 1)
+                for i in range(BLOCKS):
+                    handle.seek(round(i * step))
+                    digest.update(handle.read(BLOCK_BYTES))
+    except OSError:
+        return ""
+    return digest.hexdigest()[:16]
+
+
+def fingerprints(paths: Sequence[Path], progress: object | None = None, threads: int = 8) -> list[str]:
+    """Fingerprints of many files, read by a few threads (the work is waiting on the disk, not the CPU)."""
+    if len(paths) < 64:
+        out = [content_fingerprint(p) for p in paths]
+        if callable(progress):
+            progress(len(paths))
+        return out
+    results: list[str] = []
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for fp in pool.map(content_fingerprint, paths, chunksize=64):
+            results.append(fp)
+            if callable(progress):
+                progress(1)
+    return results

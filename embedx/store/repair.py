@@ -1,0 +1,92 @@
+"""Bring a store back to one consistent row count after a write that stopped half-way (a full disk).
+
+Adding samples grows every row-aligned dataset, then writes the new rows' ids. A full disk (or a kill) can
+stop that between datasets or before the ids are written: some datasets are longer than others, or the last
+rows have empty ids. Such rows hold nothing yet (no latents are written before the ids), so the repair cuts
+every row-aligned dataset back to the rows that are complete. A writer does this on open; a reader is told
+to let a writer do it rather than read misaligned arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from embedx.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+ALIGNED = "row_aligned"
+
+
+def aligned_datasets(file: h5py.File) -> list[h5py.Dataset]:
+    found: list[h5py.Dataset] = []
+
+    def visit(_name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset) and obj.attrs.get(ALIGNED, False):
+            found.append(obj)
+
+    file.visititems(visit)
+    return found
+
+
+def complete_rows(file: h5py.File) -> int:
+    """Rows present in every row-aligned dataset and holding a sample id."""
+    datasets = aligned_datasets(file)
+    n = min((ds.shape[0] for ds in datasets), default=0)
+    ids = file["samples/id"]
+    if n == 0:
+        return 0
+    tail = max(0, n - 100_000)  # empty ids can only trail; look at the end, not the whole table
+    last = ids.asstr()[tail:n]
+    filled = np.flatnonzero(np.asarray(last, dtype=object) != "")
+    return tail + int(filled[-1]) + 1 if filled.size else _scan_all(ids, tail)
+
+
+def _scan_all(ids: h5py.Dataset, upto: int) -> int:
+    if upto == 0:
+        return 0
+    filled = np.flatnonzero(np.asarray(ids.asstr()[:upto], dtype=object) != "")
+    return int(filled[-1]) + 1 if filled.size else 0
+
+
+def needs_repair(file: h5py.File) -> tuple[bool, int]:
+    """Cheap on a sound store (dataset lengths and the last id); scans ids only when something is off."""
+    datasets = aligned_datasets(file)
+    lengths = {ds.shape[0] for ds in datasets}
+    if len(lengths) <= 1:
+        n = lengths.pop() if lengths else 0
+        if n == 0 or file["samples/id"].asstr()[n - 1] != "":
+            return False, n
+    n_ok = complete_rows(file)
+    return any(ds.shape[0] != n_ok for ds in datasets), n_ok
+
+
+def repair(file: h5py.File, path: Path) -> int:
+    """Cut every row-aligned dataset to the complete rows; returns how many rows were dropped."""
+    broken, n_ok = needs_repair(file)
+    if not broken:
+        return 0
+    longest = max(ds.shape[0] for ds in aligned_datasets(file))
+    for ds in aligned_datasets(file):
+        if ds.shape[0] != n_ok:
+            ds.resize(n_ok, axis=0)
+    file.flush()
+    log.warning("%s: an earlier write stopped half-way (a full disk?); %d incomplete row(s) were removed, "
+                "%d rows remain. Rerun the encode to add them again.", path, longest - n_ok, n_ok)
+    return longest - n_ok
+
+
+def refuse_if_broken(file: h5py.File, path: Path) -> None:
+    """Readers do not repair (they hold no lock): they say what happened and how to fix it."""
+    broken, n_ok = needs_repair(file)
+    if broken:
+        raise StoreError(
+            f"{path}: an earlier write stopped half-way (a full disk?) and left incomplete rows after row "
+            f"{n_ok}. Free some space and rerun the encode (or any command that writes to the store): it "
+            "removes them and carries on."
+        )
