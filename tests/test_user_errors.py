@@ -54,3 +54,25 @@ def test_a_binary_config_and_a_file_given_as_a_folder(tmp_path: Path) -> None:
     assert code == 2 and "not a text file" in text and "Traceback" not in text
     code, text = _embedx("report", str(_store(tmp_path / "s.h5")), "--out", str(manifest))  # a file
     assert code == 2 and "m.csv" in text and "Traceback" not in text
+
+
+def test_a_missing_option_or_a_misspelt_one_is_a_usage_message(tmp_path: Path) -> None:
+    """typer vendors its own click: its usage errors must not fall through to a traceback."""
+    store = str(_store(tmp_path / "s.h5"))
+    code, text = _embedx("fairness", store)
+    assert code == 2 and "Missing option '--target'" in text and "Traceback" not in text
+    code, text = _embedx("calibrate", store, "--null-labels", "3")
+    assert code == 2 and "No such option: --null-labels" in text and "Traceback" not in text
+
+
+def test_fairness_on_a_pilot_store_says_why_instead_of_failing(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    n = 12
+    tiny = write_store_from_arrays(
+        tmp_path / "tiny.h5", [f"i{i}" for i in range(n)], [f"s{i // 2}" for i in range(n)],
+        pd.DataFrame({"sex": rng.choice(["F", "M"], n), "finding": np.tile([0, 1], n // 2)}), None,
+        {"m": rng.normal(size=(n, 4)).astype(np.float32)},
+    )
+    code, text = _embedx("fairness", str(tiny), "--target", "finding")
+    assert "Traceback" not in text
+    assert (code == 2 and "fewer than 5 folds" in text) or (code == 0 and "no gaps" in text), text

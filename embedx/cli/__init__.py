@@ -68,9 +68,19 @@ def main() -> None:
         console.print("[yellow]interrupted[/]")
         sys.exit(130)
     except Exception as error:  # click usage errors arrive here in standalone_mode=False
+        if isinstance(error, _usage_error_types()):
+            error.show()  # type: ignore[attr-defined]
+            sys.exit(error.exit_code)  # type: ignore[attr-defined]
+        raise
+
+
+def _usage_error_types() -> tuple[type, ...]:
+    """Click's exception base class: typer >= 0.2x vendors its own click, which `import click` misses."""
+    found = [cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException"]
+    try:
         import click
 
-        if isinstance(error, click.exceptions.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        raise
+        found.append(click.exceptions.ClickException)
+    except ImportError:
+        pass
+    return tuple(found)
