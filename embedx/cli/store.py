@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("encode")
     def encode_command(
-        run_dir: Path = typer.Argument(..., help="Finished training run folder."),
+        run_dir: Path | None = typer.Argument(None, help="Training run folder (not with --pixels)."),
         manifest: Path = typer.Option(..., "--manifest", "-m", help="Manifest (CSV or Parquet) to encode."),
         out: Path = typer.Option(..., "--out", "-o", help="Store file (created, or added to)."),
         name: str | None = typer.Option(None, "--name", help="Name in the store (default: run folder)."),
@@ -25,19 +25,35 @@ def register(app: typer.Typer) -> None:
         steps: int | None = typer.Option(None, "--steps", help="DDIM inversion steps for --stochastic."),
         cohort: str = typer.Option("", "--cohort", help="Name of this cohort, to keep it apart from another "
                                    "cohort in the same store whose manifest writes the same paths."),
+        pixels: bool = typer.Option(False, "--pixels", help="Encode the pixel reference (PCA of the pooled "
+                                    "image + acquisition statistics; no training) instead of a run."),
+        pixel_size: int = typer.Option(128, "--pixel-size", help="--pixels: preprocessed image size."),
+        pool: int = typer.Option(32, "--pool", help="--pixels: PCA of the image pooled to POOL²."),
+        components: int = typer.Option(128, "--components", help="--pixels: PCA components."),
+        fit_rows: int = typer.Option(10_000, "--fit-rows", help="--pixels: images the PCA is fitted on."),
     ) -> None:
-        """Encode a cohort with a trained VAE / DAE / CNN into the HDF5 store.
+        """Encode a cohort with a trained VAE / DAE / CNN, or the pixel reference (--pixels), into the store.
 
         Resumable: rerun the same command after an interruption, or with a grown manifest, and only the
         missing rows are encoded. Runs unchanged under `accelerate launch -m embedx encode ...`.
         """
         from accelerate import PartialState
 
+        from embedx.errors import EmbedxError
         from embedx.progress import console
         from embedx.store.encode import encode
 
-        result = encode(run_dir, manifest, out, name, batch_size=batch_size, workers=workers,
-                        stochastic=stochastic, steps=steps, cohort=cohort)
+        if pixels == (run_dir is not None):
+            raise EmbedxError("give either a run folder or --pixels (the pixel reference), not both")
+        if pixels:
+            from embedx.store.pixels import encode_pixels
+
+            result = encode_pixels(manifest, out, name or "pixels", size=pixel_size, pool=pool,
+                                   components=components, fit_rows=fit_rows, batch_size=batch_size,
+                                   workers=workers, cohort=cohort)
+        else:
+            result = encode(run_dir, manifest, out, name, batch_size=batch_size, workers=workers,
+                            stochastic=stochastic, steps=steps, cohort=cohort)
         if not PartialState().is_main_process:
             return
         console.print(

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,7 +97,7 @@ def check_manifest_fits_run(run: object, manifest: Manifest) -> None:
             want = "NIfTI volumes" if trained_volumes else "2-D images (PNG/JPEG/TIFF/DICOM)"
             odd = next(i for i, p in enumerate(paths) if _volume(p) != trained_volumes)
             raise EmbedxError(
-                f"{manifest.source}: row {odd} ({paths[odd]}) does not match the run: {run.run_dir} was "  # type: ignore[attr-defined]
+                f"{manifest.source}: row {odd} ({paths[odd]}) does not match the run: {_label(run)} was "
                 f"trained on {want} (training manifest {train_manifest})"
             )
     pre = run.preprocess  # type: ignore[attr-defined]
@@ -111,7 +112,7 @@ def check_manifest_fits_run(run: object, manifest: Manifest) -> None:
         except EmbedxError as err:  # unreadable files come back as items; this is a config mismatch
             raise EmbedxError(
                 f"{manifest.source}: row {int(first[i])} ({paths[int(first[i])]}) cannot be prepared as run "
-                f"{run.run_dir} prepares its images: {err}"  # type: ignore[attr-defined]
+                f"{_label(run)} prepares its images: {err}"
             ) from err
         if "error" not in item:
             shape = tuple(item["image"].shape)
@@ -121,18 +122,24 @@ def check_manifest_fits_run(run: object, manifest: Manifest) -> None:
             return
         reasons.append(f"row {int(first[i])}: {item['error']}")
     raise EmbedxError(
-        f"{manifest.source}: none of the first {first.size} images can be prepared as run {run.run_dir} "  # type: ignore[attr-defined]
+        f"{manifest.source}: none of the first {first.size} images can be prepared as run {_label(run)} "
         f"prepares them (size {pre.size}, channels {pre.channels}):\n  " + "\n  ".join(reasons)
     )
 
 
+def _label(run: object) -> str:
+    return str(getattr(run, "run_dir", None) or f"the {getattr(run, 'kind', 'encoder')} encoder")
+
+
 def _provenance(run: object, manifest: Manifest) -> dict[str, str]:
     classes = getattr(run, "classes", None)
+    run_dir = getattr(run, "run_dir", None)
+    describe = getattr(run, "describe", None)
     return {
         "kind": run.kind,  # type: ignore[attr-defined]
-        "run_dir": str(Path(run.run_dir).resolve()),  # type: ignore[attr-defined]
+        "run_dir": str(Path(run_dir).resolve()) if run_dir else "",
         "checkpoint_hash": run.checkpoint_hash,  # type: ignore[attr-defined]
-        "config": run.config.to_yaml(),  # type: ignore[attr-defined]
+        "config": json.dumps(describe()) if describe else run.config.to_yaml(),  # type: ignore[attr-defined]
         "preprocess": run.preprocess.model_dump_json(),  # type: ignore[attr-defined]
         "embedx_version": __version__,
         "date": now_iso(),
@@ -256,7 +263,7 @@ class _nullbar:  # noqa: N801 - used like the progress_bar context manager
 
 
 def encode(
-    run_dir: str | Path,
+    run_dir: str | Path | Any,
     manifest: str | Path | Manifest,
     store_path: str | Path,
     name: str | None = None,
@@ -269,6 +276,9 @@ def encode(
 ) -> EncodeResult:
     """Encode every not-yet-encoded row of `manifest` with the run's model into `/embeddings/<name>`.
 
+    `run_dir` is a finished training run's folder, or an encoder object shaped like a loaded run (`model`
+    with `embed`, `preprocess`, `kind`, `checkpoint_hash`, `describe()`), e.g. the pixel reference.
+
     `cohort` names the cohort when one store holds several whose manifests write the same paths.
 
     Under `accelerate launch` with several processes, every process must call this with the same
@@ -278,10 +288,14 @@ def encode(
 
     from embedx.training.checkpoint import load_trained
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise EmbedxError(f"run folder {run_dir} does not exist")
-    name = name or run_dir.resolve().name
+    given = None if isinstance(run_dir, (str, Path)) else run_dir
+    if given is None:
+        run_dir = Path(run_dir)  # type: ignore[arg-type]
+        if not run_dir.is_dir():
+            raise EmbedxError(f"run folder {run_dir} does not exist")
+        name = name or run_dir.resolve().name
+    else:
+        name = name or given.kind
     escape_name(name)
     if "\x00" in cohort or cohort != cohort.strip():
         raise EmbedxError(f"--cohort {cohort!r}: use a plain name (no leading or trailing spaces)")
@@ -289,7 +303,7 @@ def encode(
         raise EmbedxError(f"--batch-size must be at least 1, got {batch_size}")
     state = PartialState()
     device = state.device
-    run = load_trained(run_dir, device=device)
+    run = load_trained(run_dir, device=device) if given is None else given.to(device)
     if stochastic and not hasattr(run.model, "encode_stochastic"):
         raise EmbedxError(f"--stochastic needs a diffusion autoencoder; {run_dir} is a {run.kind}")
     # Missing files are skipped and listed like unreadable ones, not fatal: hence check_files=False.
@@ -320,6 +334,8 @@ def encode(
                                      extra={"fingerprint": plan.fingerprints, "cohort": [cohort] * len(ids)})
             record_manifest(store, man, cohort)
             store.ensure_embedding(name, dim, _provenance(run, man), xt_shape)
+            if hasattr(run, "arrays"):  # state needed to encode later rows alike (plain arrays)
+                store.write_model_arrays(name, run.arrays())
             merged, _ = merge_shards(store, name)  # work left by a crashed multi-process run
             if merged:
                 log.info("merged %d rows from shards of an interrupted run", merged)

@@ -655,6 +655,23 @@ class Store:
         group.create_dataset("failed_reasons", data=np.array(list(reasons), dtype=object), dtype=_STR)
         self._f.flush()
 
+    def write_model_arrays(self, model: str, arrays: Mapping[str, np.ndarray]) -> None:
+        """Plain numeric arrays a model needs to encode later rows alike (e.g. the pixel reference's PCA)."""
+        self._need_write()
+        group = self._model_group(model).require_group("state")
+        for key, value in arrays.items():
+            value = np.asarray(value)
+            if value.dtype.kind not in "fiub":
+                raise StoreError(f"model state {key!r} must be numeric, got {value.dtype}")
+            if key in group:
+                del group[key]
+            group.create_dataset(key, data=value)
+        self._f.flush()
+
+    def model_arrays(self, model: str) -> dict[str, np.ndarray]:
+        group = self._model_group(model).get("state")
+        return {} if group is None else {k: group[k][()] for k in group}
+
     def set_embedding_attrs(self, model: str, **attrs: Any) -> None:
         self._need_write()
         group = self._model_group(model)
