@@ -118,3 +118,30 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(summary, indent=2, default=str))
         else:
             render_info(summary)
+
+    @store_app.command("import")
+    def import_command(
+        store: Path = typer.Argument(..., help="Store file (.h5) that already holds the cohort's rows."),
+        file: Path = typer.Argument(..., help="Embeddings: .npy, .npz, .parquet, .csv or .h5."),
+        name: str = typer.Option(..., "--name", "-n", help="Model name in the store."),
+        manifest: Path | None = typer.Option(None, "--manifest", "-m", help="Manifest: its folder anchors "
+                                             "path keys; its row order aligns a file without keys (.npy)."),
+        array: str | None = typer.Option(None, "--array", help="Array / dataset holding the vectors "
+                                         "(.npz / .h5 with several)."),
+        note: str = typer.Option("", "--note", help="Where the embeddings came from (kept in the store)."),
+        replace: bool = typer.Option(False, "--replace", help="Replace a model of the same name."),
+    ) -> None:
+        """Bring embeddings made elsewhere into the store; every command then treats them like latents.
+
+        Rows are matched by a sample_id or path column / array, or follow --manifest's order; duplicates,
+        unknown rows, a length mismatch and NaN are refused with the rows named.
+        """
+        from embedx.progress import console
+        from embedx.store.importer import import_embeddings
+
+        result = import_embeddings(store, file, name, manifest, array, note, replace)
+        console.print(f"[bold]{result.name}[/] (imported, {result.dim}-d, matched by {result.key_kind}): "
+                      f"{result.n_rows} rows written to {store}")
+        if result.n_store_rows_without:
+            console.print(f"[yellow]{result.n_store_rows_without} store row(s) have no vector in "
+                          f"{file.name}: they count as not encoded[/]")

@@ -1,0 +1,110 @@
+"""`embedx store import`: embeddings from elsewhere become a model like any other, or are refused by row."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from embedx.analysis.probe_core import ProbeConfig
+from embedx.analysis.probes import run_probes
+from embedx.data.manifest import load_manifest
+from embedx.errors import EmbedxError
+from embedx.store.h5store import Store
+from embedx.store.importer import import_embeddings
+from embedx.store.pixels import encode_pixels
+
+CFG = ProbeConfig(n_permutations=99, n_bootstrap=200, seed=0)
+
+
+@pytest.fixture(scope="module")
+def pixel_store(cohort, tmp_path_factory):
+    path = tmp_path_factory.mktemp("import") / "s.h5"
+    encode_pixels(cohort, path, size=32, pool=16, components=24, workers=0)
+    return path
+
+
+def _copy_store(src, dst):
+    dst.write_bytes(src.read_bytes())
+    return dst
+
+
+def test_an_imported_copy_probes_exactly_like_the_original(pixel_store, cohort, tmp_path) -> None:
+    store_path = _copy_store(pixel_store, tmp_path / "s.h5")
+    man = load_manifest(cohort)
+    with Store.open(store_path) as store:
+        z = store.latents("pixels")
+        ids = store.sample_ids.astype(str)
+        rows = store.rows_of(man.sample_ids())
+    shuffled = np.random.default_rng(0).permutation(len(ids))
+    np.savez(tmp_path / "by-id.npz", embeddings=z[shuffled], sample_id=ids[shuffled])
+    table = pd.DataFrame(z[rows][::-1], columns=[f"f{i}" for i in range(z.shape[1])])
+    table.insert(0, "path", man.table["path"].to_numpy()[::-1])
+    table.to_csv(tmp_path / "by-path.csv", index=False)
+    np.save(tmp_path / "by-order.npy", z[rows])
+    listed = pd.DataFrame({"path": man.table["path"], "embedding": list(z[rows])})
+    listed.to_parquet(tmp_path / "list.parquet")
+    with h5py.File(tmp_path / "by-id.h5", "w") as f:
+        f["features"] = z[shuffled]
+        f["ids"] = ids[shuffled].astype(object)
+
+    import_embeddings(store_path, tmp_path / "by-id.npz", "from-npz")
+    import_embeddings(store_path, tmp_path / "by-path.csv", "from-csv", manifest=cohort)
+    import_embeddings(store_path, tmp_path / "by-order.npy", "from-npy", manifest=cohort)
+    import_embeddings(store_path, tmp_path / "list.parquet", "from-parquet", manifest=cohort)
+    import_embeddings(store_path, tmp_path / "by-id.h5", "from-h5")
+    names = ["pixels", "from-npz", "from-csv", "from-npy", "from-parquet", "from-h5"]
+    with Store.open(store_path) as store:
+        for name in names[1:]:
+            np.testing.assert_array_equal(store.latents(name), z)
+            assert store.embedding_info(name)["kind"] == "imported"
+    results = run_probes(store_path, models=names, attributes=["site", "age"], config=CFG, write=False)
+    scores = {(r.model, r.attribute): (r.score, r.ci, r.p_value) for r in results}
+    for name in names[1:]:
+        for attribute in ("site", "age"):
+            assert scores[(name, attribute)] == scores[("pixels", attribute)]
+
+
+def test_mismatched_imports_are_refused_naming_the_rows(pixel_store, cohort, tmp_path) -> None:
+    store_path = _copy_store(pixel_store, tmp_path / "s.h5")
+    man = load_manifest(cohort)
+    z = np.random.default_rng(1).normal(size=(len(man), 8)).astype(np.float32)
+    paths = man.table["path"].to_numpy(dtype=object).copy()
+    paths[[3, 7]] = ["images/not-here.png", "elsewhere/x.png"]
+    frame = pd.DataFrame({"path": paths, **{f"f{i}": z[:, i] for i in range(8)}})
+    frame.to_csv(tmp_path / "a.csv", index=False)
+    with pytest.raises(EmbedxError, match=r"2 of 300 row\(s\) are not in the store.*row 4 \('images/not"):
+        import_embeddings(store_path, tmp_path / "a.csv", "x", manifest=cohort)
+    paths = man.table["path"].to_numpy(dtype=object).copy()
+    paths[10] = paths[2]
+    pd.DataFrame({"path": paths, "f0": z[:, 0]}).to_csv(tmp_path / "b.csv", index=False)
+    with pytest.raises(EmbedxError, match=r"2 row\(s\) share a key with another row: row 3 .*row 11"):
+        import_embeddings(store_path, tmp_path / "b.csv", "x", manifest=cohort)
+    bad = z.copy()
+    bad[5, 2] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    with pytest.raises(EmbedxError, match=r"1 row\(s\) hold NaN or infinite values: row 6"):
+        import_embeddings(store_path, tmp_path / "nan.npy", "x", manifest=cohort)
+    np.save(tmp_path / "short.npy", z[:-1])
+    with pytest.raises(EmbedxError, match="299 embedding rows but the manifest"):
+        import_embeddings(store_path, tmp_path / "short.npy", "x", manifest=cohort)
+    with pytest.raises(EmbedxError, match="give --manifest"):
+        import_embeddings(store_path, tmp_path / "short.npy", "x")
+    with pytest.raises(EmbedxError, match="already there"):
+        import_embeddings(store_path, tmp_path / "b.csv", "pixels", manifest=cohort)
+    with Store.open(store_path) as store:
+        assert store.models() == ["pixels"]  # nothing half-written
+
+
+def test_the_command_line_names_the_problem_and_exits_2(pixel_store, tmp_path) -> None:
+    store_path = _copy_store(pixel_store, tmp_path / "s.h5")
+    (tmp_path / "e.npz").write_bytes(b"not a zip")
+    command = ["store", "import", str(store_path), str(tmp_path / "e.npz"), "--name", "x"]
+    out = subprocess.run([sys.executable, "-m", "embedx", *command], capture_output=True, text=True,
+                         timeout=120)
+    text = " ".join((out.stdout + out.stderr).split())
+    assert out.returncode == 2 and "e.npz" in text and "Traceback" not in text
