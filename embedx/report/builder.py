@@ -61,6 +61,7 @@ def build_report(
     parts = {
         "maps": sections.map_section(store_path, snap, col, seed),
         "probes": sections.probe_section(gathered["probes"], col),
+        "reference": sections.reference_section(gathered["reference"]),
         "calibration": sections.calibration_section(gathered["calibration"], col),
         "fairness": sections.fairness_section(gathered["fairness"], col),
         "clusters": sections.cluster_section(gathered["clusters"], store_path, col),
@@ -98,6 +99,7 @@ def build_report(
         target=gathered["target"],
         clusters=[sections.compact_clusters(c) for c in gathered["clusters"].values()],
         calibration=list(gathered["calibration"].values()),
+        reference=gathered["reference"],
         controls={
             "cross_site": gathered["cross_site"],
             "background": gathered["background"],

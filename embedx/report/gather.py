@@ -19,6 +19,7 @@ import numpy as np
 
 from embedx._version import __version__
 from embedx.analysis.probe_result import judge_family
+from embedx.analysis.reference import REFERENCE_KIND, compare_to_reference
 from embedx.errors import EmbedxError
 
 if TYPE_CHECKING:
@@ -178,6 +179,9 @@ def gather(
             f"probe verdicts re-judged with Holm over the {family} tests this report shows (they were stored "
             f"with families of {', '.join(map(str, stored_families))})"
         )
+    # The pixel reference is a yardstick for the models' probes, not an audited model of its own.
+    kinds = {m: str(snap["embedding_info"][m].get("kind", "")) for m in models}
+    audited = [m for m in models if kinds[m] != REFERENCE_KIND] or models
     # Target, fairness, cross-site.
     target = pick_target(snap["schema"], target)
     fairness: list[dict] = []
@@ -194,7 +198,9 @@ def gather(
 
             fairness = (
                 _attempt(
-                    lambda: list(run_fairness(store_path, target, seed=seed)),
+                    lambda: [
+                        f for m in audited for f in run_fairness(store_path, target, model=m, seed=seed)
+                    ],
                     notes,
                     f"fairness for target {target!r}",
                 )
@@ -211,7 +217,7 @@ def gather(
             # Every model gets its matrix: a DAE and a VAE of one cohort can carry the site differently.
             from embedx.analysis.cross_site import cross_site
 
-            for model in models:
+            for model in audited:
                 key = (model, target, site)
                 if any((c.get("model"), c.get("target"), c.get("site")) == key for c in cross):
                     continue
@@ -230,7 +236,7 @@ def gather(
     distributions = {
         c["model"]: c for c in snap["controls"] if c.get("control") == "distribution" and current(c, snap)
     }
-    for m in models:
+    for m in audited:
         if m not in clusters and run_missing:
             from embedx.analysis.clusters import run_clusters
 
@@ -247,7 +253,7 @@ def gather(
             if found is not None:
                 distributions[m] = found
     calibration = {c["model"]: c for c in snap["calibration"] if current(c, snap)}
-    missing_calibration = [m for m in models if m not in calibration]
+    missing_calibration = [m for m in audited if m not in calibration]
     if missing_calibration and run_missing:
         from embedx.analysis.calibration import run_calibration
 
@@ -274,6 +280,7 @@ def gather(
         "distribution": distributions,
         "background": background,
         "target": target,
+        "reference": [c.to_dict() for c in compare_to_reference(probes, kinds)],
     }
 
 

@@ -131,6 +131,32 @@ def probe_section(probes: list[dict], col: Collector) -> str:
     )
 
 
+def reference_section(comparisons: list[dict]) -> str:
+    """Pixels vs each model, per attribute: a table of scores and the reading in words."""
+    if not comparisons:
+        return ("<p>No pixel reference in this store: run <code>embedx encode --pixels --manifest m.csv "
+                "--out STORE</code> to see what the images carry before any model.</p>")
+    rows = []
+    for c in comparisons:
+        rows.append({
+            "attribute": c["attribute"], "model": c["model"], "metric": c["metric"],
+            "pixels": _score_ci(c["pixel_score"], c["pixel_ci"]), "model score": _score_ci(c["model_score"],
+                                                                                           c["model_ci"]),
+            "chance": c["chance"], "kept": None if c["kept"] is None else round(c["kept"], 2),
+            "reading": c["reading"],
+        })
+    flagged = [c for c in comparisons if c["reading"] in ("discards", "keeps less", "amplifies")]
+    sentences = "".join(f"<li>{html.escape(c['sentence'])}</li>" for c in flagged)
+    words = f"<ul>{sentences}</ul>" if flagged else "<p>Every model keeps what the pixels carry.</p>"
+    return words + table_html(pd.DataFrame(rows), index=False)
+
+
+def _score_ci(score: Any, ci: Any) -> str:
+    if score is None:
+        return "-"
+    return f"{score:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
 def calibration_section(calibration: Mapping[str, Mapping[str, Any]], col: Collector) -> str:
     """False-positive rate and power per model: a sentence, a table and the power figure."""
     if not calibration:

@@ -25,9 +25,11 @@ SCHEMA = {
 }
 
 
-def _probe(model: str, attribute: str, kind: str, score: float, chance: float, encoded: bool) -> dict:
+def _probe(model: str, attribute: str, kind: str, score: float, chance: float, encoded: bool,
+           rows_encoded: int | None = None) -> dict:
     metric = "mae" if kind == "continuous" else "balanced_accuracy"
     return {
+        "rows_encoded": rows_encoded,
         "model": model,
         "attribute": attribute,
         "kind": kind,
@@ -64,6 +66,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     z = rng.normal(size=(n, 12)).astype(np.float32)
     z[np.arange(n), site_idx] += 3.0
     z[:, 4] += finding
+    pixels = z.copy()  # the pixel reference carries sex too: both models discard it
+    pixels[:, 8] += 2.5 * (attrs["sex"] == "F").to_numpy()
     folder = tmp_path_factory.mktemp("report")
     path = write_store_from_arrays(
         folder / "s.h5",
@@ -71,22 +75,27 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         subjects,
         attrs,
         SCHEMA,
-        {"vae": z, "dae": z + rng.normal(size=z.shape).astype(np.float32)},
+        {"vae": z, "dae": z + rng.normal(size=z.shape).astype(np.float32), "pixels": pixels},
         thumbnails=rng.integers(0, 255, (n, 64, 64)).astype(np.uint8),
         embedding_attrs={
             "vae": {"kind": "vae", "checkpoint_hash": "c0ffee", "config": "model:\n  kind: vae\n"},
             "dae": {"kind": "dae", "checkpoint_hash": "beef"},
+            "pixels": {"kind": "pixels"},
         },
     )
     with Store.open(path, "a") as s:
         s.write_projection("vae", "tsne", z[:, :2], np.ones(n, dtype=np.int8), {"perplexity": 30})
         for p in (
-            _probe("vae", "site", "categorical", 0.95, 1 / 3, True),
-            _probe("vae", "sex", "binary", 0.51, 0.5, False),
-            _probe("vae", "age", "continuous", 9.8, 9.9, False),
-            _probe("vae", "finding", "binary", 0.7, 0.5, True),
+            _probe("vae", "site", "categorical", 0.95, 1 / 3, True, n),
+            _probe("vae", "sex", "binary", 0.51, 0.5, False, n),
+            _probe("vae", "age", "continuous", 9.8, 9.9, False, n),
+            _probe("vae", "finding", "binary", 0.7, 0.5, True, n),
+            _probe("pixels", "site", "categorical", 0.95, 1 / 3, True, n),  # current: kept by the report
+            _probe("pixels", "sex", "binary", 0.80, 0.5, True, n),
+            _probe("pixels", "age", "continuous", 9.7, 9.9, False, n),
+            _probe("pixels", "finding", "binary", 0.85, 0.5, True, n),
         ):
-            s.write_analysis("probes", f"vae__{p['attribute']}", p)
+            s.write_analysis("probes", f"{p['model']}__{p['attribute']}", p)
         s.write_analysis(
             "fairness",
             "vae__finding__sex",
@@ -132,7 +141,7 @@ def test_report_json_has_design_card_probes_and_the_rest(built: tuple[Path, dict
     assert data == document
     assert data["store"] == str(store) and data["embedx_version"]
     models = {p["model"] for p in data["probes"]}
-    assert models == {"vae", "dae"}  # stored for the vae, run by the report for the dae
+    assert models == {"vae", "dae", "pixels"}  # stored for the vae and pixels, run by the report for the dae
     for p in data["probes"]:
         assert set(PROBE_FIELDS) <= set(p)
     assert data["fairness"][0]["sensitive"] == "sex"
@@ -143,7 +152,7 @@ def test_report_json_has_design_card_probes_and_the_rest(built: tuple[Path, dict
     assert {c["model"] for c in cross} == {"vae", "dae"}  # one matrix per model
     assert all(c["target"] == "finding" and c["site"] == "site" and len(c["matrix"]) == 3 for c in cross)
     assert {d["model"] for d in data["controls"]["distribution"]} == {"vae", "dae"}
-    assert [m["checkpoint_hash"] for m in data["provenance"]["models"]] == ["c0ffee", "beef"]
+    assert [m["checkpoint_hash"] for m in data["provenance"]["models"]] == ["c0ffee", "beef", None]
     assert any("PCA computed" in n or "PCA" in n for n in data["notes"])  # the dae had no stored map
     assert any("background-patch control" in n for n in data["notes"])
 
@@ -261,3 +270,18 @@ def test_partial_and_stale_analyses_are_recomputed_not_reused(tmp_path: Path) ->
     assert set(by) == {"site", "sex"}
     assert by["site"]["n"] == n and by["site"]["rows_encoded"] == n
     assert any("recomputed" in note and "encoded since" in note for note in doc["notes"])
+
+
+def test_each_model_is_read_beside_the_pixel_reference(built: tuple[Path, dict]) -> None:
+    out, document = built
+    by = {(c["model"], c["attribute"]): c for c in document["reference"]}
+    assert {m for m, _ in by} == {"vae", "dae"}  # the reference is the yardstick, not a row of its own
+    assert by[("vae", "sex")]["reading"] == "discards"
+    assert by[("vae", "site")]["reading"] == "keeps"  # same score and interval
+    assert by[("vae", "site")]["kept"] == pytest.approx(1.0)
+    assert by[("vae", "age")]["reading"] == "neither"
+    assert by[("vae", "finding")]["reading"] == "keeps less"  # 0.70 [0.66, 0.74] vs 0.85 [0.81, 0.89]
+    assert by[("vae", "finding")]["kept"] == pytest.approx(0.2 / 0.35)
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "vae discards sex: the pixels carry it, its latents do not show it" in page
+    assert 'id="reference"' in page

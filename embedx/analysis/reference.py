@@ -1,0 +1,135 @@
+"""Read each model beside what plain pixels already show: does it discard, keep or amplify an attribute?
+
+A model's probe alone under-reads a shortcut: latents at chance for "site" may mean the images carry no site
+signature, or that this model threw it away while a classifier trained on the same pixels would find it.
+The `pixels` reference (see `embedx.store.pixels`) is probed with the same probe, on the same rows and
+subjects, so the two scores are comparable.
+
+A difference is called only where the two 95 % intervals do not overlap. Two intervals that miss each other
+imply a difference at p < 0.01 or so (conservative; the scores are correlated because they share rows, which
+would make a paired test more powerful). Where they overlap, the reading is "keeps what the pixels carry".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from embedx.analysis.typed import JsonResult
+
+REFERENCE_KIND = "pixels"
+
+DISCARDS = "discards"
+WEAKER = "keeps less"
+KEEPS = "keeps"
+AMPLIFIES = "amplifies"
+NEITHER = "neither"
+NO_READING = "no reading"
+
+
+@dataclass(frozen=True)
+class ReferenceComparison(JsonResult):
+    """One model x attribute, against the pixel reference."""
+
+    model: str
+    attribute: str
+    metric: str
+    reference: str
+    pixel_score: float | None
+    pixel_ci: tuple[float, float] | None
+    pixel_encoded: bool
+    model_score: float | None
+    model_ci: tuple[float, float] | None
+    model_encoded: bool
+    chance: float | None
+    kept: float | None  # (model - chance) / (pixels - chance), oriented so that 1 = as readable as pixels
+    reading: str
+    sentence: str
+
+
+def _ci(p: Mapping[str, Any]) -> tuple[float, float] | None:
+    ci = p.get("ci")
+    if not ci or ci[0] is None or ci[1] is None:
+        return None
+    return float(ci[0]), float(ci[1])
+
+
+def _advantage(value: float, chance: float, lower_is_better: bool) -> float:
+    return chance - value if lower_is_better else value - chance
+
+
+def _fmt(score: float | None, ci: tuple[float, float] | None) -> str:
+    if score is None:
+        return "-"
+    return f"{score:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def compare_one(model_probe: Mapping[str, Any], pixel_probe: Mapping[str, Any]) -> ReferenceComparison:
+    metric = str(model_probe.get("metric"))
+    lower = metric == "mae"
+    chance = model_probe.get("chance")
+    ms, ps = model_probe.get("score"), pixel_probe.get("score")
+    mci, pci = _ci(model_probe), _ci(pixel_probe)
+    m_enc, p_enc = bool(model_probe.get("encoded")), bool(pixel_probe.get("encoded"))
+    model, attribute = str(model_probe["model"]), str(model_probe["attribute"])
+    kept = None
+    if ms is not None and ps is not None and chance is not None:
+        gap = _advantage(float(ps), float(chance), lower)
+        if p_enc and gap > 0:
+            kept = _advantage(float(ms), float(chance), lower) / gap
+    unit = "MAE" if lower else metric.replace("_", " ")
+    numbers = (f"pixels {_fmt(ps, pci)}, {model} {_fmt(ms, mci)}"
+               + (f", chance {float(chance):.2f}" if chance is not None else "") + f" ({unit})")
+    if ms is None or ps is None or mci is None or pci is None:
+        reading, text = NO_READING, f"{attribute}: no comparison (a probe was skipped or has no interval)"
+    else:
+        better = (mci[1] < pci[0]) if lower else (mci[0] > pci[1])
+        worse = (mci[0] > pci[1]) if lower else (mci[1] < pci[0])
+        if p_enc and not m_enc:
+            reading = DISCARDS
+            text = (f"{model} discards {attribute}: the pixels carry it, its latents do not show it "
+                    f"({numbers})")
+        elif not p_enc and not m_enc:
+            reading = NEITHER
+            text = f"{attribute}: neither the pixels nor {model} show it ({numbers})"
+        elif not p_enc and m_enc:
+            reading = AMPLIFIES
+            text = (f"{model} amplifies {attribute}: its latents show what a linear view of the pixels does "
+                    f"not ({numbers})")
+        elif better:
+            reading = AMPLIFIES
+            text = f"{model} amplifies {attribute}: easier to read than in the pixels ({numbers})"
+        elif worse:
+            reading = WEAKER
+            share = f"{100 * kept:.0f} % of the pixels' margin over chance" if kept is not None else "less"
+            text = f"{model} keeps {share} for {attribute} ({numbers})"
+        else:
+            reading = KEEPS
+            text = f"{model} keeps {attribute} about as the pixels carry it ({numbers})"
+    return ReferenceComparison(
+        model=model, attribute=attribute, metric=metric, reference=str(pixel_probe["model"]),
+        pixel_score=None if ps is None else float(ps), pixel_ci=pci, pixel_encoded=p_enc,
+        model_score=None if ms is None else float(ms), model_ci=mci, model_encoded=m_enc,
+        chance=None if chance is None else float(chance), kept=kept, reading=reading, sentence=text,
+    )
+
+
+def compare_to_reference(
+    probes: Sequence[Mapping[str, Any]], kinds: Mapping[str, str]
+) -> list[ReferenceComparison]:
+    """Every (model, attribute) probe beside the same attribute's pixel-reference probe.
+
+    `kinds` maps model name -> kind (store provenance); the first model of kind `pixels` is the reference.
+    """
+    references = [m for m, k in kinds.items() if k == REFERENCE_KIND]
+    if not references:
+        return []
+    ref = references[0]
+    by_attribute = {str(p["attribute"]): p for p in probes if p.get("model") == ref and not p.get("skipped")}
+    out = []
+    for p in probes:
+        if p.get("model") == ref or p.get("skipped") or str(p["attribute"]) not in by_attribute:
+            continue
+        out.append(compare_one(p, by_attribute[str(p["attribute"])]))
+    return sorted(out, key=lambda c: (c.attribute, c.model))

@@ -1,0 +1,44 @@
+"""Pixels vs a model: the reading follows the intervals, both ways, for accuracy and for MAE."""
+
+from __future__ import annotations
+
+import pytest
+
+from embedx.analysis.reference import compare_one, compare_to_reference
+
+
+def _p(model: str, score: float, ci: tuple[float, float], encoded: bool, metric: str = "balanced_accuracy",
+       chance: float = 0.5) -> dict:
+    return {"model": model, "attribute": "site", "metric": metric, "score": score, "ci": list(ci),
+            "chance": chance, "encoded": encoded}
+
+
+PX_MAE = _p("px", 7.0, (6.5, 7.5), True, "mae", 11.0)
+
+
+@pytest.mark.parametrize(
+    ("model", "pixels", "reading"),
+    [
+        (_p("m", 0.52, (0.48, 0.56), False), _p("px", 0.72, (0.68, 0.76), True), "discards"),
+        (_p("m", 0.62, (0.58, 0.66), True), _p("px", 0.72, (0.68, 0.76), True), "keeps less"),
+        (_p("m", 0.70, (0.66, 0.74), True), _p("px", 0.72, (0.68, 0.76), True), "keeps"),
+        (_p("m", 0.90, (0.86, 0.94), True), _p("px", 0.72, (0.68, 0.76), True), "amplifies"),
+        (_p("m", 0.60, (0.56, 0.64), True), _p("px", 0.51, (0.47, 0.55), False), "amplifies"),
+        (_p("m", 0.50, (0.46, 0.54), False), _p("px", 0.51, (0.47, 0.55), False), "neither"),
+        # MAE: lower is better, so a model with the higher error keeps less
+        (_p("m", 9.0, (8.5, 9.5), True, "mae", 11.0), PX_MAE, "keeps less"),
+        (_p("m", 5.0, (4.5, 5.5), True, "mae", 11.0), PX_MAE, "amplifies"),
+    ],
+)
+def test_reading(model: dict, pixels: dict, reading: str) -> None:
+    assert compare_one(model, pixels).reading == reading
+
+
+def test_kept_share_and_the_reference_model_chosen_by_kind() -> None:
+    c = compare_one(_p("m", 9.0, (8.5, 9.5), True, "mae", 11.0), _p("px", 7.0, (6.5, 7.5), True, "mae", 11.0))
+    assert c.kept == pytest.approx(0.5)
+    probes = [_p("vae", 0.6, (0.55, 0.65), True), _p("px", 0.7, (0.65, 0.75), True),
+              {**_p("dae", 0.6, (0.5, 0.7), False), "skipped": True}]
+    found = compare_to_reference(probes, {"vae": "vae", "px": "pixels", "dae": "dae"})
+    assert [(c.model, c.reference) for c in found] == [("vae", "px")]
+    assert compare_to_reference(probes, {"vae": "vae", "px": "imported"}) == []
