@@ -125,6 +125,7 @@ def run_demo(
     from embedx.data.synth import generate_cohort, read_ground_truth
     from embedx.report.builder import build_report
     from embedx.store.encode import encode
+    from embedx.store.pixels import encode_pixels
     from embedx.store.project import project
     from embedx.training.config import load_config
     from embedx.training.loop import train
@@ -146,7 +147,7 @@ def run_demo(
             "[dim]--quick uses small images and a small cohort: enough to show the injected "
             "signals, not to train models that reconstruct well.[/]"
         )
-    stages = 1 + len(models) + len(models) + 1 + 6 + 1
+    stages = 1 + len(models) + len(models) + 1 + 1 + 6 + 1
     timer = StageTimer(total=stages)
 
     manifest = timer.run(
@@ -170,6 +171,11 @@ def run_demo(
         )
     for model in models:
         timer.run(f"encode {model}", lambda m=model: encode(runs[m], manifest, store_path, name=m))
+    timer.run(
+        "encode the pixel reference (no training)",
+        lambda: encode_pixels(manifest, store_path, "pixels", size=profile.synth_size,
+                              pool=min(32, profile.synth_size), components=64, seed=seed),
+    )
 
     def _projections() -> None:
         project(str(store_path), method="tsne", models=models, seed=seed)
@@ -186,6 +192,7 @@ def run_demo(
         f"calibrate the audit ({labels} null + {labels} planted labels)",
         lambda: run_calibration(
             store_path,
+            models,
             settings=CalibrationSettings(
                 n_null=labels, n_planted=labels, null_permutations=99 if quick else 199, seed=seed
             ),
@@ -250,6 +257,11 @@ def summarise(truth: dict, probes: list[dict], models: list[str]) -> dict:
                 "found": bool(encoded_by),
                 "best": {k: best.get(k) for k in ("model", "metric", "score", "ci", "chance", "p_value")},
                 "agrees": bool(encoded_by) == bool(spec["in_pixels"]),
+                "pixels": next(
+                    ({k: p.get(k) for k in ("score", "ci", "encoded")}
+                     for p in probes if p["attribute"] == attribute and p["model"] == "pixels"),
+                    None,
+                ),
             }
         )
     return {"attributes": rows, "all_agree": all(r["agrees"] for r in rows)}
@@ -263,6 +275,12 @@ def _advantage(probe: dict) -> float:
     return (chance - score) if probe.get("metric") == "mae" else (score - chance)
 
 
+def _pixels_cell(pixels: dict | None) -> str:
+    if not pixels or pixels.get("score") is None:
+        return "—"
+    return f"{pixels['score']:.3f}" + (" found" if pixels.get("encoded") else " chance")
+
+
 def print_summary(summary: dict) -> None:
     table = Table(title="Injected into the pixels (ground_truth.json) vs found by the VAE / DAE probes")
     table.add_column("attribute", no_wrap=True)
@@ -270,6 +288,7 @@ def print_summary(summary: dict) -> None:
     table.add_column("found by", no_wrap=True)
     table.add_column("best score [95% CI]", no_wrap=True)
     table.add_column("chance", no_wrap=True)
+    table.add_column("pixels (reference)", no_wrap=True)
     table.add_column("agrees", no_wrap=True)
     for row in summary["attributes"]:
         best = row["best"]
@@ -285,6 +304,7 @@ def print_summary(summary: dict) -> None:
             ", ".join(row["found_by"]) or "chance",
             score,
             chance,
+            _pixels_cell(row.get("pixels")),
             "[green]yes[/]" if row["agrees"] else "[red]NO[/]",
         )
     console.print(table)

@@ -202,3 +202,25 @@ def test_controls_page_summarises_a_background_control(bare_store, monkeypatch) 
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["balanced accuracy"] == "0.973" and metrics["95 % CI"] == "[0.95, 0.99]"
     assert any("readable from blank background" in c.value for c in at.caption)
+
+
+def test_probes_page_reads_each_model_beside_the_pixel_reference(store, tmp_path, monkeypatch) -> None:
+    """A pixel reference that carries sex: the vae (whose latents have no sex axis) discards it."""
+    from synthstore import latents
+
+    from embedx.analysis.probes import ProbeConfig, run_probes
+
+    copy = tmp_path / "with-pixels.h5"
+    copy.write_bytes(store.read_bytes())
+    with Store.open(copy, "a") as handle:
+        z = latents(handle.attributes(), 8, with_sex=True, seed=7)
+        handle.ensure_embedding("pixels", z.shape[1], {"kind": "pixels"})
+        handle.write_latents("pixels", np.arange(handle.n), z)
+    run_probes(copy, models=["pixels"], attributes=["site", "sex", "age"],
+               config=ProbeConfig(n_permutations=300, n_bootstrap=200, folds=3, c_grid=(0.1, 1.0), seed=0))
+    at = run_page("probes", copy, monkeypatch)
+    table = next(f for f in frames(at) if "reading" in f.columns).set_index(["model", "attribute"])
+    assert table.loc[("vae", "sex"), "reading"] == "discards"
+    assert table.loc[("dae", "sex"), "reading"] in ("keeps", "keeps less", "amplifies")
+    assert "pixels" not in table.index.get_level_values("model")
+    assert any("vae discards sex" in m.value for m in at.markdown)

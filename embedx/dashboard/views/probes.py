@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from embedx.analysis.probe_result import judge_family
+from embedx.analysis.reference import AMPLIFIES, DISCARDS, WEAKER, compare_to_reference
 from embedx.analysis.results import probe_table
 from embedx.analysis.tables import family_line
 from embedx.dashboard import data, figures, shaping, widgets
@@ -61,6 +62,38 @@ for metric in sorted({str(p.get("metric")) for p in probes}):
     if subset:
         st.markdown(f"**{metric}** by attribute ({', '.join(models)}); black bar = chance")
         st.plotly_chart(figures.probe_bars(subset), width="stretch", key=f"probe_bars_{metric}")
+
+st.subheader("What each model keeps of what the pixels carry")
+model_kinds = {m: str(attrs.get("kind", "")) for m, attrs in meta.embedding_attrs.items()}
+comparisons = compare_to_reference(probes, model_kinds)
+if not comparisons:
+    widgets.hint(
+        "No pixel reference in this store. Encode what plain pixels carry (no training), then probe it:",
+        f"embedx encode --pixels --manifest MANIFEST --out {widgets.quote(path)}",
+    )
+else:
+    st.caption(
+        "The pixel reference (PCA of the pooled image + acquisition statistics) probed like the models. "
+        "Discards: the pixels carry the attribute, the model's latents do not show it. Keeps less / "
+        "amplifies: the two 95 % intervals miss each other. Kept = (model − chance) / (pixels − chance)."
+    )
+    for c in comparisons:
+        if c.reading in (DISCARDS, WEAKER, AMPLIFIES):
+            st.markdown(f"- {c.sentence}")
+    st.dataframe(
+        [
+            {"attribute": c.attribute, "model": c.model, "pixels": c.pixel_score,
+             "model score": c.model_score, "chance": c.chance, "kept": c.kept, "reading": c.reading}
+            for c in comparisons
+        ],
+        hide_index=True,
+        width="stretch",
+        column_config={
+            k: st.column_config.NumberColumn(format="%.3f")
+            for k in ("pixels", "model score", "chance", "kept")
+        },
+        key="reference_table",
+    )
 
 st.subheader("How far to trust these verdicts on this cohort")
 calibration = data.analysis(path, "calibration")
