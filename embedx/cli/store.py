@@ -31,8 +31,13 @@ def register(app: typer.Typer) -> None:
         pool: int = typer.Option(32, "--pool", help="--pixels: PCA of the image pooled to POOL²."),
         components: int = typer.Option(128, "--components", help="--pixels: PCA components."),
         fit_rows: int = typer.Option(10_000, "--fit-rows", help="--pixels: images the PCA is fitted on."),
+        backbone: Path | None = typer.Option(None, "--backbone", help="A pretrained encoder on disk: a "
+                                             "Hugging Face model folder or a TorchScript file (no download)"),
+        backbone_size: int | None = typer.Option(None, "--backbone-size", help="--backbone: its input size "
+                                                 "(default: its preprocessor_config.json, else 224)."),
     ) -> None:
-        """Encode a cohort with a trained VAE / DAE / CNN, or the pixel reference (--pixels), into the store.
+        """Encode a cohort with a trained VAE / DAE / CNN, the pixel reference (--pixels) or a pretrained
+        backbone from local weights (--backbone), into the store.
 
         Resumable: rerun the same command after an interruption, or with a grown manifest, and only the
         missing rows are encoded. Runs unchanged under `accelerate launch -m embedx encode ...`.
@@ -43,9 +48,15 @@ def register(app: typer.Typer) -> None:
         from embedx.progress import console
         from embedx.store.encode import encode
 
-        if pixels == (run_dir is not None):
-            raise EmbedxError("give either a run folder or --pixels (the pixel reference), not both")
-        if pixels:
+        if sum([pixels, run_dir is not None, backbone is not None]) != 1:
+            raise EmbedxError("give one of: a run folder, --pixels (the pixel reference), --backbone PATH")
+        if backbone is not None:
+            from embedx.store.backbone import load_backbone
+
+            encoder = load_backbone(backbone, size=backbone_size)
+            result = encode(encoder, manifest, out, name or backbone.name.split(".")[0],
+                            batch_size=batch_size, workers=workers, cohort=cohort)
+        elif pixels:
             from embedx.store.pixels import encode_pixels
 
             result = encode_pixels(manifest, out, name or "pixels", size=pixel_size, pool=pool,
