@@ -7,7 +7,10 @@ subjects, so the two scores are comparable.
 
 A difference is called only where the two 95 % intervals do not overlap. Two intervals that miss each other
 imply a difference at p < 0.01 or so (conservative; the scores are correlated because they share rows, which
-would make a paired test more powerful). Where they overlap, the reading is "keeps what the pixels carry".
+would make a paired test more powerful). Where they overlap, the reading is "keeps what the pixels carry"
+when both verdicts agree, and "unclear" when one probe is called encoded and the other not: a verdict that
+flips inside overlapping intervals is no evidence of a difference. Probes run on different rows (a model
+that encoded only part of the cohort) are not compared at all.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ WEAKER = "keeps less"
 KEEPS = "keeps"
 AMPLIFIES = "amplifies"
 NEITHER = "neither"
+UNCLEAR = "unclear"
 NO_READING = "no reading"
 
 
@@ -81,29 +85,39 @@ def compare_one(model_probe: Mapping[str, Any], pixel_probe: Mapping[str, Any]) 
     unit = "MAE" if lower else metric.replace("_", " ")
     numbers = (f"pixels {_fmt(ps, pci)}, {model} {_fmt(ms, mci)}"
                + (f", chance {float(chance):.2f}" if chance is not None else "") + f" ({unit})")
+    rows_m, rows_p = model_probe.get("rows_encoded"), pixel_probe.get("rows_encoded")
+    n_m, n_p = model_probe.get("n"), pixel_probe.get("n")
     if ms is None or ps is None or mci is None or pci is None:
         reading, text = NO_READING, f"{attribute}: no comparison (a probe was skipped or has no interval)"
+    elif (rows_m is not None and rows_p is not None and rows_m != rows_p) or (
+            n_m is not None and n_p is not None and n_m != n_p):
+        reading = NO_READING
+        text = (f"{attribute}: {model} and the pixels were probed on different rows (n = {n_m} vs {n_p}); "
+                "encode the same rows with both to compare them")
     else:
         better = (mci[1] < pci[0]) if lower else (mci[0] > pci[1])
         worse = (mci[0] > pci[1]) if lower else (mci[1] < pci[0])
-        if p_enc and not m_enc:
+        if better:
+            reading = AMPLIFIES
+            text = (f"{model} amplifies {attribute}: easier to read than in the pixels"
+                    + ("" if p_enc else ", where a linear view of the pixels does not find it")
+                    + f" ({numbers})")
+        elif worse and not m_enc:
             reading = DISCARDS
             text = (f"{model} discards {attribute}: the pixels carry it, its latents do not show it "
                     f"({numbers})")
-        elif not p_enc and not m_enc:
-            reading = NEITHER
-            text = f"{attribute}: neither the pixels nor {model} show it ({numbers})"
-        elif not p_enc and m_enc:
-            reading = AMPLIFIES
-            text = (f"{model} amplifies {attribute}: its latents show what a linear view of the pixels does "
-                    f"not ({numbers})")
-        elif better:
-            reading = AMPLIFIES
-            text = f"{model} amplifies {attribute}: easier to read than in the pixels ({numbers})"
         elif worse:
             reading = WEAKER
             share = f"{100 * kept:.0f} % of the pixels' margin over chance" if kept is not None else "less"
             text = f"{model} keeps {share} for {attribute} ({numbers})"
+        elif not p_enc and not m_enc:
+            reading = NEITHER
+            text = f"{attribute}: neither the pixels nor {model} show it ({numbers})"
+        elif p_enc != m_enc:
+            reading = UNCLEAR
+            text = (f"{attribute}: {'the pixels' if p_enc else model} clear the bar and "
+                    f"{model if p_enc else 'the pixels'} do not, but the intervals overlap: no clear "
+                    f"difference ({numbers})")
         else:
             reading = KEEPS
             text = f"{model} keeps {attribute} about as the pixels carry it ({numbers})"

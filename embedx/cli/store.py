@@ -141,6 +141,8 @@ def register(app: typer.Typer) -> None:
                                          "(.npz / .h5 with several)."),
         note: str = typer.Option("", "--note", help="Where the embeddings came from (kept in the store)."),
         replace: bool = typer.Option(False, "--replace", help="Replace a model of the same name."),
+        cohort: str = typer.Option("", "--cohort", help="Cohort whose rows path / order keys refer to "
+                                   "(as given to `encode --cohort`)."),
     ) -> None:
         """Bring embeddings made elsewhere into the store; every command then treats them like latents.
 
@@ -150,7 +152,7 @@ def register(app: typer.Typer) -> None:
         from embedx.progress import console
         from embedx.store.importer import import_embeddings
 
-        result = import_embeddings(store, file, name, manifest, array, note, replace)
+        result = import_embeddings(store, file, name, manifest, array, note, replace, cohort)
         console.print(f"[bold]{result.name}[/] (imported, {result.dim}-d, matched by {result.key_kind}): "
                       f"{result.n_rows} rows written to {store}")
         if result.n_store_rows_without:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -72,17 +72,35 @@ def content_fingerprint(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def fingerprints(paths: Sequence[Path], progress: object | None = None, threads: int = 8) -> list[str]:
-    """Fingerprints of many files, read by a few threads (the work is waiting on the disk, not the CPU)."""
+def file_stat(path: Path) -> str:
+    """Size and modification time: a cheap sign that a file changed (then its fingerprint is read again)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return ""
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _threaded(work: Callable[[Path], str], paths: Sequence[Path], progress: object | None,
+              threads: int) -> list[str]:
+    """`work` over many files by a few threads (the work waits on the disk, not the CPU)."""
     if len(paths) < 64:
-        out = [content_fingerprint(p) for p in paths]
+        out = [work(p) for p in paths]
         if callable(progress):
             progress(len(paths))
         return out
     results: list[str] = []
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        for fp in pool.map(content_fingerprint, paths, chunksize=64):
-            results.append(fp)
+        for value in pool.map(work, paths, chunksize=64):
+            results.append(value)
             if callable(progress):
                 progress(1)
     return results
+
+
+def fingerprints(paths: Sequence[Path], progress: object | None = None, threads: int = 8) -> list[str]:
+    return _threaded(content_fingerprint, paths, progress, threads)
+
+
+def file_stats(paths: Sequence[Path], threads: int = 8) -> list[str]:
+    return _threaded(file_stat, paths, None, threads)

@@ -147,7 +147,12 @@ def reference_section(comparisons: list[dict]) -> str:
         })
     flagged = [c for c in comparisons if c["reading"] in ("discards", "keeps less", "amplifies")]
     sentences = "".join(f"<li>{html.escape(c['sentence'])}</li>" for c in flagged)
-    words = f"<ul>{sentences}</ul>" if flagged else "<p>Every model keeps what the pixels carry.</p>"
+    if flagged:
+        words = f"<ul>{sentences}</ul>"
+    elif all(c["reading"] == "keeps" for c in comparisons):
+        words = "<p>Every model keeps what the pixels carry.</p>"
+    else:
+        words = "<p>No model clearly discards or amplifies what the pixels carry (see the readings).</p>"
     return words + table_html(pd.DataFrame(rows), index=False)
 
 

@@ -85,6 +85,9 @@ def pooled_vector(out: Any) -> torch.Tensor:
         hidden = out[0] if isinstance(out, (tuple, list)) else out
     if not isinstance(hidden, torch.Tensor):
         raise EmbedxError(f"the backbone returned {type(hidden).__name__}; expected a tensor")
+    if hidden.ndim < 2:
+        raise EmbedxError(f"the backbone returned a tensor of shape {tuple(hidden.shape)}; embedx needs one "
+                          "vector (or feature map, or token sequence) per image, batch first")
     if hidden.ndim == 4:  # (B, C, H, W) feature map
         return hidden.float().mean(dim=(2, 3))
     if hidden.ndim == 3:  # (B, tokens, D): the [CLS] token
@@ -148,6 +151,27 @@ def _hf_input(folder: Path, size: int | None) -> tuple[int, tuple[float, ...], t
     return int(size or declared), mean, std
 
 
+def _scripted_features(net: nn.Module, source: Path, size: int) -> BackboneFeatures:
+    """A TorchScript file says nothing about its input: try RGB, then one channel, on a trial batch."""
+    errors = []
+    for channels in (3, 1):
+        mean = IMAGENET_MEAN if channels == 3 else (0.5,)
+        std = IMAGENET_STD if channels == 3 else (0.25,)
+        features = BackboneFeatures(net, size, mean, std, channels, hf=False)
+        try:
+            with torch.no_grad():
+                vector = features.embed(torch.zeros(2, 1, size, size))
+        except (RuntimeError, IndexError, ValueError) as err:
+            errors.append(f"{channels} channel(s): {str(err).splitlines()[0]}")
+            continue
+        if vector.shape[0] != 2:
+            raise EmbedxError(f"--backbone {source}: a batch of 2 images gave output of shape "
+                              f"{tuple(vector.shape)}; the first dimension must be the batch")
+        return features
+    raise EmbedxError(f"--backbone {source}: a trial batch at {size} x {size} px failed "
+                      f"({'; '.join(errors)}); give the input size it expects with --backbone-size")
+
+
 def load_backbone(path: str | Path, size: int | None = None, image_size: int = 256) -> Backbone:
     """A local transformers folder or TorchScript file, ready to embed; `size` overrides its input size."""
     source = Path(path)
@@ -179,7 +203,7 @@ def load_backbone(path: str | Path, size: int | None = None, image_size: int = 2
         except RuntimeError as err:
             raise EmbedxError(f"--backbone {source}: not a TorchScript file ({err}). Export the network with "
                               "torch.jit.save; plain state dicts hold no architecture to run.") from err
-        features = BackboneFeatures(net.eval(), size or 224, IMAGENET_MEAN, IMAGENET_STD, 3, hf=False)
+        features = _scripted_features(net.eval(), source, size or 224)
         return Backbone(features, source, "torchscript", _hash_files([source]), pre)
     raise EmbedxError(f"--backbone {source}: give a Hugging Face model folder or a TorchScript file "
                       f"({', '.join(TORCHSCRIPT_SUFFIXES)}). {HOW_TO_GET}")

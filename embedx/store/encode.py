@@ -37,6 +37,7 @@ from embedx.store.shards import ShardWriter, merge_shards, shard_dir
 log = logging.getLogger(__name__)
 
 PREFLIGHT_ROWS = 8
+NON_FINITE = "the model gave non-finite values (NaN or inf) for this image"
 
 
 @dataclass
@@ -245,7 +246,15 @@ def _run_batches(run: object, manifest: Manifest, manifest_rows: np.ndarray, sto
                     z = model.embed(images)
                     xt = model.encode_stochastic(images, None, steps) if stochastic else None
                     rows = np.array([to_store[int(r)] for r in batch["row"]], dtype=np.int64)
-                    writer.put(rows, z, thumbnail_tensor(images), xt)
+                    finite = torch.isfinite(z).all(dim=1).cpu().numpy()
+                    if not finite.all():  # a diverged model or a broken backbone: listed, not "encoded"
+                        failed.extend((int(r), NON_FINITE) for r, ok in zip(batch["row"], finite, strict=True)
+                                      if not ok)
+                        keep = torch.from_numpy(finite).to(z.device)
+                        images, z, rows = images[keep], z[keep], rows[finite]
+                        xt = None if xt is None else xt[keep]
+                    if rows.size:
+                        writer.put(rows, z, thumbnail_tensor(images), xt)
                 advance(int(batch["row"].numel()) + len(batch["failed"]))
         ok = True
     finally:
@@ -331,7 +340,8 @@ def encode(
                 log.warning("%s", text)
             rows = store.add_samples(ids, man.table["subject_id"], man.table[man.attributes], man.schema,
                                      pseudonymise=True,
-                                     extra={"fingerprint": plan.fingerprints, "cohort": [cohort] * len(ids)})
+                                     extra={"fingerprint": plan.fingerprints, "filestat": plan.stats,
+                                            "cohort": [cohort] * len(ids)})
             record_manifest(store, man, cohort)
             store.ensure_embedding(name, dim, _provenance(run, man), xt_shape)
             if hasattr(run, "arrays"):  # state needed to encode later rows alike (plain arrays)

@@ -475,6 +475,29 @@ class Store:
             _create_aligned(group, field_name, self.n, (), _STR)
         _write_rows(group[field_name], rows, values)
 
+    def invalidate_rows(self, rows: Sequence[int] | np.ndarray) -> None:
+        """Forget what was computed from these rows' images (they changed): latents, codes, thumbnails, map
+        positions. The rows, their ids and attributes stay; the next encode of each model redoes them."""
+        self._need_write()
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if rows.size == 0:
+            return
+        for model in self.models():
+            group = self._model_group(model)
+            for flag in ("encoded", "xT_encoded"):
+                if flag in group:
+                    _write_rows(group[flag], rows, np.zeros(rows.size, dtype=bool))
+            _write_rows(group["z"], rows, np.full((rows.size, group["z"].shape[1]), np.nan, np.float32))
+        _write_rows(self._f["samples/has_thumb"], rows, np.zeros(rows.size, dtype=bool))
+        for model, methods in self.projections().items():
+            for method in methods:
+                ds = self._f["projections"][escape_name(model)][method]
+                _write_rows(ds, rows, np.full((rows.size, 2), np.nan, np.float32))
+                state = self._state_group(model, method)
+                if "status" in state:
+                    _write_rows(state["status"], rows, np.zeros(rows.size, dtype=np.int8))
+        self._f.flush()
+
     def rename_samples(self, rows: np.ndarray, new_ids: Sequence[str]) -> None:
         """Give stored rows new ids (their image moved): latents, thumbnails and analyses stay theirs."""
         self._need_write()

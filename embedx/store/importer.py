@@ -13,6 +13,8 @@ file's folder), or none (`.npy`, or `--key order`): then rows follow `--manifest
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ ID_KEYS = ("sample_id", "sample_ids", "id", "ids")
 PATH_KEYS = ("path", "paths", "filename", "file")
 VECTOR_KEYS = ("embedding", "embeddings", "z", "features", "latents", "x")
 MAX_NAMED = 5
+log = logging.getLogger(__name__)
 WRITE_CHUNK = 8192
 
 
@@ -60,11 +63,21 @@ def _named(rows: np.ndarray | list[int], values: Any | None = None) -> str:
 
 
 def _from_table(frame: pd.DataFrame, source: Path) -> Loaded:
+    if frame.empty:
+        raise EmbedxError(f"{source}: the table has no rows")
+    index_like = [c for c in frame.columns if re.fullmatch(r"Unnamed: \d+", str(c))]
+    if index_like:  # pandas' to_csv() writes its row index unless told index=False: not a feature
+        log.warning("%s: column(s) %s look like a saved row index and are ignored", source,
+                    ", ".join(map(str, index_like)))
+        frame = frame.drop(columns=index_like)
     columns = [str(c) for c in frame.columns]
     id_col, path_col = _pick(columns, ID_KEYS), _pick(columns, PATH_KEYS)
     key_col = id_col or path_col
     vec_col = _pick(columns, VECTOR_KEYS)
     if vec_col is not None and frame[vec_col].dtype == object:  # one list / array per row (Parquet)
+        empty = np.flatnonzero(frame[vec_col].isna().to_numpy())
+        if empty.size:
+            raise EmbedxError(f"{source}: column {vec_col!r} has no vector in {_named(empty)}")
         try:
             vectors = np.stack([np.asarray(v, dtype=np.float32) for v in frame[vec_col]])
         except ValueError as err:
@@ -98,7 +111,10 @@ def _from_arrays(arrays: dict[str, np.ndarray], source: Path, array: str | None)
     vectors = np.asarray(arrays[vec_name], dtype=np.float32)
     if key_name is None:
         return Loaded(vectors, None, "order")
-    raw = arrays[key_name]
+    raw = np.asarray(arrays[key_name]).reshape(-1)
+    if raw.shape[0] != vectors.shape[0]:
+        raise EmbedxError(f"{source}: {raw.shape[0]} keys in {key_name!r} but {vectors.shape[0]} vectors in "
+                          f"{vec_name!r}; every vector needs exactly one key")
     keys = np.array([k.decode() if isinstance(k, bytes) else str(k) for k in raw.tolist()], dtype=object)
     return Loaded(vectors, keys, "sample_id" if key_name == id_name else "path")
 
@@ -125,10 +141,15 @@ def load_embeddings(path: Path, array: str | None = None) -> Loaded:
                 arrays = {k: (f[k].asstr()[()] if f[k].dtype.kind in "OS" else f[k][()])
                           for k in f if isinstance(f[k], h5py.Dataset)}
             return _from_arrays(arrays, path, array)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, EOFError) as err:
         if isinstance(err, EmbedxError):
             raise
-        raise EmbedxError(f"{path}: cannot be read as {suffix[1:]} embeddings ({err})") from err
+        hint = ""
+        if "Object arrays cannot be loaded" in str(err):
+            hint = "; save text keys as a string array (e.g. ids.astype(str)), not as Python objects"
+        elif isinstance(err, EOFError) or "No data left" in str(err):
+            hint = "; the file is empty"
+        raise EmbedxError(f"{path}: cannot be read as {suffix[1:]} embeddings ({err}){hint}") from err
     raise EmbedxError(f"{path}: unknown format {suffix!r}; use .npy, .npz, .parquet, .csv or .h5")
 
 
@@ -143,8 +164,15 @@ def _check_vectors(loaded: Loaded, source: Path) -> None:
                           "drop them (their images then count as not encoded) or fix them")
 
 
-def _store_rows(store: Store, loaded: Loaded, source: Path, manifest: Any | None) -> np.ndarray:
+def _store_rows(store: Store, loaded: Loaded, source: Path, manifest: Any | None, cohort: str) -> np.ndarray:
     """Store row of every embedding row, refusing duplicates, unknown keys and length mismatches."""
+    cohorts = sorted(set(store.sample_strings("cohort").astype(str)))
+    if loaded.key_kind != "sample_id" and cohort not in cohorts:
+        raise EmbedxError(f"{store.path}: no rows of cohort {cohort!r} (cohorts: "
+                          f"{', '.join(repr(c) for c in cohorts)}); name one with --cohort")
+    if loaded.key_kind != "sample_id" and len(cohorts) > 1:
+        log.warning("%s holds several cohorts (%s); %s keys are matched in cohort %r", store.path,
+                    ", ".join(repr(c) for c in cohorts), loaded.key_kind, cohort)
     if loaded.key_kind == "order":
         if manifest is None:
             raise EmbedxError(f"{source}: the file has no sample_id or path key; give --manifest so that its "
@@ -153,12 +181,12 @@ def _store_rows(store: Store, loaded: Loaded, source: Path, manifest: Any | None
             raise EmbedxError(f"{source}: {loaded.vectors.shape[0]} embedding rows but the manifest "
                               f"{manifest.source} has {len(manifest)} rows; an order-aligned file must "
                               "match it")
-        ids = manifest.sample_ids().astype(object)
+        ids = manifest.sample_ids(cohort).astype(object)
         shown = manifest.table["path"].astype(str).to_numpy()
     elif loaded.key_kind == "path":
         assert loaded.keys is not None
         root = manifest.root if manifest is not None else source.resolve().parent
-        ids = np.array([sample_id(p, root) for p in loaded.keys], dtype=object)
+        ids = np.array([sample_id(p, root, cohort) for p in loaded.keys], dtype=object)
         shown = loaded.keys
     else:
         assert loaded.keys is not None
@@ -186,6 +214,7 @@ def import_embeddings(
     array: str | None = None,
     note: str = "",
     replace: bool = False,
+    cohort: str = "",
 ) -> ImportResult:
     """Check the file against the store's rows and write it as `/embeddings/<name>` (kind `imported`)."""
     from embedx.data.manifest import load_manifest
@@ -200,12 +229,12 @@ def import_embeddings(
         raise EmbedxError(f"store {store_path} does not exist: encode the cohort first (e.g. `embedx "
                           "encode --pixels`), so that its rows and attributes are there")
     with Store.open(store_path, "a") as store:
+        if name in store.models() and not replace:
+            raise EmbedxError(f"{store_path}: a model named {name!r} is already there; choose another "
+                              "--name or pass --replace")
+        rows = _store_rows(store, loaded, source, man, cohort)  # every check before anything is replaced
         if name in store.models():
-            if not replace:
-                raise EmbedxError(f"{store_path}: a model named {name!r} is already there; choose another "
-                                  "--name or pass --replace")
             del store.h5["embeddings"][escape_name(name)]
-        rows = _store_rows(store, loaded, source, man)
         digest = hashlib.sha256(source.read_bytes()).hexdigest()
         store.ensure_embedding(name, loaded.vectors.shape[1], {
             "kind": "imported", "source": source.name, "checkpoint_hash": digest, "key": loaded.key_kind,

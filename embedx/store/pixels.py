@@ -208,7 +208,7 @@ def encode_pixels(
     man = manifest if isinstance(manifest, Manifest) else load_manifest(manifest, check_files=False)
     reference = None
     if Path(store_path).exists():
-        with Store.open(store_path) as store:
+        with Store.open(store_path, "a") as store:  # a writer's open: repairs a store a full disk left
             if name in store.models():
                 info = store.embedding_info(name)
                 if info.get("kind") != "pixels":

@@ -2,9 +2,9 @@
 
 Adding samples grows every row-aligned dataset, then writes the new rows' ids. A full disk (or a kill) can
 stop that between datasets or before the ids are written: some datasets are longer than others, or the last
-rows have empty ids. Such rows hold nothing yet (no latents are written before the ids), so the repair cuts
-every row-aligned dataset back to the rows that are complete. A writer does this on open; a reader is told
-to let a writer do it rather than read misaligned arrays.
+rows have empty ids. Rows without an id hold nothing yet (no latents are written before the ids), so the
+repair cuts them; a dataset shorter than the ids is padded as "not written", so no row with an id is lost.
+A writer does this on open; a reader is told to let a writer do it rather than read misaligned arrays.
 """
 
 from __future__ import annotations
@@ -35,10 +35,9 @@ def aligned_datasets(file: h5py.File) -> list[h5py.Dataset]:
 
 
 def complete_rows(file: h5py.File) -> int:
-    """Rows present in every row-aligned dataset and holding a sample id."""
-    datasets = aligned_datasets(file)
-    n = min((ds.shape[0] for ds in datasets), default=0)
+    """Rows up to the last one holding a sample id (ids are written last when rows are added)."""
     ids = file["samples/id"]
+    n = ids.shape[0]
     if n == 0:
         return 0
     tail = max(0, n - 100_000)  # empty ids can only trail; look at the end, not the whole table
@@ -67,18 +66,25 @@ def needs_repair(file: h5py.File) -> tuple[bool, int]:
 
 
 def repair(file: h5py.File, path: Path) -> int:
-    """Cut every row-aligned dataset to the complete rows; returns how many rows were dropped."""
+    """Bring every row-aligned dataset to the rows that hold ids; returns how many id-less rows went.
+
+    Longer datasets are cut (their extra rows hold nothing: no id, so never encoded). A dataset shorter
+    than the ids is padded with its fill value (not encoded, no thumbnail), never used as the cut-off:
+    the rows keep their ids and attributes and the next encode fills them in.
+    """
     broken, n_ok = needs_repair(file)
     if not broken:
         return 0
     longest = max(ds.shape[0] for ds in aligned_datasets(file))
+    padded = [ds.name for ds in aligned_datasets(file) if ds.shape[0] < n_ok]
     for ds in aligned_datasets(file):
         if ds.shape[0] != n_ok:
             ds.resize(n_ok, axis=0)
     file.flush()
-    log.warning("%s: an earlier write stopped half-way (a full disk?); %d incomplete row(s) were removed, "
-                "%d rows remain. Rerun the encode to add them again.", path, longest - n_ok, n_ok)
-    return longest - n_ok
+    log.warning("%s: an earlier write stopped half-way (a full disk?); %d row(s) without an id were removed, "
+                "%d rows remain%s. Rerun the encode to add what is missing.", path, max(0, longest - n_ok),
+                n_ok, f" ({', '.join(padded)} padded as not written)" if padded else "")
+    return max(0, longest - n_ok)
 
 
 def refuse_if_broken(file: h5py.File, path: Path) -> None:

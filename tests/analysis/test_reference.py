@@ -25,6 +25,9 @@ PX_MAE = _p("px", 7.0, (6.5, 7.5), True, "mae", 11.0)
         (_p("m", 0.90, (0.86, 0.94), True), _p("px", 0.72, (0.68, 0.76), True), "amplifies"),
         (_p("m", 0.60, (0.56, 0.64), True), _p("px", 0.51, (0.47, 0.55), False), "amplifies"),
         (_p("m", 0.50, (0.46, 0.54), False), _p("px", 0.51, (0.47, 0.55), False), "neither"),
+        # a verdict that flips inside overlapping intervals is no difference, whichever side is higher
+        (_p("m", 0.60, (0.50, 0.70), False), _p("px", 0.58, (0.53, 0.63), True), "unclear"),
+        (_p("m", 0.58, (0.53, 0.63), True), _p("px", 0.60, (0.50, 0.70), False), "unclear"),
         # MAE: lower is better, so a model with the higher error keeps less
         (_p("m", 9.0, (8.5, 9.5), True, "mae", 11.0), PX_MAE, "keeps less"),
         (_p("m", 5.0, (4.5, 5.5), True, "mae", 11.0), PX_MAE, "amplifies"),
@@ -42,3 +45,10 @@ def test_kept_share_and_the_reference_model_chosen_by_kind() -> None:
     found = compare_to_reference(probes, {"vae": "vae", "px": "pixels", "dae": "dae"})
     assert [(c.model, c.reference) for c in found] == [("vae", "px")]
     assert compare_to_reference(probes, {"vae": "vae", "px": "imported"}) == []
+
+
+def test_probes_on_different_rows_are_not_compared() -> None:
+    model = {**_p("half", 0.52, (0.48, 0.56), False), "n": 100, "rows_encoded": 100}
+    pixels = {**_p("px", 0.72, (0.68, 0.76), True), "n": 200, "rows_encoded": 200}
+    c = compare_one(model, pixels)
+    assert c.reading == "no reading" and "different rows (n = 100 vs 200)" in c.sentence

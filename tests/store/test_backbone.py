@@ -112,3 +112,35 @@ def test_the_command_runs_offline(vit_folder, small_manifest, tmp_path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     with Store.open(tmp_path / "s.h5") as store:
         assert store.models() == ["tiny-vit"] and store.encoded_mask("tiny-vit").all()
+
+
+class OneChannel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean(dim=(2, 3))
+
+
+class Scalar(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean()
+
+
+class Diverged(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)) * float("nan")
+
+
+def test_odd_scripted_networks_are_adapted_or_named(small_manifest, tmp_path) -> None:
+    for cls, name in ((OneChannel, "one"), (Scalar, "scalar"), (Diverged, "nan")):
+        torch.jit.script(cls()).save(str(tmp_path / f"{name}.pt"))
+    one = load_backbone(tmp_path / "one.pt", size=32)
+    assert one.model.channels == 1  # tried RGB, fell back to one channel
+    with pytest.raises(EmbedxError, match=r"shape \(\); embedx needs one vector"):
+        load_backbone(tmp_path / "scalar.pt", size=32)
+    result = encode(load_backbone(tmp_path / "nan.pt", size=32), small_manifest, tmp_path / "s.h5", "nan",
+                    workers=0)
+    assert result.n_encoded_now == 0 and len(result.failed) == 24
+    assert all("non-finite" in reason for _, reason in result.failed)

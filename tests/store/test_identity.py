@@ -133,3 +133,58 @@ def test_a_store_left_with_empty_ids_is_named_by_readers_and_repaired_by_the_nex
     assert (result.n_new_samples, result.n_encoded_total) == (20, 40)
     with Store.open(store_path) as store:
         assert store.n == 40 and "" not in set(store.sample_ids)
+
+
+def test_an_image_replaced_in_place_is_encoded_again_not_kept_stale(cohort, vae_run, tmp_path):
+    """Two of 40 files overwritten with other images: their old latents must not survive the resume."""
+    folder = tmp_path / "c"
+    shutil.copytree(cohort.parent / "images", folder / "images")
+    full = load_manifest(cohort)
+    manifest = write_manifest(full.table.iloc[:40].reset_index(drop=True), folder / "m.csv", full.schema)
+    store_path = tmp_path / "s.h5"
+    encode(vae_run, manifest, store_path, workers=0)
+    table = load_manifest(manifest).table
+    for target, source in ((5, 100), (7, 101)):
+        shutil.copy(cohort.parent / full.table.at[source, "path"], folder / table.at[target, "path"])
+    result = encode(vae_run, manifest, store_path, workers=0)
+    assert result.n_encoded_now == 2
+    assert any("2 image(s) changed since they were encoded (row 6, row 8)" in w for w in result.warnings)
+    fresh = tmp_path / "fresh.h5"
+    encode(vae_run, manifest, fresh, workers=0)
+    with Store.open(store_path) as a, Store.open(fresh) as b:
+        np.testing.assert_allclose(a.latents("vae-tiny"), b.latents("vae-tiny"), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(a.thumbnails(), b.thumbnails())
+
+
+def test_a_moved_folder_with_copies_keeps_one_row_per_file(cohort, vae_run, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(cohort.parent / "images", old / "images")
+    full = load_manifest(cohort)
+    table = full.table.iloc[:20].reset_index(drop=True)
+    shutil.copy(old / table.at[1, "path"], old / "images" / "dup.png")
+    table.loc[len(table)] = {**table.iloc[1].to_dict(), "path": "images/dup.png"}
+    (tmp_path / "lists").mkdir()
+    table["path"] = [str(old / p) for p in table["path"]]
+    first = write_manifest(table, tmp_path / "lists" / "m1.csv", full.schema)
+    store_path = tmp_path / "s.h5"
+    encode(vae_run, first, store_path, workers=0)
+    (tmp_path / "old").rename(tmp_path / "new")
+    table["path"] = [p.replace(str(old), str(tmp_path / "new")) for p in table["path"]]
+    moved = write_manifest(table, tmp_path / "lists" / "m2.csv", full.schema)
+    result = encode(vae_run, moved, store_path, workers=0)
+    assert (result.n_new_samples, result.n_encoded_now) == (0, 0)
+    with Store.open(store_path) as store:
+        assert store.n == 21
+        rows = store.rows_of(load_manifest(moved).sample_ids())
+        np.testing.assert_array_equal(np.sort(rows), np.arange(21))
+
+
+def test_repair_pads_a_short_dataset_instead_of_cutting_rows_with_ids(cohort, vae_run, tmp_path):
+    store_path = tmp_path / "s.h5"
+    encode(vae_run, _first(cohort, 30, "m-first30c.csv"), store_path, workers=0)
+    with h5py.File(store_path, "r+", locking=False) as f:
+        f["embeddings/vae-tiny/encoded"].resize(20, axis=0)  # one dataset short: rows 20-29 keep their ids
+    result = encode(vae_run, _first(cohort, 30, "m-first30c.csv"), store_path, workers=0)
+    assert (result.n_new_samples, result.n_encoded_now, result.n_encoded_total) == (0, 10, 30)
+    with Store.open(store_path) as store:
+        assert store.n == 30 and store.encoded_mask("vae-tiny").all()

@@ -108,3 +108,49 @@ def test_the_command_line_names_the_problem_and_exits_2(pixel_store, tmp_path) -
                          timeout=120)
     text = " ".join((out.stdout + out.stderr).split())
     assert out.returncode == 2 and "e.npz" in text and "Traceback" not in text
+
+
+def test_a_refused_replace_keeps_the_old_model_and_keys_must_match_vectors(pixel_store, cohort, tmp_path):
+    store_path = _copy_store(pixel_store, tmp_path / "s.h5")
+    man = load_manifest(cohort)
+    with Store.open(store_path) as store:
+        before = store.latents("pixels")
+        ids = store.sample_ids.astype(str)
+    np.save(tmp_path / "short.npy", np.ones((150, 4), dtype=np.float32))
+    with pytest.raises(EmbedxError, match="150 embedding rows but the manifest"):
+        import_embeddings(store_path, tmp_path / "short.npy", "pixels", manifest=cohort, replace=True)
+    with Store.open(store_path) as store:
+        np.testing.assert_array_equal(store.latents("pixels"), before)
+    vectors = np.ones((len(man), 4), dtype=np.float32)
+    for keys in (ids[:150], np.concatenate([ids, ids[:3]])):
+        np.savez(tmp_path / "k.npz", embeddings=vectors, sample_id=keys)
+        with pytest.raises(EmbedxError, match=r"keys in 'sample_id' but 300 vectors"):
+            import_embeddings(store_path, tmp_path / "k.npz", "x")
+    # pandas' default to_csv() index is not a feature
+    frame = pd.DataFrame(vectors, columns=[f"f{i}" for i in range(4)])
+    frame.insert(0, "path", man.table["path"])
+    frame.to_csv(tmp_path / "indexed.csv")
+    result = import_embeddings(store_path, tmp_path / "indexed.csv", "x", manifest=cohort)
+    assert result.dim == 4
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(EmbedxError, match="empty"):
+        import_embeddings(store_path, tmp_path / "empty.npy", "y", manifest=cohort)
+
+
+def test_path_keys_land_in_the_named_cohort(pixel_store, cohort, tmp_path) -> None:
+    from embedx.data.synth import generate_cohort
+
+    store_path = _copy_store(pixel_store, tmp_path / "s.h5")
+    other = generate_cohort("cxr", 30, tmp_path / "b", size=32, seed=4)
+    encode_pixels(other, store_path, size=32, pool=16, components=24, workers=0, cohort="b")
+    vectors = np.arange(30 * 3, dtype=np.float32).reshape(30, 3)
+    np.save(tmp_path / "b.npy", vectors)
+    import_embeddings(store_path, tmp_path / "b.npy", "mine", manifest=other, cohort="b")
+    with Store.open(store_path) as store:
+        rows = store.rows_of(load_manifest(other).sample_ids("b"))
+        z = store.latents("mine")
+        cohorts = store.sample_strings("cohort")
+    np.testing.assert_array_equal(z[rows], vectors)
+    assert set(cohorts[rows]) == {"b"} and np.isnan(z[cohorts == ""]).all()
+    with pytest.raises(EmbedxError, match="no rows of cohort 'c'"):
+        import_embeddings(store_path, tmp_path / "b.npy", "mine2", manifest=other, cohort="c")
