@@ -97,22 +97,22 @@ def compare_one(model_probe: Mapping[str, Any], pixel_probe: Mapping[str, Any]) 
     else:
         better = (mci[1] < pci[0]) if lower else (mci[0] > pci[1])
         worse = (mci[0] > pci[1]) if lower else (mci[1] < pci[0])
-        if better:
+        if not p_enc and not m_enc:
+            reading = NEITHER
+            text = f"{attribute}: neither the pixels nor {model} show it ({numbers})"
+        elif better and m_enc:
             reading = AMPLIFIES
             text = (f"{model} amplifies {attribute}: easier to read than in the pixels"
                     + ("" if p_enc else ", where a linear view of the pixels does not find it")
                     + f" ({numbers})")
-        elif worse and not m_enc:
+        elif worse and p_enc and not m_enc:
             reading = DISCARDS
             text = (f"{model} discards {attribute}: the pixels carry it, its latents do not show it "
                     f"({numbers})")
-        elif worse:
+        elif worse and p_enc:
             reading = WEAKER
             share = f"{100 * kept:.0f} % of the pixels' margin over chance" if kept is not None else "less"
             text = f"{model} keeps {share} for {attribute} ({numbers})"
-        elif not p_enc and not m_enc:
-            reading = NEITHER
-            text = f"{attribute}: neither the pixels nor {model} show it ({numbers})"
         elif p_enc != m_enc:
             reading = UNCLEAR
             text = (f"{attribute}: {'the pixels' if p_enc else model} clear the bar and "

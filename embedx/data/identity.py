@@ -46,11 +46,18 @@ def normalised_path(path_as_written: str, root: Path | None) -> str:
     return posixpath.normpath(text)
 
 
-def sample_id(path_as_written: str, root: Path | None = None, cohort: str = "") -> str:
-    """sha1 of the cohort-relative path (prefixed by the cohort name when one is given), 16 hex characters."""
+def sample_id(path_as_written: str, root: Path | None = None, cohort: str = "", salt: str = "") -> str:
+    """Hash of the cohort-relative path (prefixed by the cohort name when one is given), 16 hex characters.
+
+    With a `salt` (every store made by embedx >= 0.4 has its own) the hash is sha256(salt, key): folder names
+    often name the patient, and an unsalted hash of a guessed path would confirm that a patient is in the
+    cohort to anyone holding a report or an exported CSV. Without one it is sha1(key), the older ids.
+    """
     key = normalised_path(path_as_written, root)
     if cohort:
         key = f"{cohort}\x00{key}"
+    if salt:
+        return hashlib.sha256(f"{salt}\x00{key}".encode()).hexdigest()[:16]
     return hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
 
 

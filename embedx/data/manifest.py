@@ -59,9 +59,11 @@ class Manifest:
         path = Path(str(self.table.at[row, "path"]))
         return path if path.is_absolute() else self.root / path
 
-    def sample_ids(self, cohort: str = "") -> np.ndarray:
-        """The store's join key per row: the cohort-relative path, hashed (see `embedx.data.identity`)."""
-        return np.array([sample_id(p, self.root, cohort) for p in self.table["path"]], dtype=str)
+    def sample_ids(self, cohort: str = "", salt: str = "") -> np.ndarray:
+        """The store's join key per row: the cohort-relative path, hashed (see `embedx.data.identity`).
+
+        A store salts its ids: use `Store.ids_for(manifest)` to get the ids a given store uses."""
+        return np.array([sample_id(p, self.root, cohort, salt) for p in self.table["path"]], dtype=str)
 
     def missing_counts(self) -> dict[str, int]:
         """Missing values per attribute; they are counted and reported, never filled."""

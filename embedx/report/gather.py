@@ -77,7 +77,7 @@ def store_snapshot(store_path: Any) -> dict[str, Any]:
             "file_attrs": {
                 k: (v.item() if isinstance(v, np.generic) else v)
                 for k, v in store.h5.attrs.items()
-                if k != "subject_salt"
+                if k not in ("subject_salt", "sample_salt")
             },
         }
     return snap

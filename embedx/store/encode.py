@@ -322,7 +322,7 @@ def encode(
     dim = _latent_dim(run, device)
     pre = run.preprocess
     xt_shape = (pre.channels, pre.size, pre.size) if stochastic else None
-    ids = man.sample_ids(cohort).astype(object)
+    ids = np.empty(len(man), dtype=object)  # the store's ids (salted per store): known once it is open
     world, rank, main = state.num_processes, state.process_index, state.is_main_process
     warnings: list[str] = []
 
@@ -335,6 +335,7 @@ def encode(
             before_n = store.n
             _check_same_checkpoint(store, name, run.checkpoint_hash)
             plan = plan_identity(store, man, cohort)
+            ids = plan.ids
             warnings = plan.warnings()
             for text in warnings:
                 log.warning("%s", text)
@@ -354,6 +355,7 @@ def encode(
             state.wait_for_everyone()
         if not main:
             with Store.open(store_path) as reader:
+                ids = reader.ids_for(man, cohort).astype(object)
                 rows = reader.rows_of(ids)
                 pending = _pending(reader, name, rows, stochastic)
         else:

@@ -2,8 +2,9 @@
 
 Layout (documented for h5py-only readers in docs/store.md):
 
-    /                         attrs: format, schema_version, embedx_version, created, subject_salt
-    /samples/id               (N,) str    sample id (hash of the manifest path), the join key
+    /                         attrs: format, schema_version, embedx_version, created, subject_salt,
+                              sample_salt
+    /samples/id               (N,) str    sample id (salted hash of the cohort-relative path), the join key
     /samples/subject_id       (N,) str    pseudonymised subject id
     /samples/attrs/<name>     (N,)        str (categorical, "" = missing) or float64 (NaN = missing);
                                           attrs: name, kind, role, inferred, dtype
@@ -196,8 +197,13 @@ class Store:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def create(cls, path: str | Path, overwrite: bool = False) -> Store:
-        """A new, empty store opened for writing (the writer lock is taken first)."""
+    def create(cls, path: str | Path, overwrite: bool = False, salted_ids: bool = True) -> Store:
+        """A new, empty store opened for writing (the writer lock is taken first).
+
+        `salted_ids`: sample ids of manifest rows hash the path with this store's `sample_salt`, so an id
+        seen in a report or a CSV cannot be checked against a guessed patient folder without the store.
+        Off for stores built from caller-given ids (`write_store_from_arrays`).
+        """
         path = Path(path)
         if path.exists() and not overwrite:
             raise StoreError(f"{path} already exists (open it with mode 'a' to add to it)")
@@ -214,6 +220,7 @@ class Store:
         file.attrs["embedx_version"] = __version__
         file.attrs["created"] = now_iso()
         file.attrs["subject_salt"] = secrets.token_hex(16)
+        file.attrs["sample_salt"] = secrets.token_hex(16) if salted_ids else ""
         samples = file.create_group("samples", track_order=True)
         _create_aligned(samples, "id", 0, (), _STR)
         _create_aligned(samples, "subject_id", 0, (), _STR)
@@ -339,6 +346,15 @@ class Store:
             absent = [s for s, r in zip(sample_ids, rows, strict=False) if r < 0][:5]
             raise StoreError(f"{self.path}: sample id(s) not in the store: {', '.join(map(str, absent))}")
         return rows.astype(np.int64)
+
+    @property
+    def sample_salt(self) -> str:
+        """Salt of this store's sample ids ("" for stores written before salting, or from given ids)."""
+        return str(self._f.attrs.get("sample_salt", ""))
+
+    def ids_for(self, manifest: Any, cohort: str = "") -> np.ndarray:
+        """The sample ids this store gives the manifest's rows (its salt, the cohort, relative paths)."""
+        return manifest.sample_ids(cohort, self.sample_salt)
 
     def pseudonymise(self, subject_ids: Iterable[Any]) -> np.ndarray:
         """Salted hash of subject ids with this store's salt: same subject -> same code, no raw ID stored."""
@@ -847,7 +863,7 @@ def write_store_from_arrays(
     path = Path(path)
     if overwrite and path.exists():
         path.unlink()
-    with Store.create(path) as store:
+    with Store.create(path, salted_ids=False) as store:
         rows = store.add_samples(sample_ids, subject_ids, attributes, schema)
         for name, z in latents.items():
             z = np.asarray(z, dtype=np.float32)

@@ -103,7 +103,7 @@ def plan_identity(store: Store, man: Manifest, cohort: str = "", show_progress: 
     different: another cohort, refused. A few: images replaced in place; their latents are dropped in
     every model (`replaced`), so that this encode redoes them instead of keeping the old image's vectors.
     """
-    ids = man.sample_ids(cohort).astype(object)
+    ids = store.ids_for(man, cohort).astype(object)
     rows = store.rows_of(ids, missing_ok=True)
     stored_fp = store.sample_strings("fingerprint")
     stored_stat = store.sample_strings("filestat")

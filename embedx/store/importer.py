@@ -181,12 +181,12 @@ def _store_rows(store: Store, loaded: Loaded, source: Path, manifest: Any | None
             raise EmbedxError(f"{source}: {loaded.vectors.shape[0]} embedding rows but the manifest "
                               f"{manifest.source} has {len(manifest)} rows; an order-aligned file must "
                               "match it")
-        ids = manifest.sample_ids(cohort).astype(object)
+        ids = store.ids_for(manifest, cohort).astype(object)
         shown = manifest.table["path"].astype(str).to_numpy()
     elif loaded.key_kind == "path":
         assert loaded.keys is not None
         root = manifest.root if manifest is not None else source.resolve().parent
-        ids = np.array([sample_id(p, root, cohort) for p in loaded.keys], dtype=object)
+        ids = np.array([sample_id(p, root, cohort, store.sample_salt) for p in loaded.keys], dtype=object)
         shown = loaded.keys
     else:
         assert loaded.keys is not None

@@ -52,3 +52,11 @@ def test_probes_on_different_rows_are_not_compared() -> None:
     pixels = {**_p("px", 0.72, (0.68, 0.76), True), "n": 200, "rows_encoded": 200}
     c = compare_one(model, pixels)
     assert c.reading == "no reading" and "different rows (n = 100 vs 200)" in c.sentence
+
+
+def test_no_claim_about_what_neither_side_finds() -> None:
+    """Intervals that miss each other near chance say nothing when neither probe is called encoded."""
+    worse = compare_one(_p("m", 9.8, (9.76, 9.84), False, "mae", 9.9), _p("px", 9.7, (9.66, 9.74), False,
+                                                                           "mae", 9.9))
+    better = compare_one(_p("m", 0.55, (0.53, 0.57), False), _p("px", 0.45, (0.43, 0.47), False))
+    assert worse.reading == better.reading == "neither"

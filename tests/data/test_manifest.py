@@ -73,6 +73,10 @@ def test_sample_id_is_the_hash_of_the_cohort_relative_path(tmp_path):
     assert sample_id("/elsewhere/img/0.png", root) != sample_id("img/0.png", root)
     assert sample_id("img/0.png", root, "padchest") != sample_id("img/0.png", root)
     assert sample_id("img/0.png", root, "padchest") != sample_id("img/0.png", root, "nih")
+    # a store's salt: the same path gives another id in every store, and no id an outsider can recompute
+    salted = {sample_id("img/0.png", root, "", salt) for salt in ("a" * 32, "b" * 32)}
+    assert len(salted) == 2 and sample_id("img/0.png", root) not in salted
+    assert sample_id("./img/0.png", root, "", "a" * 32) == sample_id("img/0.png", root, "", "a" * 32)
 
 
 def test_one_file_written_two_ways_is_a_duplicated_path(tmp_path):

@@ -39,15 +39,17 @@ def _subset(manifest: Path, rows: slice | list[int], name: str) -> Path:
     return write_manifest(table, manifest.parent / name, full.schema)
 
 
-def _model_outputs(run_dir: Path, manifest: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Latents and thumbnails computed directly with the model, one image at a time."""
+def _model_outputs(run_dir: Path, manifest: Path, store_path: Path) -> tuple[np.ndarray, ...]:
+    """The store's ids for the manifest, and latents and thumbnails computed directly with the model."""
     run = load_trained(run_dir)
     man = load_manifest(manifest)
     data = ImageDataset(man, run.preprocess)
     images = torch.stack([data[i]["image"] for i in range(len(data))])
     with torch.no_grad():
         z = run.model.embed(images).numpy()
-    return man.sample_ids(), z, make_thumbnails(images)
+    with Store.open(store_path) as store:
+        ids = store.ids_for(man)
+    return ids, z, make_thumbnails(images)
 
 
 def test_round_trip_then_append(cohort, vae_run, tmp_path):
@@ -55,7 +57,7 @@ def test_round_trip_then_append(cohort, vae_run, tmp_path):
     store_path = tmp_path / "s.h5"
     result = encode(vae_run, first, store_path, batch_size=32, workers=0)
     assert (result.n_encoded_now, result.n_new_samples, result.failed) == (200, 200, [])
-    ids, z, thumbs = _model_outputs(vae_run, cohort)
+    ids, z, thumbs = _model_outputs(vae_run, cohort, store_path)
     man = load_manifest(cohort)
     with Store.open(store_path) as store:
         assert store.models() == ["vae-tiny"]
@@ -107,7 +109,8 @@ def test_unreadable_images_skipped_and_listed(cohort, vae_run, tmp_path):
     table.loc[7, "path"] = "DOE^JOHN_MRN1234567/MR_small.png"  # a folder named after the patient
     manifest = write_manifest(table, cohort.parent / "m-bad.csv", load_manifest(cohort).schema)
     result = encode(vae_run, manifest, tmp_path / "s.h5", batch_size=8, workers=0)
-    ids = load_manifest(manifest, check_files=False).sample_ids()
+    with Store.open(tmp_path / "s.h5") as store:
+        ids = store.ids_for(load_manifest(manifest, check_files=False))
     assert sorted(s for s, _ in result.failed) == sorted([ids[3], ids[5], ids[7]])
     assert any("corrupt.png" in reason for _, reason in result.failed)  # the user's terminal names the file
     with Store.open(tmp_path / "s.h5") as store:
@@ -204,7 +207,9 @@ def test_kill_and_resume(cohort, vae_run, tmp_path):
     encode(vae_run, cohort, clean, batch_size=64, workers=0)
     with Store.open(store_path) as resumed, Store.open(clean) as reference:
         assert resumed.n == COHORT_N and len(set(resumed.sample_ids)) == COHORT_N
-        assert list(resumed.sample_ids) == list(reference.sample_ids)
+        man = load_manifest(cohort)  # each store salts its ids: both hold the manifest's rows in order
+        assert list(resumed.sample_ids) == list(resumed.ids_for(man))
+        assert list(reference.sample_ids) == list(reference.ids_for(man))
         assert resumed.encoded_mask("vae-tiny").all()
         np.testing.assert_allclose(
             resumed.latents("vae-tiny"), reference.latents("vae-tiny"), rtol=1e-5, atol=1e-6
@@ -246,7 +251,8 @@ def test_two_process_accelerate_equals_single(cohort, vae_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not multi.with_name(multi.name + ".shards").exists()  # merged and cleaned up
     with Store.open(single) as a, Store.open(multi) as b:
-        assert list(a.sample_ids) == list(b.sample_ids)
+        man = load_manifest(cohort)  # ids are salted per store: both must hold the manifest's rows in order
+        assert list(a.sample_ids) == list(a.ids_for(man)) and list(b.sample_ids) == list(b.ids_for(man))
         assert b.encoded_mask("vae-tiny").all()
         np.testing.assert_allclose(a.latents("vae-tiny"), b.latents("vae-tiny"), rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(a.thumbnails(), b.thumbnails())

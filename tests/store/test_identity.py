@@ -42,7 +42,7 @@ def test_a_second_cohort_with_the_same_paths_is_refused_or_kept_apart(cohort, va
         assert store.n == 100 and store.encoded_mask("vae-tiny").all()
         assert list(store.sample_strings("cohort")) == [""] * 60 + ["site-b"] * 40
         # the first cohort's rows kept their own latents and subjects
-        np.testing.assert_array_equal(store.rows_of(load_manifest(first).sample_ids()), np.arange(60))
+        np.testing.assert_array_equal(store.rows_of(store.ids_for(load_manifest(first))), np.arange(60))
     summary = store_summary(store_path)
     assert summary["cohorts"] == {"": 60, "site-b": 40} and summary["duplicate_images"] == 0
     # the named cohort resumes as itself: nothing is encoded again
@@ -78,7 +78,7 @@ def test_the_same_images_under_other_paths_are_one_sample(cohort, vae_run, tmp_p
     with Store.open(store_path) as store:
         assert store.n == 30
         np.testing.assert_array_equal(store.latents("vae-tiny"), z_before)
-        np.testing.assert_array_equal(store.rows_of(load_manifest(moved).sample_ids()), np.arange(30))
+        np.testing.assert_array_equal(store.rows_of(store.ids_for(load_manifest(moved))), np.arange(30))
 
     # 3. a copy inside one manifest is reported, row by row, and kept as the file it is
     shutil.copy(cohort.parent / table_path(first, 4), cohort.parent / "images" / "copy-of-4.png")
@@ -175,7 +175,7 @@ def test_a_moved_folder_with_copies_keeps_one_row_per_file(cohort, vae_run, tmp_
     assert (result.n_new_samples, result.n_encoded_now) == (0, 0)
     with Store.open(store_path) as store:
         assert store.n == 21
-        rows = store.rows_of(load_manifest(moved).sample_ids())
+        rows = store.rows_of(store.ids_for(load_manifest(moved)))
         np.testing.assert_array_equal(np.sort(rows), np.arange(21))
 
 

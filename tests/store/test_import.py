@@ -39,7 +39,7 @@ def test_an_imported_copy_probes_exactly_like_the_original(pixel_store, cohort, 
     with Store.open(store_path) as store:
         z = store.latents("pixels")
         ids = store.sample_ids.astype(str)
-        rows = store.rows_of(man.sample_ids())
+        rows = store.rows_of(store.ids_for(man))
     shuffled = np.random.default_rng(0).permutation(len(ids))
     np.savez(tmp_path / "by-id.npz", embeddings=z[shuffled], sample_id=ids[shuffled])
     table = pd.DataFrame(z[rows][::-1], columns=[f"f{i}" for i in range(z.shape[1])])
@@ -147,7 +147,7 @@ def test_path_keys_land_in_the_named_cohort(pixel_store, cohort, tmp_path) -> No
     np.save(tmp_path / "b.npy", vectors)
     import_embeddings(store_path, tmp_path / "b.npy", "mine", manifest=other, cohort="b")
     with Store.open(store_path) as store:
-        rows = store.rows_of(load_manifest(other).sample_ids("b"))
+        rows = store.rows_of(store.ids_for(load_manifest(other), "b"))
         z = store.latents("mine")
         cohorts = store.sample_strings("cohort")
     np.testing.assert_array_equal(z[rows], vectors)

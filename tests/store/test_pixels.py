@@ -81,7 +81,7 @@ def test_a_grown_manifest_is_encoded_on_the_axes_fitted_first(cohort, tmp_path) 
         z = store.latents("pixels")
         np.testing.assert_array_equal(z[:150], first)
         reference = reference_from_store(store.model_arrays("pixels"), store.embedding_info("pixels"))
-        rows = store.rows_of(full.sample_ids()[[200, 299]])
+        rows = store.rows_of(store.ids_for(full)[[200, 299]])
     data = ImageDataset(full, reference.preprocess, rows=np.array([200, 299]), train=False)
     images = torch.stack([data[i]["image"] for i in range(2)])
     with torch.no_grad():
