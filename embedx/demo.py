@@ -50,14 +50,14 @@ QUICK = DemoProfile(
     synth_size=64,
     train={
         "vae": [
-            "optim.total_samples=12000",
-            "optim.eval_every_samples=12000",
-            "optim.checkpoint_every_samples=12000",
-        ],
-        "dae": [
             "optim.total_samples=9600",
             "optim.eval_every_samples=9600",
             "optim.checkpoint_every_samples=9600",
+        ],
+        "dae": [
+            "optim.total_samples=6400",
+            "optim.eval_every_samples=6400",
+            "optim.checkpoint_every_samples=6400",
             "eval.latent_stats_samples=720",
         ],
         "cnn": [
@@ -278,7 +278,7 @@ def _advantage(probe: dict) -> float:
 def _pixels_cell(pixels: dict | None) -> str:
     if not pixels or pixels.get("score") is None:
         return "—"
-    return f"{pixels['score']:.3f}" + (" found" if pixels.get("encoded") else " chance")
+    return f"{pixels['score']:.2f}" + (" *" if pixels.get("encoded") else "")
 
 
 def print_summary(summary: dict) -> None:
@@ -288,7 +288,7 @@ def print_summary(summary: dict) -> None:
     table.add_column("found by", no_wrap=True)
     table.add_column("best score [95% CI]", no_wrap=True)
     table.add_column("chance", no_wrap=True)
-    table.add_column("pixels (reference)", no_wrap=True)
+    table.add_column("pixels", no_wrap=True)
     table.add_column("agrees", no_wrap=True)
     for row in summary["attributes"]:
         best = row["best"]
@@ -311,7 +311,8 @@ def print_summary(summary: dict) -> None:
     console.print(
         "[dim]Scores: balanced accuracy, or mean absolute error where marked (MAE, lower is "
         "better). "
-        "Found = Holm-corrected permutation p < 0.05 and the CI clear of chance.[/]"
+        "Found = Holm-corrected permutation p < 0.05 and the CI clear of chance. Pixels: the same probe "
+        "on the pixel reference (no training), * = found.[/]"
     )
     timings = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in summary.get("timings_s", {}).items())
     if timings:
