@@ -119,6 +119,30 @@ def check(
     typer.echo(summarize_manifest(loaded))
 
 
+@data_app.command("lesions")
+def lesions(
+    manifest: Path = typer.Option(..., "--manifest", "-m", help="Manifest of NIfTI volumes (a `mask` column "
+                                  "optional: one mask NIfTI per row)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder: volumes, masks, manifest.csv, lesions.csv."),
+    difficulty: str = typer.Option("easy,medium,hard", "--difficulty", help="Tiers (seed 001): easy = "
+                                   "21-26 mm at 50 HU; medium 20 % / hard 35 % of them 13-17 mm at 40 HU."),
+    fraction: float = typer.Option(0.5, "--fraction", help="Share of subjects with a lesion per --by group."),
+    by: str = typer.Option("manufacturer", "--by", help="Balance the positives within each value of this "
+                           "column ('' for none)."),
+    blend: str = typer.Option("auto", "--blend", help="replace (voxels set to the lesion's HU, as the "
+                              "seed), add (raised by it: for non-HU volumes), auto (replace for CT)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Insert seed 001's synthetic spheres into your volumes, wholly inside the brain (or a given mask)."""
+    from embedx.data.lesions import LesionSettings, insert_lesions
+
+    settings = LesionSettings(difficulties=tuple(d.strip() for d in difficulty.split(",") if d.strip()),
+                              fraction=fraction, by=by or None, blend=blend, seed=seed)
+    written = insert_lesions(manifest, out, settings)
+    console.print(f"lesion cohort -> {written} (lesions listed in {out / 'lesions.csv'})")
+    typer.echo(str(written))
+
+
 def register(app: typer.Typer) -> None:
     """Add `embedx data ...` to the root app."""
     app.add_typer(data_app, name="data")

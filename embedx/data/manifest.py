@@ -297,8 +297,8 @@ def load_manifest(
             + "\n  ".join(problems)
         )
 
-    columns = ["path", "subject_id"] + [c for c in table.columns if c not in RESERVED_COLUMNS]
-    table = table[columns].reset_index(drop=True)
+    columns = ["path", "subject_id"] + [c for c in table.columns if c not in ("path", "subject_id")]
+    table = table[columns].reset_index(drop=True)  # file columns (mask) stay in the table, not as attributes
     schema = resolve_schema(table, declared)
     text_values = {}
     for name, spec in schema.items():

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 KINDS = ("categorical", "binary", "continuous")
 ROLES = ("acquisition", "demographic", "clinical")
-RESERVED_COLUMNS = ("path", "subject_id")
+# path-like columns are file references, not attributes: never probed, never copied into a store
+RESERVED_COLUMNS = ("path", "subject_id", "mask", "lesion_mask")
 
 # A numeric column needs at least this many distinct values to be read as continuous unless it holds
 # non-integer values; small integer codes (grade 0-4, site 1-6) are categories far more often than not.
