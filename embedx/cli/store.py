@@ -97,6 +97,8 @@ def register(app: typer.Typer) -> None:
         n_jobs: int | None = typer.Option(None, "--jobs", help="Threads (default: all cores)."),
         umap_parallel: bool = typer.Option(False, "--umap-parallel", help="Unseeded UMAP on all cores: "
                                            "several times faster, but the map differs from run to run."),
+        pca_dims: int = typer.Option(50, "--pca-dims", help="t-SNE / UMAP on this many principal components "
+                                     "of wider latents (0: on the latents themselves)."),
     ) -> None:
         """2-D map of each model's latents, stored with parameters and trustworthiness (k = 10)."""
         from embedx.progress import console
@@ -106,7 +108,7 @@ def register(app: typer.Typer) -> None:
             results = project(str(store), method, name or None, perplexity=perplexity,
                               n_neighbors=n_neighbors,
                               min_dist=min_dist, seed=seed, transform_new=transform_new, n_jobs=n_jobs,
-                              umap_parallel=umap_parallel)
+                              umap_parallel=umap_parallel, pca_dims=pca_dims)
         for r in results:
             console.print(f"[bold]{r.model}[/] {r.method}: {r.n_fitted} fitted, {r.n_transformed} placed by "
                           f"transform, trustworthiness(k=10) {r.trustworthiness:.3f}, {r.seconds:.1f} s")

@@ -48,7 +48,7 @@ import pandas as pd
 from embedx._version import __version__
 from embedx.data.schema import AttributeSpec, resolve_schema
 from embedx.errors import StoreError
-from embedx.store.lock import WriterLock
+from embedx.store.lock import WriterLock, writer_active
 from embedx.store.repair import ALIGNED, aligned_datasets, refuse_if_broken, repair
 
 SCHEMA_VERSION = 1
@@ -266,7 +266,7 @@ class Store:
             try:
                 if mode == "a":
                     repair(file, path)
-                else:
+                elif not writer_active(path):  # mid-write, uneven lengths are a writer's normal state
                     refuse_if_broken(file, path)
             except BaseException:
                 file.close()

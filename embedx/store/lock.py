@@ -35,6 +35,28 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def writer_active(store_path: str | Path) -> bool:
+    """Whether a live process holds the store's writer lock now (a lock file left by a killed one is not)."""
+    path = lock_path(store_path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # no flock here: trust the recorded PID
+        try:
+            pid = json.loads(path.read_text() or "{}").get("pid")
+        except (OSError, ValueError):
+            return False
+        return isinstance(pid, int) and _pid_alive(pid)
+    finally:
+        os.close(fd)
+    return False
+
+
 class WriterLock:
     """Held while a store is open for writing; `release` removes the file and drops the flock."""
 

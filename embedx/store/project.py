@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 TRUST_K = 10
 TRUST_MAX_N = 5000
 FFT_FROM = 10_000  # openTSNE's own switch point: Barnes-Hut below, FFT-accelerated gradients from here
+PCA_DIMS = 50  # t-SNE / UMAP run on the first 50 principal components of wider latents (the usual recipe)
 
 
 @dataclass
@@ -107,6 +108,23 @@ def _fit(method: str, X: np.ndarray, params: dict[str, Any]) -> tuple[np.ndarray
     }
 
 
+def _fit_reduction(X: np.ndarray, dims: int, seed: int) -> dict[str, np.ndarray]:
+    """PCA to `dims` components, kept as plain arrays in the projection state (no pickle)."""
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=dims, svd_solver="randomized", random_state=seed).fit(X)
+    return {"reduce_components": pca.components_.astype(np.float32),
+            "reduce_mean": pca.mean_.astype(np.float32)}
+
+
+def _reducer(state: dict[str, np.ndarray]) -> Any:
+    """The map's input from latents: their principal components if the map was fitted on them."""
+    if "reduce_components" not in state:
+        return lambda X: X
+    components, mean = state["reduce_components"], state["reduce_mean"]
+    return lambda X: ((np.asarray(X, dtype=np.float32) - mean) @ components.T).astype(np.float32)
+
+
 def _transform(method: str, X_ref: np.ndarray, Y_ref: np.ndarray, X_new: np.ndarray, params: dict[str, Any],
                state: dict[str, np.ndarray]) -> np.ndarray:
     if method == "tsne":
@@ -158,8 +176,14 @@ def project(
     transform_new: bool = False,
     n_jobs: int | None = None,
     umap_parallel: bool = False,
+    pca_dims: int = PCA_DIMS,
 ) -> list[ProjectionResult]:
     """Fit (or extend, with `transform_new`) the `method` map of each model's encoded rows.
+
+    t-SNE and UMAP of latents wider than `pca_dims` run on their first `pca_dims` principal components
+    (0: on the latents themselves): the neighbour search, most of a large map's time, is then done in 50
+    dimensions instead of 512, and the components carry nearly all of the neighbourhood structure. The
+    map's trustworthiness is measured against the full latents all the same.
 
     UMAP is seeded by default, which makes umap-learn run single-threaded; `umap_parallel` drops the seed
     for all cores (measured 3.7x faster at 50k x 512 on 2 cores) at the price of a map that differs run to
@@ -184,7 +208,7 @@ def project(
             n_read, ids_read = store.n, store.sample_ids.copy()
             result, coords, status, attrs, state = _project_one(
                 store, model, method, perplexity, n_neighbors, min_dist, seed, transform_new, n_jobs,
-                umap_parallel)
+                umap_parallel, pca_dims)
         with Store.open(store_path, "a") as store:
             if store.n < n_read or np.any(store.sample_ids[:n_read] != ids_read):
                 raise StoreError(f"{store_path} changed its rows while the {method} map was computed; rerun")
@@ -198,6 +222,7 @@ def project(
 
 def _project_one(store: Store, model: str, method: str, perplexity: float, n_neighbors: int, min_dist: float,
                  seed: int, transform_new: bool, n_jobs: int, umap_parallel: bool = False,
+                 pca_dims: int = PCA_DIMS,
                  ) -> tuple[ProjectionResult, np.ndarray, np.ndarray, dict[str, Any], dict | None]:
     start = time.perf_counter()
     Z = store.latents(model)  # raises with the known models listed when the name is unknown
@@ -212,8 +237,10 @@ def _project_one(store: Store, model: str, method: str, perplexity: float, n_nei
         new = np.flatnonzero(encoded & (status == STATUS_NONE))
         ref = np.flatnonzero(status == STATUS_FITTED)
         if new.size:
-            coords[new] = _transform(method, Z[ref], coords[ref], Z[new], params,
-                                     store.projection_state(model, method))
+            fitted_state = store.projection_state(model, method)
+            reduce = _reducer(fitted_state)
+            coords[new] = _transform(method, reduce(Z[ref]), coords[ref], reduce(Z[new]), params,
+                                     fitted_state)
             status[new] = STATUS_TRANSFORMED
         state = None  # keep the fitted state as it is
     else:
@@ -233,7 +260,13 @@ def _project_one(store: Store, model: str, method: str, perplexity: float, n_nei
             params = {"random_state": seed}
         coords = np.full((store.n, 2), np.nan, dtype=np.float32)
         status = np.zeros(store.n, dtype=np.int8)
-        coords[rows], state = _fit(method, Z[rows], params)
+        X, reduction = Z[rows], {}
+        if method != "pca" and pca_dims and Z.shape[1] > pca_dims and rows.size > pca_dims:
+            reduction = _fit_reduction(X, pca_dims, seed)
+            X = _reducer(reduction)(X)
+            params["pca_dims"] = int(pca_dims)
+        coords[rows], state = _fit(method, X, params)
+        state = {**state, **reduction}
         status[rows] = STATUS_FITTED
     placed = np.flatnonzero(status != STATUS_NONE)
     trust, k, n_trust = trustworthiness_sample(Z[placed], coords[placed], seed=seed)

@@ -88,8 +88,14 @@ def repair(file: h5py.File, path: Path) -> int:
 
 
 def refuse_if_broken(file: h5py.File, path: Path) -> None:
-    """Readers do not repair (they hold no lock): they say what happened and how to fix it."""
-    broken, n_ok = needs_repair(file)
+    """Readers do not repair (they hold no lock): they say what happened and how to fix it.
+
+    A check that cannot be made (metadata another process is writing, seen half-way) does not stop the
+    reader: only a store that is known to be broken is refused."""
+    try:
+        broken, n_ok = needs_repair(file)
+    except (RuntimeError, OSError, KeyError, ValueError):
+        return
     if broken:
         raise StoreError(
             f"{path}: an earlier write stopped half-way (a full disk?) and left incomplete rows after row "
