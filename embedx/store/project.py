@@ -87,6 +87,7 @@ def _tsne_params(n: int, perplexity: float, seed: int, n_jobs: int) -> dict[str,
 
 
 def _fit(method: str, X: np.ndarray, params: dict[str, Any]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    params = {k: v for k, v in params.items() if k != "pca_dims"}  # ours, not the library's
     if method == "tsne":
         from openTSNE import TSNE
 

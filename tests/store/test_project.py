@@ -186,3 +186,27 @@ def test_tsne_of_the_cohorts_dae_latents_keeps_neighbours_and_places_new_scans(c
         np.testing.assert_array_equal(store.projection(model, "tsne")[:240], map_before)  # old points stay
         assert (store.projection_status(model, "tsne")[:240] == 1).all()
         _check_placed_near_neighbours(store, "tsne", np.arange(240, 300), model=model)
+
+
+@pytest.mark.parametrize("method", ["tsne", "umap"])
+def test_wide_latents_are_mapped_from_their_principal_components(method, tmp_path):
+    """128-d latents, maps fitted on 20 components: neighbours kept, new rows placed through the same PCA."""
+    z, labels = _clusters(500, seed=0, dim=128)
+    ids = [f"a{i}" for i in range(500)]
+    path = write_store_from_arrays(tmp_path / "s.h5", ids, ids, pd.DataFrame({"c": labels.astype(str)}), None,
+                                   {"m": z})
+    (result,) = project(str(path), method, n_jobs=1, pca_dims=20)
+    assert result.trustworthiness > TRUST_BOUND  # measured against the full 128-d latents
+    with Store.open(path) as store:
+        assert store.projection_info("m", method)["params"]["pca_dims"] == 20
+        state = store.projection_state("m", method)
+        assert state["reduce_components"].shape == (20, 128) and state["reduce_mean"].shape == (128,)
+    new = np.random.default_rng(5).normal(0, 1.0, (40, 128)).astype(np.float32)
+    new += np.random.default_rng(123).normal(0, 4.0, (6, 128))[np.arange(40) % 6]  # the same cluster centres
+    with Store.open(path, "a") as store:
+        rows = store.add_samples([f"b{i}" for i in range(40)], [f"b{i}" for i in range(40)],
+                                 pd.DataFrame({"c": (np.arange(40) % 6).astype(str)}))
+        store.write_latents("m", rows, new)
+    project(str(path), method, transform_new=True, n_jobs=1, pca_dims=20)
+    with Store.open(path) as store:
+        _check_placed_near_neighbours(store, method, rows)
