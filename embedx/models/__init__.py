@@ -5,8 +5,9 @@ Every model is an `nn.Module` with `kind`, `training_loss(batch) -> (loss, metri
 no optimiser, I/O or logging here.
 """
 
+from embedx._lazy import lazy_getattr
 from embedx.models.cnn import CNN, CNNConfig
-from embedx.models.dae import DAEConfig, DiffusionAutoencoder
+from embedx.models.dae_config import DAEConfig
 from embedx.models.hessian import hessian_penalty
 from embedx.models.registry import MODEL_CONFIGS, RECOMMENDED_TRAINING, build_model, model_config
 from embedx.models.vae import VAE, VAEConfig
@@ -24,3 +25,6 @@ __all__ = [
     "hessian_penalty",
     "model_config",
 ]
+
+# the DAE module imports diffusers (seconds): only when it is used
+__getattr__ = lazy_getattr(__name__, {"DiffusionAutoencoder": "embedx.models.dae"})

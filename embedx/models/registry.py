@@ -9,7 +9,7 @@ from torch import nn
 
 from embedx.errors import ConfigError
 from embedx.models.cnn import CNN, CNNConfig
-from embedx.models.dae import DAEConfig, DiffusionAutoencoder
+from embedx.models.dae_config import DAEConfig
 from embedx.models.vae import VAE, VAEConfig
 
 MODEL_CONFIGS: dict[str, type[BaseModel]] = {"vae": VAEConfig, "dae": DAEConfig, "cnn": CNNConfig}
@@ -55,6 +55,8 @@ def build_model(kind: str, model_config_: BaseModel | dict[str, Any] | None, ima
     if kind == "vae":
         return VAE(cfg, image_size, channels)  # type: ignore[arg-type]
     if kind == "dae":
+        from embedx.models.dae import DiffusionAutoencoder  # diffusers: imported only when a DAE is built
+
         return DiffusionAutoencoder(cfg, image_size, channels)  # type: ignore[arg-type]
     if num_classes is None:
         raise ConfigError("the CNN needs num_classes (the number of classes of the label attribute)")

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from embedx.data.preprocess import PreprocessConfig
 from embedx.errors import ConfigError
 from embedx.models.cnn import CNNConfig
-from embedx.models.dae import DAEConfig
+from embedx.models.dae_config import DAEConfig
 from embedx.models.vae import VAEConfig
 
 Kind = Literal["vae", "dae", "cnn"]
