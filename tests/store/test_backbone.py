@@ -102,16 +102,23 @@ def test_missing_or_wrong_weights_say_what_to_put_where(tmp_path) -> None:
         load_backbone(tmp_path / "weights.pt")
 
 
-def test_the_command_runs_offline(vit_folder, small_manifest, tmp_path) -> None:
+def test_a_folder_loads_with_the_network_cut_off(vit_folder, monkeypatch) -> None:
     dead = "http://127.0.0.1:9"  # any attempt to reach the network fails at once
-    env = {**os.environ, "EMBEDX_NO_PROGRESS": "1", "HTTPS_PROXY": dead, "HTTP_PROXY": dead}
-    command = ["encode", "--backbone", str(vit_folder), "--manifest", str(small_manifest), "--out",
-               str(tmp_path / "s.h5"), "--workers", "0"]
+    monkeypatch.setenv("HTTPS_PROXY", dead)
+    monkeypatch.setenv("HTTP_PROXY", dead)
+    assert load_backbone(vit_folder).form == "transformers"
+
+
+def test_the_command_encodes_with_a_backbone(small_manifest, tmp_path) -> None:
+    torch.jit.script(TinyCNN()).save(str(tmp_path / "net.pt"))
+    command = ["encode", "--backbone", str(tmp_path / "net.pt"), "--backbone-size", "48", "--manifest",
+               str(small_manifest), "--out", str(tmp_path / "s.h5"), "--workers", "0"]
+    env = {**os.environ, "EMBEDX_NO_PROGRESS": "1"}
     out = subprocess.run([sys.executable, "-m", "embedx", *command], capture_output=True, text=True,
                          timeout=300, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     with Store.open(tmp_path / "s.h5") as store:
-        assert store.models() == ["tiny-vit"] and store.encoded_mask("tiny-vit").all()
+        assert store.models() == ["net"] and store.encoded_mask("net").all()
 
 
 class OneChannel(nn.Module):
