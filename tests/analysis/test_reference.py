@@ -60,3 +60,25 @@ def test_no_claim_about_what_neither_side_finds() -> None:
                                                                            "mae", 9.9))
     better = compare_one(_p("m", 0.55, (0.53, 0.57), False), _p("px", 0.45, (0.43, 0.47), False))
     assert worse.reading == better.reading == "neither"
+
+
+def test_equal_true_scores_are_rarely_called_different() -> None:
+    """Under the null (model and pixels equally readable) a difference needs intervals that miss each other:
+    for two independent estimates with equal errors that happens with probability ~0.6 %."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    se, calls = 0.03, 0
+    for _ in range(2000):
+        a, b = 0.7 + se * rng.standard_normal(2)
+        model = _p("m", float(a), (a - 1.96 * se, a + 1.96 * se), True)
+        pixels = _p("px", float(b), (b - 1.96 * se, b + 1.96 * se), True)
+        calls += compare_one(model, pixels).reading in ("keeps less", "amplifies", "discards")
+    assert calls / 2000 < 0.015
+    # and a real gap of 4 standard errors is called most of the time
+    found = 0
+    for _ in range(500):
+        a, b = np.array([0.70, 0.70 + 4 * np.sqrt(2) * se]) + se * rng.standard_normal(2)
+        found += compare_one(_p("m", float(a), (a - 1.96 * se, a + 1.96 * se), True),
+                             _p("px", float(b), (b - 1.96 * se, b + 1.96 * se), True)).reading == "keeps less"
+    assert found / 500 > 0.8
