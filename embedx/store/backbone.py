@@ -21,9 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,7 @@ from torch import nn
 
 from embedx.data.preprocess import PreprocessConfig
 from embedx.errors import EmbedxError
+from embedx.store.encoder import Encoder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -96,7 +97,7 @@ def pooled_vector(out: Any) -> torch.Tensor:
 
 
 @dataclass
-class Backbone:
+class Backbone(Encoder):
     """Shaped like a loaded run for `embedx encode`."""
 
     model: BackboneFeatures
@@ -104,10 +105,7 @@ class Backbone:
     form: str  # "transformers" or "torchscript"
     weights_hash: str
     preprocess: PreprocessConfig
-    kind: str = "backbone"
-    classes: list[Any] | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-    run_dir: Path | None = None
+    kind: ClassVar[str] = "backbone"
 
     @property
     def checkpoint_hash(self) -> str:
@@ -119,9 +117,6 @@ class Backbone:
                 "mean": [round(float(v), 4) for v in self.model.mean.flatten()],
                 "std": [round(float(v), 4) for v in self.model.std.flatten()]}
 
-    def to(self, device: torch.device | str) -> Backbone:
-        self.model.to(device)
-        return self
 
 
 def _hash_files(paths: list[Path]) -> str:

@@ -21,9 +21,9 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from embedx.data.dataset import ImageDataset, make_loader
 from embedx.data.manifest import Manifest
 from embedx.data.preprocess import PreprocessConfig
 from embedx.errors import EmbedxError
+from embedx.store.encoder import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -93,17 +94,14 @@ class PixelFeatures(nn.Module):
 
 
 @dataclass
-class PixelReference:
+class PixelReference(Encoder):
     """Looks like a trained run to `embedx encode` (model, preprocess, kind, checkpoint hash, provenance)."""
 
     model: PixelFeatures
     preprocess: PreprocessConfig
     fit_rows: int
     explained_variance: float
-    kind: str = "pixels"
-    classes: list[Any] | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-    run_dir: Path | None = None
+    kind: ClassVar[str] = "pixels"
 
     @property
     def checkpoint_hash(self) -> str:
@@ -126,10 +124,6 @@ class PixelReference:
             "statistics": list(STAT_NAMES), "fit_rows": self.fit_rows,
             "explained_variance": round(self.explained_variance, 4),
         }
-
-    def to(self, device: torch.device | str) -> PixelReference:
-        self.model.to(device)
-        return self
 
 
 def pixel_preprocess(size: int, channels: int = 1) -> PreprocessConfig:
