@@ -83,7 +83,8 @@ def place_sphere(mask: np.ndarray, spacing: tuple[float, ...], radius_mm: float,
     """A centre (voxel index) whose distance to the mask's edge exceeds the radius, or None."""
     from scipy import ndimage
 
-    depth = ndimage.distance_transform_edt(mask, sampling=spacing)
+    # Padded with background: beyond the field of view is outside too (a slab must not cut a sphere).
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[(slice(1, -1),) * mask.ndim]
     candidates = np.argwhere(depth > radius_mm + max(spacing))
     if candidates.size == 0:
         return None

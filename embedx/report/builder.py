@@ -103,6 +103,7 @@ def build_report(
         controls={
             "cross_site": gathered["cross_site"],
             "background": gathered["background"],
+            "shift": [{k: v for k, v in r.items() if k != "results"} for r in gathered.get("shift", [])],
             "distribution": [
                 {k: v for k, v in d.items() if k != "tests"}
                 | {"tests": [t for t in d.get("tests", []) if t.get("significant")]}

@@ -146,7 +146,7 @@ def shift_figure(result: Mapping[str, Any], metric: str = "auroc") -> Figure:
                     fontsize=8,
                     fontweight="bold" if train == test else "normal",
                 )
-        im = ax.imshow(grid, cmap="RdYlGn", vmin=0.5, vmax=1.0)
+        im = ax.imshow(grid, cmap="RdYlGn", vmin=0.5 if metric == "auroc" else 0.0, vmax=1.0)
         ax.set_xticks(range(len(train_groups)))
         ax.set_xticklabels(train_groups, rotation=30, ha="right")
         ax.set_yticks(range(len(train_groups)))
@@ -159,8 +159,10 @@ def shift_figure(result: Mapping[str, Any], metric: str = "auroc") -> Figure:
     if im is not None:
         fig.colorbar(im, ax=list(axes[0]), label=metric.upper() if metric == "auroc" else metric, shrink=0.8)
     reps = result["settings"]["replicates"]
+    model = "3-D U-Net" if result.get("task") == "segment" else (
+        "3-D classifier" if result.get("dims") == 3 else "detector")
     fig.suptitle(
-        f"{result['target']} detector: train on one {result['by']}, test on each "
+        f"{result['target']} {model}, {metric}: train on one {result['by']}, test on each "
         f"(mean ± sd of {reps} replicate{'s' if reps > 1 else ''})",
         fontsize=10,
     )

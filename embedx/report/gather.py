@@ -279,6 +279,7 @@ def gather(
         "clusters": clusters,
         "distribution": distributions,
         "background": background,
+        "shift": [c for c in snap["controls"] if c.get("control") == "shift"],
         "target": target,
         "reference": [c.to_dict() for c in compare_to_reference(probes, kinds)],
     }

@@ -337,6 +337,7 @@ def controls_section(gathered: Mapping[str, Any], col: Collector) -> str:
         )
     else:
         parts.append("<p>Not in the store (see notes).</p>")
+    parts.append(shift_section(gathered.get("shift", []), col))
     parts.append("<h3>Distribution tests: KS per PCA mode, Benjamini–Yekutieli (chexploration)</h3>")
     for model, d in gathered["distribution"].items():
         parts.append(
@@ -352,6 +353,35 @@ def controls_section(gathered: Mapping[str, Any], col: Collector) -> str:
                     f"{model}: KS tests per PCA mode (strongest pair per attribute)",
                 )
             )
+    return "\n".join(parts)
+
+
+def shift_section(results: list[dict], col: Collector) -> str:
+    """Seed 001's train-on-one-group / test-on-each matrix (`embedx experiment shift --store`)."""
+    parts = ["<h3>Train on one group, test on each (seed 001's shift study)</h3>"]
+    if not results:
+        parts.append("<p>Not in the store: run <code>embedx experiment shift --manifest m.csv --by "
+                     "manufacturer --dims 3 --store STORE</code> to add it.</p>")
+        return "\n".join(parts)
+    for r in results:
+        metric = r.get("headline", "auroc")
+        what = f"{r.get('dims', 2)}-D {r.get('task', 'classify')}, {r.get('settings', {}).get('model', '')}"
+        parts.append(f"<p><b>{html.escape(str(r.get('target')))} by {html.escape(str(r.get('by')))}</b> "
+                     f"({html.escape(what)}; mean ± sd over {r.get('settings', {}).get('replicates')} "
+                     "replicates, 95 % subject-bootstrap CI)</p>")
+        rows = []
+        for g in r.get("gaps", []):
+            if g.get("train") == "all":
+                continue
+            rows.append({"tier": g["tier"], "trained on": g["train"], "metric": g["metric"],
+                         "own group": g["own"], "other groups": g["others"], "gap": g["gap"]})
+        if rows:
+            parts.append(table_html(pd.DataFrame(rows), index=False))
+        for m in dict.fromkeys([metric, "specificity"]):
+            parts.append(col.figure(control_figures.shift_figure(r, metric=m),
+                                    f"shift_{r.get('dims')}d_{r.get('task')}_{r.get('by')}_{m}",
+                                    f"{r.get('target')} {m}: rows trained on, columns tested on "
+                                    f"({r.get('by')})"))
     return "\n".join(parts)
 
 

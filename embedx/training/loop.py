@@ -26,6 +26,7 @@ from embedx.errors import ConfigError, EmbedxError
 from embedx.models.registry import build_model
 from embedx.progress import progress_bar
 from embedx.training import checkpoint as ckpt
+from embedx.training.accel import make_accelerator
 from embedx.training.config import TrainConfig, config_differences, save_config
 from embedx.training.data import EpochBatchSampler, RunData, build_datasets, train_loader
 from embedx.training.ema import EMA
@@ -52,29 +53,8 @@ class _LossModule(nn.Module):
         return self.model.training_loss(batch)
 
 
-def _mixed_precision(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
-
-
 def _make_accelerator(config: TrainConfig) -> Any:
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-    from accelerate.utils import set_seed
-
-    # Several runs in one process (tests, notebooks): start from a clean state each time.
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
-    # Without a GPU, say "CPU" explicitly: only then does Accelerate join the processes that
-    # `accelerate launch --multi_gpu --num_processes N` starts into one gloo (MULTI_CPU) group. (`--cpu`
-    # with N > 1 starts a single process unless mpirun is configured: accelerate issue #2741.)
-    no_gpu = not torch.cuda.is_available() and not torch.backends.mps.is_available()
-    accelerator = Accelerator(mixed_precision=_mixed_precision(config.optim.mixed_precision), cpu=no_gpu)
-    set_seed(config.optim.seed, device_specific=True)  # each process its own stream (DAE noise, t)
-    return accelerator
+    return make_accelerator(config.optim.mixed_precision, config.optim.seed)
 
 
 def _resolve_run_dir(out_dir: str | Path | None, kind: str, accelerator: Any) -> Path:

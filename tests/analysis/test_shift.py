@@ -105,4 +105,4 @@ def test_bad_requests_name_the_problem(tmp_path):
         shift_experiment(manifest, "scanner", "finding", tiers=["medium"], settings=SETTINGS)
     run = CliRunner().invoke(app, ["experiment", "shift", "--manifest", str(manifest), "--by", "scanner",
                                    "--task", "segment", "--out", str(tmp_path / "o")])
-    assert run.exit_code != 0 and "only 'detect'" in str(run.exception or run.output)
+    assert run.exit_code != 0 and "--dims 3" in str(run.exception or run.output)

@@ -224,3 +224,35 @@ def test_probes_page_reads_each_model_beside_the_pixel_reference(store, tmp_path
     assert table.loc[("dae", "sex"), "reading"] in ("keeps", "keeps less", "amplifies")
     assert "pixels" not in table.index.get_level_values("model")
     assert any("vae discards sex" in m.value for m in at.markdown)
+
+
+def test_controls_page_draws_the_shift_matrix_per_tier(bare_store, monkeypatch, tmp_path) -> None:
+    # the shape `embedx experiment shift --dims 3 --store` writes (embedx.analysis.shift_volumes)
+    groups = ["GE", "Siemens", "all"]
+    summary = [
+        {"tier": tier, "train": a, "test": b, "auroc_mean": 0.9 if a in (b, "all") else 0.6, "auroc_sd": 0.01,
+         "specificity_mean": 0.95 if a in (b, "all") else 0.2, "specificity_sd": 0.02}
+        for tier in ("easy", "hard") for a in groups for b in groups
+    ]
+    result = {
+        "control": "shift", "experiment": "shift", "dims": 3, "task": "classify", "target": "finding",
+        "by": "manufacturer", "headline": "auroc", "metrics": ["auroc", "specificity"],
+        "tiers": ["easy", "hard"], "groups": groups[:2], "train_groups": groups, "summary": summary,
+        "gaps": [{"tier": "easy", "train": "GE", "metric": "auroc", "own": 0.9, "others": 0.6, "gap": 0.3}],
+        "settings": {"replicates": 2, "model": "MONAI 3-D ResNet (seed 001)"},
+    }
+    copy = tmp_path / "with-shift.h5"
+    copy.write_bytes(bare_store.read_bytes())
+    with Store.open(copy, "a") as handle:
+        handle.write_analysis("controls", "shift__3d__classify__finding__manufacturer", result)
+    at = run_page("controls", copy, monkeypatch)
+    assert not at.exception
+    assert any("finding by manufacturer: 3-D classify" in s.value for s in at.subheader)
+    assert len(at.get("plotly_chart")) >= 2  # one matrix per tier
+    frame = at.dataframe[-1].value
+    assert list(frame["gap"]) == [0.3]
+    # and the report renders the same result as a table and one figure per metric
+    from embedx.report.sections import Collector, shift_section
+
+    html = shift_section([result], Collector(tmp_path / "report"))
+    assert "seed 001" in html and html.count("<figure>") == 2 and "<td>0.3" in html

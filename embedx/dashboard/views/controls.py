@@ -13,7 +13,8 @@ st.title("Controls")
 controls = data.analysis(path, "controls")
 cross = [c for c in controls if c.get("control") == "cross_site" or "matrix" in c]
 background = [c for c in controls if c.get("control") == "background"]
-other = [c for c in controls if c not in cross and c not in background]
+shift = [c for c in controls if c.get("control") == "shift"]
+other = [c for c in controls if c not in cross and c not in background and c not in shift]
 
 st.header("Cross-site matrix")
 if not cross:
@@ -74,6 +75,39 @@ for result in background:
             k: v for k, v in result.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)
         }
         st.dataframe(pd.DataFrame([scalars]), hide_index=True, width="stretch")
+
+st.header("Train on one group, test on each (seed 001)")
+if not shift:
+    widgets.hint(
+        "No shift study stored. It trains a lesion model per manufacturer (3-D: MONAI ResNet / U-Net on the "
+        "volumes) and tests each on every manufacturer:",
+        "embedx experiment shift --manifest lesions/manifest.csv --by manufacturer --dims 3 "
+        f"--store {widgets.quote(path)}",
+    )
+for result in shift:
+    metric = str(result.get("headline", "auroc"))
+    groups = [str(g) for g in result.get("train_groups", [])]
+    cells = {(r["tier"], r["train"], r["test"]): r for r in result.get("summary", [])}
+    kind = f"{result.get('dims', 2)}-D {result.get('task', 'classify')}"
+    st.subheader(f"{result.get('target')} by {result.get('by')}: {kind}")
+    shown = st.radio("metric", list(dict.fromkeys([metric, *result.get("metrics", [])])), horizontal=True,
+                     key=f"shift_metric_{result.get('dims')}_{result.get('task')}_{result.get('by')}")
+    for tier in result.get("tiers", []):
+        matrix = np.asarray(
+            [[(cells.get((tier, a, b)) or {}).get(f"{shown}_mean") for b in groups] for a in groups],
+            dtype=float,
+        )
+        st.plotly_chart(
+            figures.heatmap(
+                matrix, groups, groups, f"{tier}: {shown}, trained on (rows) / tested on (columns)", shown
+            ),
+            width="stretch",
+            key=f"shift_{result.get('dims')}_{result.get('task')}_{result.get('by')}_{tier}_{shown}",
+        )
+    gaps = [g for g in result.get("gaps", []) if g.get("train") != "all"]
+    if gaps:
+        st.dataframe(pd.DataFrame(gaps)[["tier", "train", "metric", "own", "others", "gap"]], hide_index=True,
+                     width="stretch")
 
 if other:
     st.header("Other controls")

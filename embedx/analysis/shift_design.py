@@ -1,0 +1,372 @@
+"""What seed 001's shift study means, whatever model runs it: groups, tiers, the held-out subjects, the
+metrics of each (trained on, tested on) cell with their subject-bootstrap intervals, and the gaps.
+
+`embedx experiment shift` runs it in 2-D (seed 000's CNN on images) and in 3-D (MONAI's ResNet / U-Net on
+volumes); both plan the design here and hand back per-replicate scores, so the two cannot disagree on
+what a cell, an interval or a gap is.
+
+- Test subjects are held out once, stratified on group x label x tier, so every model of a tier is scored
+  on the same volumes and no subject is ever on both sides.
+- A tier is the negatives plus the positives of one difficulty (the seed mixed easy positives into its
+  harder sets); one difficulty per tier isolates its effect. Without a difficulty column there is one tier.
+- A cell's figure is the mean over replicates (the seed's tables) with the sd over replicates, and a 95 %
+  interval from resampling the cell's test *subjects* (the same resample for every replicate, then
+  averaged): the sd says how much training varies, the interval how much the test set does.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from embedx.analysis.labels import positive_class
+from embedx.analysis.stats import SubjectIndex, auc_weighted, percentile_ci
+from embedx.data.manifest import Manifest
+from embedx.data.splits import train_val_test_split
+from embedx.errors import EmbedxError
+
+log = logging.getLogger(__name__)
+
+ALL = "all"  # the mixed training group / the whole test set
+TIER_ORDER = ("easy", "medium", "hard")
+MIN_PER_CLASS = 5  # training positives and negatives a group needs to get a model
+THRESHOLD = 0.5  # P(positive) at which a volume is called positive (the seed's)
+
+
+@dataclass
+class Design:
+    """The rows in play (positions in `table`), their label, tier, group and side of the split."""
+
+    table: pd.DataFrame  # manifest rows with both `by` and `target` known, re-indexed 0..n-1
+    rows: np.ndarray  # each table row's row in the manifest
+    label: np.ndarray  # bool: positive
+    tier_names: list[str]
+    tier_of: np.ndarray  # "" for negatives (they belong to every tier)
+    group: np.ndarray  # str per row
+    groups: list[str]
+    is_test: np.ndarray  # bool
+    positive_value: str
+    difficulty: str | None
+
+    @property
+    def train_groups(self) -> list[str]:
+        return [*self.groups, ALL]
+
+    def in_tier(self, tier: str) -> np.ndarray:
+        return (self.tier_of == "") | (self.tier_of == tier)
+
+    def in_group(self, name: str) -> np.ndarray:
+        return np.ones(len(self.group), dtype=bool) if name == ALL else self.group == name
+
+
+def tiers_of(
+    table: pd.DataFrame, positive: np.ndarray, column: str | None, wanted: Sequence[str] | None
+) -> tuple[list[str], np.ndarray]:
+    """The tier names and each row's tier ("" for negatives, which belong to every tier)."""
+    if column is None:
+        return [ALL], np.where(positive, ALL, "")
+    if column not in table.columns:
+        raise EmbedxError(f"difficulty column {column!r} is not in the manifest")
+    values = table[column].fillna("").astype(str).str.strip().to_numpy()
+    values = np.where(positive, values, "")
+    unlabelled = positive & (values == "")
+    if unlabelled.any():
+        raise EmbedxError(
+            f"{int(unlabelled.sum())} positive row(s) have no {column!r} (first: row "
+            f"{int(np.flatnonzero(unlabelled)[0])}); give every positive a difficulty"
+        )
+    present = sorted(set(values[positive]), key=lambda t: (TIER_ORDER.index(t) if t in TIER_ORDER else 9, t))
+    if wanted:
+        unknown = [t for t in wanted if t not in present]
+        if unknown:
+            raise EmbedxError(
+                f"--tiers {', '.join(unknown)} not found in {column!r} (values: {', '.join(present)})"
+            )
+        present = list(wanted)
+    return present, values
+
+
+def plan_design(
+    man: Manifest,
+    by: str,
+    target: str,
+    *,
+    difficulty: str | None,
+    tiers: Sequence[str] | None,
+    positive: str | None,
+    test_fraction: float,
+    seed: int,
+) -> Design:
+    """Check the request against the manifest and hold out the test subjects."""
+    if not 0.05 <= test_fraction <= 0.8:
+        raise EmbedxError(f"--test-fraction must lie in [0.05, 0.8], got {test_fraction}")
+    for column, flag in ((by, "--by"), (target, "--target")):
+        if column not in man.table.columns:
+            raise EmbedxError(
+                f"{flag} {column!r} is not a column of {man.source} (attributes: {', '.join(man.attributes)})"
+            )
+    usable = man.table[by].notna() & man.table[target].notna()
+    if (~usable).any():
+        log.info("%d row(s) with no %s or %s left out", int((~usable).sum()), by, target)
+    rows = np.flatnonzero(usable.to_numpy())
+    table = man.table.iloc[rows].reset_index(drop=True)
+    label, _, positive_value = positive_class(table[target].to_numpy(), target, positive)
+    if difficulty == "auto":
+        difficulty = f"{target}_difficulty" if f"{target}_difficulty" in table.columns else None
+    tier_names, tier_of = tiers_of(table, label, difficulty, tiers)
+    group = table[by].astype(str).to_numpy()
+    groups = sorted(set(group))
+    if len(groups) < 2:
+        raise EmbedxError(f"--by {by!r} has a single value ({groups[0]}); a shift needs at least two groups")
+    strata = pd.DataFrame({"g": group, "y": label.astype(int), "t": tier_of})
+    split = train_val_test_split(
+        pd.concat([strata, table[["subject_id"]]], axis=1),
+        fractions=(1.0 - test_fraction, 0.0, test_fraction),
+        stratify=["g", "y", "t"],
+        seed=seed,
+    )
+    is_test = np.zeros(len(table), dtype=bool)
+    is_test[split.test] = True
+    return Design(
+        table=table,
+        rows=rows,
+        label=label,
+        tier_names=tier_names,
+        tier_of=tier_of,
+        group=group,
+        groups=groups,
+        is_test=is_test,
+        positive_value=positive_value,
+        difficulty=difficulty,
+    )
+
+
+def training_counts(
+    design: Design, readable: np.ndarray, tier: str, train_group: str
+) -> tuple[np.ndarray, str | None]:
+    """The training rows of one condition, and why it gets no model (None when it does)."""
+    train = readable & design.in_tier(tier) & ~design.is_test & design.in_group(train_group)
+    n_pos, n_neg = int((train & design.label).sum()), int((train & ~design.label).sum())
+    if min(n_pos, n_neg) < MIN_PER_CLASS:
+        return train, (
+            f"{n_pos} positives / {n_neg} negatives in training (at least {MIN_PER_CLASS} of each needed)"
+        )
+    return train, None
+
+
+# ---------------------------------------------------------------- metrics of a cell
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """A metric as sum(w * numerator) / sum(w * denominator) over rows: weights are subject multiplicities,
+    so the point estimate (w = 1) and every bootstrap resample come from one formula."""
+
+    numerator: Callable[[dict[str, np.ndarray]], np.ndarray]
+    denominator: Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+def _called(cols: dict[str, np.ndarray]) -> np.ndarray:
+    return cols["score"] >= cols["threshold"]
+
+
+RATIOS: dict[str, Ratio] = {
+    "accuracy": Ratio(lambda c: _called(c) == c["y"], lambda c: np.ones_like(c["score"])),
+    "sensitivity": Ratio(lambda c: _called(c) & c["y"], lambda c: c["y"]),
+    "specificity": Ratio(lambda c: ~_called(c) & ~c["y"], lambda c: ~c["y"]),
+    "dice": Ratio(lambda c: np.nan_to_num(c["dice"]) * c["y"], lambda c: c["y"] & ~np.isnan(c["dice"])),
+    "dice_small": Ratio(
+        lambda c: np.nan_to_num(c["dice"]) * c["small"], lambda c: c["small"] & ~np.isnan(c["dice"])
+    ),
+    "dice_large": Ratio(
+        lambda c: np.nan_to_num(c["dice"]) * c["large"], lambda c: c["large"] & ~np.isnan(c["dice"])
+    ),
+}
+
+
+def _weighted(metric: str, cols: dict[str, np.ndarray], weights: np.ndarray) -> np.ndarray:
+    """The metric under each row of `weights` (B, n); NaN where it is undefined (no positive, ...)."""
+    if metric == "auroc":
+        return auc_weighted(cols["score"], cols["y"], weights)
+    ratio = RATIOS[metric]
+    num = weights @ ratio.numerator(cols).astype(float)
+    den = weights @ ratio.denominator(cols).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def cell_metrics(
+    metrics: Sequence[str],
+    y: np.ndarray,
+    scores: Sequence[np.ndarray],
+    subjects: np.ndarray,
+    extra: Sequence[dict[str, np.ndarray]] | None = None,
+    *,
+    threshold: float = THRESHOLD,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Mean and sd over replicates, and the subject-bootstrap 95 % interval of that mean, per metric.
+
+    `scores[r]` are replicate r's scores for the cell's rows; `extra[r]` adds per-row columns (dice, small,
+    large) that the Dice metrics read.
+    """
+    out: dict[str, Any] = {}
+    n = len(y)
+    index = SubjectIndex(subjects) if n else None
+    weights = index.weights(n_boot, np.random.default_rng(seed))[:, index.codes] if n and n_boot else None
+    for metric in metrics:
+        point, boot = [], []
+        for r, score in enumerate(scores):
+            cols = {
+                "y": y.astype(bool),
+                "score": np.asarray(score, dtype=float),
+                "threshold": np.float64(threshold),
+                **((extra or [{}] * len(scores))[r]),
+            }
+            if not n:
+                point.append(np.nan)
+                continue
+            point.append(float(_weighted(metric, cols, np.ones((1, n)))[0]))
+            if weights is not None:
+                boot.append(_weighted(metric, cols, weights))
+        got = [v for v in point if not np.isnan(v)]
+        out[f"{metric}_mean"] = float(np.mean(got)) if got else None
+        out[f"{metric}_sd"] = (float(np.std(got, ddof=1)) if len(got) > 1 else 0.0) if got else None
+        ci = (float("nan"), float("nan"))
+        if boot and got:
+            with warnings.catch_warnings():  # a resample with no positive left: NaN, dropped by the CI
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ci = percentile_ci(np.nanmean(np.vstack(boot), axis=0))
+        out[f"{metric}_ci"] = None if np.isnan(ci[0]) else [ci[0], ci[1]]
+    return out
+
+
+def gaps(summary: Sequence[dict[str, Any]], groups: Sequence[str], metric: str) -> list[dict[str, Any]]:
+    """Per tier and single-group model: `metric` on its own group's test subjects minus the mean on the
+    others'. A positive gap is the seed's finding (a model fits its own manufacturer best); the mixed model's
+    spread across test groups is given for comparison."""
+    lookup = {(r["tier"], r["train"], r["test"]): r.get(f"{metric}_mean") for r in summary}
+    out = []
+    for tier in dict.fromkeys(r["tier"] for r in summary):
+        for g in groups:
+            own = lookup.get((tier, g, g))
+            others = [v for v in (lookup.get((tier, g, o)) for o in groups if o != g) if v is not None]
+            if own is None or not others:
+                continue
+            out.append(
+                {
+                    "tier": tier,
+                    "train": g,
+                    "metric": metric,
+                    "own": own,
+                    "others": float(np.mean(others)),
+                    "gap": own - float(np.mean(others)),
+                }
+            )
+        mixed = [v for v in (lookup.get((tier, ALL, g)) for g in groups) if v is not None]
+        if mixed:
+            out.append(
+                {
+                    "tier": tier,
+                    "train": ALL,
+                    "metric": metric,
+                    "min": float(min(mixed)),
+                    "max": float(max(mixed)),
+                    "gap": float(max(mixed) - min(mixed)),
+                }
+            )
+    return out
+
+
+def summarise(
+    design: Design,
+    records: Sequence[dict[str, Any]],
+    metrics: Sequence[str],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    threshold: float = THRESHOLD,
+) -> list[dict[str, Any]]:
+    """One row per (tier, trained on, tested on): counts, and each metric's mean, sd and interval.
+
+    A record is one trained model's scores on its tier's test rows: `{"tier", "train", "replicate",
+    "rows": table positions, "score": array, ...per-row extras}`.
+    """
+    subjects = design.table["subject_id"].astype(str).to_numpy()
+    by_condition: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for rec in records:
+        by_condition.setdefault((rec["tier"], rec["train"]), []).append(rec)
+    out = []
+    for (tier, train), recs in by_condition.items():
+        recs = sorted(recs, key=lambda r: r["replicate"])
+        rows = np.asarray(recs[0]["rows"], dtype=np.int64)
+        for test in design.train_groups:
+            keep = design.in_group(test)[rows]
+            cell_rows = rows[keep]
+            extras = [
+                {k: np.asarray(v)[keep] for k, v in r.items() if k in ("dice", "small", "large")}
+                for r in recs
+            ]
+            row: dict[str, Any] = {
+                "tier": tier,
+                "train": train,
+                "test": test,
+                "n_test": int(keep.sum()),
+                "n_test_pos": int(design.label[cell_rows].sum()),
+                "n_test_subjects": len(set(subjects[cell_rows])),
+                "replicates": len(recs),
+            }
+            row.update(
+                cell_metrics(
+                    metrics,
+                    design.label[cell_rows],
+                    [np.asarray(r["score"])[keep] for r in recs],
+                    subjects[cell_rows],
+                    extras,
+                    threshold=threshold,
+                    n_boot=n_boot,
+                    seed=seed,
+                )
+            )
+            out.append(row)
+    return out
+
+
+def per_replicate(
+    design: Design, records: Sequence[dict[str, Any]], metrics: Sequence[str], *, threshold: float = THRESHOLD
+) -> list[dict[str, Any]]:
+    """Each model's metrics on each test group (the rows behind a cell's mean and sd)."""
+    out = []
+    for rec in records:
+        rows = np.asarray(rec["rows"], dtype=np.int64)
+        for test in design.train_groups:
+            keep = design.in_group(test)[rows]
+            extra = {k: np.asarray(v)[keep] for k, v in rec.items() if k in ("dice", "small", "large")}
+            values = cell_metrics(
+                metrics,
+                design.label[rows[keep]],
+                [np.asarray(rec["score"])[keep]],
+                np.arange(int(keep.sum())),
+                [extra],
+                threshold=threshold,
+                n_boot=0,
+            )
+            out.append(
+                {
+                    "tier": rec["tier"],
+                    "train": rec["train"],
+                    "test": test,
+                    "replicate": rec["replicate"],
+                    "n_test": int(keep.sum()),
+                    "n_test_pos": int(design.label[rows[keep]].sum()),
+                    **{m: values[f"{m}_mean"] for m in metrics},
+                }
+            )
+    return out

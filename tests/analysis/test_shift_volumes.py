@@ -1,0 +1,259 @@
+"""`embedx experiment shift --dims 3` on the built-in MRI phantoms, where the answer is known by construction.
+
+Two sites of the phantom cohort at strength 2: VendorA (north) is a clean acquisition, VendorB (east) a
+noisy one with a zipper line and a bias field. Seed 001's spheres go in through `embedx data lesions` (the
+same code a user's volumes go through). A 3-D ResNet trained on one manufacturer must lose on the other
+(the seed's finding: the noisy-trained model calls every clean volume positive, the clean-trained one
+misses the lesions in noisy volumes), the mixed model must not, and hard lesions must be found less well
+than easy ones, in every replicate.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from embedx.analysis.shift_volumes import PROGRESS, VolumeShiftSettings, shift_volumes
+from embedx.cli import app
+from embedx.data.lesions import LesionSettings, insert_lesions
+from embedx.data.synth import generate_cohort
+from embedx.data.volumes import VolumeGrid
+from embedx.errors import EmbedxError
+
+GRID = VolumeGrid(shape=(32, 32, 16))
+SETTINGS = VolumeShiftSettings(
+    task="classify", grid=GRID, width=0.25, replicates=2, epochs=12, batch_size=8, lr=2e-3, bootstrap=200
+)
+
+
+@pytest.fixture(scope="module")
+def lesion_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("phantom3d")
+    manifest = generate_cohort("mri", 600, root / "cohort", size=32, strength=2.0, prevalence=0.0, seed=1)
+    table = pd.read_csv(manifest)
+    table[table["site"].isin(["north", "east"])].to_csv(root / "cohort" / "pair.csv", index=False)
+    return insert_lesions(
+        root / "cohort" / "pair.csv", root / "lesions", LesionSettings(difficulties=("easy", "hard"), seed=2)
+    )
+
+
+def _cell(result: dict, tier: str, train: str, test: str) -> dict:
+    (cell,) = [r for r in result["summary"] if (r["tier"], r["train"], r["test"]) == (tier, train, test)]
+    return cell
+
+
+@pytest.mark.slow
+def test_a_3d_classifier_trained_on_one_manufacturer_fails_on_the_other(lesion_cohort, tmp_path):
+    result = shift_volumes(lesion_cohort, "manufacturer", "finding", tmp_path / "out", settings=SETTINGS)
+    assert result["dims"] == 3 and result["train_groups"] == ["VendorA", "VendorB", "all"]
+    assert result["tiers"] == ["easy", "hard"]
+    for train in ("VendorA", "VendorB", "all"):  # the task is learnt on the training group's own volumes
+        own = "VendorA" if train == "all" else train
+        assert _cell(result, "easy", train, own)["auroc_mean"] > 0.9
+    # Per replicate, at the seed's threshold: a single-manufacturer model is right on its own manufacturer's
+    # held-out volumes and far less so on the other's; the mixed model is right on both.
+    per_model = pd.DataFrame(result["results"])
+    easy = per_model[per_model["tier"] == "easy"].set_index(["train", "test", "replicate"])["accuracy"]
+    for replicate in range(SETTINGS.replicates):
+        for train, other in (("VendorA", "VendorB"), ("VendorB", "VendorA")):
+            assert easy[(train, train, replicate)] - easy[(train, other, replicate)] > 0.2
+        assert min(easy[("all", "VendorA", replicate)], easy[("all", "VendorB", replicate)]) > 0.85
+    # The noisy-trained model calls clean volumes positive: the seed's loss of specificity.
+    assert _cell(result, "easy", "VendorB", "VendorA")["specificity_mean"] < 0.5
+    gap = next(
+        g
+        for g in result["gaps"]
+        if (g["tier"], g["train"], g["metric"]) == ("easy", "VendorB", "specificity")
+    )
+    assert gap["gap"] > 0.4
+    # Harder lesions are harder, in every replicate of the mixed model.
+    for replicate in range(SETTINGS.replicates):
+        auroc = per_model.set_index(["tier", "train", "test", "replicate"])["auroc"]
+        assert auroc[("easy", "all", "all", replicate)] > auroc[("hard", "all", "all", replicate)]
+    # Subject-level hold-out and intervals: every cell of a tier is scored on the same test subjects.
+    cells = [r for r in result["summary"] if r["tier"] == "easy" and r["test"] == "all"]
+    assert len({c["n_test"] for c in cells}) == 1
+    low, high = _cell(result, "easy", "all", "all")["accuracy_ci"]
+    assert low <= _cell(result, "easy", "all", "all")["accuracy_mean"] <= high
+
+
+def test_the_phantom_spheres_lie_inside_the_brain_and_the_field_of_view(lesion_cohort):
+    lesions = pd.read_csv(lesion_cohort.parent / "lesions.csv")
+    assert len(lesions) > 100 and set(lesions["tier"]) == {"easy", "hard"}
+    for path in lesions["path"].head(30):
+        mask = np.asarray(
+            nib.load(str(lesion_cohort.parent / path.replace(".nii.gz", "_mask.nii.gz"))).dataobj
+        )
+        assert mask.any()
+        # a sphere is never cut by the slab's first or last slice (the field of view bounds the mask)
+        assert not mask[:, :, 0].any() and not mask[:, :, -1].any()
+        assert not mask[0].any() and not mask[-1].any()
+
+
+@pytest.mark.slow
+def test_segmentation_learns_the_masks_and_an_interrupted_run_resumes_to_the_same_matrix(
+    lesion_cohort, tmp_path
+):
+    settings = VolumeShiftSettings(
+        task="segment",
+        grid=GRID,
+        width=0.5,
+        replicates=1,
+        epochs=10,
+        batch_size=8,
+        lr=1e-2,
+        bootstrap=100,
+        min_lesion_ml=5.0,
+    )
+    first = shift_volumes(
+        lesion_cohort, "manufacturer", "finding", tmp_path / "seg", tiers=["easy"], settings=settings
+    )
+    assert first["headline"] == "dice" and "dice_large" in first["metrics"]
+    mixed = _cell(first, "easy", "all", "all")
+    assert mixed["dice_mean"] > 0.4 and mixed["dice_large_mean"] > 0.4  # easy spheres are all large
+    assert mixed["dice_small_mean"] is None  # ... so there is no small one to score
+    # Interrupt: drop the last finished model; the re-run trains only that one and gives the same matrix.
+    progress = tmp_path / "seg" / PROGRESS
+    lines = progress.read_text().splitlines()
+    assert len(lines) == 3
+    progress.write_text("\n".join(lines[:-1]) + "\n")
+    again = shift_volumes(
+        lesion_cohort, "manufacturer", "finding", tmp_path / "seg", tiers=["easy"], settings=settings
+    )
+    assert len(progress.read_text().splitlines()) == 3
+    assert again["summary"] == first["summary"]
+    with pytest.raises(EmbedxError, match="another manifest or settings"):
+        shift_volumes(
+            lesion_cohort,
+            "manufacturer",
+            "finding",
+            tmp_path / "seg",
+            tiers=["easy"],
+            settings=VolumeShiftSettings(task="segment", grid=GRID, width=0.5, epochs=3),
+        )
+
+
+def test_a_model_interrupted_mid_training_resumes_from_its_checkpoint_exactly(tmp_path):
+    from embedx.models.volume_nets import resnet3d
+    from embedx.training.accel import make_accelerator
+    from embedx.training.volume_fit import FitSettings, fit_volume_model
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.normal(size=(24, 1, 16, 16, 16)).astype(np.float16))
+    y = torch.from_numpy(rng.integers(0, 2, 24))
+    settings = FitSettings(task="classify", epochs=3, batch_size=8, lr=1e-3, seed=5)
+
+    def fresh() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return resnet3d(0.25)
+
+    whole = fit_volume_model(fresh(), x, y, settings, accelerator=make_accelerator("no", 0))
+
+    class StopError(Exception):
+        pass
+
+    def stop_after_two(n: int) -> None:
+        stop_after_two.epochs += n
+        if stop_after_two.epochs == 2:
+            raise StopError
+
+    stop_after_two.epochs = 0
+    checkpoint = tmp_path / "model.pt"
+    with pytest.raises(StopError):
+        fit_volume_model(
+            fresh(),
+            x,
+            y,
+            settings,
+            accelerator=make_accelerator("no", 0),
+            checkpoint=checkpoint,
+            on_epoch=stop_after_two,
+        )
+    assert torch.load(checkpoint, weights_only=True)["epochs_done"] == 2
+    resumed = fit_volume_model(
+        fresh(), x, y, settings, accelerator=make_accelerator("no", 0), checkpoint=checkpoint
+    )
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_bad_3d_requests_name_the_problem(lesion_cohort, tmp_path):
+    runner = CliRunner()
+    base = [
+        "experiment",
+        "shift",
+        "--manifest",
+        str(lesion_cohort),
+        "--by",
+        "manufacturer",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    for extra, message in (
+        (["--task", "segment"], "--dims 3"),
+        (["--dims", "3", "--task", "segment", "--shape", "40"], "multiple of 16"),
+        (["--dims", "3", "--window", "wide"], "LEVEL,WIDTH"),
+    ):
+        run = runner.invoke(app, [*base, *extra])
+        assert run.exit_code != 0 and message in str(run.exception or run.output), extra
+    table = pd.read_csv(lesion_cohort)
+    table.loc[table["finding"] == 1, "lesion_mask"] = ""
+    table.to_csv(tmp_path / "no_masks.csv", index=False)
+    with pytest.raises(EmbedxError, match="have no lesion_mask"):
+        shift_volumes(
+            tmp_path / "no_masks.csv",
+            "manufacturer",
+            "finding",
+            tmp_path / "o2",
+            settings=VolumeShiftSettings(task="segment", grid=GRID),
+        )
+
+
+@pytest.mark.slow
+def test_the_cli_runs_3d_from_a_config_writes_its_files_and_the_store(lesion_cohort, tmp_path):
+    from embedx.store.h5store import Store
+
+    store = tmp_path / "s.h5"
+    Store.create(store).close()
+    config = tmp_path / "small.yaml"
+    config.write_text(
+        "dims: 3\ntask: classify\nshape: [32, 32, 16]\nwidth: 0.25\nreplicates: 1\nepochs: 2\n"
+        "batch_size: 8\nlr: 0.002\ntiers: easy\nbootstrap: 50\n"
+    )
+    out = tmp_path / "out"
+    run = CliRunner().invoke(
+        app,
+        [
+            "experiment",
+            "shift",
+            "--manifest",
+            str(lesion_cohort),
+            "--by",
+            "manufacturer",
+            "--config",
+            str(config),
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+            "--store",
+            str(store),
+        ],
+    )
+    assert run.exit_code == 0, run.output
+    result = json.loads((out / "shift.json").read_text())
+    assert result["dims"] == 3 and result["settings"]["epochs"] == 1  # the command line beat the config
+    assert result["settings"]["grid"]["shape"] == [32, 32, 16] and result["tiers"] == ["easy"]
+    assert {"accuracy_ci_low", "accuracy_ci_high"} <= set(pd.read_csv(out / "shift.csv").columns)
+    assert (out / "shift_auroc.png").stat().st_size > 10_000 and (out / "shift_specificity.png").exists()
+    with Store.open(store) as handle:
+        (stored,) = [c for c in handle.read_analysis("controls") if c.get("control") == "shift"]
+    assert stored["dims"] == 3 and stored["summary"] == result["summary"]
+    assert "tier easy" in run.output
