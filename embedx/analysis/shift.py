@@ -93,6 +93,7 @@ def shift_experiment(
     difficulty: str | None = "auto",
     tiers: Sequence[str] | None = None,
     positive: str | None = None,
+    train_on: Sequence[str] | None = None,
     preprocess: PreprocessConfig | None = None,
     settings: ShiftSettings | None = None,
     device: str | None = None,
@@ -106,7 +107,7 @@ def shift_experiment(
         raise EmbedxError("--replicates and --epochs must be at least 1")
     man = manifest if isinstance(manifest, Manifest) else load_manifest(manifest, check_files=False)
     design = plan_design(man, by, target, difficulty=difficulty, tiers=tiers, positive=positive,
-                         test_fraction=cfg.test_fraction, seed=cfg.seed)
+                         test_fraction=cfg.test_fraction, seed=cfg.seed, train_on=train_on)
     pre = preprocess or PreprocessConfig(size=cfg.size)
     images, kept, failed = _load(man, design.rows, pre, cfg.workers)
     position = {int(r): i for i, r in enumerate(design.rows)}  # manifest row -> position in the design
@@ -118,7 +119,7 @@ def shift_experiment(
     x = x.to(dev)
 
     records, skipped, counts = [], [], {}
-    conditions = [(t, g) for t in design.tier_names for g in design.train_groups]
+    conditions = [(t, g) for t in design.tier_names for g in design.training_groups]
     with progress_bar(len(conditions) * cfg.replicates * cfg.epochs, "shift: training detectors",
                       unit="epoch") as advance:
         for tier, train_group in conditions:

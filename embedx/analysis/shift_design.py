@@ -53,10 +53,16 @@ class Design:
     is_test: np.ndarray  # bool
     positive_value: str
     difficulty: str | None
+    train_on: list[str] | None = None  # the training groups to fit (None: each group and all mixed)
 
     @property
     def train_groups(self) -> list[str]:
+        """Every group a model is tested on (and, by default, trained on), then the mixed one."""
         return [*self.groups, ALL]
+
+    @property
+    def training_groups(self) -> list[str]:
+        return [g for g in self.train_groups if self.train_on is None or g in self.train_on]
 
     def in_tier(self, tier: str) -> np.ndarray:
         return (self.tier_of == "") | (self.tier_of == tier)
@@ -102,6 +108,7 @@ def plan_design(
     positive: str | None,
     test_fraction: float,
     seed: int,
+    train_on: Sequence[str] | None = None,
 ) -> Design:
     """Check the request against the manifest and hold out the test subjects."""
     if not 0.05 <= test_fraction <= 0.8:
@@ -133,6 +140,13 @@ def plan_design(
     )
     is_test = np.zeros(len(table), dtype=bool)
     is_test[split.test] = True
+    if train_on is not None:
+        unknown = [g for g in train_on if g not in (*groups, ALL)]
+        if unknown or not train_on:
+            raise EmbedxError(
+                f"--train-on {','.join(train_on)}: the groups of {by!r} are {', '.join(groups)} "
+                f"(and {ALL!r} for all mixed)"
+            )
     return Design(
         table=table,
         rows=rows,
@@ -144,6 +158,7 @@ def plan_design(
         is_test=is_test,
         positive_value=positive_value,
         difficulty=difficulty,
+        train_on=None if train_on is None else list(dict.fromkeys(train_on)),
     )
 
 

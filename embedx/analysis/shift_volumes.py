@@ -77,15 +77,19 @@ class VolumeShiftSettings:
 
 
 def _fingerprint(man: Manifest, by: str, target: str, design: Design, cfg: VolumeShiftSettings) -> str:
-    """What a stored model's scores depend on: the manifest's rows and the request."""
+    """What a stored model's scores depend on: the manifest's rows, the labels and the training settings.
+
+    Not `--tiers` or `--train-on`: a model depends on its own tier and group only (the held-out subjects are
+    drawn from every tier), so runs that split the work (one tier or group per job) can share a folder.
+    """
     content = man.table.to_csv(index=False).encode()
     request = json.dumps(
         {
             "by": by,
             "target": target,
-            "tiers": design.tier_names,
+            "positive": design.positive_value,
+            "difficulty": design.difficulty,
             "settings": _settings_dict(cfg),
-            "bootstrap": None,
         },
         sort_keys=True,
         default=str,
@@ -158,6 +162,7 @@ def shift_volumes(
     tiers: Sequence[str] | None = None,
     positive: str | None = None,
     settings: VolumeShiftSettings | None = None,
+    train_on: Sequence[str] | None = None,
     restart: bool = False,
 ) -> dict[str, Any]:
     """Run the 3-D study; `out` keeps the progress that makes it resumable (see the module docstring)."""
@@ -178,6 +183,7 @@ def shift_volumes(
         positive=positive,
         test_fraction=cfg.test_fraction,
         seed=cfg.seed,
+        train_on=train_on,
     )
     if segment:
         _check_masks(man, design)
@@ -198,7 +204,7 @@ def shift_volumes(
     accelerator = make_accelerator(cfg.mixed_precision, cfg.seed)
     main = accelerator.is_main_process
     records, skipped, counts = [], [], {}
-    conditions = [(t, g) for t in design.tier_names for g in design.train_groups]
+    conditions = [(t, g) for t in design.tier_names for g in design.training_groups]
     bar = progress_bar(len(conditions) * cfg.replicates * cfg.epochs, f"shift 3-D {cfg.task}", unit="epoch")
     with bar as advance:
         for tier, train_group in conditions:

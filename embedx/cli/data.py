@@ -30,11 +30,30 @@ def synth(
         1.0, "--lesion-contrast", help="Multiplier on the seed-001 lesion contrasts (1: subtle; 4-8: plain, "
         "for supervised experiments such as `experiment shift`)."
     ),
+    spheres: bool = typer.Option(
+        False, "--spheres", help="mri: lesion-free phantoms in OUT/phantoms, then seed 001's spheres put in "
+        "by `embedx data lesions` (balanced by manufacturer, easy/medium/hard, masks) as OUT/manifest.csv."
+    ),
 ) -> None:
     """Synthetic cohort with known, injected signatures; ground truth written beside it."""
     from embedx.data.synth import generate_cohort, read_ground_truth
     from embedx.data.synth.common import parse_prevalence
 
+    if spheres:
+        from embedx.errors import EmbedxError
+
+        if kind != "mri" or prevalence:
+            raise EmbedxError("--spheres goes with --kind mri and no --prevalence (the spheres set the "
+                              "finding)")
+        from embedx.data.lesions import LesionSettings, insert_lesions
+
+        phantoms = generate_cohort(kind, n, out / "phantoms", size=size, strength=strength, seed=seed,
+                                   prevalence=0.0)
+        written = insert_lesions(phantoms, out, LesionSettings(seed=seed))
+        console.print(f"wrote {n} lesion-free mri phantoms to {phantoms.parent}; seed 001's spheres -> "
+                      f"{written}")
+        typer.echo(str(written))
+        return
     manifest = generate_cohort(
         kind, n, out, size=size, strength=strength, seed=seed, prevalence=parse_prevalence(prevalence),
         lesion_contrast=lesion_contrast,

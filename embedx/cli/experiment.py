@@ -16,6 +16,7 @@ CONFIG_KEYS = (
     "dims",
     "difficulty",
     "tiers",
+    "train_on",
     "positive",
     "size",
     "shape",
@@ -134,6 +135,10 @@ def register(app: typer.Typer) -> None:
             "difficulty (auto: <target>_difficulty if present; none: one tier).",
         ),
         tiers: str | None = typer.Option(None, "--tiers", help="Subset of difficulties, e.g. easy,hard."),
+        train_on: str | None = typer.Option(None, "--train-on", help="Train only these groups, e.g. GE,all "
+                                            "(default: each group and all mixed); every model is still "
+                                            "tested on every group. Jobs that split the work may share "
+                                            "--out."),
         positive: str | None = typer.Option(None, "--positive", help="Positive value of the target."),
         size: int = typer.Option(64, "--size", help="2-D: image side the detector sees (seed 001: 256)."),
         shape: str = typer.Option(
@@ -195,6 +200,8 @@ def register(app: typer.Typer) -> None:
         if int(o["dims"]) not in (2, 3):
             raise EmbedxError(f"--dims {o['dims']}: use 2 or 3")
         tier_list = [t.strip() for t in str(o["tiers"]).split(",") if t.strip()] if o["tiers"] else None
+        train_list = ([g.strip() for g in str(o["train_on"]).split(",") if g.strip()] if o["train_on"]
+                      else None)
         diff = None if o["difficulty"] == "none" else o["difficulty"]
         if int(o["dims"]) == 2:
             if task_name == "segment":
@@ -219,6 +226,7 @@ def register(app: typer.Typer) -> None:
                 difficulty=diff,
                 tiers=tier_list,
                 positive=o["positive"],
+                train_on=train_list,
                 settings=settings,
             )
         else:
@@ -253,6 +261,7 @@ def register(app: typer.Typer) -> None:
                 difficulty=diff,
                 tiers=tier_list,
                 positive=o["positive"],
+                train_on=train_list,
                 settings=settings3,
                 restart=bool(o["restart"]),
             )

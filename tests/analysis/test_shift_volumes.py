@@ -51,37 +51,49 @@ def _cell(result: dict, tier: str, train: str, test: str) -> dict:
 
 @pytest.mark.slow
 def test_a_3d_classifier_trained_on_one_manufacturer_fails_on_the_other(lesion_cohort, tmp_path):
-    result = shift_volumes(lesion_cohort, "manufacturer", "finding", tmp_path / "out", settings=SETTINGS)
+    result = shift_volumes(
+        lesion_cohort, "manufacturer", "finding", tmp_path / "out", tiers=["easy"], settings=SETTINGS
+    )
     assert result["dims"] == 3 and result["train_groups"] == ["VendorA", "VendorB", "all"]
-    assert result["tiers"] == ["easy", "hard"]
     for train in ("VendorA", "VendorB", "all"):  # the task is learnt on the training group's own volumes
         own = "VendorA" if train == "all" else train
         assert _cell(result, "easy", train, own)["auroc_mean"] > 0.9
     # Per replicate, at the seed's threshold: a single-manufacturer model is right on its own manufacturer's
     # held-out volumes and far less so on the other's; the mixed model is right on both.
     per_model = pd.DataFrame(result["results"])
-    easy = per_model[per_model["tier"] == "easy"].set_index(["train", "test", "replicate"])["accuracy"]
+    easy = per_model.set_index(["train", "test", "replicate"])["accuracy"]
     for replicate in range(SETTINGS.replicates):
         for train, other in (("VendorA", "VendorB"), ("VendorB", "VendorA")):
             assert easy[(train, train, replicate)] - easy[(train, other, replicate)] > 0.2
         assert min(easy[("all", "VendorA", replicate)], easy[("all", "VendorB", replicate)]) > 0.85
     # The noisy-trained model calls clean volumes positive: the seed's loss of specificity.
     assert _cell(result, "easy", "VendorB", "VendorA")["specificity_mean"] < 0.5
-    gap = next(
-        g
-        for g in result["gaps"]
-        if (g["tier"], g["train"], g["metric"]) == ("easy", "VendorB", "specificity")
-    )
+    (gap,) = [g for g in result["gaps"] if (g["train"], g["metric"]) == ("VendorB", "specificity")]
     assert gap["gap"] > 0.4
-    # Harder lesions are harder, in every replicate of the mixed model.
-    for replicate in range(SETTINGS.replicates):
-        auroc = per_model.set_index(["tier", "train", "test", "replicate"])["auroc"]
-        assert auroc[("easy", "all", "all", replicate)] > auroc[("hard", "all", "all", replicate)]
     # Subject-level hold-out and intervals: every cell of a tier is scored on the same test subjects.
-    cells = [r for r in result["summary"] if r["tier"] == "easy" and r["test"] == "all"]
-    assert len({c["n_test"] for c in cells}) == 1
+    assert len({c["n_test"] for c in result["summary"] if c["test"] == "all"}) == 1
     low, high = _cell(result, "easy", "all", "all")["accuracy_ci"]
     assert low <= _cell(result, "easy", "all", "all")["accuracy_mean"] <= high
+    # Harder lesions are harder, for the mixed model of every replicate. The hard tier's mixed model only
+    # (--train-on all), in the same folder: the easy models are kept, and the test subjects are the same.
+    hard = shift_volumes(
+        lesion_cohort,
+        "manufacturer",
+        "finding",
+        tmp_path / "out",
+        tiers=["hard"],
+        train_on=["all"],
+        settings=SETTINGS,
+    )
+    assert {c["train"] for c in hard["summary"]} == {"all"} and len(hard["skipped"]) == 0
+    assert (
+        _cell(hard, "hard", "all", "all")["n_test_subjects"]
+        == _cell(result, "easy", "all", "all")["n_test_subjects"]
+    )
+    hard_auroc = pd.DataFrame(hard["results"]).set_index(["train", "test", "replicate"])["auroc"]
+    easy_auroc = per_model.set_index(["train", "test", "replicate"])["auroc"]
+    for replicate in range(SETTINGS.replicates):
+        assert easy_auroc[("all", "all", replicate)] > hard_auroc[("all", "all", replicate)]
 
 
 def test_the_phantom_spheres_lie_inside_the_brain_and_the_field_of_view(lesion_cohort):
@@ -112,22 +124,29 @@ def test_segmentation_learns_the_masks_and_an_interrupted_run_resumes_to_the_sam
         bootstrap=100,
         min_lesion_ml=5.0,
     )
-    first = shift_volumes(
-        lesion_cohort, "manufacturer", "finding", tmp_path / "seg", tiers=["easy"], settings=settings
-    )
+
+    def run() -> dict:
+        return shift_volumes(
+            lesion_cohort,
+            "manufacturer",
+            "finding",
+            tmp_path / "seg",
+            tiers=["hard"],
+            train_on=["all"],
+            settings=settings,
+        )
+
+    first = run()
     assert first["headline"] == "dice" and "dice_large" in first["metrics"]
-    mixed = _cell(first, "easy", "all", "all")
-    assert mixed["dice_mean"] > 0.4 and mixed["dice_large_mean"] > 0.4  # easy spheres are all large
-    assert mixed["dice_small_mean"] is None  # ... so there is no small one to score
-    # Interrupt: drop the last finished model; the re-run trains only that one and gives the same matrix.
+    mixed = _cell(first, "hard", "all", "all")
+    assert mixed["dice_large_mean"] > 0.4 and mixed["dice_large_mean"] > mixed["dice_small_mean"]
+    assert mixed["sensitivity_mean"] > 0.8  # the predicted lesion covers >= 5 mL in most positives
+    # Interrupt: drop the finished model; the re-run trains it again and gives the same matrix.
     progress = tmp_path / "seg" / PROGRESS
-    lines = progress.read_text().splitlines()
-    assert len(lines) == 3
-    progress.write_text("\n".join(lines[:-1]) + "\n")
-    again = shift_volumes(
-        lesion_cohort, "manufacturer", "finding", tmp_path / "seg", tiers=["easy"], settings=settings
-    )
-    assert len(progress.read_text().splitlines()) == 3
+    assert len(progress.read_text().splitlines()) == 1
+    progress.write_text("")
+    again = run()
+    assert len(progress.read_text().splitlines()) == 1
     assert again["summary"] == first["summary"]
     with pytest.raises(EmbedxError, match="another manifest or settings"):
         shift_volumes(
@@ -135,7 +154,7 @@ def test_segmentation_learns_the_masks_and_an_interrupted_run_resumes_to_the_sam
             "manufacturer",
             "finding",
             tmp_path / "seg",
-            tiers=["easy"],
+            tiers=["hard"],
             settings=VolumeShiftSettings(task="segment", grid=GRID, width=0.5, epochs=3),
         )
 

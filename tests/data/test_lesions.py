@@ -3,6 +3,7 @@ contrast (measured from the written files), half of each manufacturer positive, 
 
 from __future__ import annotations
 
+import json
 import math
 
 import nibabel as nib
@@ -102,3 +103,33 @@ def test_a_given_mask_is_used_and_bad_requests_are_named(ct_cohort, tmp_path) ->
         insert_lesions(manifest, tmp_path / "x", LesionSettings(difficulties=("extreme",)))
     with pytest.raises(EmbedxError, match="--by 'scanner' is not a column"):
         insert_lesions(manifest, tmp_path / "x", LesionSettings(by="scanner"))
+
+
+def test_the_built_in_mri_phantoms_take_their_spheres_from_the_same_code(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from embedx.cli import app
+
+    out = tmp_path / "mri"
+    run = CliRunner().invoke(app, ["data", "synth", "--kind", "mri", "--n", "24", "--size", "32", "--spheres",
+                                   "--strength", "0.5", "--out", str(out)])
+    assert run.exit_code == 0, run.output
+    truth = json.loads((out / "phantoms" / "ground_truth.json").read_text())
+    assert set(truth["prevalence"].values()) == {0.0}  # the phantoms carry no lesion of their own
+    table = load_manifest(out / "manifest.csv").table
+    positives = table[table["finding"] == 1]
+    assert len(positives) and set(positives["finding_difficulty"]) == {"easy", "medium", "hard"}
+    lesions = pd.read_csv(out / "lesions.csv")
+    assert lesions["blend"].eq("add").all()  # MRI units: the contrast is added, not set
+    phantoms = pd.read_csv(out / "phantoms" / "manifest.csv")
+    sizes = lesions.set_index("path")["size"]
+    for _, row in positives.iterrows():
+        mask = np.asarray(nib.load(str(out / row["lesion_mask"])).dataobj) > 0
+        assert mask.any() and not mask[..., 0].any() and not mask[..., -1].any()
+        after = np.asarray(nib.load(str(out / row["path"])).dataobj, dtype=np.float32)
+        # its source: the subject's phantom that the insertion left unchanged outside the sphere
+        (before,) = [v for v in (np.asarray(nib.load(str(out / "phantoms" / p)).dataobj, dtype=np.float32)
+                                 for p in phantoms.loc[phantoms["subject_id"] == row["subject_id"], "path"])
+                     if np.array_equal(v[~mask], after[~mask])]
+        expected = 50 if sizes[row["path"]] == "large" else 40
+        assert (after - before)[mask].mean() == pytest.approx(expected, abs=1.0)
