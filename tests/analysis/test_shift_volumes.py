@@ -276,3 +276,18 @@ def test_the_cli_runs_3d_from_a_config_writes_its_files_and_the_store(lesion_coh
         (stored,) = [c for c in handle.read_analysis("controls") if c.get("control") == "shift"]
     assert stored["dims"] == 3 and stored["summary"] == result["summary"]
     assert "tier easy" in run.output
+
+
+def test_the_shipped_seed_scale_config_holds_only_known_options():
+    from importlib.resources import files
+
+    import yaml
+
+    from embedx.cli.experiment import CONFIG_KEYS
+    from embedx.data.volumes import VolumeGrid, parse_shape
+
+    config = yaml.safe_load((files("embedx") / "configs" / "seed001_shift3d.yaml").read_text())
+    assert set(config) <= set(CONFIG_KEYS)
+    assert config["dims"] == 3 and config["batch_size"] == 32  # the seed's batch
+    grid = VolumeGrid(shape=parse_shape(",".join(map(str, config["shape"]))), window=config["window"])
+    assert grid.shape == (256, 256, 32) and all(s % 16 == 0 for s in grid.shape)  # the U-Net can take it
