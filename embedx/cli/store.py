@@ -14,7 +14,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("encode")
     def encode_command(
-        run_dir: Path | None = typer.Argument(None, help="Training run folder (not with --pixels or --backbone)."),
+        run_dir: Path | None = typer.Argument(
+            None, help="Training run folder (not with --pixels or --backbone)."
+        ),
         manifest: Path = typer.Option(..., "--manifest", "-m", help="Manifest (CSV or Parquet) to encode."),
         out: Path = typer.Option(..., "--out", "-o", help="Store file (created, or added to)."),
         name: str | None = typer.Option(None, "--name", help="Name in the store (default: run folder)."),
