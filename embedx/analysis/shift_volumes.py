@@ -80,7 +80,7 @@ def _fingerprint(man: Manifest, by: str, target: str, design: Design, cfg: Volum
     """What a stored model's scores depend on: the manifest's rows, the labels and the training settings.
 
     Not `--tiers` or `--train-on`: a model depends on its own tier and group only (the held-out subjects are
-    drawn from every tier), so runs that split the work (one tier or group per job) can share a folder.
+    drawn from every tier), so runs that split the work (one tier or group at a time) can reuse a folder.
     """
     content = man.table.to_csv(index=False).encode()
     request = json.dumps(

@@ -137,8 +137,8 @@ def register(app: typer.Typer) -> None:
         tiers: str | None = typer.Option(None, "--tiers", help="Subset of difficulties, e.g. easy,hard."),
         train_on: str | None = typer.Option(None, "--train-on", help="Train only these groups, e.g. GE,all "
                                             "(default: each group and all mixed); every model is still "
-                                            "tested on every group. Jobs that split the work may share "
-                                            "--out."),
+                                            "tested on every group. A later run with other groups may "
+                                            "reuse --out."),
         positive: str | None = typer.Option(None, "--positive", help="Positive value of the target."),
         size: int = typer.Option(64, "--size", help="2-D: image side the detector sees (seed 001: 256)."),
         shape: str = typer.Option(
