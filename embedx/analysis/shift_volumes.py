@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -105,8 +106,10 @@ def _settings_dict(cfg: VolumeShiftSettings) -> dict[str, Any]:
 
 
 def _read_progress(path: Path, fingerprint: str, restart: bool) -> dict[str, dict[str, Any]]:
-    if not path.exists() or restart:
+    if restart:  # models half-trained by the discarded run must not be resumed either
         path.unlink(missing_ok=True)
+        shutil.rmtree(path.parent / "checkpoints", ignore_errors=True)
+    if not path.exists():
         return {}
     done: dict[str, dict[str, Any]] = {}
     for line in path.read_text(encoding="utf-8").splitlines():

@@ -291,3 +291,16 @@ def test_the_shipped_seed_scale_config_holds_only_known_options():
     assert config["dims"] == 3 and config["batch_size"] == 32  # the seed's batch
     grid = VolumeGrid(shape=parse_shape(",".join(map(str, config["shape"]))), window=config["window"])
     assert grid.shape == (256, 256, 32) and all(s % 16 == 0 for s in grid.shape)  # the U-Net can take it
+
+
+def test_restart_discards_the_progress_and_the_half_trained_models(tmp_path):
+    from embedx.analysis.shift_volumes import _read_progress
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "0123.pt").write_bytes(b"half-trained")
+    progress = tmp_path / PROGRESS
+    progress.write_text(json.dumps({"key": "k", "fingerprint": "old", "rows": [], "score": []}) + "\n")
+    with pytest.raises(EmbedxError, match="another manifest or settings"):
+        _read_progress(progress, "new", restart=False)
+    assert _read_progress(progress, "new", restart=True) == {}
+    assert not progress.exists() and not (tmp_path / "checkpoints").exists()
