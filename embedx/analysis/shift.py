@@ -32,9 +32,11 @@ from embedx.analysis.shift_design import (
     ALL,
     THRESHOLD,
     gaps,
+    nothing_trained,
     per_replicate,
     plan_design,
     summarise,
+    tested_subjects,
     training_counts,
 )
 from embedx.data.dataset import ImageDataset, make_loader
@@ -105,6 +107,8 @@ def shift_experiment(
     cfg = settings or ShiftSettings()
     if cfg.replicates < 1 or cfg.epochs < 1:
         raise EmbedxError("--replicates and --epochs must be at least 1")
+    if cfg.bootstrap < 0:
+        raise EmbedxError(f"--bootstrap must be 0 (no intervals) or more, got {cfg.bootstrap}")
     man = manifest if isinstance(manifest, Manifest) else load_manifest(manifest, check_files=False)
     design = plan_design(man, by, target, difficulty=difficulty, tiers=tiers, positive=positive,
                          test_fraction=cfg.test_fraction, seed=cfg.seed, train_on=train_on)
@@ -143,6 +147,8 @@ def shift_experiment(
                 records.append({"tier": tier, "train": train_group, "replicate": replicate, "rows": test_rows,
                                 "score": score})
 
+    if not records:
+        raise nothing_trained(skipped, len(failed), len(design.rows))
     summary = summarise(design, records, METRICS, n_boot=cfg.bootstrap, seed=cfg.seed)
     return {
         "experiment": "shift", "dims": 2, "task": "classify",
@@ -151,7 +157,7 @@ def shift_experiment(
         "metrics": list(METRICS), "headline": "auroc",
         "settings": {**cfg.__dict__, "preprocess": pre.model_dump(), "device": str(dev),
                      "model": "cnn (seed 000, 3 blocks)", "threshold": THRESHOLD},
-        "n_subjects_test": int(design.table["subject_id"][design.is_test].nunique()),
+        "n_subjects_test": tested_subjects(design, records),
         "train_counts": counts,
         "results": per_replicate(design, records, METRICS),
         "summary": summary,

@@ -253,7 +253,7 @@ def cell_metrics(
                 boot.append(_weighted(metric, cols, weights))
         got = [v for v in point if not np.isnan(v)]
         out[f"{metric}_mean"] = float(np.mean(got)) if got else None
-        out[f"{metric}_sd"] = (float(np.std(got, ddof=1)) if len(got) > 1 else 0.0) if got else None
+        out[f"{metric}_sd"] = float(np.std(got, ddof=1)) if len(got) > 1 else None  # undefined for one model
         ci = (float("nan"), float("nan"))
         if boot and got:
             with warnings.catch_warnings():  # a resample with no positive left: NaN, dropped by the CI
@@ -385,3 +385,16 @@ def per_replicate(
                 }
             )
     return out
+
+
+def tested_subjects(design: Design, records: Sequence[dict[str, Any]]) -> int:
+    """Subjects some model was scored on (not held-out rows of tiers not run, nor unreadable ones)."""
+    rows = sorted({int(r) for rec in records for r in rec["rows"]})
+    return int(design.table["subject_id"].iloc[rows].nunique()) if rows else 0
+
+
+def nothing_trained(skipped: Sequence[dict[str, Any]], n_failed: int, n_rows: int) -> EmbedxError:
+    """The error for a run in which no condition got a model: an empty matrix is not a result."""
+    reasons = "; ".join(f"{s['tier']} / {s['train']}: {s['reason']}" for s in skipped[:4])
+    unreadable = f" {n_failed} of {n_rows} file(s) could not be read (listed in the log)." if n_failed else ""
+    return EmbedxError(f"no model could be trained ({reasons}).{unreadable}")

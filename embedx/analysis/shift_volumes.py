@@ -34,9 +34,11 @@ from embedx.analysis.shift_design import (
     THRESHOLD,
     Design,
     gaps,
+    nothing_trained,
     per_replicate,
     plan_design,
     summarise,
+    tested_subjects,
     training_counts,
 )
 from embedx.data.manifest import Manifest, load_manifest
@@ -45,7 +47,7 @@ from embedx.errors import EmbedxError
 from embedx.models.volume_nets import build_volume_net
 from embedx.progress import progress_bar
 from embedx.training.accel import make_accelerator
-from embedx.training.volume_fit import FitSettings, fit_volume_model, predict_volumes
+from embedx.training.volume_fit import AUGMENTS, FitSettings, fit_volume_model, predict_volumes
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,20 @@ class VolumeShiftSettings:
     mixed_precision: str = "auto"
     bootstrap: int = 1000
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.task not in ("classify", "segment"):
+            raise EmbedxError(f"--task {self.task!r}: 3-D runs classify or segment")
+        if self.replicates < 1 or self.epochs < 1 or self.batch_size < 1:
+            raise EmbedxError("--replicates, --epochs and --batch-size must be at least 1")
+        if self.bootstrap < 0:
+            raise EmbedxError(f"--bootstrap must be 0 (no intervals) or more, got {self.bootstrap}")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise EmbedxError(f"--mixed-precision {self.mixed_precision!r}: use auto, no, bf16 or fp16")
+        if self.augment not in AUGMENTS:
+            raise EmbedxError(f"--augment {self.augment!r}: use {', '.join(AUGMENTS)}")
+        if self.min_lesion_ml <= 0 or (self.lr is not None and self.lr <= 0):
+            raise EmbedxError("--min-lesion-ml and --lr must be positive")
 
     @property
     def learning_rate(self) -> float:
@@ -126,6 +142,12 @@ def _read_progress(path: Path, fingerprint: str, restart: bool) -> dict[str, dic
     if done:
         log.info("resuming: %d trained model(s) found in %s", len(done), path)
     return done
+
+
+def _rows_sha(train: np.ndarray, test: np.ndarray) -> str:
+    """Which volumes a model was trained and tested on (they change when a broken file is fixed)."""
+    return hashlib.sha1(np.asarray(train, np.int64).tobytes() + b"|" + np.asarray(test, np.int64).tobytes()
+                        ).hexdigest()[:16]
 
 
 def _key(tier: str, train: str, replicate: int) -> str:
@@ -221,8 +243,15 @@ def shift_volumes(
                 advance(cfg.replicates * cfg.epochs)
                 continue
             test_rows = np.flatnonzero(readable & design.in_tier(tier) & design.is_test)
+            data_sha = _rows_sha(np.flatnonzero(train), test_rows)
             for replicate in range(cfg.replicates):
                 key = _key(tier, train_group, replicate)
+                if key in done and done[key].get("data_sha") != data_sha:
+                    # the readable volumes changed (a broken file fixed or broken since): train it again, so
+                    # that every replicate of a cell is trained and tested on the same volumes
+                    log.warning("%s / %s, replicate %d: the readable volumes changed since it was trained; "
+                                "training it again", tier, train_group, replicate)
+                    del done[key]
                 if key not in done:
                     done[key] = _train_and_score(
                         volumes,
@@ -238,6 +267,7 @@ def shift_volumes(
                         accelerator,
                         advance,
                     )
+                    done[key]["data_sha"] = data_sha
                     if main:
                         with open(out / PROGRESS, "a", encoding="utf-8") as handle:
                             handle.write(json.dumps(done[key]) + "\n")
@@ -261,6 +291,8 @@ def shift_volumes(
                     )
                 records.append(entry)
     accelerator.end_training()
+    if not records:
+        raise nothing_trained(skipped, len(volumes.failed), len(design.rows))
 
     metrics = SEGMENT_METRICS if segment else CLASSIFY_METRICS
     threshold = cfg.min_lesion_ml if segment else THRESHOLD
@@ -295,7 +327,7 @@ def shift_volumes(
             if segment
             else None,
         },
-        "n_subjects_test": int(design.table["subject_id"][design.is_test].nunique()),
+        "n_subjects_test": tested_subjects(design, records),
         "train_counts": counts,
         "results": per_replicate(design, records, metrics, threshold=threshold),
         "summary": summary,

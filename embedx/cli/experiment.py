@@ -37,8 +37,13 @@ CONFIG_KEYS = (
 )
 
 
+INT_KEYS = ("dims", "size", "replicates", "epochs", "batch_size", "bootstrap", "workers", "seed")
+FLOAT_KEYS = ("spacing", "width", "lr", "test_fraction", "min_lesion_ml")
+
+
 def _fmt(mean: float | None, sd: float | None) -> str:
-    return "-" if mean is None else f"{mean:.2f}±{sd or 0:.2f}"
+    """mean±sd; no ± when the sd is undefined (one replicate)."""
+    return "-" if mean is None else f"{mean:.2f}" + ("" if sd is None else f"±{sd:.2f}")
 
 
 def _apply_config(ctx: typer.Context, values: dict[str, Any], path: Path | None) -> dict[str, Any]:
@@ -64,7 +69,17 @@ def _apply_config(ctx: typer.Context, values: dict[str, Any], path: Path | None)
     for key, value in loaded.items():
         source = ctx.get_parameter_source(key)  # typer vendors click: compare the enum by name
         if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
-            out[key] = ",".join(map(str, value)) if isinstance(value, list) else value
+            value = ",".join(map(str, value)) if isinstance(value, list) else value
+            cast = int if key in INT_KEYS else float if key in FLOAT_KEYS else None
+            if cast is not None and value is not None:  # the type the command line would have checked
+                try:
+                    if isinstance(value, bool) or (cast is int and float(value) != int(float(value))):
+                        raise ValueError
+                    value = cast(float(value)) if cast is int else cast(value)
+                except (TypeError, ValueError):
+                    kind = "a whole number" if cast is int else "a number"
+                    raise EmbedxError(f"--config {path}: {key}: expected {kind}, got {value!r}") from None
+            out[key] = value
     return out
 
 

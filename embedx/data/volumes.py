@@ -170,9 +170,10 @@ def load_volumes(
             advance(1)
     if failed:
         log.warning(
-            "%d volume(s) could not be read and are left out (first: row %d: %s)",
+            "%d volume(s) could not be read and are left out (listed in shift.json; first: row index %d, "
+            "counting from 0: %s)",
             len(failed),
-            failed[0][0] + 1,
+            failed[0][0],
             failed[0][1],
         )
     if not images:

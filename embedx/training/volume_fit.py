@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,8 +152,10 @@ def fit_volume_model(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total))))
     )
     if sampler_start:
-        for _ in range(sampler_start * sampler.batches_per_epoch):
-            schedule.step()
+        with warnings.catch_warnings():  # fast-forwarding the schedule steps it before any optimiser step
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(sampler_start * sampler.batches_per_epoch):
+                schedule.step()
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     batches = iter(sampler)
     augment = _augmenter(settings.augment, settings.task == "segment")

@@ -219,9 +219,22 @@ def test_bad_3d_requests_name_the_problem(lesion_cohort, tmp_path):
         (["--task", "segment"], "--dims 3"),
         (["--dims", "3", "--task", "segment", "--shape", "40"], "multiple of 16"),
         (["--dims", "3", "--window", "wide"], "LEVEL,WIDTH"),
+        (["--dims", "3", "--bootstrap", "-5"], "--bootstrap must be 0"),
+        (["--dims", "3", "--mixed-precision", "fp8"], "use auto, no, bf16 or fp16"),
     ):
         run = runner.invoke(app, [*base, *extra])
         assert run.exit_code != 0 and message in str(run.exception or run.output), extra
+    (tmp_path / "bad.yaml").write_text("dims: 3\nlr: abc\n")
+    run = runner.invoke(app, [*base, "--config", str(tmp_path / "bad.yaml")])
+    assert run.exit_code != 0 and "bad.yaml: lr:" in str(run.exception or run.output)
+    # every positive unreadable: no model can be trained, and an empty matrix is not a result
+    table = pd.read_csv(lesion_cohort)
+    positives = table["finding"] == 1
+    table.loc[positives, "path"] = [f"volumes/missing{i}.nii.gz" for i in range(int(positives.sum()))]
+    table.to_csv(lesion_cohort.parent / "no_positives.csv", index=False)
+    with pytest.raises(EmbedxError, match="no model could be trained"):
+        shift_volumes(lesion_cohort.parent / "no_positives.csv", "manufacturer", "finding", tmp_path / "o3",
+                      tiers=["easy"], settings=SETTINGS)
     table = pd.read_csv(lesion_cohort)
     table.loc[table["finding"] == 1, "lesion_mask"] = ""
     table.to_csv(tmp_path / "no_masks.csv", index=False)
@@ -271,6 +284,7 @@ def test_the_cli_runs_3d_from_a_config_writes_its_files_and_the_store(lesion_coh
     assert result["dims"] == 3 and result["settings"]["epochs"] == 1  # the command line beat the config
     assert result["settings"]["grid"]["shape"] == [32, 32, 16] and result["tiers"] == ["easy"]
     assert {"accuracy_ci_low", "accuracy_ci_high"} <= set(pd.read_csv(out / "shift.csv").columns)
+    assert all(r["accuracy_sd"] is None for r in result["summary"])  # one replicate: no spread to report
     assert (out / "shift_auroc.png").stat().st_size > 10_000 and (out / "shift_specificity.png").exists()
     with Store.open(store) as handle:
         (stored,) = [c for c in handle.read_analysis("controls") if c.get("control") == "shift"]
@@ -304,3 +318,43 @@ def test_restart_discards_the_progress_and_the_half_trained_models(tmp_path):
         _read_progress(progress, "new", restart=False)
     assert _read_progress(progress, "new", restart=True) == {}
     assert not progress.exists() and not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_model_trained_before_a_broken_file_was_fixed_is_trained_again(lesion_cohort, tmp_path):
+    """Resuming after the readable volumes changed must not mix models tested on different volumes."""
+    table = pd.read_csv(lesion_cohort)
+    (tmp_path / "v").mkdir()
+    negatives = table.index[(table["finding"] == 0) & (table["manufacturer"] == "VendorB")][:8]
+    for i in negatives:  # own copies that can be broken and fixed
+        source = Path(table.at[i, "path"])
+        source = source if source.is_absolute() else lesion_cohort.parent / source
+        (tmp_path / "v" / f"{i}.nii.gz").write_bytes(source.read_bytes())
+        table.at[i, "path"] = str(tmp_path / "v" / f"{i}.nii.gz")
+    for column in ("path", "lesion_mask"):  # relative paths of the lesion cohort, made absolute
+        table[column] = [p if not isinstance(p, str) or not p or Path(p).is_absolute()
+                         else str(lesion_cohort.parent / p) for p in table[column]]
+    table.to_csv(tmp_path / "m.csv", index=False)
+    settings = VolumeShiftSettings(task="classify", grid=GRID, width=0.25, replicates=2, epochs=1,
+                                   batch_size=8, lr=2e-3, bootstrap=20)
+
+    def run() -> dict:
+        return shift_volumes(tmp_path / "m.csv", "manufacturer", "finding", tmp_path / "out", tiers=["easy"],
+                             train_on=["all"], settings=settings)
+
+    good = {i: (tmp_path / "v" / f"{i}.nii.gz").read_bytes() for i in negatives}
+    for i in negatives:
+        (tmp_path / "v" / f"{i}.nii.gz").write_bytes(b"not a volume")
+    broken = run()
+    assert len(broken["failed"]) == len(negatives)
+    progress = tmp_path / "out" / PROGRESS
+    progress.write_text(progress.read_text().splitlines()[0] + "\n")  # as if stopped after replicate 0
+    for i, data in good.items():
+        (tmp_path / "v" / f"{i}.nii.gz").write_bytes(data)
+    fixed = run()
+    assert fixed["failed"] == []
+    records = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert len({len(r["rows"]) for r in records[-2:]}) == 1  # both replicates on the same test volumes
+    cell = _cell(fixed, "easy", "all", "all")
+    assert cell["n_test"] == _cell(broken, "easy", "all", "all")["n_test"] + sum(
+        1 for r in records[-1]["rows"] if r not in records[0]["rows"])
