@@ -44,7 +44,7 @@ from embedx.analysis.shift_design import (
 from embedx.data.manifest import Manifest, load_manifest
 from embedx.data.volumes import VolumeGrid, Volumes, load_volumes
 from embedx.errors import EmbedxError
-from embedx.models.volume_nets import build_volume_net
+from embedx.models.volume_nets import build_volume_net, check_volume_net
 from embedx.progress import progress_bar
 from embedx.training.accel import make_accelerator
 from embedx.training.volume_fit import AUGMENTS, FitSettings, fit_volume_model, predict_volumes
@@ -192,12 +192,8 @@ def shift_volumes(
 ) -> dict[str, Any]:
     """Run the 3-D study; `out` keeps the progress that makes it resumable (see the module docstring)."""
     cfg = settings or VolumeShiftSettings()
-    if cfg.task not in ("classify", "segment"):
-        raise EmbedxError(f"--task {cfg.task!r}: 3-D runs classify or segment")
-    if cfg.replicates < 1 or cfg.epochs < 1:
-        raise EmbedxError("--replicates and --epochs must be at least 1")
     segment = cfg.task == "segment"
-    build_volume_net(cfg.task, cfg.width, cfg.grid.shape)  # a bad width or shape fails before any reading
+    check_volume_net(cfg.task, cfg.width, cfg.grid.shape)  # before any volume is read
     man = manifest if isinstance(manifest, Manifest) else load_manifest(manifest, check_files=False)
     design = plan_design(
         man,

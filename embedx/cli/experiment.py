@@ -218,32 +218,17 @@ def register(app: typer.Typer) -> None:
         train_list = ([g.strip() for g in str(o["train_on"]).split(",") if g.strip()] if o["train_on"]
                       else None)
         diff = None if o["difficulty"] == "none" else o["difficulty"]
+        request = {"difficulty": diff, "tiers": tier_list, "positive": o["positive"], "train_on": train_list}
+        shared = {key: int(o[key]) for key in ("replicates", "epochs", "batch_size", "bootstrap", "seed")}
+        shared["test_fraction"] = float(o["test_fraction"])
         if int(o["dims"]) == 2:
             if task_name == "segment":
                 raise EmbedxError("--task segment runs on volumes: add --dims 3 (seed 001's 3-D U-Net)")
             from embedx.analysis.shift import ShiftSettings, shift_experiment
 
-            settings = ShiftSettings(
-                size=int(o["size"]),
-                replicates=int(o["replicates"]),
-                epochs=int(o["epochs"]),
-                batch_size=int(o["batch_size"]),
-                lr=float(o["lr"] or 1e-3),
-                test_fraction=float(o["test_fraction"]),
-                seed=int(o["seed"]),
-                workers=int(o["workers"]),
-                bootstrap=int(o["bootstrap"]),
-            )
-            result = shift_experiment(
-                o["manifest"],
-                o["by"],
-                o["target"],
-                difficulty=diff,
-                tiers=tier_list,
-                positive=o["positive"],
-                train_on=train_list,
-                settings=settings,
-            )
+            settings = ShiftSettings(size=int(o["size"]), lr=float(o["lr"] or 1e-3),
+                                     workers=int(o["workers"]), **shared)
+            result = shift_experiment(o["manifest"], o["by"], o["target"], settings=settings, **request)
         else:
             from embedx.analysis.shift_volumes import VolumeShiftSettings, shift_volumes
             from embedx.data.volumes import VolumeGrid, parse_shape
@@ -254,32 +239,13 @@ def register(app: typer.Typer) -> None:
                 window=str(o["window"]),
             )
             settings3 = VolumeShiftSettings(
-                task=task_name,
-                grid=grid,
-                width=float(o["width"]),
-                replicates=int(o["replicates"]),
-                epochs=int(o["epochs"]),
-                batch_size=int(o["batch_size"]),
+                task=task_name, grid=grid, width=float(o["width"]),
                 lr=None if o["lr"] is None else float(o["lr"]),
-                test_fraction=float(o["test_fraction"]),
-                augment=str(o["augment"]),
-                min_lesion_ml=float(o["min_lesion_ml"]),
-                mixed_precision=str(o["mixed_precision"]),
-                bootstrap=int(o["bootstrap"]),
-                seed=int(o["seed"]),
+                augment=str(o["augment"]), min_lesion_ml=float(o["min_lesion_ml"]),
+                mixed_precision=str(o["mixed_precision"]), **shared,
             )
-            result = shift_volumes(
-                o["manifest"],
-                o["by"],
-                o["target"],
-                o["out"],
-                difficulty=diff,
-                tiers=tier_list,
-                positive=o["positive"],
-                train_on=train_list,
-                settings=settings3,
-                restart=bool(o["restart"]),
-            )
+            result = shift_volumes(o["manifest"], o["by"], o["target"], o["out"], settings=settings3,
+                                   restart=bool(o["restart"]), **request)
         _write_outputs(result, Path(o["out"]), store)
 
 

@@ -27,6 +27,17 @@ def _scaled(channels: tuple[int, ...], width: float) -> tuple[int, ...]:
     return tuple(max(2, round(c * width)) for c in channels)
 
 
+def check_volume_net(task: str, width: float, shape: tuple[int, int, int]) -> None:
+    """The errors `build_volume_net` would raise, without building (and allocating) a network."""
+    if task not in ("classify", "segment"):
+        raise EmbedxError(f"--task {task!r}: use classify or segment")
+    _scaled(UNET_CHANNELS, width)
+    if task == "segment" and any(s % UNET_DOWNSAMPLING for s in shape):
+        raise EmbedxError(f"--shape {','.join(map(str, shape))}: the U-Net halves the grid "
+                          f"{len(UNET_CHANNELS) - 1} times, so every size must be a multiple of "
+                          f"{UNET_DOWNSAMPLING}")
+
+
 def resnet3d(width: float = 1.0, num_classes: int = 2) -> nn.Module:
     from monai.networks.nets import ResNet
 
@@ -42,15 +53,9 @@ def resnet3d(width: float = 1.0, num_classes: int = 2) -> nn.Module:
     )
 
 
-def unet3d(width: float = 1.0, shape: tuple[int, int, int] | None = None) -> nn.Module:
+def unet3d(width: float = 1.0) -> nn.Module:
     from monai.networks.nets import UNet
 
-    if shape is not None and any(s % UNET_DOWNSAMPLING for s in shape):
-        raise EmbedxError(
-            f"--shape {','.join(map(str, shape))}: the U-Net halves the grid "
-            f"{len(UNET_CHANNELS) - 1} times, so every size must be a multiple of "
-            f"{UNET_DOWNSAMPLING}"
-        )
     return UNet(
         spatial_dims=3,
         in_channels=1,
@@ -62,8 +67,5 @@ def unet3d(width: float = 1.0, shape: tuple[int, int, int] | None = None) -> nn.
 
 
 def build_volume_net(task: str, width: float, shape: tuple[int, int, int]) -> nn.Module:
-    if task == "classify":
-        return resnet3d(width)
-    if task == "segment":
-        return unet3d(width, shape)
-    raise EmbedxError(f"--task {task!r}: use classify or segment")
+    check_volume_net(task, width, shape)
+    return resnet3d(width) if task == "classify" else unet3d(width)
