@@ -50,6 +50,7 @@ QUICK = DemoProfile(
     synth_size=64,
     train={
         "vae": [
+            "data.preprocess.size=32",
             "optim.total_samples=9600",
             "optim.eval_every_samples=9600",
             "optim.checkpoint_every_samples=9600",

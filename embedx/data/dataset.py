@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from embedx.data.manifest import Manifest
-from embedx.data.preprocess import PreprocessConfig, load_image
+from embedx.data.preprocess import PreprocessConfig, augment, deterministic, load_image
 from embedx.errors import ImageReadError, ManifestError
 
 log = logging.getLogger(__name__)
@@ -32,11 +32,37 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     return (1, str(value))
 
 
+class ImageCache:
+    """Preprocessed images kept in memory for a cohort that fits in `budget_mb` as a whole.
+
+    Training reads every image once per epoch; on a small cohort (a pilot study, the demo) decoding and
+    resizing the same file again each epoch costs a CPU-trained model up to a fifth of its time. A cohort
+    that does not fit is not cached at all: with random order, a partial cache would hit too rarely to
+    pay for its memory. Images are cached before augmentation and copied out, so each draw is augmented
+    afresh and a cached run trains on exactly the arrays an uncached one reads.
+    """
+
+    def __init__(self, n_images: int, config: PreprocessConfig, budget_mb: float) -> None:
+        image_bytes = config.channels * config.size * config.size * 4
+        self.enabled = deterministic(config) and n_images * image_bytes <= budget_mb * 2**20
+        self._images: dict[int, np.ndarray] = {}
+
+    def get(self, index: int) -> np.ndarray | None:
+        image = self._images.get(index)
+        return None if image is None else image.copy()
+
+    def put(self, index: int, image: np.ndarray) -> None:
+        if self.enabled:
+            self._images[index] = image
+
+
 class ImageDataset(Dataset):
     """Images of `manifest` (optionally only `rows`), preprocessed; with `label`, its target per image.
 
     `rows` are positions in `manifest.table`; rows whose label is missing are excluded (and logged).
     Categorical and binary labels become class indices into `self.classes`; continuous ones floats.
+    `cache_mb` > 0 keeps the preprocessed images in memory when all of them fit (see `ImageCache`); each
+    DataLoader worker then holds its own copy.
     """
 
     def __init__(
@@ -47,6 +73,7 @@ class ImageDataset(Dataset):
         label: str | None = None,
         train: bool = False,
         seed: int = 0,
+        cache_mb: float = 0.0,
     ) -> None:
         self.manifest = manifest
         self.config = preprocess
@@ -65,6 +92,7 @@ class ImageDataset(Dataset):
         self.rows = selected
         self._paths = [str(manifest.absolute_path(int(r))) for r in self.rows]
         self._rng: np.random.Generator | None = None
+        self._cache = ImageCache(len(self.rows), preprocess, cache_mb)
 
     def _prepare_label(self, label: str, selected: np.ndarray) -> np.ndarray:
         if label not in self.manifest.table.columns or label not in self.manifest.schema:
@@ -111,12 +139,18 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = int(self.rows[index])
         rng = self._rng_for(row)
-        try:
-            image = load_image(self._paths[index], self.config, rng=rng, train=self.train)
-        except ImageReadError as err:  # a bad file is skipped; a bad config (ConfigError) still stops
-            reason = err.reason
-            log.warning("skipping row %d (%s): %s", row, self._paths[index], reason)
-            return {"row": row, "error": f"{self._paths[index]}: {reason}"}
+        image = self._cache.get(index)
+        if image is None:
+            try:
+                image = load_image(self._paths[index], self.config, rng=rng,
+                                   train=self.train and not self._cache.enabled)
+            except ImageReadError as err:  # a bad file is skipped; a bad config (ConfigError) still stops
+                reason = err.reason
+                log.warning("skipping row %d (%s): %s", row, self._paths[index], reason)
+                return {"row": row, "error": f"{self._paths[index]}: {reason}"}
+            self._cache.put(index, image.copy())
+        if self._cache.enabled:
+            image = augment(image, self.config, rng=rng, train=self.train)
         item: dict[str, Any] = {"image": torch.from_numpy(image), "row": row}
         if self._targets is not None:
             target = self._targets[index]

@@ -111,11 +111,25 @@ def preprocess(
         raise ConfigError(
             f"image has {out.shape[0]} channels but the preprocessing config asks for {cfg.channels}"
         )
+    return augment(out, cfg, rng=rng, train=train)
+
+
+def augment(
+    image: np.ndarray, cfg: PreprocessConfig, rng: np.random.Generator | None = None, train: bool = False
+) -> np.ndarray:
+    """The random part of preprocessing (a horizontal flip in training), kept apart so that a cached,
+    preprocessed image is augmented afresh each time it is drawn."""
     if train and cfg.flip:
         rng = rng if rng is not None else np.random.default_rng()
         if rng.random() < 0.5:
-            out = out[..., ::-1]
-    return np.ascontiguousarray(out, dtype=np.float32)
+            image = image[..., ::-1]
+    return np.ascontiguousarray(image, dtype=np.float32)
+
+
+def deterministic(cfg: PreprocessConfig) -> bool:
+    """Whether a file always preprocesses to the same array before augmentation (random NIfTI slice
+    triplets do not), which is what makes caching it safe."""
+    return cfg.nifti_mode != "random_triplet"
 
 
 def load_image(

@@ -112,7 +112,8 @@ def build_datasets(manifest: Manifest, config: TrainConfig) -> RunData:
     else:
         train_rows, val_rows = np.arange(len(table)), np.arange(0)
     seed = config.optim.seed
-    train = TrainImages(manifest, data.preprocess, rows=train_rows, label=label, train=True, seed=seed)
+    train = TrainImages(manifest, data.preprocess, rows=train_rows, label=label, train=True, seed=seed,
+                        cache_mb=data.cache_mb)
     val = (ImageDataset(manifest, data.preprocess, rows=val_rows, label=label, train=False, seed=seed)
            if len(val_rows) else None)
     if label is not None and (train.classes is None or len(train.classes) < 2):

@@ -39,7 +39,8 @@ NO_IMAGE_STEPS = 8  # batches without one readable image after which a run stops
 
 # Keys that may change when a run is resumed: how long it runs and how often it reports, not what it learns.
 RESUMABLE_CHANGES = ("optim.total_samples", "optim.eval_every_samples", "optim.checkpoint_every_samples",
-                     "optim.log_every_samples", "optim.keep_checkpoints", "data.workers", "eval.")
+                     "optim.log_every_samples", "optim.keep_checkpoints", "data.workers", "data.cache_mb",
+                     "eval.")
 
 
 class _LossModule(nn.Module):
@@ -74,7 +75,8 @@ def _check_resume_config(saved: TrainConfig, config: TrainConfig, run_dir: Path)
                if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_CHANGES)]
     if changed:
         raise ConfigError(f"{run_dir}: cannot resume with a different config; changed: {', '.join(changed)} "
-                          "(only the length, the reporting intervals and data.workers may change)")
+                          "(only the length, the reporting intervals, data.workers and data.cache_mb may "
+                          "change)")
 
 
 def _crossed(samples: int, batch: int, every: int) -> bool:

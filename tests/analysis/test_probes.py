@@ -276,3 +276,21 @@ def test_infinite_values_count_as_missing_not_as_a_crash(cohort) -> None:
     age[3] = -np.inf
     r = probe_arrays(cohort["X"], age, cohort["groups"], "continuous", config=FAST)
     assert r["n_missing"] == 4 and r["n"] == len(age) - 4 and r["encoded"]
+
+
+def test_the_tuning_score_is_scikit_learns_balanced_accuracy() -> None:
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    from embedx.analysis.linear_probe import balanced_accuracy
+
+    rng = np.random.default_rng(5)
+    for trial in range(200):
+        n, k = int(rng.integers(2, 60)), int(rng.integers(2, 6))
+        y = rng.integers(0, k, n) if trial % 2 else rng.choice(["a", "b", "c"], n)
+        pred = rng.integers(0, k + 1, n) if trial % 2 else rng.choice(["a", "b", "c", "d"], n)  # unseen
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
+            expected = balanced_accuracy_score(y, pred)
+        assert balanced_accuracy(y, pred) == pytest.approx(expected, abs=1e-12)

@@ -161,3 +161,41 @@ def test_dicom_header_window_can_be_switched_off(tmp_path, dicom_writer):
     # Header window 400..600: everything below is -1, above is +1; without it the ramp is linear.
     assert (header == -1).sum() >= 4 and (header == 1).sum() >= 10
     np.testing.assert_allclose(full["image"][0, 0].numpy(), np.linspace(-1, 1, 16), atol=1e-5)
+
+
+def test_a_cached_cohort_gives_the_arrays_an_uncached_one_reads_augmented_afresh(cohort, monkeypatch):
+    """Training decodes a small cohort once: every later draw is the same array, flipped or not anew."""
+    import embedx.data.dataset as dataset_module
+
+    config = PreprocessConfig(size=16, flip=True)
+    n, epochs = len(cohort.table), 4
+    plain = ImageDataset(cohort, config, train=True, seed=3, cache_mb=0.0)
+    expected = [[plain[i] for i in range(n)] for _ in range(epochs)]
+    unflipped = ImageDataset(cohort, config, train=False)
+    unflipped = [unflipped[i].get("image") for i in range(n)]
+    reads = []
+    real_load = dataset_module.load_image
+    monkeypatch.setattr(dataset_module, "load_image",
+                        lambda *a, **k: reads.append(a[0]) or real_load(*a, **k))
+    cached = ImageDataset(cohort, config, train=True, seed=3, cache_mb=1.0)
+    assert cached._cache.enabled and not plain._cache.enabled
+    flips = set()
+    for epoch in range(epochs):
+        for index in range(n):
+            got, want = cached[index], expected[epoch][index]
+            assert got.keys() == want.keys()
+            if "error" in got:  # the corrupt file is retried and listed every time, never cached
+                continue
+            np.testing.assert_array_equal(got["image"].numpy(), want["image"].numpy())
+            flips.add(bool(np.array_equal(got["image"].numpy(), unflipped[index].numpy()[..., ::-1])))
+    assert reads.count(str(cohort.absolute_path(0))) == 1
+    assert len(reads) == (n - 1) + epochs  # each readable image once; the corrupt one every epoch
+    assert flips == {True, False}  # the cache holds the image before augmentation
+
+
+def test_a_cohort_over_the_budget_or_with_random_slices_is_not_cached(cohort):
+    tight = ImageDataset(cohort, PreprocessConfig(size=64), train=True, cache_mb=12 * 64 * 64 * 4 / 2**20 / 2)
+    assert not tight._cache.enabled
+    assert ImageDataset(cohort, PreprocessConfig(size=64), train=True, cache_mb=1.0)._cache.enabled
+    triplets = PreprocessConfig(size=16, channels=3, nifti_mode="random_triplet")
+    assert not ImageDataset(cohort, triplets, train=True, cache_mb=100.0)._cache.enabled
