@@ -201,6 +201,8 @@ def main() -> None:
     parser.add_argument("--encode", default=None, metavar="KIND:PX:N,...",
                         help=f"models to encode with (default {FULL_ENCODE}; --quick: vae:64:256)")
     parser.add_argument("--source-px", type=int, default=256, help="side of the synthetic source PNGs")
+    parser.add_argument("--project-n", type=int, default=None,
+                        help="rows of the end-to-end `embedx project` run (default 50,000; CheXpert: 220000)")
     args = parser.parse_args()
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     if unknown := parts - set(PARTS):
@@ -212,6 +214,7 @@ def main() -> None:
         enc, tsne_open, tsne_sk = FULL_ENCODE, [5000, 20_000, 50_000], [5000, 20_000]
         umap_n, h5, project_n, source = 50_000, (100_000, 512, 10_000), 50_000, args.source_px
     enc = args.encode or enc
+    project_n = args.project_n or project_n
     rows: list[tuple[str, str, float, str]] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
