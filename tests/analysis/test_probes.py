@@ -294,3 +294,49 @@ def test_the_tuning_score_is_scikit_learns_balanced_accuracy() -> None:
             warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
             expected = balanced_accuracy_score(y, pred)
         assert balanced_accuracy(y, pred) == pytest.approx(expected, abs=1e-12)
+
+
+def test_stratified_group_folds_are_scikit_learns_folds() -> None:
+    import warnings
+
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from embedx.analysis.folds import stratified_group_folds
+
+    rng = np.random.default_rng(11)
+    for trial in range(60):
+        n_subjects, folds = int(rng.integers(8, 300)), int(rng.integers(2, 6))
+        sizes = rng.integers(1, 5, n_subjects)
+        groups = np.repeat(rng.permutation(n_subjects) * 7, sizes)  # ids neither sorted nor contiguous
+        prevalence = (0.03, 0.2, 0.5)[trial % 3]
+        strata = (rng.random(len(groups)) < prevalence).astype(int)
+        if trial % 4 == 0:  # three classes
+            strata = strata + rng.integers(0, 2, len(groups))
+        expected = np.full(len(groups), -1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                splits = list(StratifiedGroupKFold(folds, shuffle=True, random_state=trial).split(
+                    np.zeros(len(groups)), strata, groups))
+            except ValueError:
+                with pytest.raises(ValueError):
+                    stratified_group_folds(strata, groups, folds, trial)
+                continue
+        for f, (_, test) in enumerate(splits):
+            expected[test] = f
+        np.testing.assert_array_equal(stratified_group_folds(strata, groups, folds, trial), expected)
+
+
+def test_a_continuous_label_fixed_per_subject_is_stratified_by_subject() -> None:
+    rng = np.random.default_rng(3)
+    sizes = rng.integers(1, 4, 400)
+    groups = np.repeat(np.arange(400), sizes)
+    age = np.repeat(rng.normal(60, 12, 400), sizes)
+    fold = stratified_folds(age, groups, 5, seed=0, continuous=True)
+    per_subject = pd.Series(fold).groupby(groups).nunique()
+    assert (per_subject == 1).all()
+    subject_age = pd.Series(age).groupby(groups).first().to_numpy()
+    subject_fold = pd.Series(fold).groupby(groups).first().to_numpy()
+    quintile = np.searchsorted(np.quantile(subject_age, [0.2, 0.4, 0.6, 0.8]), subject_age)
+    counts = pd.crosstab(quintile, subject_fold).to_numpy()
+    assert counts.max() - counts.min() <= 1  # each fifth of the subjects is dealt evenly over the folds
