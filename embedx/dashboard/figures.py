@@ -14,6 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from embedx.dashboard.density import DensityImage
 from embedx.dashboard.shaping import MISSING_LABEL, category_labels, trace_positions
 
 PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Alphabet
@@ -36,6 +37,7 @@ def map_figure(
     highlight: np.ndarray | None = None,
     title: str = "",
     height: int = 560,
+    density: DensityImage | None = None,
 ) -> go.Figure:
     """A WebGL scatter of `rows` (global ids) at `xy[rows]`, coloured by `colour` (aligned with store rows).
 
@@ -44,7 +46,8 @@ def map_figure(
     `selected` (row ids) is drawn as Plotly's selection so a kept selection survives a recolour;
     `highlight` (row ids, e.g. a cluster) is outlined on top. `hover` (one line per store row) is what a
     point shows on hover besides its row id; None shows only the id and the colour value (the trace
-    name), which keeps a 200k-point figure's JSON to a few MB.
+    name), which keeps a 200k-point figure's JSON to a few MB. `density` (the image of every row, when `rows`
+    is a sample of them) is drawn beneath the points, and the axes span it.
     """
     rows = np.asarray(rows, dtype=np.int64)
     selected = np.asarray(selected if selected is not None else [], dtype=np.int64)
@@ -121,6 +124,12 @@ def map_figure(
         xaxis={"showticklabels": False, "title": None},
         yaxis={"showticklabels": False, "title": None},
     )
+    if density is not None:
+        x0, x1, y0, y1 = density.extent
+        figure.add_layout_image(source=density.url, xref="x", yref="y", x=x0, y=y1, sizex=x1 - x0,
+                                sizey=y1 - y0, sizing="stretch", layer="below", name="density")
+        figure.update_xaxes(range=[x0, x1])
+        figure.update_yaxes(range=[y0, y1])
     return figure
 
 

@@ -18,14 +18,16 @@ import pandas as pd
 import streamlit as st
 
 from embedx.dashboard import data, figures, shaping
+from embedx.dashboard.density import density_image
 
 SELECTION = "selection"
 SELECTION_ORIGIN = "selection_origin"
 FOCUS = "focus_row"
 CLEARS = "selection_clears"
-# Above this a WebGL panel stops being responsive: draw a density-preserving sample. $EMBEDX_SCATTER_MAX
-# lowers it for a slow browser (and lets the browser test exercise the sampled path on a small store).
-SCATTER_MAX = int(os.environ.get("EMBEDX_SCATTER_MAX", "200000"))
+# Above this many points the map draws a density-preserving sample over an image of every point: 200k
+# points took Chromium 15 s to first paint (bench/dashboard_browser.py). $EMBEDX_SCATTER_MAX changes it (and
+# lets the browser test exercise the sampled path on a small store).
+SCATTER_MAX = int(os.environ.get("EMBEDX_SCATTER_MAX", "30000"))
 THUMB_CAP = 48
 HOVER_TEXT_MAX = 50_000  # above this, hover shows the row id and colour value only (figure JSON stays small)
 
@@ -137,7 +139,7 @@ def _token(*parts: Any) -> str:
 
 
 def absorb_selection(
-    path: Path, model: str, method: str, mask: np.ndarray, key: str, max_points: int = SCATTER_MAX
+    path: Path, model: str, method: str, mask: np.ndarray, key: str, max_points: int | None = None
 ) -> None:
     """Fold the last event of chart `key` into the kept selection (idempotent; call before drawing maps).
 
@@ -146,6 +148,7 @@ def absorb_selection(
     selects every row of the filtered cohort inside its outline, not only the drawn points: statistics
     never run on the sample.
     """
+    max_points = SCATTER_MAX if max_points is None else max_points
     event = st.session_state.get(key)
     event_rows = shaping.selected_row_ids(event)
     xy = data.projection(path, model, method)
@@ -173,13 +176,14 @@ def selectable_map(
     highlight: np.ndarray | None = None,
     height: int = 560,
     title: str = "",
-    max_points: int = SCATTER_MAX,
+    max_points: int | None = None,
 ) -> None:
     """Draw one model's map with box/lasso/click selection and fold its events into the kept selection.
 
     `follow=True` (compare page) bakes the shared selection into the figure on every run; otherwise it is
     baked only when the figure itself changes (recolour, filter), so a fresh lasso stays as drawn.
     """
+    max_points = SCATTER_MAX if max_points is None else max_points
     absorb_selection(path, model, method, mask, key, max_points)
     xy = data.projection(path, model, method)
     rows = np.flatnonzero(mask & ~np.isnan(xy).any(axis=1))
@@ -189,10 +193,12 @@ def selectable_map(
         else None
     )
     drawn = shaping.density_sample(rows, groups, max_points)
+    background = None
     if len(drawn) < len(rows):
+        background = density_image(xy[rows])
         st.caption(
-            f"Drawing a density-preserving sample of {len(drawn):,} of {len(rows):,} points; "
-            "selections and statistics use every row."
+            f"Drawing a density-preserving sample of {len(drawn):,} of {len(rows):,} points over a grey "
+            "density image of all of them; selections and statistics use every row."
         )
     figure_token = _token(
         model,
@@ -220,6 +226,7 @@ def selectable_map(
         highlight=highlight,
         title=title,
         height=height,
+        density=background,
     )
     st.plotly_chart(
         figure,

@@ -1,0 +1,128 @@
+"""The explorer in a real browser at cohort scale: how long until the map is drawn, and a lasso's statistics.
+
+Serves a synthetic store with `embedx dashboard`, opens it in Debian's Chromium (headless, software
+rendering, as `make test` does) through Playwright and times, per store size:
+- first paint: from opening the page to the map drawn (Plotly has laid out its traces and the WebGL
+  canvas exists), in a first browser session (server caches cold) and in a second one (caches warm);
+- figure payload: the points drawn and the size of the figure the server sent;
+- a lasso dragged over a tenth of the plot: from releasing the mouse to the selection's statistics shown.
+
+    .venv/bin/python bench/dashboard_browser.py                 # 220,000 rows
+    .venv/bin/python bench/dashboard_browser.py --rows 20000,220000,1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("EMBEDX_NO_PROGRESS", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "dashboard"))
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+GRAPH = "document.querySelector('.js-plotly-plot')"
+DRAWN = (f"() => {{ const g = {GRAPH}; "
+         "return !!(g && g._fullData && g._fullData.length > 0 && g.querySelector('canvas')); }}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _serve(store: Path) -> tuple[str, subprocess.Popen]:
+    port = _free_port()
+    argv = [sys.executable, "-m", "embedx", "dashboard", str(store), "--port", str(port)]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return f"http://127.0.0.1:{port}", process
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("the dashboard did not open its port within 120 s")
+
+
+def _first_paint(browser, url: str) -> tuple[float, int, float]:
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    sent = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda frame: sent.append(len(frame))))
+    start = time.perf_counter()
+    page.goto(url, timeout=300_000)
+    page.wait_for_function(DRAWN, timeout=300_000, polling=50)
+    took = time.perf_counter() - start
+    points = int(page.evaluate(f"() => {GRAPH}._fullData.reduce((s, t) => s + (t._length || 0), 0)"))
+    page.close()
+    return took, points, sum(sent) / 1e6
+
+
+def _lasso(browser, url: str) -> float:
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(url, timeout=300_000)
+    page.wait_for_function(DRAWN, timeout=300_000, polling=50)
+    area = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+    x0, y0, w, h = area["x"], area["y"], area["width"], area["height"]
+    corners = [(0.40, 0.40), (0.72, 0.40), (0.72, 0.72), (0.40, 0.72), (0.40, 0.41)]
+    page.mouse.move(x0 + w * corners[0][0], y0 + h * corners[0][1])
+    page.mouse.down()
+    for (ax, ay), (bx, by) in itertools.pairwise(corners):
+        for step in range(1, 6):
+            t = step / 5
+            page.mouse.move(x0 + w * (ax + (bx - ax) * t), y0 + h * (ay + (by - ay) * t))
+    start = time.perf_counter()
+    page.mouse.up()
+    page.get_by_text("Composition vs the cohort", exact=False).first.wait_for(timeout=300_000)
+    took = time.perf_counter() - start
+    page.close()
+    return took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default="220000", help="comma-separated store sizes")
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+    from synthstore import make_store
+
+    table = []
+    for n in (int(v) for v in args.rows.split(",")):
+        with tempfile.TemporaryDirectory() as folder:
+            store = Path(folder) / "store.h5"
+            make_store(store, n=n, analyses=False, with_thumbnails=n <= 20_000)
+            url, process = _serve(store)
+            try:
+                with sync_playwright() as playwright:
+                    browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+                    cold, points, megabytes = _first_paint(browser, url)
+                    warm, _, _ = _first_paint(browser, url)
+                    lasso = _lasso(browser, url)
+                    browser.close()
+            finally:
+                os.kill(process.pid, signal.SIGTERM)
+                process.wait(timeout=30)
+        table.append((n, cold, warm, points, megabytes, lasso))
+
+    print(f"\nexplorer in Chromium (headless, software WebGL), {os.cpu_count()} CPU cores")
+    print(f"{'rows':>10}  {'first paint, 1st session':>24}  {'2nd session':>11}  {'points drawn':>12}  "
+          f"{'sent':>8}  {'lasso -> statistics':>19}")
+    for n, cold, warm, points, megabytes, lasso in table:
+        print(f"{n:>10,}  {cold:>22.1f} s  {warm:>9.1f} s  {points:>12,}  {megabytes:>5.1f} MB  "
+              f"{lasso:>17.1f} s")
+
+
+if __name__ == "__main__":
+    main()
