@@ -33,7 +33,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 GRAPH = "document.querySelector('.js-plotly-plot')"
 DRAWN = (f"() => {{ const g = {GRAPH}; "
-         "return !!(g && g._fullData && g._fullData.length > 0 && g.querySelector('canvas')); }}")
+         "return !!(g && g._fullData && g._fullData.length > 0 && g.querySelector('canvas')); }")
 
 
 def _free_port() -> int:
@@ -94,7 +94,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default="220000", help="comma-separated store sizes")
+    parser.add_argument("--quick", action="store_true", help="20,000 rows only")
     args = parser.parse_args()
+    if args.quick:
+        args.rows = "20000"
     from playwright.sync_api import sync_playwright
     from synthstore import make_store
 

@@ -29,7 +29,9 @@ CLEARS = "selection_clears"
 # lets the browser test exercise the sampled path on a small store).
 SCATTER_MAX = int(os.environ.get("EMBEDX_SCATTER_MAX", "30000"))
 THUMB_CAP = 48
-HOVER_TEXT_MAX = 50_000  # above this, hover shows the row id and colour value only (figure JSON stays small)
+# Above this, hover shows the row id and colour value only: the attribute text of 30k points is 3 MB of the
+# figure, most of what the browser waits for.
+HOVER_TEXT_MAX = 10_000
 
 
 def quote(path: Path | str) -> str:

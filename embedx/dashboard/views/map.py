@@ -28,6 +28,8 @@ def map_and_selection() -> None:
 
 
 left, right = st.columns([3, 1])
+with left:  # first: Streamlit sends each element as it is made, so the map shows before quality is measured
+    map_and_selection()
 with right:
     st.subheader("Map quality")
     quality = data.map_quality(path, model, method)
@@ -46,8 +48,6 @@ with right:
         "No categorical attribute to score.",
         column_config={c: st.column_config.NumberColumn(format="%.2f") for c in ("latent", "map", "gap")},
     )
-with left:
-    map_and_selection()
 
 if len(widgets.selection()) and not np.isin(widgets.selection(), np.flatnonzero(cohort)).all():
     st.caption(
