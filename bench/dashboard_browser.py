@@ -73,6 +73,7 @@ def _lasso(browser, url: str) -> float:
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     page.goto(url, timeout=300_000)
     page.wait_for_function(DRAWN, timeout=300_000, polling=50)
+    page.get_by_text("Trustworthiness", exact=False).first.wait_for(timeout=300_000)  # the run has ended
     area = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
     x0, y0, w, h = area["x"], area["y"], area["width"], area["height"]
     corners = [(0.40, 0.40), (0.72, 0.40), (0.72, 0.72), (0.40, 0.72), (0.40, 0.41)]

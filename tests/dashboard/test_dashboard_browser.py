@@ -104,6 +104,8 @@ def test_map_colour_lasso_and_thumbnails_in_chromium(server, artifacts_dir: Path
             )
             assert point_count(page) == 300
             assert sorted(n.split(" ")[0] for n in trace_names(page)) == ["east", "north", "south"]
+            # the map is drawn first; the run ends with the map-quality panel: interact once it is there
+            page.get_by_text("Trustworthiness", exact=False).first.wait_for(timeout=60_000)
 
             # switch the colour attribute through the sidebar select box
             page.get_by_role("combobox", name="Colour by").click()
