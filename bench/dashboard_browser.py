@@ -53,6 +53,7 @@ def _serve(store: Path) -> tuple[str, subprocess.Popen]:
                 return f"http://127.0.0.1:{port}", process
         time.sleep(0.2)
     process.kill()
+    process.wait()
     raise RuntimeError("the dashboard did not open its port within 120 s")
 
 
@@ -117,7 +118,11 @@ def main() -> None:
                     browser.close()
             finally:
                 os.kill(process.pid, signal.SIGTERM)
-                process.wait(timeout=30)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
         table.append((n, cold, warm, points, megabytes, lasso))
 
     print(f"\nexplorer in Chromium (headless, software WebGL), {os.cpu_count()} CPU cores")

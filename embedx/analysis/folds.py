@@ -46,8 +46,9 @@ def stratified_folds(
     """Fold id per row, every subject in exactly one fold, classes (or quintiles) balanced across folds.
 
     A label constant within each subject is stratified exactly by dealing subjects (`StratifiedKFold` over
-    subjects); one that varies within subjects goes through `StratifiedGroupKFold`, which is slow, up to
-    `FAST_FOLDS_MIN_SUBJECTS` subjects, and is dealt by each subject's first label above.
+    subjects); one that varies within subjects goes through `stratified_group_folds` (scikit-learn's
+    `StratifiedGroupKFold` algorithm) up to `FAST_FOLDS_MIN_SUBJECTS` subjects, and is dealt by each
+    subject's first label above. Raises ValueError, as scikit-learn does, when no class has `folds` members.
     """
     subjects, first, codes = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
     codes = codes.reshape(-1)

@@ -124,8 +124,11 @@ class LinearProbe(BaseEstimator):
             splits = list(GroupKFold(n_splits=k).split(X, y, groups))
         else:  # subjects dealt per class where the label is constant within subject (fast at any size)
             n_classes = len(np.unique(y))
-            splits = [(tr, te) for tr, te in fold_splits(stratified_folds(y, groups, k, self.seed))
-                      if len(np.unique(y[tr])) == n_classes]
+            try:
+                folds = stratified_folds(y, groups, k, self.seed)
+            except ValueError:  # every class has fewer subjects than folds (a few subjects, many images)
+                folds = np.full(len(y), -1)
+            splits = [(tr, te) for tr, te in fold_splits(folds) if len(np.unique(y[tr])) == n_classes]
         if not splits:
             return middle, [f"C not tuned (no inner split holds every class); C={middle:g} used"]
         scores, failures = {}, []

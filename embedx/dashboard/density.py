@@ -46,9 +46,9 @@ def density_counts(xy: np.ndarray, extent: tuple[float, float, float, float], bi
 
 
 def density_image(xy: np.ndarray, bins: int = BINS) -> DensityImage:
-    """The density of all `xy` (rows without NaN) as a grey RGBA image, alpha on a log scale of the count."""
+    """The density of all `xy` (rows with finite coordinates) as a grey RGBA image, alpha on a log scale."""
     xy = np.asarray(xy, dtype=np.float64)
-    xy = xy[~np.isnan(xy).any(axis=1)]
+    xy = xy[np.isfinite(xy).all(axis=1)]
     extent = padded_extent(xy)
     counts = density_counts(xy, extent, bins)
     scale = np.log1p(counts) / max(np.log1p(counts.max()), 1e-12)

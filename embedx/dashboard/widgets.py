@@ -154,7 +154,7 @@ def absorb_selection(
     event = st.session_state.get(key)
     event_rows = shaping.selected_row_ids(event)
     xy = data.projection(path, model, method)
-    rows = np.flatnonzero(mask & ~np.isnan(xy).any(axis=1))
+    rows = np.flatnonzero(mask & np.isfinite(xy).all(axis=1))
     if len(rows) > max_points:
         event_rows = np.union1d(event_rows, shaping.rows_in_regions(event, xy, rows))
     seen_key = f"{key}__seen"
@@ -188,7 +188,7 @@ def selectable_map(
     max_points = SCATTER_MAX if max_points is None else max_points
     absorb_selection(path, model, method, mask, key, max_points)
     xy = data.projection(path, model, method)
-    rows = np.flatnonzero(mask & ~np.isnan(xy).any(axis=1))
+    rows = np.flatnonzero(mask & np.isfinite(xy).all(axis=1))
     groups = (
         data.labels(path, colour).to_numpy()[rows]
         if colour and meta.kinds.get(colour) != "continuous"

@@ -39,7 +39,8 @@ class ImageCache:
     resizing the same file again each epoch costs a CPU-trained model up to a fifth of its time. A cohort
     that does not fit is not cached at all: with random order, a partial cache would hit too rarely to
     pay for its memory. Images are cached before augmentation and copied out, so each draw is augmented
-    afresh and a cached run trains on exactly the arrays an uncached one reads.
+    afresh and a cached run trains on exactly the arrays an uncached one reads. A file changed on disk
+    during the run is not read again.
     """
 
     def __init__(self, n_images: int, config: PreprocessConfig, budget_mb: float) -> None:
@@ -48,8 +49,7 @@ class ImageCache:
         self._images: dict[int, np.ndarray] = {}
 
     def get(self, index: int) -> np.ndarray | None:
-        image = self._images.get(index)
-        return None if image is None else image.copy()
+        return self._images.get(index)
 
     def put(self, index: int, image: np.ndarray) -> None:
         if self.enabled:
@@ -148,9 +148,9 @@ class ImageDataset(Dataset):
                 reason = err.reason
                 log.warning("skipping row %d (%s): %s", row, self._paths[index], reason)
                 return {"row": row, "error": f"{self._paths[index]}: {reason}"}
-            self._cache.put(index, image.copy())
-        if self._cache.enabled:
-            image = augment(image, self.config, rng=rng, train=self.train)
+            self._cache.put(index, image)
+        if self._cache.enabled:  # a copy: the cached array itself never leaves the cache
+            image = augment(image.copy(), self.config, rng=rng, train=self.train)
         item: dict[str, Any] = {"image": torch.from_numpy(image), "row": row}
         if self._targets is not None:
             target = self._targets[index]

@@ -45,8 +45,8 @@ class DataConfig(BaseModel):
     split_seed: int = 0
     stratify: str | None = None  # attribute balanced across train/val (defaults to the label for the CNN)
     workers: int = Field(0, ge=0)  # DataLoader worker processes per training process
-    # Keep the preprocessed training images in memory when all of them fit in this many MB (per process
-    # and worker): a pilot cohort is then decoded once, not once per epoch. 0 turns it off.
+    # Keep the preprocessed training images in memory when all of them fit in this many MB (per training
+    # process; only with workers: 0): a pilot cohort is then decoded once, not once per epoch. 0: off.
     cache_mb: float = Field(1024.0, ge=0.0)
 
 

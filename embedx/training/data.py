@@ -112,8 +112,10 @@ def build_datasets(manifest: Manifest, config: TrainConfig) -> RunData:
     else:
         train_rows, val_rows = np.arange(len(table)), np.arange(0)
     seed = config.optim.seed
+    # Only without DataLoader workers: each worker would fill a cache of its own with its share of the
+    # images (memory times the workers, most images still decoded once per worker).
     train = TrainImages(manifest, data.preprocess, rows=train_rows, label=label, train=True, seed=seed,
-                        cache_mb=data.cache_mb)
+                        cache_mb=data.cache_mb if data.workers == 0 else 0.0)
     val = (ImageDataset(manifest, data.preprocess, rows=val_rows, label=label, train=False, seed=seed)
            if len(val_rows) else None)
     if label is not None and (train.classes is None or len(train.classes) < 2):

@@ -340,3 +340,11 @@ def test_a_continuous_label_fixed_per_subject_is_stratified_by_subject() -> None
     quintile = np.searchsorted(np.quantile(subject_age, [0.2, 0.4, 0.6, 0.8]), subject_age)
     counts = pd.crosstab(quintile, subject_fold).to_numpy()
     assert counts.max() - counts.min() <= 1  # each fifth of the subjects is dealt evenly over the folds
+
+
+def test_c_is_left_untuned_with_a_note_when_a_class_has_fewer_subjects_than_inner_folds() -> None:
+    from embedx.analysis.linear_probe import LinearProbe
+
+    X = np.random.default_rng(0).normal(size=(10, 3))
+    probe = LinearProbe().fit(X, np.repeat([0, 1], 5), np.repeat([0, 1], 5))  # one subject per class
+    assert any("C not tuned" in note for note in probe.notes_), probe.notes_

@@ -31,7 +31,7 @@ def test_every_point_is_counted_in_its_cell_with_the_top_of_the_map_at_the_top()
     assert counts.sum() == len(xy) and counts.shape == (BINS, BINS)
     top_right = counts[: BINS // 10, -BINS // 10 :]
     assert top_right.sum() == 1  # the outlier, and only it, is in the top-right corner
-    image = density_image(np.vstack([xy, [[np.nan, 1.0]]]))  # a row without coordinates is left out
+    image = density_image(np.vstack([xy, [[np.nan, 1.0]], [[np.inf, 0.0]]]))  # rows off the map: left out
     assert image.points == len(xy) and image.extent == pytest.approx(extent)
     alpha = _alpha(image.url)
     assert alpha.shape == (BINS, BINS)

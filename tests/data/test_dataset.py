@@ -199,3 +199,12 @@ def test_a_cohort_over_the_budget_or_with_random_slices_is_not_cached(cohort):
     assert ImageDataset(cohort, PreprocessConfig(size=64), train=True, cache_mb=1.0)._cache.enabled
     triplets = PreprocessConfig(size=16, channels=3, nifti_mode="random_triplet")
     assert not ImageDataset(cohort, triplets, train=True, cache_mb=100.0)._cache.enabled
+
+
+def test_training_with_loader_workers_keeps_no_cache(cohort) -> None:
+    from embedx.training.config import load_config
+    from embedx.training.data import build_datasets
+
+    alone = build_datasets(cohort, load_config("vae", None, ["data.preprocess.size=16"]))
+    workers = build_datasets(cohort, load_config("vae", None, ["data.preprocess.size=16", "data.workers=2"]))
+    assert alone.train._cache.enabled and not workers.train._cache.enabled
