@@ -1,6 +1,6 @@
 """Where the quick demo's time goes: `embedx demo --quick` in a fresh folder, one row per stage.
 
-    .venv/bin/python bench/demo.py            # run it once (about 2.5 minutes on 2 cores)
+    .venv/bin/python bench/demo.py            # run it once (about 2 minutes on 2 cores)
     .venv/bin/python bench/demo.py --quick    # the same (the demo has one size here)
 
 Runs the demo in its own process, as a user does, so imports count; prints the stage table, the total and

@@ -56,9 +56,9 @@ QUICK = DemoProfile(
             "optim.checkpoint_every_samples=9600",
         ],
         "dae": [
-            "optim.total_samples=6400",
-            "optim.eval_every_samples=6400",
-            "optim.checkpoint_every_samples=6400",
+            "optim.total_samples=4800",
+            "optim.eval_every_samples=4800",
+            "optim.checkpoint_every_samples=4800",
             "eval.latent_stats_samples=720",
         ],
         "cnn": [
