@@ -58,10 +58,15 @@ def test_the_map_page_above_the_cap_says_what_it_draws(store: Path, monkeypatch:
     from embedx.dashboard import widgets
 
     monkeypatch.setattr(widgets, "SCATTER_MAX", 120)
+    drawings = []
+    real = widgets.density_image
+    monkeypatch.setattr(widgets, "density_image", lambda xy: drawings.append(len(xy)) or real(xy))
     monkeypatch.setenv(STORE_ENV, str(store))
     page = Path(embedx.dashboard.__file__).resolve().parent / "views" / "map.py"
     at = AppTest.from_file(str(page), default_timeout=120).run()
     assert not at.exception, [e.value for e in at.exception]
+    at.run()  # a rerun (as a lasso makes) draws the same sample and image without making them again
+    assert drawings == [300]
     captions = " ".join(c.value for c in at.caption)
     assert "of 300 points over a grey density image of all of them" in captions
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
