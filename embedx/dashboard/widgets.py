@@ -140,6 +140,12 @@ def _token(*parts: Any) -> str:
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
 
 
+def _mapped_rows(path: Path, model: str, method: str, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The map's coordinates and the rows of `mask` that lie on it (finite coordinates)."""
+    xy = data.projection(path, model, method)
+    return xy, np.flatnonzero(mask & np.isfinite(xy).all(axis=1))
+
+
 def absorb_selection(
     path: Path, model: str, method: str, mask: np.ndarray, key: str, max_points: int | None = None
 ) -> None:
@@ -153,8 +159,7 @@ def absorb_selection(
     max_points = SCATTER_MAX if max_points is None else max_points
     event = st.session_state.get(key)
     event_rows = shaping.selected_row_ids(event)
-    xy = data.projection(path, model, method)
-    rows = np.flatnonzero(mask & np.isfinite(xy).all(axis=1))
+    xy, rows = _mapped_rows(path, model, method, mask)
     if len(rows) > max_points:
         event_rows = np.union1d(event_rows, shaping.rows_in_regions(event, xy, rows))
     seen_key = f"{key}__seen"
@@ -181,7 +186,8 @@ def _drawn_points(path: Path, meta: data.StoreMeta, model: str, method: str, col
         else None
     )
     drawn = shaping.density_sample(rows, groups, max_points)
-    background = density_image(data.projection(path, model, method)[rows]) if len(drawn) < len(rows) else None
+    xy = data.projection(path, model, method)
+    background = density_image(xy[rows]) if len(drawn) < len(rows) else None
     st.session_state[f"{key}__drawn"] = (token, drawn, background)
     return drawn, background
 
@@ -207,8 +213,7 @@ def selectable_map(
     """
     max_points = SCATTER_MAX if max_points is None else max_points
     absorb_selection(path, model, method, mask, key, max_points)
-    xy = data.projection(path, model, method)
-    rows = np.flatnonzero(mask & np.isfinite(xy).all(axis=1))
+    xy, rows = _mapped_rows(path, model, method, mask)
     drawn, background = _drawn_points(path, meta, model, method, colour, rows, max_points, key)
     if background is not None:
         st.caption(
