@@ -1,6 +1,7 @@
 """The three models (VAE with Hessian penalty, diffusion autoencoder, site CNN) and their builder.
 
-Every model is an `nn.Module` with `kind`, `training_loss(batch) -> (loss, metrics)`,
+Every model is an `nn.Module` with `kind`, `training_loss(batch) -> (loss, metrics)` (metrics as detached
+0-d tensors left on the device, read by the loop once per log row),
 `embed(images) -> (B, D)` and `eval_images(images, generator) -> {name: (N, C, S, S) in [-1, 1]}`;
 no optimiser, I/O or logging here.
 """

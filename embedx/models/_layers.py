@@ -47,6 +47,10 @@ def randn_like_on(shape: tuple[int, ...], like: torch.Tensor,
     return torch.randn(shape, generator=generator, device=device).to(device=like.device, dtype=like.dtype)
 
 
-def item(t: torch.Tensor) -> float:
-    """A logged metric: a plain float, detached from the graph."""
-    return float(t.detach())
+def item(t: torch.Tensor) -> torch.Tensor:
+    """A logged metric: a detached 0-d tensor, left on the device.
+
+    Why not `float(...)`: that copies the value to the host, which waits for the GPU to finish the step,
+    so the CPU cannot queue the next step's kernels meanwhile. The training loop sums these on the device
+    and reads them once per log row."""
+    return t.detach()

@@ -58,14 +58,14 @@ class CNN(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.hidden(self.features(images)))
 
-    def training_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
+    def training_loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         if "label" not in batch:
             raise ConfigError("CNN training needs a label attribute to train on (the batch has no 'label')")
         labels = batch["label"].long()
         logits = self(batch["image"])
         loss = F.cross_entropy(logits.float(), labels)
         acc = (logits.argmax(1) == labels).float().mean()
-        return loss, {"loss": float(loss.detach()), "accuracy": float(acc)}
+        return loss, {"loss": loss.detach(), "accuracy": acc.detach()}  # on the device: see _layers.item
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:

@@ -185,12 +185,12 @@ class DiffusionAutoencoder(nn.Module):
         t = torch.randint(0, self.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
         return self.train_scheduler.add_noise(x0, noise, t), noise, t
 
-    def training_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
+    def training_loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         x0 = batch["image"]
         z = self.encode(x0)
         x_t, noise, t = self._noised(x0)
         loss = F.mse_loss(self.predict_noise(x_t, t, z).float(), noise.float())
-        value = float(loss.detach())
+        value = loss.detach()  # on the device: see _layers.item
         return loss, {"loss": value, "eps_mse": value}
 
     @torch.no_grad()

@@ -113,7 +113,7 @@ class VAE(nn.Module):
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
         return self.decode(z), mu, logvar, z
 
-    def training_loss(self, batch: dict) -> tuple[Tensor, dict[str, float]]:
+    def training_loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         x = batch["image"]
         recon, mu, logvar, z = self(x)
         rec = F.mse_loss(recon.float(), x.float(), reduction="none").flatten(1).sum(1).mean()

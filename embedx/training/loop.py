@@ -39,11 +39,11 @@ NO_IMAGE_STEPS = 8  # batches without one readable image after which a run stops
 
 # Keys that may change when a run is resumed: how long it runs and how often it reports, not what it learns.
 RESUMABLE_CHANGES = ("optim.total_samples", "optim.eval_every_samples", "optim.checkpoint_every_samples",
-                     "optim.log_every_samples", "optim.keep_checkpoints", "data.workers", "data.cache_mb",
-                     "eval.")
+                     "optim.log_every_samples", "optim.keep_checkpoints", "optim.channels_last",
+                     "optim.compile", "data.workers", "data.cache_mb", "eval.")
 
 
-class _LossModule(nn.Module):
+class LossModule(nn.Module):
     """`forward` = `model.training_loss`: DDP synchronises gradients only through `forward`."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -75,8 +75,8 @@ def _check_resume_config(saved: TrainConfig, config: TrainConfig, run_dir: Path)
                if not any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_CHANGES)]
     if changed:
         raise ConfigError(f"{run_dir}: cannot resume with a different config; changed: {', '.join(changed)} "
-                          "(only the length, the reporting intervals, data.workers and data.cache_mb may "
-                          "change)")
+                          "(only the length, the reporting intervals, the speed options optim.channels_last "
+                          "and optim.compile, data.workers and data.cache_mb may change)")
 
 
 def _crossed(samples: int, batch: int, every: int) -> bool:
@@ -99,34 +99,44 @@ def _lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Any]:
     out = dict(batch)
     for key in ("image", "label"):
         if key in out and isinstance(out[key], torch.Tensor):
             out[key] = out[key].to(device, non_blocking=True)
+    if channels_last and out.get("image") is not None and out["image"].ndim == 4:
+        out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
     return out
 
 
 class _Sums:
-    """Per-process running sums of the training metrics between two log rows."""
+    """Per-process running sums of the training metrics between two log rows.
+
+    The sums stay on the model's device as float64 0-d tensors and are read once per log row: reading a
+    metric each step (`float(loss)`) would make the CPU wait for the GPU every step. float64 keeps them
+    equal to the Python-float sums of earlier versions, so a resumed run logs the same values."""
 
     def __init__(self, state: dict[str, Any] | None = None) -> None:
-        self.values: dict[str, float] = dict((state or {}).get("values", {}))
+        self.values: dict[str, torch.Tensor | float] = dict((state or {}).get("values", {}))
         self.count = int((state or {}).get("count", 0))
 
-    def add(self, metrics: dict[str, float]) -> None:
+    def add(self, metrics: dict[str, torch.Tensor | float]) -> None:
         for key, value in metrics.items():
-            self.values[key] = self.values.get(key, 0.0) + float(value)
+            value = value.detach().double() if isinstance(value, torch.Tensor) else float(value)
+            self.values[key] = self.values.get(key, 0.0) + value
+
+    def add_step(self) -> None:
         self.count += 1
 
     def state(self) -> dict[str, Any]:
-        return {"values": dict(self.values), "count": self.count}
+        return {"values": {k: float(v) for k, v in self.values.items()}, "count": self.count}
 
     def reduce(self, accelerator: Any) -> dict[str, float]:
         """Mean over steps and processes; resets the sums."""
         keys = sorted(self.values)
-        packed = torch.tensor([self.values[k] for k in keys] + [float(self.count)], dtype=torch.float64,
-                              device=accelerator.device)
+        device = accelerator.device
+        packed = torch.stack([torch.as_tensor(self.values[k], dtype=torch.float64).to(device) for k in keys]
+                             + [torch.tensor(float(self.count), dtype=torch.float64, device=device)])
         if accelerator.num_processes > 1:
             packed = accelerator.reduce(packed, reduction="sum")
         count = max(float(packed[-1]), 1.0)
@@ -208,6 +218,8 @@ def train(config: TrainConfig, manifest_path: str | Path, out_dir: str | Path | 
         torch.manual_seed(opt.seed)
         model = build_model(config.model, config.model_section, pre.size, pre.channels,
                             len(data.classes) if data.classes else None)
+    if opt.channels_last:  # 4-D weights only; the checkpoints stay plain (saved contiguous)
+        model = model.to(memory_format=torch.channels_last)
     ema = EMA(model, opt.ema_decay) if opt.ema_decay is not None else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
     total_steps = math.ceil(opt.total_samples / opt.batch_size)
@@ -230,7 +242,9 @@ def train(config: TrainConfig, manifest_path: str | Path, out_dir: str | Path | 
             sums = _Sums(restored.ranks[rank].get("sums"))
         log.info("resuming %s at step %d (%d samples)", run_dir, step, step * opt.batch_size)
 
-    wrapped = _LossModule(model)
+    wrapped = LossModule(model)
+    if opt.compile:  # in place: the parameters' names, and so the checkpoints, stay those of `model`
+        wrapped.compile()
     wrapped, optimizer = accelerator.prepare(wrapped, optimizer)
     if restored is not None:
         optimizer.load_state_dict(restored.optimizer)
@@ -272,15 +286,15 @@ def train(config: TrainConfig, manifest_path: str | Path, out_dir: str | Path | 
             epoch, batch_in_epoch = sampler.advance(epoch, batch_in_epoch)
             for row, reason in batch.get("failed", []):
                 failed.setdefault(int(row), reason)
-            usable = torch.tensor([len(batch["row"])], device=device)
+            usable = torch.tensor([len(batch["row"])])  # on the host: no device round trip per step
             if world > 1:
-                usable = accelerator.gather(usable)
+                usable = accelerator.gather(usable.to(device)).cpu()
             images_used += int(usable.sum())
             if images_used == 0 and step + 1 >= min(total_steps, NO_IMAGE_STEPS):
                 _refuse_unreadable(run_dir, failed, manifest, step + 1)
             wrapped.train()
             if bool((usable > 0).all()):
-                loss, parts = wrapped(_to_device(batch, device))
+                loss, parts = wrapped(_to_device(batch, device, opt.channels_last))
                 accelerator.backward(loss)
                 if opt.grad_clip is not None:
                     accelerator.clip_grad_norm_(wrapped.parameters(), opt.grad_clip)
@@ -288,7 +302,8 @@ def train(config: TrainConfig, manifest_path: str | Path, out_dir: str | Path | 
                 optimizer.zero_grad(set_to_none=True)
                 if ema is not None:
                     ema.update(accelerator.unwrap_model(wrapped).model)
-                sums.add({**parts, "loss": float(loss.detach())})
+                sums.add({**parts, "loss": loss.detach()})
+                sums.add_step()
             scheduler.step()
             step += 1
             samples = step * opt.batch_size

@@ -84,7 +84,8 @@ def test_hessian_term_enters_the_loss_with_its_weight(make_blobs: Callable[..., 
     x = make_blobs(4, 16)
     cfg = VAEConfig(latent_dim=8, hessian_weight=0.5, beta=2.0)
     model = build_model("vae", cfg, 16, 1)
-    loss, m = model.training_loss({"image": x})
+    loss, tensors = model.training_loss({"image": x})
+    m = {key: float(value) for key, value in tensors.items()}
     assert m["hessian"] > 0
     assert float(loss) == pytest.approx(m["recon"] + 2.0 * m["kl"] + 0.5 * m["hessian"], rel=1e-5)
     loss.backward()
@@ -99,7 +100,7 @@ def test_hessian_term_is_float32_under_bf16_autocast(make_blobs: Callable[..., t
     for enabled in (False, True):
         torch.manual_seed(3)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
-            values.append(model.training_loss({"image": x})[1]["hessian"])
+            values.append(float(model.training_loss({"image": x})[1]["hessian"]))
     # in bf16 the finite differences would be off by tens of percent; only z itself differs here
     assert values[1] == pytest.approx(values[0], rel=0.05)
 
