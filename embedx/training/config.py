@@ -70,6 +70,12 @@ class OptimConfig(BaseModel):
     # short CPU run still gets a useful average; 0.9999 (DiffAE's) only bites after ~10^6 steps.
     ema_decay: float | None = Field(None, gt=0, lt=1)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU, no on CPU
+    # GPU speed options; neither changes what is learnt, so both may change when a run is resumed.
+    # channels_last: NHWC layout for the 2-D convolutions (tensor cores read it without a transpose).
+    # compile: torch.compile the training step; costs minutes of compiling, so it pays on long runs only.
+    # bench/gpu.py measures both per model and size.
+    channels_last: bool = False
+    compile: bool = False
     seed: int = 0
 
     @field_validator("mixed_precision", mode="before")

@@ -73,3 +73,27 @@ def test_resume_refuses_changed_config(cohort: Path, tiny_config, tmp_path: Path
         train(tiny_config("vae", total=64, batch=16), cohort, run)  # exists, no --resume
     with pytest.raises(ConfigError, match=r"optim\.lr"):
         train(tiny_config("vae", "optim.lr=0.1", total=64, batch=16), cohort, run, resume=True)
+
+
+def test_channels_last_learns_the_same_and_may_change_on_resume(cohort: Path, tiny_config,
+                                                                 tmp_path: Path) -> None:
+    """`optim.channels_last` changes the memory layout, not what is learnt: a VAE (EMA on) trained with it,
+    then resumed without it, logs the losses of a plain run and ends as the same function (its latents of
+    the same images agree), and its checkpoints load into a model built without it. (Raw weights are not
+    compared: a conv bias that BatchNorm cancels gets a gradient of pure rounding noise, which Adam scales
+    up to a full step, so such a bias drifts by ~1e-2 with no effect on any output.)"""
+    from embedx.training.checkpoint import load_trained
+
+    extra = ["optim.ema_decay=0.99"]
+    plain = train(tiny_config("vae", *extra, total=2 * K, every=K), cohort, tmp_path / "plain")
+    mixed = tmp_path / "mixed"
+    train(tiny_config("vae", *extra, "optim.channels_last=true", total=K, every=K), cohort, mixed)
+    resumed = train(tiny_config("vae", *extra, total=2 * K, every=K), cohort, mixed, resume=True)
+    a, b = _train_rows(plain), _train_rows(resumed)
+    assert len(a) == len(b) and b["step"].max() == 24
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-3, atol=1e-4)
+    images = torch.rand(8, 1, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    z_plain = load_trained(plain).model.embed(images)
+    z_resumed = load_trained(resumed).model.embed(images)
+    torch.testing.assert_close(z_resumed, z_plain, rtol=0, atol=1e-4)
+    assert z_plain.abs().max() > 0.1  # latents that carry something, not two collapsed models
