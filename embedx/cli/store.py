@@ -101,6 +101,8 @@ def register(app: typer.Typer) -> None:
                                            "several times faster, but the map differs from run to run."),
         pca_dims: int = typer.Option(50, "--pca-dims", help="t-SNE / UMAP on this many principal components "
                                      "of wider latents (0: on the latents themselves)."),
+        engine: str = typer.Option("cpu", "--engine", help="cpu (openTSNE / umap-learn) or cuml: t-SNE / "
+                                   "UMAP on a GPU with RAPIDS cuML, where it is installed."),
     ) -> None:
         """2-D map of each model's latents, stored with parameters and trustworthiness (k = 10)."""
         from embedx.progress import console
@@ -110,7 +112,7 @@ def register(app: typer.Typer) -> None:
             results = project(str(store), method, name or None, perplexity=perplexity,
                               n_neighbors=n_neighbors,
                               min_dist=min_dist, seed=seed, transform_new=transform_new, n_jobs=n_jobs,
-                              umap_parallel=umap_parallel, pca_dims=pca_dims)
+                              umap_parallel=umap_parallel, pca_dims=pca_dims, engine=engine)
         for r in results:
             console.print(f"[bold]{r.model}[/] {r.method}: {r.n_fitted} fitted, {r.n_transformed} placed by "
                           f"transform, trustworthiness(k=10) {r.trustworthiness:.3f}, {r.seconds:.1f} s")

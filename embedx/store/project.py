@@ -87,7 +87,12 @@ def _tsne_params(n: int, perplexity: float, seed: int, n_jobs: int) -> dict[str,
 
 
 def _fit(method: str, X: np.ndarray, params: dict[str, Any]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    params = {k: v for k, v in params.items() if k != "pca_dims"}  # ours, not the library's
+    engine = params.get("engine", "cpu")
+    params = {k: v for k, v in params.items() if k not in ("pca_dims", "engine")}  # ours, not the library's
+    if engine == "cuml" and method != "pca":
+        from embedx.store.project_gpu import fit_cuml
+
+        return fit_cuml(method, X, params), {}
     if method == "tsne":
         from openTSNE import TSNE
 
@@ -160,7 +165,11 @@ def place_by_neighbours(X_ref: np.ndarray, Y_ref: np.ndarray, X_new: np.ndarray,
     return np.einsum("nk,nkc->nc", weights, Y_ref[neighbours]).astype(np.float32)
 
 
-def _library(method: str) -> tuple[str, str]:
+def _library(method: str, engine: str = "cpu") -> tuple[str, str]:
+    if engine == "cuml" and method != "pca":
+        from embedx.store.project_gpu import cuml_version
+
+        return "cuML", cuml_version()
     lib = {"tsne": "openTSNE", "umap": "umap-learn", "pca": "scikit-learn"}[method]
     return lib, version(lib)
 
@@ -178,6 +187,7 @@ def project(
     n_jobs: int | None = None,
     umap_parallel: bool = False,
     pca_dims: int = PCA_DIMS,
+    engine: str = "cpu",
 ) -> list[ProjectionResult]:
     """Fit (or extend, with `transform_new`) the `method` map of each model's encoded rows.
 
@@ -189,9 +199,18 @@ def project(
     UMAP is seeded by default, which makes umap-learn run single-threaded; `umap_parallel` drops the seed
     for all cores (measured 3.7x faster at 50k x 512 on 2 cores) at the price of a map that differs run to
     run. t-SNE is seeded and parallel either way.
+
+    `engine="cuml"` fits t-SNE / UMAP on a GPU with RAPIDS cuML where it is installed (see project_gpu);
+    PCA, the stored state and `transform_new` stay on the CPU.
     """
     if method not in PROJECTION_METHODS:
         raise EmbedxError(f"unknown projection method {method!r} (one of {', '.join(PROJECTION_METHODS)})")
+    if engine not in ("cpu", "cuml"):
+        raise EmbedxError(f"unknown --engine {engine!r} (cpu or cuml)")
+    if engine == "cuml" and method != "pca":
+        from embedx.store.project_gpu import cuml_version
+
+        cuml_version()  # before any work: a missing cuML is said at once
     if perplexity <= 0:
         raise EmbedxError(f"--perplexity must be positive, got {perplexity}")
     n_jobs = int(n_jobs or os.cpu_count() or 1)
@@ -209,7 +228,7 @@ def project(
             n_read, ids_read = store.n, store.sample_ids.copy()
             result, coords, status, attrs, state = _project_one(
                 store, model, method, perplexity, n_neighbors, min_dist, seed, transform_new, n_jobs,
-                umap_parallel, pca_dims)
+                umap_parallel, pca_dims, engine)
         with Store.open(store_path, "a") as store:
             if store.n < n_read or np.any(store.sample_ids[:n_read] != ids_read):
                 raise StoreError(f"{store_path} changed its rows while the {method} map was computed; rerun")
@@ -223,12 +242,11 @@ def project(
 
 def _project_one(store: Store, model: str, method: str, perplexity: float, n_neighbors: int, min_dist: float,
                  seed: int, transform_new: bool, n_jobs: int, umap_parallel: bool = False,
-                 pca_dims: int = PCA_DIMS,
+                 pca_dims: int = PCA_DIMS, engine: str = "cpu",
                  ) -> tuple[ProjectionResult, np.ndarray, np.ndarray, dict[str, Any], dict | None]:
     start = time.perf_counter()
     Z = store.latents(model)  # raises with the known models listed when the name is unknown
     encoded = store.encoded_mask(model)
-    lib, lib_version = _library(method)
     existing = method in store.projections().get(model, [])
     if transform_new and existing:
         coords = store.projection(model, method).copy()
@@ -259,6 +277,8 @@ def _project_one(store: Store, model: str, method: str, perplexity: float, n_nei
                 params["n_jobs"] = n_jobs
         else:
             params = {"random_state": seed}
+        if engine == "cuml" and method != "pca":
+            params["engine"] = "cuml"
         coords = np.full((store.n, 2), np.nan, dtype=np.float32)
         status = np.zeros(store.n, dtype=np.int8)
         X, reduction = Z[rows], {}
@@ -269,6 +289,10 @@ def _project_one(store: Store, model: str, method: str, perplexity: float, n_nei
         coords[rows], state = _fit(method, X, params)
         state = {**state, **reduction}
         status[rows] = STATUS_FITTED
+    if params.get("engine") == "cuml" and transform_new and existing:  # extended on the CPU: still cuML's map
+        lib, lib_version = info.get("library", "cuML"), info.get("library_version", "")
+    else:
+        lib, lib_version = _library(method, params.get("engine", "cpu"))
     placed = np.flatnonzero(status != STATUS_NONE)
     trust, k, n_trust = trustworthiness_sample(Z[placed], coords[placed], seed=seed)
     seconds = time.perf_counter() - start

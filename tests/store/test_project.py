@@ -210,3 +210,86 @@ def test_wide_latents_are_mapped_from_their_principal_components(method, tmp_pat
     project(str(path), method, transform_new=True, n_jobs=1, pca_dims=20)
     with Store.open(path) as store:
         _check_placed_near_neighbours(store, method, rows)
+
+
+def test_engine_cuml_without_cuml_says_what_to_install_and_writes_nothing(tmp_path, monkeypatch):
+    """This machine has no cuML: `--engine cuml` stops at once, naming what to install, with the store
+    untouched; an unknown engine is refused too."""
+    import sys
+
+    from embedx.errors import EmbedxError
+
+    monkeypatch.setitem(sys.modules, "cuml", None)  # as where it is not installed, also if it ever is here
+    path = _clustered_store(tmp_path / "s.h5", n=60)
+    with pytest.raises(EmbedxError, match=r"RAPIDS cuML.*pip install"):
+        project(str(path), "tsne", engine="cuml")
+    with pytest.raises(EmbedxError, match="cpu or cuml"):
+        project(str(path), "tsne", engine="gpu")
+    with Store.open(path) as store:
+        assert store.projections() == {}
+    result = CliRunner().invoke(app, ["project", str(path), "--method", "umap", "--engine", "cuml"])
+    assert isinstance(result.exception, EmbedxError) and "RAPIDS cuML" in str(result.exception)
+
+
+def test_engine_cuml_map_is_stored_and_extended_on_the_cpu(tmp_path, monkeypatch):
+    """The cuML path, run through a stand-in `cuml` module (cuML needs an NVIDIA GPU, which CI lacks) whose
+    estimators are openTSNE / umap-learn and return cupy-like arrays: the map is stored as cuML's, with the
+    parameters cuML was given, and a CPU machine without cuML places new samples into it."""
+    import sys
+    import types
+
+    seen: dict[str, dict] = {}
+
+    class _Device:  # cupy arrays come back to the host with .get()
+        def __init__(self, a):
+            self.a = a
+
+        def get(self):
+            return np.asarray(self.a)
+
+    class TSNE:
+        def __init__(self, **kw):
+            seen["tsne"] = kw
+
+        def fit_transform(self, X):
+            import openTSNE
+
+            fitted = openTSNE.TSNE(perplexity=seen["tsne"]["perplexity"], random_state=0, n_jobs=1).fit(X)
+            return _Device(np.asarray(fitted))
+
+    class UMAP:
+        def __init__(self, **kw):
+            seen["umap"] = kw
+
+        def fit_transform(self, X):
+            import umap
+
+            fitted = umap.UMAP(n_neighbors=seen["umap"]["n_neighbors"], random_state=0).fit_transform(X)
+            return _Device(fitted)
+
+    fake = types.ModuleType("cuml")
+    fake.__version__ = "99.0-standin"
+    fake.manifold = types.SimpleNamespace(TSNE=TSNE, UMAP=UMAP)
+    monkeypatch.setitem(sys.modules, "cuml", fake)
+    monkeypatch.setitem(sys.modules, "cuml.manifold", fake.manifold)
+
+    path = _clustered_store(tmp_path / "s.h5")
+    (result,) = project(str(path), "tsne", engine="cuml", perplexity=20)
+    assert result.trustworthiness > TRUST_BOUND
+    assert seen["tsne"]["perplexity"] == 20 and seen["tsne"]["method"] == "fft"
+    (result,) = project(str(path), "umap", engine="cuml", n_neighbors=12)
+    assert result.trustworthiness > TRUST_BOUND and seen["umap"]["n_neighbors"] == 12
+    with Store.open(path) as store:
+        info = store.projection_info("m", "tsne")
+        assert (info["library"], info["library_version"]) == ("cuML", "99.0-standin")
+        assert info["params"]["engine"] == "cuml"
+        before = store.projection("m", "tsne")
+
+    monkeypatch.setitem(sys.modules, "cuml", None)  # a CPU machine extends the GPU's map
+    new_rows = _add_new(path)
+    (result,) = project(str(path), "tsne", transform_new=True, n_jobs=1)
+    assert (result.n_fitted, result.n_transformed) == (500, 40)
+    with Store.open(path) as store:
+        np.testing.assert_array_equal(store.projection("m", "tsne")[:500], before)
+        assert store.projection_info("m", "tsne")["library"] == "cuML"
+        _check_placed_near_neighbours(store, "tsne", new_rows)
