@@ -34,6 +34,7 @@ __all__ = ["C_GRID", "LinearProbe"]
 # Standardised latents with n >> d: accuracy is flat in C above ~0.1, and liblinear's primal solver slows
 # sharply at C >= 1 on near-separable data; small cohorts (d ~ n) need the small end.
 C_GRID = (0.001, 0.01, 0.1)
+PREDICT_CHUNK = 65_536  # rows converted to float64 at a time when predicting
 
 
 class LinearProbe(BaseEstimator):
@@ -150,9 +151,14 @@ class LinearProbe(BaseEstimator):
         notes = [f"C grid: {len(failures)} inner fit(s) failed ({failures[0]})"] if failures else []
         return float(best), notes
 
-    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> LinearProbe:
-        X = np.asarray(X, dtype=np.float64)
+    def fit(self, X: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None,
+            rows_of_X: np.ndarray | None = None) -> LinearProbe:
+        """Fit on X (or on `X[rows_of_X]`, the training rows of a larger matrix, which is then never copied
+        whole: at a million rows a training fold is GBs). Only the rows fitted are converted to float64."""
         y = np.asarray(y)
+        index = np.arange(len(y)) if rows_of_X is None else np.asarray(rows_of_X)
+        if rows_of_X is None and len(X) != len(y):
+            raise ValueError(f"X has {len(X)} rows and y {len(y)}")
         groups = np.arange(len(y)) if groups is None else subject_codes(groups)
         rng = np.random.default_rng(self.seed)
         rows = subject_subsample(np.arange(len(y)), groups, self.max_train_rows, rng)
@@ -163,9 +169,10 @@ class LinearProbe(BaseEstimator):
         tune = subject_subsample(rows, groups, self.tune_max_rows, rng)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
-            self.C_, tune_notes = self._tune(X[tune], y[tune], groups[tune])
+            self.C_, tune_notes = self._tune(np.asarray(X[index[tune]], dtype=np.float64), y[tune],
+                                             groups[tune])
             self.pipeline_, self.estimator_name_ = self._pipeline(self.C_, len(rows), X.shape[1])
-            self.pipeline_.fit(X[rows], y[rows])
+            self.pipeline_.fit(np.asarray(X[index[rows]], dtype=np.float64), y[rows])
         if any(issubclass(w.category, ConvergenceWarning) for w in caught):
             notes.append(
                 "the SVM solver stopped at its iteration limit on some fits (scores are still valid)"
@@ -177,13 +184,20 @@ class LinearProbe(BaseEstimator):
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.pipeline_.predict(np.asarray(X, dtype=np.float64))
+        return self._in_chunks(X, self.pipeline_.predict)
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float64)
-        if self.task == "regression":
-            return np.asarray(self.pipeline_.predict(X), dtype=float)
-        return np.asarray(self.pipeline_.decision_function(X), dtype=float)
+        method = self.pipeline_.predict if self.task == "regression" else self.pipeline_.decision_function
+        return np.asarray(self._in_chunks(X, method), dtype=float)
+
+    @staticmethod
+    def _in_chunks(X: np.ndarray, method: Any, chunk: int = PREDICT_CHUNK) -> np.ndarray:
+        """`method` over row chunks, each converted to float64 on its own (a whole test fold at 1M rows
+        would be a GB copy; results are the same, row by row)."""
+        if len(X) <= chunk:
+            return np.asarray(method(np.asarray(X, dtype=np.float64)))
+        return np.concatenate([np.asarray(method(np.asarray(X[i:i + chunk], dtype=np.float64)))
+                               for i in range(0, len(X), chunk)])
 
     def direction(self) -> np.ndarray:
         """Linear kernel, two classes: the normal of the decision boundary in raw feature units."""

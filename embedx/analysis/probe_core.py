@@ -41,7 +41,8 @@ from embedx.analysis.folds import (
     subject_codes,
 )
 from embedx.analysis.labels import label_strings, merge_small_classes, missing_mask
-from embedx.analysis.linear_probe import C_GRID, LinearProbe
+from embedx.analysis.linear_probe import C_GRID, PREDICT_CHUNK, LinearProbe
+from embedx.analysis.parallel import map_in_threads
 from embedx.analysis.permutation import LAMBDAS, probe_permutation_test
 from embedx.analysis.probe_result import ProbeResult, judge_family
 from embedx.analysis.stats import (
@@ -120,15 +121,29 @@ def out_of_fold_scores(
     splits = stratified_splits(y, groups, config.folds, config.seed) if fold is None else fold_splits(fold)
     scores: np.ndarray | None = None
     notes: list[str] = []
-    for train, test in splits:
-        probe = config.estimator("classification").fit(X[train], y[train], groups[train])
+    def fit_fold(split: tuple[np.ndarray, np.ndarray]) -> tuple[LinearProbe, np.ndarray]:
+        train, test = split
+        probe = config.estimator("classification").fit(X, y[train], groups[train], rows_of_X=train)
+        return probe, probe.decision_function(X[test])
+
+    for (_, test), (probe, s) in zip(splits, map_in_threads(fit_fold, splits), strict=True):
         notes += probe.notes_
-        s = probe.decision_function(X[test])
         if scores is None:
             scores = np.zeros((len(y), *s.shape[1:]))
         scores[test] = s
     assert scores is not None
     return scores, splits, sorted(set(notes))
+
+
+def _predict_rows(probe: LinearProbe, X: np.ndarray, rows: np.ndarray, k: int,
+                  chunk: int = PREDICT_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and decision columns for X[rows], a chunk of rows at a time (no whole-fold copy)."""
+    preds, decisions = [], []
+    for start in range(0, len(rows), chunk):
+        part = X[rows[start:start + chunk]]
+        preds.append(probe.predict(part))
+        decisions.append(_decision_columns(probe, part, k))
+    return np.concatenate(preds), np.concatenate(decisions)
 
 
 def _decision_columns(probe: LinearProbe, X: np.ndarray, k: int) -> np.ndarray:
@@ -244,16 +259,25 @@ def cross_validated_probe(
     chance_pred = np.zeros(len(rows))
     notes: list[str] = []
     c_used, train_rows, name, any_subsampled = [], [], "", False
-    for f, (train, test) in zip(np.unique(fold_k), fold_splits(fold_k), strict=True):
-        Xf = Xk if fold_X is None else np.asarray(fold_X(int(f)))[rows]
-        chance_pred[test] = np.median(codes[train]) if continuous else 0
+    def fit_fold(split: tuple[int, tuple[np.ndarray, np.ndarray]]) -> tuple[Any, np.ndarray, np.ndarray]:
+        f, (train, test) = split
         if not continuous and len(np.unique(codes[train])) < 2:
+            return None, np.empty(0), np.empty(0)
+        Xf = Xk if fold_X is None else np.asarray(fold_X(int(f)))[rows]
+        probe = cfg.estimator(task).fit(Xf, codes[train], gk[train], rows_of_X=train)
+        fold_pred, fold_decision = _predict_rows(probe, Xf, test, k)
+        return probe, fold_pred, fold_decision
+
+    splits = list(zip(np.unique(fold_k), fold_splits(fold_k), strict=True))
+    for (f, (train, test)), (probe, fold_pred, fold_decision) in zip(
+            splits, map_in_threads(fit_fold, splits), strict=True):
+        chance_pred[test] = np.median(codes[train]) if continuous else 0
+        if probe is None:
             pred[test] = codes[train][0]  # shared label-free folds can leave one class in training
             notes.append(f"fold {int(f)}: one class in its training rows; it predicts that class")
             continue
-        probe = cfg.estimator(task).fit(Xf[train], codes[train], gk[train])
-        pred[test] = probe.predict(Xf[test])
-        decision[test] = _decision_columns(probe, Xf[test], k)
+        pred[test] = fold_pred
+        decision[test] = fold_decision
         notes += probe.notes_
         c_used.append(probe.C_)
         train_rows.append(probe.n_train_rows_)

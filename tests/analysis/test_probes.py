@@ -348,3 +348,42 @@ def test_c_is_left_untuned_with_a_note_when_a_class_has_fewer_subjects_than_inne
     X = np.random.default_rng(0).normal(size=(10, 3))
     probe = LinearProbe().fit(X, np.repeat([0, 1], 5), np.repeat([0, 1], 5))  # one subject per class
     assert any("C not tuned" in note for note in probe.notes_), probe.notes_
+
+
+def test_folds_fitted_on_threads_give_the_serial_result(cohort, monkeypatch) -> None:
+    """The folds of a probe run on threads (one per core): the result, score, CI, p-value and out-of-fold
+    predictions alike, is the one a serial run gives; and a fit on `rows_of_X` equals a fit on the copy."""
+    from embedx.analysis import parallel
+    from embedx.analysis.linear_probe import LinearProbe
+
+    seen: set[str] = set()
+    real_map = parallel.map_in_threads
+
+    def recording(fn, items):
+        import threading
+
+        def wrapped(item):
+            seen.add(threading.current_thread().name)
+            return fn(item)
+
+        return real_map(wrapped, items)
+
+    monkeypatch.setattr("embedx.analysis.probe_core.map_in_threads", recording)
+    results = {}
+    for threads in ("1", "3"):
+        monkeypatch.setenv("EMBEDX_PROBE_THREADS", threads)
+        results[threads] = [probe_arrays(cohort["X"], cohort[name], cohort["groups"], kind,
+                                         attribute=name, config=FAST)
+                            for name, kind in (("a", "categorical"), ("age", "continuous"))]
+    assert any(name.startswith("embedx-fold") for name in seen)  # the second run did use the pool
+    for serial, threaded in zip(results["1"], results["3"], strict=True):
+        for key in ("score", "ci", "p_value", "chance", "auc", "r2", "predicted_classes", "C_per_fold",
+                    "notes"):
+            assert getattr(serial, key) == getattr(threaded, key), key
+
+    rows = np.arange(0, len(cohort["a"]), 2)
+    on_rows = LinearProbe(c_grid=(0.1, 1.0)).fit(cohort["X"], cohort["a"][rows], cohort["groups"][rows],
+                                                 rows_of_X=rows)
+    on_copy = LinearProbe(c_grid=(0.1, 1.0)).fit(cohort["X"][rows], cohort["a"][rows], cohort["groups"][rows])
+    everyone = cohort["X"]
+    np.testing.assert_array_equal(on_rows.decision_function(everyone), on_copy.decision_function(everyone))
