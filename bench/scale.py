@@ -99,12 +99,15 @@ def build(folder: Path, n: int) -> tuple[Path, Path]:
     return store, external
 
 
-def timed_command(args: list[str]) -> tuple[float, float, str]:
+def timed_command(args: list[str], timeout_s: float) -> tuple[float, float, str]:
     """(wall s, peak resident GB, last line of output) of one CLI command in its own process."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as stats:
         start = time.perf_counter()
-        done = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", stats.name, *args], capture_output=True,
-                              text=True, env={**os.environ, "EMBEDX_NO_PROGRESS": "1"})
+        try:
+            done = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", stats.name, *args], capture_output=True,
+                                  text=True, env={**os.environ, "EMBEDX_NO_PROGRESS": "1"}, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return time.perf_counter() - start, float("nan"), f"stopped after {timeout_s:.0f} s"
         wall = time.perf_counter() - start
         peak_kb = float((stats.read().strip().splitlines() or ["nan"])[-1])
     if done.returncode != 0:
@@ -135,6 +138,7 @@ def main() -> None:
     parser.add_argument("--steps", default=",".join(STEPS), help=f"any of {','.join(STEPS)}")
     parser.add_argument("--keep", type=Path, default=None, help="folder to build in and keep (reused)")
     parser.add_argument("--quick", action="store_true", help="20,000 rows")
+    parser.add_argument("--step-timeout", type=float, default=3600.0, help="seconds before a step is stopped")
     args = parser.parse_args()
     n = 20_000 if args.quick else args.rows
     steps = [s for s in args.steps.split(",") if s]
@@ -160,7 +164,7 @@ def main() -> None:
              f"rows + model vae ({store.stat().st_size / 1e9:.1f} GB), ext.npz to import")
     if "import" in steps:
         show("import", *timed_command([*cli, "store", "import", str(store), str(external), "--name", "ext",
-                                       "--array", "embedding", "--replace"]))
+                                       "--array", "embedding", "--replace"], args.step_timeout))
     commands = {
         "info": [*cli, "store", "info", str(store)],
         "reads": [sys.executable, "-c", READS, str(store)],
@@ -172,7 +176,7 @@ def main() -> None:
     }
     for step in steps:
         if step in commands:
-            show(step, *timed_command(commands[step]))
+            show(step, *timed_command(commands[step], args.step_timeout))
     print("\n| step | seconds | peak GB |\n|---|---|---|")
     for step, seconds, peak, _ in rows:
         print(f"| {step} | {seconds:.0f} | {peak:.1f} |")
