@@ -40,6 +40,8 @@ Method = Literal["kmeans", "hdbscan"]
 HDBSCAN_FIT_MAX = 10_000  # HDBSCAN's cost grows ~quadratically: fit on a sample, extend by 1-NN
 KMEANS_FULL_MAX = 50_000  # above this, MiniBatchKMeans for the final fit
 SILHOUETTE_SAMPLE = 3_000
+PCA_FIT_MAX = 250_000  # rows the standardise + PCA step is fitted on (all of them up to this)
+CHUNK = 65_536  # rows standardised and projected at a time above PCA_FIT_MAX
 
 
 @dataclass(frozen=True)
@@ -91,12 +93,40 @@ class Clustering:
 
 
 def reduce(z: np.ndarray, n_components: int, seed: int) -> np.ndarray:
-    """Standardise then PCA: so one large-variance latent unit does not decide the clusters alone."""
-    z = np.asarray(z, dtype=np.float64)
-    std = z.std(axis=0)
-    z = (z - z.mean(axis=0)) / np.where(std > 0, std, 1.0)
-    k = int(max(1, min(n_components, z.shape[1], z.shape[0] - 1)))
-    return PCA(n_components=k, random_state=seed).fit_transform(z)
+    """Standardise then PCA: so one large-variance latent unit does not decide the clusters alone.
+
+    Above `PCA_FIT_MAX` rows the components are fitted on a seeded random sample of that many rows and
+    every row is projected a chunk at a time: at a million 512-d rows, standardising and decomposing the
+    whole matrix in float64 took 16 GB, while 250k rows pin the top components down to rounding."""
+    n = z.shape[0]
+    k = int(max(1, min(n_components, z.shape[1], n - 1)))
+    if n <= PCA_FIT_MAX:
+        z = np.asarray(z, dtype=np.float64)
+        std = z.std(axis=0)
+        z = (z - z.mean(axis=0)) / np.where(std > 0, std, 1.0)
+        return PCA(n_components=k, random_state=seed).fit_transform(z)
+    mean, std = _column_moments(z)
+    scale = np.where(std > 0, std, 1.0)
+    sample = np.sort(np.random.default_rng(seed).choice(n, size=PCA_FIT_MAX, replace=False))
+    pca = PCA(n_components=k, random_state=seed).fit((np.asarray(z[sample], dtype=np.float64) - mean) / scale)
+    out = np.empty((n, k))
+    for start in range(0, n, CHUNK):
+        part = np.asarray(z[start:start + CHUNK], dtype=np.float64)
+        out[start:start + CHUNK] = pca.transform((part - mean) / scale)
+    return out
+
+
+def _column_moments(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and (population) standard deviations in float64, a chunk of rows at a time."""
+    total, squares = np.zeros(z.shape[1]), np.zeros(z.shape[1])
+    for start in range(0, z.shape[0], CHUNK):
+        part = np.asarray(z[start:start + CHUNK], dtype=np.float64)
+        total += part.sum(axis=0)
+    mean = total / z.shape[0]
+    for start in range(0, z.shape[0], CHUNK):
+        part = np.asarray(z[start:start + CHUNK], dtype=np.float64) - mean
+        squares += (part * part).sum(axis=0)
+    return mean, np.sqrt(squares / z.shape[0])
 
 
 def _kmeans(x: np.ndarray, k: int, seed: int, n_init: int = 4) -> KMeans | MiniBatchKMeans:
@@ -347,7 +377,8 @@ def run_clusters(
         sample_ids = np.asarray(store.sample_ids).astype(str)
         subject_ids = np.asarray(store.subject_ids).astype(str)
     rows = np.flatnonzero(mask)
-    clustering = cluster_latents(z[rows], method, k=k, min_cluster_size=min_cluster_size, seed=seed)
+    encoded = z if len(rows) == len(z) else z[rows]  # no 2 GB copy of a million fully encoded rows
+    clustering = cluster_latents(encoded, method, k=k, min_cluster_size=min_cluster_size, seed=seed)
     clusters = describe_clusters(
         clustering,
         attributes.iloc[rows].reset_index(drop=True),

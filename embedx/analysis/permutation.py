@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from embedx.analysis.folds import class_balanced_subsample, subject_folds, subject_subsample
+from embedx.analysis.parallel import map_in_threads, worker_count
 from embedx.analysis.stats import (
     SubjectIndex,
     SubjectPermuter,
@@ -215,17 +216,18 @@ def null_statistics(
     the permutation scheme, and how far the permutations move the labels (`SubjectPermuter.mixing`)."""
     permuter = SubjectPermuter(np.asarray(y), index)
     rng = np.random.default_rng(seed)
-    chunks = []
-    mixing = float("nan")
-    done = 0
     batch = null.batch_size(n_classes)
-    while done < n_permutations:
-        step = min(batch, n_permutations - done)
-        draws = permuter.draw(rng, step)
-        if done == 0:
-            mixing = permuter.mixing(draws)
-        chunks.append(null.statistic(draws, n_classes))
-        done += step
+    # Drawn in order from one stream (the same permutations however the batches are then computed); the
+    # statistics of a wave of batches, one per thread, are computed side by side (a wave bounds the memory).
+    sizes = [min(batch, n_permutations - start) for start in range(0, n_permutations, batch)]
+    wave = worker_count(len(sizes))
+    chunks: list[np.ndarray] = []
+    mixing = float("nan")
+    for first in range(0, len(sizes), wave):
+        batches = [permuter.draw(rng, size) for size in sizes[first:first + wave]]
+        if first == 0:
+            mixing = permuter.mixing(batches[0])
+        chunks += map_in_threads(lambda draws: null.statistic(draws, n_classes), batches)
     return (np.concatenate(chunks) if chunks else np.empty(0)), permuter.scheme, mixing
 
 

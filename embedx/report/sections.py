@@ -70,17 +70,13 @@ def map_section(store_path: Path, snap: Mapping[str, Any], col: Collector, seed:
                 coords = store.projection(model, method)
                 note = f"stored {method} projection"
             else:
-                from sklearn.decomposition import PCA
+                from embedx.analysis.clusters import reduce  # standardise + PCA, bounded memory at 1M rows
 
                 z = store.latents(model)
                 mask = store.encoded_mask(model)
                 coords = np.full((len(mask), 2), np.nan, dtype=np.float32)
                 if mask.sum() >= 3:
-                    zz = z[mask]
-                    std = zz.std(axis=0)
-                    coords[mask] = PCA(n_components=2, random_state=seed).fit_transform(
-                        (zz - zz.mean(axis=0)) / np.where(std > 0, std, 1.0)
-                    )
+                    coords[mask] = reduce(z if mask.all() else z[mask], 2, seed)
                 note = "PCA computed for the report (no projection stored; run `embedx project`)"
                 col.notes.append(f"{model}: no stored projection, the map is a PCA computed on the fly")
             fig = figures.maps_figure(coords, attributes, kinds, f"{model} — {note}", seed=seed)

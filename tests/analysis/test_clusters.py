@@ -72,3 +72,29 @@ def test_k_is_chosen_by_silhouette_and_results_reach_the_store(tmp_path) -> None
     labels = np.asarray(stored["labels"])
     for c in stored["clusters"]:
         assert (labels[c["representative_rows"]] == c["id"]).all()
+
+
+def test_reduce_above_the_fit_cap_matches_the_exact_pca(monkeypatch) -> None:
+    """Above PCA_FIT_MAX rows the PCA is fitted on a sample and rows are projected in chunks (a million rows
+    no longer take 16 GB): the components found are the exact ones, to rounding, and every row is mapped."""
+    from embedx.analysis import clusters
+
+    rng = np.random.default_rng(0)
+    n, d = 3000, 40
+    z = (rng.normal(size=(n, d)) * rng.uniform(0.5, 3, d)).astype(np.float32)
+    # two planted directions of clearly different strength, so the leading components are well defined
+    z[:, 0:4] += 3.0 * rng.integers(0, 4, (n, 1)) * rng.uniform(0.5, 3, 4).astype(np.float32)
+    z[:, 4:7] += 1.5 * rng.integers(0, 3, (n, 1)) * rng.uniform(0.5, 3, 3).astype(np.float32)
+    exact = clusters.reduce(z, 3, seed=0)
+    mean, std = clusters._column_moments(z)
+    np.testing.assert_allclose(mean, z.astype(np.float64).mean(axis=0), atol=1e-9)
+    np.testing.assert_allclose(std, z.astype(np.float64).std(axis=0), rtol=1e-9)
+    monkeypatch.setattr(clusters, "PCA_FIT_MAX", 1000)
+    monkeypatch.setattr(clusters, "CHUNK", 256)
+    sampled = clusters.reduce(z, 3, seed=0)
+    assert sampled.shape == exact.shape and np.isfinite(sampled).all()
+    # the plane of the two planted components is the same (each sampled axis lies in the exact plane)
+    lead, fitted = exact[:, :2], sampled[:, :2]
+    residual = fitted - lead @ np.linalg.lstsq(lead, fitted, rcond=None)[0]
+    assert (residual.var(axis=0) / fitted.var(axis=0)).max() < 0.05
+    assert abs(np.corrcoef(exact[:, 0], sampled[:, 0])[0, 1]) > 0.99  # the strongest one, itself
