@@ -103,6 +103,9 @@ def register(app: typer.Typer) -> None:
                                      "of wider latents (0: on the latents themselves)."),
         engine: str = typer.Option("cpu", "--engine", help="cpu (openTSNE / umap-learn) or cuml: t-SNE / "
                                    "UMAP on a GPU with RAPIDS cuML, where it is installed."),
+        fit_max: int | None = typer.Option(None, "--fit-max", help="t-SNE / UMAP of more rows: fitted on "
+                                           "a seeded sample of this many, the rest placed into it (default "
+                                           "250,000 on the CPU, all rows with cuml; 0: fit all)."),
     ) -> None:
         """2-D map of each model's latents, stored with parameters and trustworthiness (k = 10)."""
         from embedx.progress import console
@@ -112,7 +115,8 @@ def register(app: typer.Typer) -> None:
             results = project(str(store), method, name or None, perplexity=perplexity,
                               n_neighbors=n_neighbors,
                               min_dist=min_dist, seed=seed, transform_new=transform_new, n_jobs=n_jobs,
-                              umap_parallel=umap_parallel, pca_dims=pca_dims, engine=engine)
+                              umap_parallel=umap_parallel, pca_dims=pca_dims, engine=engine,
+                              fit_max=fit_max)
         for r in results:
             console.print(f"[bold]{r.model}[/] {r.method}: {r.n_fitted} fitted, {r.n_transformed} placed by "
                           f"transform, trustworthiness(k=10) {r.trustworthiness:.3f}, {r.seconds:.1f} s")

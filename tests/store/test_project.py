@@ -293,3 +293,65 @@ def test_engine_cuml_map_is_stored_and_extended_on_the_cpu(tmp_path, monkeypatch
         np.testing.assert_array_equal(store.projection("m", "tsne")[:500], before)
         assert store.projection_info("m", "tsne")["library"] == "cuML"
         _check_placed_near_neighbours(store, "tsne", new_rows)
+
+
+def _twins_store(path, n_fit: int = 500, n_twins: int = 100):
+    """A clustered store and, appended, exact latent copies of some of its rows (their 'twins')."""
+    z, labels = _clusters(n_fit, seed=0)
+    # an asymmetric map (one far cluster), so a placement in a shifted frame cannot go unnoticed
+    z[labels == 0] += 25.0
+    twins_of = np.random.default_rng(3).choice(n_fit, n_twins, replace=False)
+    ids = [f"a{i}" for i in range(n_fit + n_twins)]
+    all_z = np.concatenate([z, z[twins_of]])
+    attrs = pd.DataFrame({"cluster": np.concatenate([labels, labels[twins_of]]).astype(str)})
+    return write_store_from_arrays(path, ids, ids, attrs, None, {"m": all_z}), twins_of
+
+
+def _median_pair_distance(xy: np.ndarray) -> float:
+    pair = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
+    return float(np.median(pair[np.triu_indices(len(xy), 1)]))
+
+
+def test_tsne_places_a_copy_of_a_fitted_row_on_top_of_it(tmp_path):
+    """openTSNE's transform works in a re-centred frame; a scan identical to a fitted one must land where
+    that one is in the stored map, not shifted by the map's centre."""
+    path, twins_of = _twins_store(tmp_path / "s.h5")
+    (fitted,) = project(str(path), "tsne", n_jobs=1, fit_max=300, seed=0)
+    assert (fitted.n_fitted, fitted.n_transformed) == (300, 300)
+    with Store.open(path) as store:
+        xy = store.projection("m", "tsne")
+        status = store.projection_status("m", "tsne")
+    pairs = np.stack([twins_of, 500 + np.arange(len(twins_of))], axis=1)
+    split = pairs[(status[pairs] == 1).sum(axis=1) == 1]  # one of the two fitted, the other placed
+    moved = np.linalg.norm(xy[split[:, 0]] - xy[split[:, 1]], axis=1)
+    # the same latent, so the same neighbours, so (nearly) the same place
+    assert len(split) >= 25
+    assert np.median(moved) < 0.05 * _median_pair_distance(xy[status == 1]), np.median(moved)
+
+
+@pytest.mark.parametrize("method", ["tsne", "umap"])
+def test_above_fit_max_the_map_is_fitted_on_a_sample_and_the_rest_placed(method, tmp_path, monkeypatch):
+    """A cohort larger than --fit-max: a seeded sample is fitted (status 1), every other row placed into
+    that map (status 2) next to its latent neighbours, the whole map keeping neighbourhoods; UMAP's
+    placement uses the approximate (Annoy) index above EXACT_NEIGHBOURS_MAX reference rows."""
+    import embedx.store.project as project_module
+
+    monkeypatch.setattr(project_module, "EXACT_NEIGHBOURS_MAX", 100)  # the approximate path at test size
+    z, labels = _clusters(700, seed=0)
+    ids = [f"a{i}" for i in range(700)]
+    path = write_store_from_arrays(tmp_path / "s.h5", ids, ids, pd.DataFrame({"c": labels.astype(str)}), None,
+                                   {"m": z})
+    (result,) = project(str(path), method, n_jobs=1, fit_max=300, seed=1)
+    assert (result.n_fitted, result.n_transformed) == (300, 400)
+    assert result.trustworthiness > TRUST_BOUND  # over fitted and placed rows alike
+    with Store.open(path) as store:
+        status = store.projection_status("m", method)
+        assert np.isfinite(store.projection("m", method)).all()
+        assert store.projection_info("m", method)["params"]["fit_max"] == 300
+        _check_placed_near_neighbours(store, method, np.flatnonzero(status == 2))
+    if method == "tsne":  # the sample is seeded (UMAP's second fit would only add time)
+        project(str(path), method, n_jobs=1, fit_max=300, seed=1)
+        with Store.open(path) as store:
+            np.testing.assert_array_equal(store.projection_status("m", method), status)
+    with pytest.raises(Exception, match="--fit-max"):
+        project(str(path), method, fit_max=3)
