@@ -118,8 +118,11 @@ def register(app: typer.Typer) -> None:
                               umap_parallel=umap_parallel, pca_dims=pca_dims, engine=engine,
                               fit_max=fit_max)
         for r in results:
-            console.print(f"[bold]{r.model}[/] {r.method}: {r.n_fitted} fitted, {r.n_transformed} placed by "
-                          f"transform, trustworthiness(k=10) {r.trustworthiness:.3f}, {r.seconds:.1f} s")
+            apart = ", ".join(f"{name.split('_')[1]} {value:.3f}"
+                              for name, value in r.trustworthiness_by_status.items())
+            console.print(f"[bold]{r.model}[/] {r.method}: {r.n_fitted:,} fitted, {r.n_transformed:,} "
+                          f"placed by transform, trustworthiness(k=10) {r.trustworthiness:.3f}"
+                          f"{f' ({apart})' if apart else ''}, {r.seconds:.1f} s")
 
     store_app = typer.Typer(help="Inspect an embedx store.", no_args_is_help=True)
     app.add_typer(store_app, name="store")

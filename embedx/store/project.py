@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
 
@@ -64,6 +64,7 @@ class ProjectionResult:
     trustworthiness: float
     seconds: float
     params: dict[str, Any]
+    trustworthiness_by_status: dict[str, float] = field(default_factory=dict)  # fitted / placed, when both
 
 
 def trustworthiness_sample(X: np.ndarray, Y: np.ndarray, seed: int = 0, k: int = TRUST_K,
@@ -81,6 +82,14 @@ def trustworthiness_sample(X: np.ndarray, Y: np.ndarray, seed: int = 0, k: int =
     return float(trustworthiness(X[idx], Y[idx], n_neighbors=k)), k, int(idx.size)
 
 
+def _trustworthiness_of_rows(Z: np.ndarray, coords: np.ndarray, rows: np.ndarray, seed: int,
+                             ) -> tuple[float, int, int]:
+    """trustworthiness_sample of `rows`, sampled before indexing: a million rows are never copied whole."""
+    if rows.size > TRUST_MAX_N:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, TRUST_MAX_N, replace=False))
+    return trustworthiness_sample(Z[rows], coords[rows], seed=seed)
+
+
 def _tsne_params(n: int, perplexity: float, seed: int, n_jobs: int) -> dict[str, Any]:
     return {
         "perplexity": float(min(perplexity, max(1.0, (n - 1) / 3.0))),
@@ -93,24 +102,50 @@ def _tsne_params(n: int, perplexity: float, seed: int, n_jobs: int) -> dict[str,
     }
 
 
-def _fit(method: str, X: np.ndarray, params: dict[str, Any]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _fit(method: str, X: np.ndarray, params: dict[str, Any], X_new: np.ndarray | None = None,
+         ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
+    """(map of X, state to store, X_new placed into that map or None).
+
+    A t-SNE fitted here places X_new with its own affinity index, which saves rebuilding the reference's
+    neighbour graph (about two minutes at 250k rows) that `transform_new` has to do later.
+    """
+    coords, state, embedding = _fit_only(method, X, params)
+    if X_new is None:
+        return coords, state, None
+    if embedding is not None:
+        return coords, state, _place_tsne(embedding, X_new)
+    return coords, state, _transform(method, X, coords, X_new, params, state)
+
+
+def _place_tsne(reference: Any, X_new: np.ndarray) -> np.ndarray:
+    """openTSNE's transform of X_new into `reference`, in the reference's frame.
+
+    openTSNE first centres the reference on its bounding box, in place, and returns the new points in that
+    centred frame: they are shifted back into the stored map's frame.
+    """
+    centre = (np.max(reference, axis=0) + np.min(reference, axis=0)) / 2
+    return (np.asarray(reference.transform(X_new), dtype=np.float64) + centre).astype(np.float32)
+
+
+def _fit_only(method: str, X: np.ndarray, params: dict[str, Any],
+              ) -> tuple[np.ndarray, dict[str, np.ndarray], Any]:
     engine = params.get("engine", "cpu")
     params = {k: v for k, v in params.items() if k not in ("pca_dims", "engine", "fit_max")}  # ours
     if engine == "cuml" and method != "pca":
         from embedx.store.project_gpu import fit_cuml
 
-        return fit_cuml(method, X, params), {}
+        return fit_cuml(method, X, params), {}, None
     if method == "tsne":
         from openTSNE import TSNE
 
         embedding = TSNE(n_components=2, verbose=False, **params).fit(X)
-        return np.asarray(embedding, dtype=np.float32), {}
+        return np.array(embedding, dtype=np.float32), {}, embedding
     if method == "umap":
         import umap
 
         reducer = umap.UMAP(n_components=2, **params)
         coords = reducer.fit_transform(X)
-        return np.asarray(coords, dtype=np.float32), {}
+        return np.asarray(coords, dtype=np.float32), {}, None
     from sklearn.decomposition import PCA
 
     pca = PCA(n_components=2, random_state=params["random_state"]).fit(X)
@@ -118,7 +153,7 @@ def _fit(method: str, X: np.ndarray, params: dict[str, Any]) -> tuple[np.ndarray
     return np.asarray(coords, dtype=np.float32), {
         "components": pca.components_.astype(np.float64), "mean": pca.mean_.astype(np.float64),
         "explained_variance_ratio": pca.explained_variance_ratio_.astype(np.float64),
-    }
+    }, None
 
 
 def _fit_reduction(X: np.ndarray, dims: int, seed: int) -> dict[str, np.ndarray]:
@@ -149,15 +184,11 @@ def _transform(method: str, X_ref: np.ndarray, Y_ref: np.ndarray, X_new: np.ndar
             metric=params.get("metric", "euclidean"), n_jobs=params["n_jobs"],
             random_state=params["random_state"], verbose=False,
         )
-        # openTSNE's transform first centres the reference map on its bounding box, in place, and returns
-        # the new points in that centred frame: shift them back into the stored map's frame.
-        Y = Y_ref.astype(np.float64)
-        centre = (Y.max(axis=0) + Y.min(axis=0)) / 2
         reference = TSNEEmbedding(
-            Y, affinities, negative_gradient_method=params["negative_gradient_method"],
+            Y_ref.astype(np.float64), affinities, negative_gradient_method=params["negative_gradient_method"],
             n_jobs=params["n_jobs"], random_state=params["random_state"],
         )
-        return (np.asarray(reference.transform(X_new), dtype=np.float64) + centre).astype(np.float32)
+        return _place_tsne(reference, X_new)
     if method == "umap":
         return place_by_neighbours(X_ref, Y_ref, X_new, int(params.get("n_neighbors", 15)),
                                    seed=params.get("random_state") or 0)
@@ -347,33 +378,41 @@ def _project_one(store: Store, model: str, method: str, perplexity: float, n_nei
             reduction = _fit_reduction(X, pca_dims, seed)
             X = _reducer(reduction)(X)
             params["pca_dims"] = int(pca_dims)
-        coords[fit_rows], state = _fit(method, X, params)
-        state = {**state, **reduction}
-        status[fit_rows] = STATUS_FITTED
+        X_new = None
         if rest.size:
-            log.info("%s map fitted on %d sampled rows; placing the other %d", method, fit_rows.size,
+            log.info("%s map fitted on %d sampled rows; the other %d placed into it", method, fit_rows.size,
                      rest.size)
             reduce = _reducer(reduction)
             X_new = np.concatenate([reduce(Z[chunk]) for chunk in np.array_split(
                 rest, max(1, -(-rest.size // PLACE_CHUNK)))])
-            coords[rest] = _transform(method, X, coords[fit_rows], X_new, params, state)
-            status[rest] = STATUS_TRANSFORMED
-            del X_new
+        coords[fit_rows], state, placed_xy = _fit(method, X, params, X_new)
+        state = {**state, **reduction}
+        status[fit_rows] = STATUS_FITTED
+        if rest.size:
+            coords[rest], status[rest] = placed_xy, STATUS_TRANSFORMED
+        del X_new, placed_xy
     if params.get("engine") == "cuml" and transform_new and existing:  # extended on the CPU: still cuML's map
         lib, lib_version = info.get("library", "cuML"), info.get("library_version", "")
     else:
         lib, lib_version = _library(method, params.get("engine", "cpu"))
     placed = np.flatnonzero(status != STATUS_NONE)
-    trust, k, n_trust = trustworthiness_sample(Z[placed], coords[placed], seed=seed)
+    trust, k, n_trust = _trustworthiness_of_rows(Z, coords, placed, seed)
+    by_status = {}
+    if (status == STATUS_FITTED).any() and (status == STATUS_TRANSFORMED).any():
+        # both kinds of rows, each on its own: a placement worse than the fit shows up here
+        for name, code in (("fitted", STATUS_FITTED), ("placed", STATUS_TRANSFORMED)):
+            these = np.flatnonzero(status == code)
+            by_status[f"trustworthiness_{name}"] = _trustworthiness_of_rows(Z, coords, these, seed)[0]
     seconds = time.perf_counter() - start
     attrs = {
         "params": params, "library": lib, "library_version": lib_version, "numpy_version": np.__version__,
-        "trustworthiness": trust, "trustworthiness_k": k, "trustworthiness_n": n_trust, "date": now_iso(),
+        "trustworthiness": trust, "trustworthiness_k": k, "trustworthiness_n": n_trust, **by_status,
+        "date": now_iso(),
         "n_fitted": int((status == STATUS_FITTED).sum()),
         "n_transformed": int((status == STATUS_TRANSFORMED).sum()),
         "seconds": round(seconds, 3),
     }
     result = ProjectionResult(model=model, method=method, n_fitted=attrs["n_fitted"],
                               n_transformed=attrs["n_transformed"], trustworthiness=trust, seconds=seconds,
-                              params=params)
+                              params=params, trustworthiness_by_status=by_status)
     return result, coords, status, attrs, state

@@ -345,12 +345,18 @@ def test_above_fit_max_the_map_is_fitted_on_a_sample_and_the_rest_placed(method,
     assert (result.n_fitted, result.n_transformed) == (300, 400)
     assert result.trustworthiness > TRUST_BOUND  # over fitted and placed rows alike
     with Store.open(path) as store:
+        info = store.projection_info("m", method)
+        assert min(info["trustworthiness_fitted"], info["trustworthiness_placed"]) > TRUST_BOUND
         status = store.projection_status("m", method)
         assert np.isfinite(store.projection("m", method)).all()
         assert store.projection_info("m", method)["params"]["fit_max"] == 300
         _check_placed_near_neighbours(store, method, np.flatnonzero(status == 2))
-    if method == "tsne":  # the sample is seeded (UMAP's second fit would only add time)
-        project(str(path), method, n_jobs=1, fit_max=300, seed=1)
+    if method == "tsne":  # the sample is seeded (UMAP's second fit would only add time); the CLI says both
+        out = CliRunner().invoke(app, ["project", str(path), "--method", "tsne", "--fit-max", "300", "--jobs",
+                                       "1", "--seed", "1"])
+        assert out.exit_code == 0, out.output
+        text = " ".join(out.output.split())  # the console wraps lines
+        assert "300 fitted, 400 placed by transform" in text and "(fitted 0.9" in text
         with Store.open(path) as store:
             np.testing.assert_array_equal(store.projection_status("m", method), status)
     with pytest.raises(Exception, match="--fit-max"):
