@@ -254,6 +254,7 @@ def enrichment(
     correct: bool = True,
     groups: np.ndarray | Sequence[str] | None = None,
     seed: int = 0,
+    units: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Test every attribute value for over/under-representation in ``selected`` against the other rows.
 
@@ -279,8 +280,11 @@ def enrichment(
         )
     if not mask.any() or mask.all():
         return pd.DataFrame(columns=COLUMNS)
-    units = None
-    if groups is not None:
+    if units is not None:
+        units = np.asarray(units, dtype=np.int64)
+        if units.ndim != 1 or (units.size and (units.min() < 0 or units.max() >= mask.size)):
+            raise EmbedxError(f"units must be row indices below {mask.size} (one row per subject)")
+    elif groups is not None:
         groups = np.asarray(groups)
         if groups.shape != mask.shape:
             raise EmbedxError(

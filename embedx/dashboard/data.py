@@ -87,6 +87,38 @@ def meta(path: Path) -> StoreMeta:
     return _meta(str(path), _stamp(path))
 
 
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _coded_attributes(path: str, stamp: float) -> pd.DataFrame:
+    table = _meta(path, stamp).attributes
+    kinds = {name: spec.kind for name, spec in _meta(path, stamp).schema.items()}
+    return pd.DataFrame({
+        name: column if kinds.get(name) == "continuous" else column.astype("category")
+        for name, column in table.items()
+    })
+
+
+def coded_attributes(path: Path) -> pd.DataFrame:
+    """The attribute table with every non-continuous column as a pandas categorical: the same values, but
+    counted from integer codes, so a selection's statistics do not hash a million strings per column."""
+    return _coded_attributes(str(path), _stamp(path))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _cohort_units(path: str, stamp: float, cohort_key: str, _cohort: np.ndarray) -> np.ndarray:
+    from embedx.analysis.enrichment import one_per_subject
+
+    return one_per_subject(_meta(path, stamp).subject_ids[_cohort])
+
+
+def cohort_units(path: Path, cohort: np.ndarray) -> np.ndarray:
+    """One row per subject of the (filtered) cohort, as positions within it: the independent units of a
+    selection's tests, drawn once per cohort instead of once per lasso."""
+    import hashlib
+
+    key = hashlib.sha1(np.packbits(cohort).tobytes()).hexdigest()
+    return _cohort_units(str(path), _stamp(path), key, cohort)
+
+
 @st.cache_resource(show_spinner="Loading latents…", max_entries=4)
 def _latents(path: str, stamp: float, model: str) -> np.ndarray:
     from embedx.store.h5store import Store

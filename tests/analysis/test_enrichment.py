@@ -135,3 +135,24 @@ def test_odds_ratio_and_its_interval_come_from_the_same_units() -> None:
     for row in rows.itertuples():
         assert row.or_ci_low <= row.odds_ratio <= row.or_ci_high
         assert row.units_tested == 120
+
+
+def test_precomputed_units_and_categorical_codes_give_the_same_table(cohort: pd.DataFrame) -> None:
+    """The explorer tests each lasso with the cohort's units drawn once and its columns as categoricals:
+    the table must be the one that subject ids and plain values give."""
+    rng = np.random.default_rng(4)
+    subjects = np.array([f"p{i}" for i in rng.integers(0, len(cohort) // 3, len(cohort))])
+    table = cohort.copy()
+    table["flag"] = rng.integers(0, 2, len(table)).astype(float)  # binary codes kept as floats
+    table.loc[table.index[::17], "site"] = None  # missing values
+    schema = {**SCHEMA, "flag": AttributeSpec("flag", "binary", "clinical")}
+    selected = rng.random(len(table)) < 0.2
+    plain = enrichment(table, selected, schema, groups=subjects)
+    coded = table.copy()
+    for name in ("site", "sex", "finding", "flag"):
+        coded[name] = coded[name].astype("category")
+    fast = enrichment(coded, selected, schema, units=one_per_subject(subjects))
+    pd.testing.assert_frame_equal(fast, plain)
+    assert (plain["units_tested"] == len(np.unique(subjects))).all()
+    with pytest.raises(EmbedxError, match="units"):
+        enrichment(table, selected, schema, units=np.array([0, len(table)]))
