@@ -28,7 +28,7 @@ from sklearn.metrics import silhouette_score
 from sklearn.neighbors import NearestNeighbors
 
 from embedx._version import __version__
-from embedx.analysis.enrichment import bh_adjust, enrichment, one_per_subject, sort_rows
+from embedx.analysis.enrichment import CohortTests, bh_adjust, sort_rows
 from embedx.analysis.typed import JsonResult
 from embedx.data.schema import AttributeSpec
 from embedx.errors import EmbedxError
@@ -294,9 +294,9 @@ def describe_clusters(
     if (labels < 0).any():
         ids.append(-1)
     frames = []
-    units = None if groups is None else one_per_subject(np.asarray(groups))  # drawn once for every cluster
+    tests = CohortTests(attributes, schema, groups=groups)  # coded, ranked and drawn once for every cluster
     for cid in ids:
-        table = enrichment(attributes, labels == cid, schema, correct=False, units=units)
+        table = tests.table(labels == cid, correct=False)
         table.insert(0, "cluster", cid)
         frames.append(table)
     pooled = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

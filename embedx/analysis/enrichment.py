@@ -29,10 +29,11 @@ half a second per call (the dashboard calls this on every lasso).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special, stats
 
 from embedx.data.schema import AttributeSpec, infer_kind
 from embedx.errors import EmbedxError
@@ -138,9 +139,80 @@ def _two_by_two_p(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) ->
     return p, chi2, test
 
 
-def _categorical_rows(name: str, kind: str, values: pd.Series, selected: np.ndarray) -> list[dict]:
-    present = values.notna().to_numpy()
-    codes, uniques = pd.factorize(values[present], sort=True)
+@dataclass(frozen=True)
+class _Coded:
+    """A categorical column as sorted integer codes (-1 where missing) and the values they stand for."""
+
+    codes: np.ndarray
+    uniques: np.ndarray
+
+    @classmethod
+    def of(cls, values: pd.Series) -> _Coded:
+        codes, uniques = pd.factorize(values, sort=True)  # missing values get -1
+        return cls(np.asarray(codes, dtype=np.int64), np.asarray(uniques, dtype=object))
+
+    def subset(self, rows: np.ndarray) -> _Coded:
+        """These rows only, listing only the values they hold (as factorising them afresh would)."""
+        codes = self.codes[rows]
+        used = np.unique(codes[codes >= 0])
+        remap = np.full(len(self.uniques) + 1, -1, dtype=np.int64)
+        remap[used] = np.arange(used.size)
+        return _Coded(remap[codes], self.uniques[used])
+
+
+@dataclass(frozen=True)
+class _Ranked:
+    """A continuous column ranked once, so that every selection's Mann-Whitney U and Kolmogorov-Smirnov
+    statistic cost one pass over the rows instead of a sort of a million values (scipy sorts per call)."""
+
+    values: np.ndarray  # float64, NaN where missing
+    ranks: np.ndarray  # average ranks (1-based) among the present values, NaN where missing
+    order: np.ndarray  # the present rows by value
+    group_end: np.ndarray  # per position of `order`: the last of its run of tied values
+    tie_term: float  # sum of t^3 - t over tie groups: the variance's tie correction
+
+    @classmethod
+    def of(cls, values: pd.Series | np.ndarray) -> _Ranked:
+        x = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
+        present = np.flatnonzero(np.isfinite(x))
+        by_value = np.argsort(x[present], kind="stable")
+        ordered = x[present][by_value]
+        new_group = np.r_[True, ordered[1:] != ordered[:-1]] if ordered.size else np.zeros(0, bool)
+        group = np.cumsum(new_group) - 1
+        counts = np.bincount(group).astype(float) if ordered.size else np.zeros(0)
+        starts = np.r_[0.0, np.cumsum(counts)[:-1]] if counts.size else counts
+        ranks = np.full(x.size, np.nan)
+        ranks[present[by_value]] = (starts + (counts + 1.0) / 2.0)[group]
+        group_end = np.r_[new_group[1:], True] if ordered.size else new_group
+        return cls(np.where(np.isfinite(x), x, np.nan), ranks, present[by_value], group_end,
+                   float((counts**3 - counts).sum()))
+
+    def subset(self, rows: np.ndarray) -> _Ranked:
+        return _Ranked.of(self.values[rows])
+
+    def mann_whitney(self, inside: np.ndarray, n1: int, n2: int) -> tuple[float, float]:
+        """(U of the selection, two-sided asymptotic p with continuity correction), as
+        `scipy.stats.mannwhitneyu(inside, outside, method="asymptotic")` gives them."""
+        u1 = float(self.ranks[inside].sum()) - n1 * (n1 + 1) / 2.0
+        u = max(u1, n1 * n2 - u1)
+        n = n1 + n2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = np.sqrt(n1 * n2 / 12.0 * ((n + 1) - self.tie_term / (n * (n - 1))))
+            z = (u - n1 * n2 / 2.0 - 0.5) / s
+        return u1, float(np.clip(2.0 * special.ndtr(-z), 0.0, 1.0))
+
+    def ks_statistic(self, selected: np.ndarray, n1: int, n2: int) -> float:
+        """The two-sample Kolmogorov-Smirnov D of selected vs other present rows (`scipy.stats.ks_2samp`)."""
+        chosen = selected[self.order]
+        cdf_in = np.cumsum(chosen)[self.group_end] / n1
+        cdf_out = np.cumsum(~chosen)[self.group_end] / n2
+        return float(np.abs(cdf_in - cdf_out).max())
+
+
+def _categorical_rows(name: str, kind: str, coded: _Coded, selected: np.ndarray) -> list[dict]:
+    present = coded.codes >= 0
+    codes = coded.codes[present]
+    uniques = coded.uniques
     sel = selected[present]
     k = len(uniques)
     missing_sel = int((selected & ~present).sum())
@@ -203,45 +275,120 @@ def _categorical_rows(name: str, kind: str, values: pd.Series, selected: np.ndar
     return rows
 
 
-def _continuous_row(name: str, kind: str, values: pd.Series, selected: np.ndarray) -> list[dict]:
-    x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
-    present = np.isfinite(x)
-    inside, outside = x[present & selected], x[present & ~selected]
+def _continuous_row(name: str, kind: str, ranked: _Ranked, selected: np.ndarray) -> list[dict]:
+    present = np.isfinite(ranked.values)
+    inside_rows, outside_rows = present & selected, present & ~selected
+    n1, n2 = int(inside_rows.sum()), int(outside_rows.sum())
     row = {
         "attribute": name,
         "kind": "continuous",
         "value": "",
-        "n_selected": int(inside.size),
-        "selected_total": int(inside.size),
-        "n_rest": int(outside.size),
-        "rest_total": int(outside.size),
+        "n_selected": n1,
+        "selected_total": n1,
+        "n_rest": n2,
+        "rest_total": n2,
         "missing_selected": int((selected & ~present).sum()),
         "missing_rest": int((~selected & ~present).sum()),
         "test": "mannwhitney",
         "p_value": np.nan,
         "statistic": np.nan,
     }
-    if inside.size == 0 or outside.size == 0:
+    if n1 == 0 or n2 == 0:
         return [row | {"test": "none"}]
-    med_in, med_out = float(np.median(inside)), float(np.median(outside))
-    mw = stats.mannwhitneyu(inside, outside, alternative="two-sided", method="asymptotic")
-    ks = stats.ks_2samp(inside, outside, method="asymp")
+    med_in = float(np.median(ranked.values[inside_rows]))
+    med_out = float(np.median(ranked.values[outside_rows]))
+    u1, p = ranked.mann_whitney(inside_rows, n1, n2)
     # Rank-biserial correlation: an effect size on the same footing as Cramér's V (0 none, 1 complete).
-    rank_biserial = float(2.0 * mw.statistic / (inside.size * outside.size) - 1.0)
+    rank_biserial = float(2.0 * u1 / (n1 * n2) - 1.0)
     row.update(
         {
-            "statistic": float(mw.statistic),
-            "p_value": float(mw.pvalue),
+            "statistic": u1,
+            "p_value": p,
             "median_selected": med_in,
             "median_rest": med_out,
             "median_shift": med_in - med_out,
-            "ks_statistic": float(ks.statistic),
+            "ks_statistic": ranked.ks_statistic(present & selected, n1, n2),
             "cramers_v": abs(rank_biserial),
-            "attribute_p": float(mw.pvalue),
+            "attribute_p": p,
             "direction": "over" if med_in > med_out else "under",
         }
     )
     return [row]
+
+
+class CohortTests:
+    """`enrichment` of many selections of one cohort: the columns are coded and ranked, and the subjects
+    drawn, once, then each selection costs a few passes over integer arrays. Clusters test every cluster
+    with one of these, and the explorer keeps one per cohort for its lassos (0.1 s at a million rows,
+    where sorting the continuous columns afresh per selection took most of a second)."""
+
+    def __init__(
+        self,
+        attributes: pd.DataFrame,
+        schema: Mapping[str, AttributeSpec] | None = None,
+        *,
+        columns: Sequence[str] | None = None,
+        groups: np.ndarray | Sequence[str] | None = None,
+        seed: int = 0,
+        units: np.ndarray | None = None,
+    ) -> None:
+        self.n = len(attributes)
+        names = list(columns) if columns is not None else list(attributes.columns)
+        unknown = [n for n in names if n not in attributes.columns]
+        if unknown:
+            raise EmbedxError(
+                f"unknown attribute(s) {', '.join(unknown)}; the store has {', '.join(attributes.columns)}"
+            )
+        if units is not None:
+            units = np.asarray(units, dtype=np.int64)
+            if units.ndim != 1 or (units.size and (units.min() < 0 or units.max() >= self.n)):
+                raise EmbedxError(f"units must be row indices below {self.n} (one row per subject)")
+        elif groups is not None:
+            groups = np.asarray(groups)
+            if groups.shape != (self.n,):
+                raise EmbedxError(
+                    f"groups has shape {groups.shape}, expected ({self.n},) — one subject id per row"
+                )
+            units = one_per_subject(groups, seed)
+        self.units = units
+        self._columns: list[tuple[str, str, _Coded | _Ranked, _Coded | _Ranked | None]] = []
+        for name in names:
+            values = attributes[name]
+            kind = _kind_of(name, values, schema)
+            prepared = _Ranked.of(values) if kind == "continuous" else _Coded.of(values)
+            self._columns.append((name, kind, prepared, None if units is None else prepared.subset(units)))
+
+    def table(self, selected: np.ndarray | Sequence[bool], *, alpha: float = 0.05,
+              correct: bool = True) -> pd.DataFrame:
+        """The enrichment table of one selection (a boolean mask over the cohort's rows)."""
+        mask = np.asarray(selected, dtype=bool)
+        if mask.ndim != 1 or mask.shape[0] != self.n:
+            raise EmbedxError(
+                f"selection mask has shape {mask.shape}, expected ({self.n},) — one flag per store row"
+            )
+        if not mask.any() or mask.all():
+            return pd.DataFrame(columns=COLUMNS)
+        rows: list[dict] = []
+        for name, kind, prepared, per_unit in self._columns:
+            compute = _continuous_row if kind == "continuous" else _categorical_rows
+            found = compute(name, kind, prepared, mask)  # type: ignore[arg-type]
+            if per_unit is not None:
+                tested = {r["value"]: r for r in compute(name, kind, per_unit, mask[self.units])}  # type: ignore[arg-type]
+                for r in found:
+                    t = tested.get(r["value"], {})
+                    for key in _TEST_FIELDS:
+                        r[key] = t.get(key, np.nan)
+                    r["test"] = t.get("test", "none")
+                    r["units_tested"] = len(self.units)  # type: ignore[arg-type]
+            else:
+                for r in found:
+                    r["units_tested"] = int(mask.size)
+            rows.extend(found)
+        frame = pd.DataFrame(rows)
+        frame = frame.reindex(columns=COLUMNS)
+        frame["q_value"] = bh_adjust(frame["p_value"].to_numpy()) if correct else np.nan
+        frame["significant"] = (frame["q_value"] < alpha).fillna(False).astype(bool)
+        return sort_rows(frame)
 
 
 def enrichment(
@@ -265,55 +412,17 @@ def enrichment(
     is BH-adjusted over all rows of this call when ``correct`` is true (else NaN, for callers that pool
     several calls), and ``significant`` is ``q_value < alpha``. An empty selection, or one holding every
     row, has nothing to compare against and returns an empty frame with these columns. ``groups`` (one
-    subject id per row; pass the store's subject ids) makes the tests subject-level, see the module doc.
+    subject id per row; pass the store's subject ids) makes the tests subject-level, see the module doc;
+    ``units`` (the rows `one_per_subject(groups, seed)` returns) may be given instead. Callers that test
+    many selections of one cohort build one `CohortTests` and call its `table`.
     """
     mask = np.asarray(selected, dtype=bool)
     if mask.ndim != 1 or mask.shape[0] != len(attributes):
         raise EmbedxError(
             f"selection mask has shape {mask.shape}, expected ({len(attributes)},) — one flag per store row"
         )
-    names = list(columns) if columns is not None else list(attributes.columns)
-    unknown = [n for n in names if n not in attributes.columns]
-    if unknown:
-        raise EmbedxError(
-            f"unknown attribute(s) {', '.join(unknown)}; the store has {', '.join(attributes.columns)}"
-        )
-    if not mask.any() or mask.all():
-        return pd.DataFrame(columns=COLUMNS)
-    if units is not None:
-        units = np.asarray(units, dtype=np.int64)
-        if units.ndim != 1 or (units.size and (units.min() < 0 or units.max() >= mask.size)):
-            raise EmbedxError(f"units must be row indices below {mask.size} (one row per subject)")
-    elif groups is not None:
-        groups = np.asarray(groups)
-        if groups.shape != mask.shape:
-            raise EmbedxError(
-                f"groups has shape {groups.shape}, expected {mask.shape} — one subject id per row"
-            )
-        units = one_per_subject(groups, seed)
-    rows: list[dict] = []
-    for name in names:
-        values = attributes[name]
-        kind = _kind_of(name, values, schema)
-        compute = _continuous_row if kind == "continuous" else _categorical_rows
-        found = compute(name, kind, values, mask)
-        if units is not None:
-            tested = {r["value"]: r for r in compute(name, kind, values.iloc[units], mask[units])}
-            for r in found:
-                t = tested.get(r["value"], {})
-                for key in _TEST_FIELDS:
-                    r[key] = t.get(key, np.nan)
-                r["test"] = t.get("test", "none")
-                r["units_tested"] = len(units)
-        else:
-            for r in found:
-                r["units_tested"] = int(mask.size)
-        rows.extend(found)
-    frame = pd.DataFrame(rows)
-    frame = frame.reindex(columns=COLUMNS)
-    frame["q_value"] = bh_adjust(frame["p_value"].to_numpy()) if correct else np.nan
-    frame["significant"] = (frame["q_value"] < alpha).fillna(False).astype(bool)
-    return sort_rows(frame)
+    tests = CohortTests(attributes, schema, columns=columns, groups=groups, seed=seed, units=units)
+    return tests.table(mask, alpha=alpha, correct=correct)
 
 
 def sort_rows(frame: pd.DataFrame) -> pd.DataFrame:

@@ -87,36 +87,24 @@ def meta(path: Path) -> StoreMeta:
     return _meta(str(path), _stamp(path))
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _coded_attributes(path: str, stamp: float) -> pd.DataFrame:
-    table = _meta(path, stamp).attributes
-    kinds = {name: spec.kind for name, spec in _meta(path, stamp).schema.items()}
-    return pd.DataFrame({
-        name: column if kinds.get(name) == "continuous" else column.astype("category")
-        for name, column in table.items()
-    })
-
-
-def coded_attributes(path: Path) -> pd.DataFrame:
-    """The attribute table with every non-continuous column as a pandas categorical: the same values, but
-    counted from integer codes, so a selection's statistics do not hash a million strings per column."""
-    return _coded_attributes(str(path), _stamp(path))
-
-
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _cohort_units(path: str, stamp: float, cohort_key: str, _cohort: np.ndarray) -> np.ndarray:
-    from embedx.analysis.enrichment import one_per_subject
+def _cohort_tests(path: str, stamp: float, cohort_key: str, _cohort: np.ndarray) -> Any:
+    from embedx.analysis.enrichment import CohortTests
 
-    return one_per_subject(_meta(path, stamp).subject_ids[_cohort])
+    meta = _meta(path, stamp)
+    everyone = bool(_cohort.all())
+    attributes = meta.attributes if everyone else meta.attributes[_cohort].reset_index(drop=True)
+    subjects = meta.subject_ids if everyone else meta.subject_ids[_cohort]
+    return CohortTests(attributes, meta.schema, groups=subjects)
 
 
-def cohort_units(path: Path, cohort: np.ndarray) -> np.ndarray:
-    """One row per subject of the (filtered) cohort, as positions within it: the independent units of a
-    selection's tests, drawn once per cohort instead of once per lasso."""
+def cohort_tests(path: Path, cohort: np.ndarray) -> Any:
+    """The (filtered) cohort prepared for a selection's statistics: columns coded and ranked, one image per
+    subject drawn, once per cohort instead of once per lasso."""
     import hashlib
 
     key = hashlib.sha1(np.packbits(cohort).tobytes()).hexdigest()
-    return _cohort_units(str(path), _stamp(path), key, cohort)
+    return _cohort_tests(str(path), _stamp(path), key, cohort)
 
 
 @st.cache_resource(show_spinner="Loading latents…", max_entries=4)

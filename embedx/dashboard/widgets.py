@@ -278,8 +278,6 @@ def selection_panel(
     path: Path, meta: data.StoreMeta, cohort: np.ndarray, model: str | None, key: str = "panel"
 ) -> None:
     """Thumbnails, composition vs cohort with tests and effect sizes, neighbours of a clicked row, CSV."""
-    from embedx.analysis.enrichment import enrichment
-
     rows = selection()
     if len(rows) == 0:
         st.caption("Select points on the map (box or lasso; click for one point) to inspect them here.")
@@ -305,11 +303,7 @@ def selection_panel(
         "**Composition vs the cohort** (2×2 test per value, BH-corrected; effect: fold and odds ratio; "
         "continuous: Mann–Whitney, median shift)"
     )
-    coded = data.coded_attributes(path)
-    table = enrichment(
-        coded if in_cohort.all() else coded[in_cohort].reset_index(drop=True), mask[in_cohort], meta.schema,
-        units=data.cohort_units(path, in_cohort),
-    )
+    table = data.cohort_tests(path, in_cohort).table(mask[in_cohort])
     if table.empty:
         st.caption("The selection covers the whole (filtered) cohort: nothing to compare against.")
     else:

@@ -156,3 +156,42 @@ def test_precomputed_units_and_categorical_codes_give_the_same_table(cohort: pd.
     assert (plain["units_tested"] == len(np.unique(subjects))).all()
     with pytest.raises(EmbedxError, match="units"):
         enrichment(table, selected, schema, units=np.array([0, len(table)]))
+
+
+@pytest.mark.parametrize("n_selected", [1, 7, 300, 1900])
+def test_rank_statistics_ranked_once_match_scipy(n_selected: int) -> None:
+    """Mann-Whitney U, its two-sided asymptotic p and the KS statistic come from ranks computed once per
+    cohort; they must be scipy's, with ties, missing values and lopsided selections."""
+    from scipy import stats
+
+    rng = np.random.default_rng(n_selected)
+    age = rng.normal(60, 10, 2000).round()  # many ties
+    age[rng.random(2000) < 0.05] = np.nan
+    selected = np.zeros(2000, dtype=bool)
+    selected[rng.choice(2000, n_selected, replace=False)] = True
+    (row,) = enrichment(pd.DataFrame({"age": age}), selected, SCHEMA).to_dict("records")
+    present = np.isfinite(age)
+    inside, outside = age[present & selected], age[present & ~selected]
+    if inside.size == 0:
+        assert row["test"] == "none"
+        return
+    mw = stats.mannwhitneyu(inside, outside, alternative="two-sided", method="asymptotic")
+    assert row["statistic"] == pytest.approx(mw.statistic, rel=1e-12)
+    assert row["p_value"] == pytest.approx(mw.pvalue, rel=1e-9, abs=1e-300)
+    assert row["ks_statistic"] == pytest.approx(stats.ks_2samp(inside, outside).statistic, rel=1e-12)
+    assert row["median_selected"] == np.median(inside) and row["median_rest"] == np.median(outside)
+
+
+def test_cohort_tests_carry_nothing_from_one_selection_to_the_next(cohort: pd.DataFrame) -> None:
+    """One prepared cohort, many selections (clusters, lassos): each table is the one a fresh call gives."""
+    from embedx.analysis.enrichment import CohortTests
+
+    subjects = np.arange(len(cohort)) // 2
+    tests = CohortTests(cohort, SCHEMA, groups=subjects)
+    rng = np.random.default_rng(9)
+    for share in (0.01, 0.3, 0.9):
+        selected = rng.random(len(cohort)) < share
+        fresh = enrichment(cohort, selected, SCHEMA, groups=subjects)
+        pd.testing.assert_frame_equal(tests.table(selected), fresh)
+    with pytest.raises(EmbedxError, match="one flag per store row"):
+        tests.table(np.ones(3, dtype=bool))
