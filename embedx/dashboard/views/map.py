@@ -31,6 +31,7 @@ left, right = st.columns([3, 1])
 with left:  # first: Streamlit sends each element as it is made, so the map shows before quality is measured
     map_and_selection()
 with right:
+    data.cohort_tests(path, cohort)  # ready before the first lasso (about a second at a million rows)
     st.subheader("Map quality")
     quality = data.map_quality(path, model, method)
     st.metric("Trustworthiness (k=10)", f"{quality['trustworthiness']:.3f}")
