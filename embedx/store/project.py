@@ -355,10 +355,14 @@ def _project_one(store: Store, model: str, method: str, perplexity: float, n_nei
         rows = np.flatnonzero(encoded)
         if rows.size < 5:
             raise StoreError(f"model {model!r} has {rows.size} encoded rows; a {method} map needs at least 5")
+        fit_rows, rest = rows, rows[:0]
+        if method != "pca" and fit_max and rows.size > fit_max:
+            fit_rows = np.sort(np.random.default_rng(seed).choice(rows, fit_max, replace=False))
+            rest = np.setdiff1d(rows, fit_rows, assume_unique=True)
         if method == "tsne":
-            params = _tsne_params(rows.size, perplexity, seed, n_jobs)
+            params = _tsne_params(fit_rows.size, perplexity, seed, n_jobs)
         elif method == "umap":
-            params = {"n_neighbors": int(min(n_neighbors, rows.size - 1)), "min_dist": float(min_dist),
+            params = {"n_neighbors": int(min(n_neighbors, fit_rows.size - 1)), "min_dist": float(min_dist),
                       "metric": "euclidean", "random_state": None if umap_parallel else seed}
             if umap_parallel:
                 params["n_jobs"] = n_jobs
@@ -366,13 +370,10 @@ def _project_one(store: Store, model: str, method: str, perplexity: float, n_nei
             params = {"random_state": seed}
         if engine == "cuml" and method != "pca":
             params["engine"] = "cuml"
+        if rest.size:
+            params["fit_max"] = int(fit_max)
         coords = np.full((store.n, 2), np.nan, dtype=np.float32)
         status = np.zeros(store.n, dtype=np.int8)
-        fit_rows, rest = rows, rows[:0]
-        if method != "pca" and fit_max and rows.size > fit_max:
-            fit_rows = np.sort(np.random.default_rng(seed).choice(rows, fit_max, replace=False))
-            rest = np.setdiff1d(rows, fit_rows, assume_unique=True)
-            params["fit_max"] = int(fit_max)
         X, reduction = Z[fit_rows], {}
         if method != "pca" and pca_dims and Z.shape[1] > pca_dims and fit_rows.size > pca_dims:
             reduction = _fit_reduction(X, pca_dims, seed)

@@ -361,3 +361,6 @@ def test_above_fit_max_the_map_is_fitted_on_a_sample_and_the_rest_placed(method,
             np.testing.assert_array_equal(store.projection_status("m", method), status)
     with pytest.raises(Exception, match="--fit-max"):
         project(str(path), method, fit_max=3)
+    (tiny,) = project(str(path), method, n_jobs=1, fit_max=8)  # neighbours and perplexity fit 8 points
+    assert (tiny.n_fitted, tiny.n_transformed) == (8, 692)
+    assert tiny.params.get("perplexity", 2.4) < 8 / 3 and tiny.params.get("n_neighbors", 7) <= 7
