@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 
 from embedx.analysis.folds import class_balanced_subsample, subject_folds, subject_subsample
-from embedx.analysis.parallel import map_in_threads, worker_count
 from embedx.analysis.stats import (
     SubjectIndex,
     SubjectPermuter,
@@ -42,6 +41,7 @@ from embedx.analysis.stats import (
     count_dropped,
     permutation_pvalue,
 )
+from embedx.parallel import map_in_threads, worker_count
 
 __all__ = [
     "LAMBDAS",

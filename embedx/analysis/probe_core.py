@@ -42,7 +42,6 @@ from embedx.analysis.folds import (
 )
 from embedx.analysis.labels import label_strings, merge_small_classes, missing_mask
 from embedx.analysis.linear_probe import C_GRID, PREDICT_CHUNK, LinearProbe
-from embedx.analysis.parallel import map_in_threads
 from embedx.analysis.permutation import LAMBDAS, probe_permutation_test
 from embedx.analysis.probe_result import ProbeResult, judge_family
 from embedx.analysis.stats import (
@@ -53,6 +52,7 @@ from embedx.analysis.stats import (
     percentile_ci,
 )
 from embedx.errors import EmbedxError
+from embedx.parallel import map_in_threads
 
 __all__ = ["C_GRID", "LinearProbe", "ProbeConfig", "cross_validated_probe", "out_of_fold_scores"]
 

@@ -222,7 +222,7 @@ def approximate_neighbours(X_ref: np.ndarray, X_new: np.ndarray, k: int, seed: i
     """(indices, distances) of the k approximate nearest reference rows of each new row, nearest first."""
     from openTSNE.dependencies.annoy import AnnoyIndex
 
-    from embedx.analysis.parallel import map_in_threads
+    from embedx.parallel import map_in_threads
 
     index = AnnoyIndex(X_ref.shape[1], "euclidean")
     index.set_seed(int(seed))

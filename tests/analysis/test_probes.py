@@ -353,7 +353,7 @@ def test_c_is_left_untuned_with_a_note_when_a_class_has_fewer_subjects_than_inne
 def test_folds_fitted_on_threads_give_the_serial_result(cohort, monkeypatch) -> None:
     """The folds of a probe run on threads (one per core): the result, score, CI, p-value and out-of-fold
     predictions alike, is the one a serial run gives; and a fit on `rows_of_X` equals a fit on the copy."""
-    from embedx.analysis import parallel
+    from embedx import parallel
     from embedx.analysis.linear_probe import LinearProbe
 
     seen: set[str] = set()

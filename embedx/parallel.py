@@ -1,4 +1,4 @@
-"""The folds of a probe, fitted side by side on threads.
+"""Work fitted side by side on threads: the folds of a probe, permutation batches, neighbour queries.
 
 Why threads and not processes: liblinear (the SVM solver) and numpy release the GIL, so the folds of one
 probe run truly in parallel (1.6x measured on 2 cores for a 5-class probe at 20k rows; up to the number of
