@@ -640,9 +640,12 @@ def _click_downloads(flow: Flow, ws: object, raw: list[bytes]) -> None:
     deferred = [e.download_button.deferred_file_id for e in _elements(raw)
                 if e.WhichOneof("type") == "download_button" and e.download_button.deferred_file_id]
     assert deferred, "the selection panel offers no CSV download"
+    session = next(m.new_session.initialize.session_id for m in _messages(raw)
+                   if m.WhichOneof("type") == "new_session")
     for number, file_id in enumerate(deferred):
         back = BackMsg()
         back.backend_operation_request.request_id = f"download-{number}"
+        back.backend_operation_request.session_id = session
         back.backend_operation_request.deferred_file.file_id = file_id
         ws.send(back.SerializeToString())  # type: ignore[attr-defined]
         while True:
