@@ -24,6 +24,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
@@ -127,6 +129,30 @@ def _place_tsne(reference: Any, X_new: np.ndarray) -> np.ndarray:
     return (np.asarray(reference.transform(X_new), dtype=np.float64) + centre).astype(np.float32)
 
 
+@contextmanager
+def _without_pynndescent_probe() -> Iterator[None]:
+    """openTSNE's neighbour search, without its import of pynndescent.
+
+    Before every kNN search openTSNE imports pynndescent only to learn whether it is installed, though it
+    would use it only for sparse data or unusual metrics, never for dense Euclidean latents as here. In a
+    fresh environment that import JIT-compiles ~40 numba functions (about 35 s on 2 cores; ~2 s per
+    process once cached), more than the whole t-SNE of the demo. Inside this block the probe answers
+    "not installed" for pynndescent alone, so the method openTSNE picks (exact below 1,000 rows, Annoy
+    above) and the map are the same.
+    """
+    import openTSNE.affinity as affinity
+
+    probe = getattr(affinity, "is_package_installed", None)
+    if probe is None:  # a later openTSNE without the probe: nothing to skip
+        yield
+        return
+    affinity.is_package_installed = lambda name: name != "pynndescent" and probe(name)
+    try:
+        yield
+    finally:
+        affinity.is_package_installed = probe
+
+
 def _fit_only(method: str, X: np.ndarray, params: dict[str, Any],
               ) -> tuple[np.ndarray, dict[str, np.ndarray], Any]:
     engine = params.get("engine", "cpu")
@@ -138,7 +164,8 @@ def _fit_only(method: str, X: np.ndarray, params: dict[str, Any],
     if method == "tsne":
         from openTSNE import TSNE
 
-        embedding = TSNE(n_components=2, verbose=False, **params).fit(X)
+        with _without_pynndescent_probe():
+            embedding = TSNE(n_components=2, verbose=False, **params).fit(X)
         return np.array(embedding, dtype=np.float32), {}, embedding
     if method == "umap":
         import umap
@@ -179,11 +206,12 @@ def _transform(method: str, X_ref: np.ndarray, Y_ref: np.ndarray, X_new: np.ndar
         from openTSNE import TSNEEmbedding
         from openTSNE.affinity import PerplexityBasedNN
 
-        affinities = PerplexityBasedNN(
-            X_ref, perplexity=params["perplexity"], method=params.get("neighbors", "auto"),
-            metric=params.get("metric", "euclidean"), n_jobs=params["n_jobs"],
-            random_state=params["random_state"], verbose=False,
-        )
+        with _without_pynndescent_probe():
+            affinities = PerplexityBasedNN(
+                X_ref, perplexity=params["perplexity"], method=params.get("neighbors", "auto"),
+                metric=params.get("metric", "euclidean"), n_jobs=params["n_jobs"],
+                random_state=params["random_state"], verbose=False,
+            )
         reference = TSNEEmbedding(
             Y_ref.astype(np.float64), affinities, negative_gradient_method=params["negative_gradient_method"],
             n_jobs=params["n_jobs"], random_state=params["random_state"],

@@ -102,6 +102,45 @@ def test_pca_fit_transform_matches_sklearn(tmp_path):
         assert (store.projection_status("m", "pca")[new_rows] == 2).all()
 
 
+SKIPPED_PROBE_SCRIPT = """
+import sys
+import numpy as np
+from embedx.store.h5store import Store
+from embedx.store.project import project
+
+path = sys.argv[1]
+project(path, "tsne", n_jobs=1)
+project(path + ".grown", "tsne", n_jobs=1, transform_new=True)
+assert "pynndescent" not in sys.modules, "openTSNE imported pynndescent"
+from openTSNE import TSNE  # the library's own run, its probe intact
+with Store.open(path) as store:
+    z, xy = store.latents("m"), store.projection("m", "tsne")
+    params = store.projection_info("m", "tsne")["params"]
+keys = ("perplexity", "initialization", "negative_gradient_method", "metric", "neighbors", "random_state",
+        "n_jobs")
+own = np.asarray(TSNE(n_components=2, **{k: params[k] for k in keys}).fit(z), dtype=np.float32)
+np.testing.assert_array_equal(xy, own)
+print("same map, no pynndescent")
+"""
+
+
+def test_tsne_never_imports_pynndescent_and_draws_opentsnes_own_map(tmp_path):
+    """openTSNE imports pynndescent just to see if it is there (a ~35 s numba compile in a fresh venv): the
+    probe is skipped, for a fit and for placing new rows, and the map is the one openTSNE draws."""
+    import shutil
+    import subprocess
+    import sys
+
+    path = _clustered_store(tmp_path / "s.h5", n=300)
+    grown = tmp_path / "s.h5.grown"
+    shutil.copy(path, grown)
+    project(str(grown), "tsne", n_jobs=1)
+    _add_new(grown)
+    done = subprocess.run([sys.executable, "-c", SKIPPED_PROBE_SCRIPT, str(path)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and "same map, no pynndescent" in done.stdout, done.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_umap_fit_and_transform(tmp_path):
     path = _clustered_store(tmp_path / "s.h5", n=300)
