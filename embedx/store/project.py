@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -129,6 +130,9 @@ def _place_tsne(reference: Any, X_new: np.ndarray) -> np.ndarray:
     return (np.asarray(reference.transform(X_new), dtype=np.float64) + centre).astype(np.float32)
 
 
+_PROBE_LOCK = threading.Lock()
+
+
 @contextmanager
 def _without_pynndescent_probe() -> Iterator[None]:
     """openTSNE's neighbour search, without its import of pynndescent.
@@ -138,19 +142,20 @@ def _without_pynndescent_probe() -> Iterator[None]:
     fresh environment that import JIT-compiles ~40 numba functions (about 35 s on 2 cores; ~2 s per
     process once cached), more than the whole t-SNE of the demo. Inside this block the probe answers
     "not installed" for pynndescent alone, so the method openTSNE picks (exact below 1,000 rows, Annoy
-    above) and the map are the same.
+    above) and the map are the same. A lock keeps two threads from restoring each other's patch.
     """
     import openTSNE.affinity as affinity
 
-    probe = getattr(affinity, "is_package_installed", None)
-    if probe is None:  # a later openTSNE without the probe: nothing to skip
-        yield
-        return
-    affinity.is_package_installed = lambda name: name != "pynndescent" and probe(name)
-    try:
-        yield
-    finally:
-        affinity.is_package_installed = probe
+    with _PROBE_LOCK:
+        probe = getattr(affinity, "is_package_installed", None)
+        if probe is None:  # a later openTSNE without the probe: nothing to skip
+            yield
+            return
+        affinity.is_package_installed = lambda name: name != "pynndescent" and probe(name)
+        try:
+            yield
+        finally:
+            affinity.is_package_installed = probe
 
 
 def _fit_only(method: str, X: np.ndarray, params: dict[str, Any],
