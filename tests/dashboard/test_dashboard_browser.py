@@ -139,7 +139,10 @@ def test_map_colour_lasso_and_thumbnails_in_chromium(server, artifacts_dir: Path
             images = page.locator("[data-testid=stImage] img")
             assert images.count() >= min(selected, 48)
             page.get_by_text("Composition vs the cohort", exact=False).first.wait_for(timeout=30_000)
-            assert page.get_by_test_id("stDataFrame").count() >= 2  # composition table and the rows table
+            # Streamlit sends the panel element by element: the heading can be drawn before its tables.
+            page.wait_for_function(  # the composition table and the rows table
+                "() => document.querySelectorAll('[data-testid=stDataFrame]').length >= 2", timeout=60_000
+            )
             page.screenshot(path=str(artifacts_dir / "dashboard-map-selection.png"), full_page=True)
 
             # recolour: Streamlit remounts the chart (its own selection is gone), the kept one is redrawn
