@@ -133,11 +133,11 @@ def test_map_colour_lasso_and_thumbnails_in_chromium(server, artifacts_dir: Path
             heading = page.get_by_text("Selection:", exact=False).first.inner_text()
             selected = int(heading.split(":")[1].split("images")[0].replace(",", "").strip())
             assert 50 < selected < 300
+            shown = min(selected, 48)  # every thumbnail of the selection, up to the cap
             page.wait_for_function(
-                "() => document.querySelectorAll('[data-testid=stImage] img').length >= 10", timeout=60_000
+                f"() => document.querySelectorAll('[data-testid=stImage] img').length >= {shown}",
+                timeout=60_000,
             )
-            images = page.locator("[data-testid=stImage] img")
-            assert images.count() >= min(selected, 48)
             page.get_by_text("Composition vs the cohort", exact=False).first.wait_for(timeout=30_000)
             # Streamlit sends the panel element by element: the heading can be drawn before its tables.
             page.wait_for_function(  # the composition table and the rows table
