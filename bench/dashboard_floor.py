@@ -24,8 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dashboard_browser import ARGS, CHROMIUM, _free_port  # the same browser, the same ports
+
 SESSIONS = 3
 POINTS = 30_000
 
@@ -72,12 +73,6 @@ PAGES = {
         "return !!(f && f.contentDocument && f.contentDocument.title === 'drawn'); }",
     ),
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _serve(script: Path) -> tuple[str, subprocess.Popen]:

@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
@@ -42,6 +39,7 @@ from embedx.store.h5store import (
     Store,
     now_iso,
 )
+from embedx.store.opentsne_probe import without_pynndescent_probe
 
 log = logging.getLogger(__name__)
 
@@ -130,34 +128,6 @@ def _place_tsne(reference: Any, X_new: np.ndarray) -> np.ndarray:
     return (np.asarray(reference.transform(X_new), dtype=np.float64) + centre).astype(np.float32)
 
 
-_PROBE_LOCK = threading.Lock()
-
-
-@contextmanager
-def _without_pynndescent_probe() -> Iterator[None]:
-    """openTSNE's neighbour search, without its import of pynndescent.
-
-    Before every kNN search openTSNE imports pynndescent only to learn whether it is installed, though it
-    would use it only for sparse data or unusual metrics, never for dense Euclidean latents as here. In a
-    fresh environment that import JIT-compiles ~40 numba functions (about 35 s on 2 cores; ~2 s per
-    process once cached), more than the whole t-SNE of the demo. Inside this block the probe answers
-    "not installed" for pynndescent alone, so the method openTSNE picks (exact below 1,000 rows, Annoy
-    above) and the map are the same. A lock keeps two threads from restoring each other's patch.
-    """
-    import openTSNE.affinity as affinity
-
-    with _PROBE_LOCK:
-        probe = getattr(affinity, "is_package_installed", None)
-        if probe is None:  # a later openTSNE without the probe: nothing to skip
-            yield
-            return
-        affinity.is_package_installed = lambda name: name != "pynndescent" and probe(name)
-        try:
-            yield
-        finally:
-            affinity.is_package_installed = probe
-
-
 def _fit_only(method: str, X: np.ndarray, params: dict[str, Any],
               ) -> tuple[np.ndarray, dict[str, np.ndarray], Any]:
     engine = params.get("engine", "cpu")
@@ -169,7 +139,7 @@ def _fit_only(method: str, X: np.ndarray, params: dict[str, Any],
     if method == "tsne":
         from openTSNE import TSNE
 
-        with _without_pynndescent_probe():
+        with without_pynndescent_probe():
             embedding = TSNE(n_components=2, verbose=False, **params).fit(X)
         return np.array(embedding, dtype=np.float32), {}, embedding
     if method == "umap":
@@ -211,7 +181,7 @@ def _transform(method: str, X_ref: np.ndarray, Y_ref: np.ndarray, X_new: np.ndar
         from openTSNE import TSNEEmbedding
         from openTSNE.affinity import PerplexityBasedNN
 
-        with _without_pynndescent_probe():
+        with without_pynndescent_probe():
             affinities = PerplexityBasedNN(
                 X_ref, perplexity=params["perplexity"], method=params.get("neighbors", "auto"),
                 metric=params.get("metric", "euclidean"), n_jobs=params["n_jobs"],
