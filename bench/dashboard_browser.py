@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("EMBEDX_NO_PROGRESS", "1")
@@ -43,10 +44,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _serve(store: Path) -> tuple[str, subprocess.Popen]:
+def serve_on_free_port(argv_for_port: Callable[[int], list[str]]) -> tuple[str, subprocess.Popen]:
+    """Start the server `argv_for_port(port)` on a free local port; its URL once the port accepts."""
     port = _free_port()
-    argv = [sys.executable, "-m", "embedx", "dashboard", str(store), "--port", str(port)]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(argv_for_port(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         with socket.socket() as sock:
@@ -55,7 +56,13 @@ def _serve(store: Path) -> tuple[str, subprocess.Popen]:
         time.sleep(0.2)
     process.kill()
     process.wait()
-    raise RuntimeError("the dashboard did not open its port within 120 s")
+    raise RuntimeError(f"{argv_for_port(port)[2]} did not open port {port} within 120 s")
+
+
+def _serve(store: Path) -> tuple[str, subprocess.Popen]:
+    return serve_on_free_port(
+        lambda port: [sys.executable, "-m", "embedx", "dashboard", str(store), "--port", str(port)]
+    )
 
 
 def _first_paint(browser, url: str) -> tuple[float, int, float]:

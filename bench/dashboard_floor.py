@@ -17,7 +17,6 @@ Each page is opened in three browser sessions against one server; the first pays
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dashboard_browser import ARGS, CHROMIUM, _free_port  # the same browser, the same ports
+from dashboard_browser import ARGS, CHROMIUM, serve_on_free_port  # the same browser and server start
 
 SESSIONS = 3
 POINTS = 30_000
@@ -76,19 +75,11 @@ PAGES = {
 
 
 def _serve(script: Path) -> tuple[str, subprocess.Popen]:
-    port = _free_port()
-    argv = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
-            "--server.address", "127.0.0.1", "--server.headless", "true",
-            "--browser.gatherUsageStats", "false"]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return f"http://127.0.0.1:{port}", process
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"streamlit did not open port {port} within 120 s")
+    return serve_on_free_port(
+        lambda port: [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
+                      "--server.address", "127.0.0.1", "--server.headless", "true",
+                      "--browser.gatherUsageStats", "false"]
+    )
 
 
 def main() -> None:
