@@ -234,8 +234,7 @@ def cluster_montage(grid: Sequence[Sequence[np.ndarray]], names: Sequence[str], 
     matplotlib ~4 s to lay out and draw, a sixth of the whole report.
     """
     n_rows = max(len(grid), 1)
-    tiles = [np.asarray(t, dtype=np.float32) for row in grid for t in row[:per_row]]
-    side = max([max(t.shape[:2]) for t in tiles], default=64)
+    side = max((max(np.shape(t)[:2]) for row in grid for t in row[:per_row]), default=64)
     gap = max(2, side // 16)
     step = side + gap
     mosaic = np.full((n_rows * step - gap, per_row * step - gap), np.nan, dtype=np.float32)
