@@ -2,8 +2,8 @@
 
 Builds a synthetic store (two models, five attributes, a PCA map per model; no thumbnails at full size) and
 times the pieces the map page runs: the page script cold and warm under Streamlit's AppTest (server side:
-data load, density sample, figure build and its JSON), the figure alone, and the selection statistics on a
-10 % lasso over every row (the statistics never use the drawn sample). Browser rendering is not included.
+data load, density sample, the map's payload and its JSON), the payload alone, and the selection statistics on
+a 10 % lasso over every row (the statistics never use the drawn sample). Browser rendering is not included.
 
     .venv/bin/python bench/dashboard.py [--quick]      # 220k rows (20k with --quick)
 """
@@ -23,11 +23,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "dashboard"))
 
+import json  # noqa: E402
+
 import numpy as np  # noqa: E402
-import plotly.io  # noqa: E402
 
 from embedx.analysis.enrichment import enrichment  # noqa: E402
-from embedx.dashboard import figures, shaping  # noqa: E402
+from embedx.dashboard import shaping  # noqa: E402
+from embedx.dashboard.map_payload import map_payload  # noqa: E402
 from embedx.store.h5store import Store  # noqa: E402
 
 
@@ -93,7 +95,7 @@ def main() -> None:
         run_page()
         rows_out.append(
             (
-                "map page, first run (cold: load store, map quality, figure)",
+                "map page, first run (cold: load store, map quality, map payload)",
                 f"{time.perf_counter() - cold:.2f} s",
             )
         )
@@ -104,12 +106,12 @@ def main() -> None:
 
         drawn = shaping.density_sample(np.arange(n), attributes["site"].to_numpy(), SCATTER_MAX)
         hover = shaping.hover_text(attributes) if len(drawn) <= HOVER_TEXT_MAX else None
-        build, figure = timed(lambda: figures.map_figure(xy, drawn, attributes["site"], True, hover))
-        rows_out.append((f"figure build ({len(drawn):,} points drawn of {n:,})", f"{build * 1000:.0f} ms"))
-        serialise, spec = timed(lambda: plotly.io.to_json(figure, validate=False))
+        build, payload = timed(lambda: map_payload(xy, drawn, attributes["site"], True, hover))
+        rows_out.append((f"map payload ({len(drawn):,} points drawn of {n:,})", f"{build * 1000:.0f} ms"))
+        serialise, spec = timed(lambda: json.dumps(payload))
         rows_out.append(
             (
-                "figure JSON (what st.plotly_chart sends)",
+                "map payload JSON (what the map component is sent)",
                 f"{serialise * 1000:.0f} ms, {len(spec) / 1e6:.1f} MB",
             )
         )

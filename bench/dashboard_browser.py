@@ -2,9 +2,10 @@
 
 Serves a synthetic store with `embedx dashboard`, opens it in Debian's Chromium (headless, software
 rendering, as `make test` does) through Playwright and times, per store size:
-- first paint: from opening the page to the map drawn (Plotly has laid out its traces and the WebGL
-  canvas exists), in a first browser session (server caches cold) and in a second one (caches warm);
-- figure payload: the points drawn and the size of the figure the server sent;
+- first paint: from opening the page to the map drawn (embedx's canvas has drawn its points, and the
+  density image of every row when the map draws a sample), in a first browser session (server caches cold)
+  and in a second one (caches warm);
+- payload: the points drawn and the bytes the server sent over the websocket until then;
 - a lasso dragged over a tenth of the plot: from releasing the mouse to the selection's statistics shown;
   then a second lasso elsewhere, until its statistics replace the first's (no element left stale).
 
@@ -33,9 +34,9 @@ sys.path.insert(0, str(ROOT / "tests" / "dashboard"))
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
-GRAPH = "document.querySelector('.js-plotly-plot')"
-DRAWN = (f"() => {{ const g = {GRAPH}; "
-         "return !!(g && g._fullData && g._fullData.length > 0 && g.querySelector('canvas')); }")
+MAP = "document.querySelector('.embedx-map')"
+DRAWN = (f"() => {{ const root = {MAP}; const m = root && root.embedxMap; "
+         "return !!(m && m.n > 0 && (m.density || !m.sampled)); }")
 
 
 def _free_port() -> int:
@@ -73,7 +74,7 @@ def _first_paint(browser, url: str) -> tuple[float, int, float]:
     page.goto(url, timeout=300_000)
     page.wait_for_function(DRAWN, timeout=300_000, polling=50)
     took = time.perf_counter() - start
-    points = int(page.evaluate(f"() => {GRAPH}._fullData.reduce((s, t) => s + (t._length || 0), 0)"))
+    points = int(page.evaluate(f"() => {MAP}.embedxMap.n"))
     page.close()
     return took, points, sum(sent) / 1e6
 
@@ -84,7 +85,7 @@ SELECTION_HEADER = ("() => [...document.querySelectorAll('h3')].map(h => h.inner
 
 def _draw_lasso(page, corners: list[tuple[float, float]]) -> float:
     """Drag a lasso through `corners` (fractions of the plot area); returns the time the mouse is released."""
-    area = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+    area = page.locator(".embedx-map-overlay").bounding_box()
     x0, y0, w, h = area["x"], area["y"], area["width"], area["height"]
     page.mouse.move(x0 + w * corners[0][0], y0 + h * corners[0][1])
     page.mouse.down()
@@ -152,7 +153,7 @@ def main() -> None:
                     process.wait()
         table.append((n, cold, warm, points, megabytes, *lasso))
 
-    print(f"\nexplorer in Chromium (headless, software WebGL), {os.cpu_count()} CPU cores")
+    print(f"\nexplorer in Chromium (headless, software rendering), {os.cpu_count()} CPU cores")
     print(f"{'rows':>10}  {'first paint, 1st session':>24}  {'2nd session':>11}  {'points drawn':>12}  "
           f"{'sent':>8}  {'lasso -> statistics':>19}  {'next lasso':>10}")
     for n, cold, warm, points, megabytes, lasso, again in table:

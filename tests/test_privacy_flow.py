@@ -623,7 +623,7 @@ def _run_page(ws: object, page_hash: str = "", widgets: tuple[tuple[str, str], .
     for widget_id, value in widgets:
         state = back.rerun_script.widget_states.widgets.add()
         state.id = widget_id
-        state.string_value = value
+        state.json_value = value  # the map is a v2 component: its state travels as JSON
     ws.send(back.SerializeToString())  # type: ignore[attr-defined]
     messages = []
     while True:
@@ -664,9 +664,9 @@ def _serve(flow: Flow, what: str, raw: list[bytes]) -> None:
 
 
 def _lasso(rows: range) -> str:
-    """A map selection as the browser sends it: the points' customdata (their row ids)."""
-    points = [{"customdata": [row]} for row in rows]
-    return json.dumps({"selection": {"points": points, "point_indices": [], "box": [], "lasso": []}})
+    """A map selection in the shape the map's browser code sends: the points' customdata (their row ids)."""
+    points = [{"customdata": row} for row in rows]
+    return json.dumps({"selection": {"points": points, "box": [], "lasso": [], "serial": "flow-1"}})
 
 
 def fetch_pages(flow: Flow, port: int) -> None:
@@ -685,7 +685,7 @@ def fetch_pages(flow: Flow, port: int) -> None:
             raw = _run_page(ws, page.page_script_hash)
             _serve(flow, f"websocket: page {page.page_name!r}", raw)
             flow.served_pages.append(page.page_name)
-            charts = [e.plotly_chart.id for e in _elements(raw) if e.WhichOneof("type") == "plotly_chart"]
+            charts = [e.bidi_component.id for e in _elements(raw) if e.WhichOneof("type") == "bidi_component"]
             maps = [c for c in charts if c.endswith("map_chart")]
             if maps:  # the selection panel: thumbnails, composition, rows table, CSV download
                 raw = _run_page(ws, page.page_script_hash, ((maps[0], _lasso(range(0, 48, 3))),))

@@ -1,7 +1,6 @@
-"""Plotly figure builders for the explorer (no Streamlit), so figure shape is testable on its own.
+"""Plotly figure builders for the explorer's charts (no Streamlit), so figure shape is testable on its own.
 
-Every scatter point carries its global store row id in `customdata`; the pages read selections back
-through `shaping.selected_row_ids`, never through per-trace point indices.
+The map itself is not a Plotly figure: it is embedx's canvas (`map_payload` / `map_canvas`).
 """
 
 from __future__ import annotations
@@ -14,123 +13,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from embedx.dashboard.density import DensityImage
-from embedx.dashboard.shaping import MISSING_LABEL, category_labels, trace_positions
-
 PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Alphabet
 MISSING_COLOUR = "#b0b0b0"
-HOVER = "row %{customdata}<br>%{text}<extra></extra>"
-HOVER_BARE = "row %{customdata}<extra>%{fullData.name}</extra>"
-
-
-def _marker_size(n: int) -> float:
-    return 7.0 if n < 2_000 else 5.0 if n < 20_000 else 3.0 if n < 100_000 else 2.0
-
-
-def map_figure(
-    xy: np.ndarray,
-    rows: np.ndarray,
-    colour: pd.Series | None,
-    categorical: bool,
-    hover: np.ndarray | None,
-    selected: np.ndarray | None = None,
-    highlight: np.ndarray | None = None,
-    title: str = "",
-    height: int = 560,
-    density: DensityImage | None = None,
-) -> go.Figure:
-    """A WebGL scatter of `rows` (global ids) at `xy[rows]`, coloured by `colour` (aligned with store rows).
-
-    Categorical colour: one trace per value (legend toggles a category), missing values grey.
-    Continuous colour: one trace on a Viridis scale with a colour bar, missing values a grey trace.
-    `selected` (row ids) is drawn as Plotly's selection so a kept selection survives a recolour;
-    `highlight` (row ids, e.g. a cluster) is outlined on top. `hover` (one line per store row) is what a
-    point shows on hover besides its row id; None shows only the id and the colour value (the trace
-    name), which keeps a 200k-point figure's JSON to a few MB. `density` (the image of every row, when `rows`
-    is a sample of them) is drawn beneath the points, and the axes span it.
-    """
-    rows = np.asarray(rows, dtype=np.int64)
-    selected = np.asarray(selected if selected is not None else [], dtype=np.int64)
-    size = _marker_size(len(rows))
-    traces: list[go.Scattergl] = []
-
-    def add(name: str, members: np.ndarray, marker: dict[str, Any], showlegend: bool = True) -> None:
-        trace = go.Scattergl(
-            x=xy[members, 0],
-            y=xy[members, 1],
-            mode="markers",
-            name=name,
-            customdata=members,
-            text=None if hover is None else hover[members],
-            hovertemplate=HOVER_BARE if hover is None else HOVER,
-            marker=marker,
-            showlegend=showlegend,
-        )
-        if len(selected):
-            trace.selectedpoints = trace_positions(members, selected)
-            trace.unselected = {"marker": {"opacity": 0.15}}
-        traces.append(trace)
-
-    if colour is None:
-        add("all", rows, {"size": size, "color": PALETTE[0]}, showlegend=False)
-    elif categorical:
-        labels = category_labels(colour).to_numpy()[rows]
-        values = sorted(pd.unique(labels), key=lambda v: (v == MISSING_LABEL, v))
-        for index, value in enumerate(values):
-            members = rows[labels == value]
-            tint = MISSING_COLOUR if value == MISSING_LABEL else PALETTE[index % len(PALETTE)]
-            add(f"{value} ({len(members)})", members, {"size": size, "color": tint})
-    else:
-        values = colour.to_numpy(dtype=float)[rows]
-        present = ~np.isnan(values)
-        add(
-            str(colour.name),
-            rows[present],
-            {
-                "size": size,
-                "color": values[present],
-                "colorscale": "Viridis",
-                "showscale": True,
-                "colorbar": {"title": {"text": str(colour.name)}, "thickness": 12},
-            },
-            showlegend=False,
-        )
-        if (~present).any():
-            add(MISSING_LABEL, rows[~present], {"size": size, "color": MISSING_COLOUR})
-
-    if highlight is not None and len(highlight):
-        highlight = np.asarray(highlight, dtype=np.int64)
-        traces.append(
-            go.Scattergl(
-                x=xy[highlight, 0],
-                y=xy[highlight, 1],
-                mode="markers",
-                name=f"highlight ({len(highlight)})",
-                customdata=highlight,
-                text=None if hover is None else hover[highlight],
-                hovertemplate=HOVER_BARE if hover is None else HOVER,
-                marker={"size": size + 4, "color": "rgba(0,0,0,0)", "line": {"color": "black", "width": 1.5}},
-            )
-        )
-
-    figure = go.Figure(traces)
-    figure.update_layout(
-        title=title or None,
-        height=height,
-        margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10},
-        dragmode="lasso",
-        legend={"itemsizing": "constant"},
-        uirevision="map",
-        xaxis={"showticklabels": False, "title": None},
-        yaxis={"showticklabels": False, "title": None},
-    )
-    if density is not None:
-        x0, x1, y0, y1 = density.extent
-        figure.add_layout_image(source=density.url, xref="x", yref="y", x=x0, y=y1, sizex=x1 - x0,
-                                sizey=y1 - y0, sizing="stretch", layer="below", name="density")
-        figure.update_xaxes(range=[x0, x1])
-        figure.update_yaxes(range=[y0, y1])
-    return figure
 
 
 def probe_bars(probes: Sequence[Mapping[str, Any]]) -> go.Figure:

@@ -163,25 +163,32 @@ def rows_in_regions(event: Any, xy: np.ndarray, candidates: np.ndarray) -> np.nd
     return candidates[inside]
 
 
-def reconcile_selection(
-    selection: np.ndarray, event_rows: np.ndarray, last_seen: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """The kept selection after reading one chart's event: `(selection, new last_seen for that chart)`.
+def event_serial(event: Any) -> str | None:
+    """The number embedx's map gives each selection it sends (None for an event without one)."""
+    selection = event.get("selection", event) if isinstance(event, Mapping) else None
+    serial = selection.get("serial") if isinstance(selection, Mapping) else None
+    return None if serial is None else str(serial)
 
-    A chart keeps reporting its last selection on every rerun, and a recolour remounts it empty, so only an
-    event that differs from what this chart reported before is a new selection; an empty event never clears
-    (recolouring must not lose the user's selection — clearing is an explicit button).
+
+def reconcile_selection(
+    selection: np.ndarray, event_rows: np.ndarray, last_seen: Any, serial: str | None = None
+) -> tuple[np.ndarray, Any]:
+    """The kept selection after reading one map's event: `(selection, new last_seen for that map)`.
+
+    A map keeps reporting its last selection on every rerun, so only an event that differs from what this
+    map reported before is a new selection. With a `serial` the map numbers its events, and a new number is
+    new even when it selects the same rows again (a click on the same point after "Clear selection");
+    without one, new rows are. An empty event never clears (recolouring must not lose the user's selection;
+    clearing is an explicit button).
     """
     event_rows = np.asarray(event_rows, dtype=np.int64)
-    is_new = len(event_rows) > 0 and (last_seen is None or not np.array_equal(event_rows, last_seen))
+    if serial is not None:
+        is_new = len(event_rows) > 0 and not (isinstance(last_seen, str) and last_seen == serial)
+        return (event_rows if is_new else selection), serial
+    is_new = len(event_rows) > 0 and (
+        last_seen is None or isinstance(last_seen, str) or not np.array_equal(event_rows, last_seen)
+    )
     return (event_rows if is_new else selection), event_rows
-
-
-def trace_positions(trace_rows: np.ndarray, selected: np.ndarray) -> list[int]:
-    """Positions inside one trace whose row ids are selected (Plotly's `selectedpoints` wants these)."""
-    if len(selected) == 0:
-        return []
-    return np.flatnonzero(np.isin(trace_rows, selected)).tolist()
 
 
 # --------------------------------------------------------------------------- thumbnails

@@ -18,8 +18,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from embedx.dashboard import data, figures, shaping
+from embedx.dashboard import data, shaping
 from embedx.dashboard.density import DensityImage, density_image
+from embedx.dashboard.map_canvas import draw_map
+from embedx.dashboard.map_payload import map_payload
 
 SELECTION = "selection"
 SELECTION_ORIGIN = "selection_origin"
@@ -80,7 +82,7 @@ def set_selection(rows: np.ndarray, origin: str) -> None:
 
 
 def clear_selection() -> None:
-    """Empty the kept selection and remount the maps, so Plotly's own lasso outline goes with it."""
+    """Empty the kept selection; every map is sent a new drawing without it (and without its outline)."""
     set_selection(np.empty(0, dtype=np.int64), "")
     st.session_state[CLEARS] = st.session_state.get(CLEARS, 0) + 1
 
@@ -147,26 +149,20 @@ def _mapped_rows(path: Path, model: str, method: str, mask: np.ndarray) -> tuple
     return xy, np.flatnonzero(mask & np.isfinite(xy).all(axis=1))
 
 
-def absorb_selection(
-    path: Path, model: str, method: str, mask: np.ndarray, key: str, max_points: int | None = None
-) -> None:
-    """Fold the last event of chart `key` into the kept selection (idempotent; call before drawing maps).
+def absorb_selection(path: Path, model: str, method: str, mask: np.ndarray, key: str) -> None:
+    """Fold the last event of map `key` into the kept selection (idempotent; call before drawing maps).
 
-    The event is read from `st.session_state[key]` before any chart is drawn, so every map on the page is
-    drawn with the newest selection. When the map draws a sample (above `max_points`), a box or lasso
-    selects every row of the filtered cohort inside its outline, not only the drawn points: statistics
-    never run on the sample.
+    The event is read from `st.session_state[key]` before any map is drawn, so every map on the page is
+    drawn with the newest selection. A box or lasso selects every row of the filtered cohort inside its
+    outline, not only the drawn points: when the map draws a sample, statistics never run on the sample.
     """
-    max_points = SCATTER_MAX if max_points is None else max_points
     event = st.session_state.get(key)
-    event_rows = shaping.selected_row_ids(event)
     xy, rows = _mapped_rows(path, model, method, mask)
-    if len(rows) > max_points:
-        event_rows = np.union1d(event_rows, shaping.rows_in_regions(event, xy, rows))
+    event_rows = np.union1d(shaping.selected_row_ids(event), shaping.rows_in_regions(event, xy, rows))
     seen_key = f"{key}__seen"
     before = selection()
     kept, st.session_state[seen_key] = shaping.reconcile_selection(
-        before, event_rows, st.session_state.get(seen_key)
+        before, event_rows, st.session_state.get(seen_key), shaping.event_serial(event)
     )
     if kept is not before:
         set_selection(kept, f"{model} · {method}")
@@ -193,18 +189,19 @@ def _drawn_points(path: Path, meta: data.StoreMeta, model: str, method: str, col
     return drawn, background
 
 
-def _kept_figure(path: Path, meta: data.StoreMeta, xy: np.ndarray, drawn: np.ndarray, colour: str | None,
-                 baked: tuple[str, np.ndarray], highlight: np.ndarray | None, title: str, height: int,
-                 background: DensityImage | None, key: str) -> Any:
-    """The map's figure, rebuilt only when what it shows changes: a lasso that leaves the figure as it was
-    (the selection is baked in only on a recolour or filter) no longer rebuilds it (0.3 s at 220k rows)."""
+def _kept_payload(path: Path, meta: data.StoreMeta, xy: np.ndarray, drawn: np.ndarray, colour: str | None,
+                  baked: tuple[str, np.ndarray], highlight: np.ndarray | None, title: str, height: int,
+                  background: DensityImage | None, key: str) -> dict[str, Any]:
+    """The map's payload, rebuilt only when what it shows changes. A lasso that leaves it as it was (the
+    selection is baked in only on a recolour or filter) sends the browser the same data, which it does not
+    redraw, so the lasso's outline and the user's zoom stay."""
     token = _token(baked[0], str(path), path.stat().st_mtime, title, height,
                    hashlib.sha1(np.asarray(baked[1], dtype=np.int64).tobytes()).hexdigest(),
                    None if highlight is None else hashlib.sha1(np.asarray(highlight).tobytes()).hexdigest())
-    kept = st.session_state.get(f"{key}__figure")
+    kept = st.session_state.get(f"{key}__payload")
     if kept is not None and kept[0] == token:
         return kept[1]
-    figure = figures.map_figure(
+    payload = map_payload(
         xy,
         drawn,
         meta.attributes[colour] if colour else None,
@@ -216,8 +213,8 @@ def _kept_figure(path: Path, meta: data.StoreMeta, xy: np.ndarray, drawn: np.nda
         height=height,
         density=background,
     )
-    st.session_state[f"{key}__figure"] = (token, figure)
-    return figure
+    st.session_state[f"{key}__payload"] = (token, payload)
+    return payload
 
 
 def selectable_map(
@@ -236,11 +233,12 @@ def selectable_map(
 ) -> None:
     """Draw one model's map with box/lasso/click selection and fold its events into the kept selection.
 
-    `follow=True` (compare page) bakes the shared selection into the figure on every run; otherwise it is
-    baked only when the figure itself changes (recolour, filter), so a fresh lasso stays as drawn.
+    `follow=True` (compare page) bakes the shared selection into the drawing on every run; otherwise it is
+    baked only when the drawing itself changes (recolour, filter), so a fresh lasso stays as drawn, with its
+    outline and the user's zoom, and the browser redraws nothing.
     """
     max_points = SCATTER_MAX if max_points is None else max_points
-    absorb_selection(path, model, method, mask, key, max_points)
+    absorb_selection(path, model, method, mask, key)
     xy, rows = _mapped_rows(path, model, method, mask)
     drawn, background = _drawn_points(path, meta, model, method, colour, rows, max_points, key)
     if background is not None:
@@ -248,7 +246,7 @@ def selectable_map(
             f"Drawing a density-preserving sample of {len(drawn):,} of {len(rows):,} points over a grey "
             "density image of all of them; selections and statistics use every row."
         )
-    figure_token = _token(
+    drawing_token = _token(
         model,
         method,
         colour,
@@ -260,18 +258,11 @@ def selectable_map(
     )
     baked_key = f"{key}__baked"
     baked = st.session_state.get(baked_key)
-    if follow or baked is None or baked[0] != figure_token:
-        baked = (figure_token, selection())
+    if follow or baked is None or baked[0] != drawing_token:
+        baked = (drawing_token, selection())
         st.session_state[baked_key] = baked
-    figure = _kept_figure(path, meta, xy, drawn, colour, baked, highlight, title, height, background, key)
-    st.plotly_chart(
-        figure,
-        key=key,
-        on_select="rerun",
-        selection_mode=("points", "box", "lasso"),
-        width="stretch",
-        config={"displaylogo": False, "scrollZoom": True},
-    )
+    payload = _kept_payload(path, meta, xy, drawn, colour, baked, highlight, title, height, background, key)
+    draw_map(payload, key)
 
 
 def selection_panel(

@@ -1,5 +1,6 @@
 """The whole path in a real browser: `embedx dashboard` serving a synthetic store, Debian's chromium driven by
-Playwright — map drawn, colour switched, a lasso dragged with the mouse, thumbnails shown, screenshot saved.
+Playwright — map drawn, colour switched, a lasso dragged with the mouse, thumbnails shown, a click on one
+point, zoom and reset, screenshot saved.
 """
 
 from __future__ import annotations
@@ -24,12 +25,21 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-GRAPH = "document.querySelector('.js-plotly-plot')"
+MAP = "document.querySelector('.embedx-map')"
 
 
 def when_drawn(expression: str) -> str:
-    """A wait predicate over the drawn graph `g` that is false (not an error) while the chart remounts."""
-    return f"() => {{ const g = {GRAPH}; return !!(g && g._fullData && g.data && ({expression})); }}"
+    """A wait predicate over what the map drew last (`m`), false (not an error) until it has drawn."""
+    return f"() => {{ const r = {MAP}; const m = r && r.embedxMap; return !!(m && ({expression})); }}"
+
+
+def drawn(page) -> dict:
+    return dict(page.evaluate(f"() => {{ const m = {{...{MAP}.embedxMap}}; delete m.locate; return m; }}"))
+
+
+def selected_heading(page) -> int:
+    heading = page.get_by_text("Selection:", exact=False).first.inner_text()
+    return int(heading.split(":")[1].split("images")[0].replace(",", "").strip())
 
 
 def free_port() -> int:
@@ -74,14 +84,6 @@ def server(store: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen]
         log.close()
 
 
-def point_count(page) -> int:
-    return int(page.evaluate(f"() => {GRAPH}._fullData.reduce((s, t) => s + (t._length || 0), 0)"))
-
-
-def trace_names(page) -> list[str]:
-    return list(page.evaluate(f"() => {GRAPH}._fullData.map(t => t.name)"))
-
-
 @pytest.mark.browser
 @pytest.mark.slow
 def test_map_colour_lasso_and_thumbnails_in_chromium(server, artifacts_dir: Path) -> None:
@@ -98,26 +100,20 @@ def test_map_colour_lasso_and_thumbnails_in_chromium(server, artifacts_dir: Path
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(url, timeout=60_000)
-            page.wait_for_function(
-                when_drawn("g._fullData.length > 0"),
-                timeout=60_000,
-            )
-            assert point_count(page) == 300
-            assert sorted(n.split(" ")[0] for n in trace_names(page)) == ["east", "north", "south"]
+            page.wait_for_function(when_drawn("m.n > 0"), timeout=60_000)
+            assert drawn(page)["n"] == 300 and drawn(page)["shown"] == 300
+            assert drawn(page)["legend"] == ["east", "north", "south"]
             # the map is drawn first; the run ends with the map-quality panel: interact once it is there
             page.get_by_text("Trustworthiness", exact=False).first.wait_for(timeout=60_000)
 
             # switch the colour attribute through the sidebar select box
             page.get_by_role("combobox", name="Colour by").click()
             page.get_by_role("option", name="sex", exact=True).click()
-            page.wait_for_function(
-                when_drawn("g._fullData.map(t => t.name).join(',').includes('F (')"), timeout=30_000
-            )
-            assert sorted(n.split(" ")[0] for n in trace_names(page)) == ["F", "M"]
-            assert point_count(page) == 300
+            page.wait_for_function(when_drawn("m.legend.join(',') === 'F,M'"), timeout=30_000)
+            assert drawn(page)["n"] == 300
 
             # lasso with the real mouse around the left part of the plot area (the "north" cluster)
-            area = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+            area = page.locator(".embedx-map-overlay").bounding_box()
             assert area is not None
             x0, y0, w, h = area["x"], area["y"], area["width"], area["height"]
             corners = [(0.02, 0.02), (0.42, 0.02), (0.42, 0.98), (0.02, 0.98), (0.02, 0.03)]
@@ -130,9 +126,10 @@ def test_map_colour_lasso_and_thumbnails_in_chromium(server, artifacts_dir: Path
             page.mouse.up()
 
             page.get_by_text("Selection:", exact=False).first.wait_for(timeout=60_000)
-            heading = page.get_by_text("Selection:", exact=False).first.inner_text()
-            selected = int(heading.split(":")[1].split("images")[0].replace(",", "").strip())
+            selected = selected_heading(page)
             assert 50 < selected < 300
+            # the browser's own count inside the outline equals the server's, which tests every row
+            assert drawn(page)["selected"] == selected
             shown = min(selected, 48)  # every thumbnail of the selection, up to the cap
             page.wait_for_function(
                 f"() => document.querySelectorAll('[data-testid=stImage] img').length >= {shown}",
@@ -145,17 +142,32 @@ def test_map_colour_lasso_and_thumbnails_in_chromium(server, artifacts_dir: Path
             )
             page.screenshot(path=str(artifacts_dir / "dashboard-map-selection.png"), full_page=True)
 
-            # recolour: Streamlit remounts the chart (its own selection is gone), the kept one is redrawn
+            # recolour: a new drawing, with the kept selection baked in
             page.get_by_role("combobox", name="Colour by").click()
             page.get_by_role("option", name="site", exact=True).click()
-            page.wait_for_function(
-                when_drawn("g._fullData.map(t => t.name).join(',').includes('north (')"), timeout=30_000
-            )
-            page.wait_for_function(
-                when_drawn(f"g.data.reduce((s, t) => s + (t.selectedpoints || []).length, 0) == {selected}"),
-                timeout=30_000,
-            )
+            page.wait_for_function(when_drawn("m.legend.join(',') === 'east,north,south'"), timeout=30_000)
+            page.wait_for_function(when_drawn(f"m.selected === {selected}"), timeout=30_000)
             assert page.get_by_text(f"Selection: {selected} images", exact=False).count() == 1
+
+            # a click on one point selects it alone; after "Clear selection" the same click selects it again
+            for attempt in range(2):
+                where = page.evaluate(f"() => {MAP}.embedxMap.locate(250)")
+                assert where is not None
+                page.mouse.click(*where)
+                page.get_by_text("Selection: 1 images", exact=False).first.wait_for(timeout=60_000)
+                page.get_by_text("Row 250 and its", exact=False).first.wait_for(timeout=60_000)
+                if attempt == 0:
+                    page.get_by_role("button", name="Clear selection").click()
+                    page.get_by_text("Select points on the map", exact=False).first.wait_for(timeout=60_000)
+
+            # the wheel zooms in around the cursor; "Reset view" shows the whole map again
+            whole = drawn(page)["view"]
+            page.mouse.move(x0 + w / 2, y0 + h / 2)
+            page.mouse.wheel(0, -400)
+            page.wait_for_function(when_drawn(f"m.view[1] - m.view[0] < {0.8 * (whole[1] - whole[0])}"))
+            assert drawn(page)["shown"] < 300
+            page.get_by_role("button", name="Reset view").click()
+            page.wait_for_function(when_drawn(f"m.view[0] === {whole[0]} && m.shown === 300"))
         finally:
             browser.close()
     assert process.poll() is None  # the server stayed up through the whole session

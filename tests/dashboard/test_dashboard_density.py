@@ -13,9 +13,10 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import embedx.dashboard
-from embedx.dashboard import figures, shaping
+from embedx.dashboard import shaping
 from embedx.dashboard.data import STORE_ENV
 from embedx.dashboard.density import BINS, density_counts, density_image, padded_extent
+from embedx.dashboard.map_payload import map_payload, unpacked
 
 
 def _alpha(url: str) -> np.ndarray:
@@ -45,13 +46,13 @@ def test_a_sampled_map_draws_the_image_beneath_and_spans_every_point() -> None:
     xy[7] = [30.0, -30.0]
     drawn = shaping.density_sample(np.arange(2_000), None, 200)
     image = density_image(xy)
-    figure = figures.map_figure(xy, drawn, None, False, None, density=image)
-    (layer,) = figure.layout.images
-    assert layer.layer == "below" and layer.source == image.url and layer.sizing == "stretch"
+    payload = map_payload(xy, drawn, None, False, None, density=image)
+    assert payload["density"] == {"url": image.url, "extent": list(image.extent)}
     x0, x1, y0, y1 = image.extent
-    assert tuple(figure.layout.xaxis.range) == (x0, x1) and tuple(figure.layout.yaxis.range) == (y0, y1)
-    assert x0 < 30.0 < x1 and y0 < -30.0 < y1  # the outlier lies inside the axes even when not drawn
-    assert figures.map_figure(xy, drawn, None, False, None).layout.images == ()
+    assert payload["extent"] == [x0, x1, y0, y1]  # the view spans the image, not only the drawn sample
+    assert x0 < 30.0 < x1 and y0 < -30.0 < y1  # the outlier lies inside the view even when not drawn
+    assert 7 not in unpacked(payload["ids"], "<i4")
+    assert map_payload(xy, drawn, None, False, None)["density"] is None
 
 
 def test_the_map_page_above_the_cap_says_what_it_draws(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,7 +70,8 @@ def test_the_map_page_above_the_cap_says_what_it_draws(store: Path, monkeypatch:
     assert drawings == [300]
     captions = " ".join(c.value for c in at.caption)
     assert "of 300 points over a grey density image of all of them" in captions
-    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
-    (layer,) = spec["layout"]["images"]
-    assert layer["source"].startswith("data:image/png;base64,") and layer["layer"] == "below"
-    assert int((_alpha(layer["source"]) > 0).sum()) > 200  # the 300 points, a few sharing a cell
+    (drawn_map,) = at.get("bidi_component")
+    payload = json.loads(drawn_map.proto.json)
+    assert f"sample of {payload['n']} of 300 points" in captions and payload["n"] < 300
+    assert payload["density"]["url"].startswith("data:image/png;base64,")
+    assert int((_alpha(payload["density"]["url"]) > 0).sum()) > 200  # the 300 points, a few sharing a cell

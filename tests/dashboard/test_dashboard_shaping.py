@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 
 from embedx.analysis.enrichment import enrichment, top_enriched
-from embedx.dashboard import figures, shaping
+from embedx.dashboard import shaping
+from embedx.dashboard.figures import MISSING_COLOUR
+from embedx.dashboard.map_payload import HIGHLIGHT_MAX, SCALE_STEPS, map_payload, unpacked
 
 
 def test_enrichment_of_a_hand_built_selection_finds_the_over_represented_site() -> None:
@@ -24,33 +26,52 @@ def test_enrichment_of_a_hand_built_selection_finds_the_over_represented_site() 
     assert (sex["q_value"] > 0.05).all()  # sex was not selected on
 
 
-def test_customdata_maps_selection_back_to_rows_with_colour_by_traces() -> None:
+def test_the_map_payload_packs_each_drawn_row_with_its_own_coordinates_colour_and_id() -> None:
     rng = np.random.default_rng(0)
     n = 60
     xy = rng.normal(size=(n, 2)).astype(np.float32)
     colour = pd.Series(np.where(np.arange(n) % 3 == 0, "a", "b"), name="site")
+    colour[5] = None
     hover = shaping.hover_text(pd.DataFrame({"site": colour}))
-    figure = figures.map_figure(xy, np.arange(n), colour, categorical=True, hover=hover)
-    assert len(figure.data) == 2  # one trace per category: per-trace indices no longer equal rows
-    # A selection event as Streamlit returns it: point_index is per trace, customdata is the row id.
-    points = []
-    for trace_number, trace in enumerate(figure.data):
-        for index in (0, 2):
-            points.append(
-                {
-                    "curve_number": trace_number,
-                    "point_index": index,
-                    "customdata": int(trace.customdata[index]),
-                }
-            )
-    rows = shaping.selected_row_ids({"selection": {"points": points}})
-    expected = sorted(int(t.customdata[i]) for t in figure.data for i in (0, 2))
-    assert rows.tolist() == expected
-    assert rows.tolist() != sorted({0, 2})  # the per-trace indices would have named other rows
-    for row in rows:  # every returned row sits at the coordinates that were clicked
-        trace = next(t for t in figure.data if row in set(np.asarray(t.customdata).tolist()))
-        position = list(trace.customdata).index(row)
-        assert trace.x[position] == pytest.approx(xy[row, 0])
+    drawn = np.array([50, 3, 5, 17, 0, 44])  # a sample, not in row order
+    payload = map_payload(xy, drawn, colour, categorical=True, hover=hover, selected=np.array([17, 44, 59]))
+    ids = unpacked(payload["ids"], "<i4")
+    assert ids.tolist() == drawn.tolist() and payload["n"] == len(drawn)
+    np.testing.assert_array_equal(unpacked(payload["xy"], "<f4").reshape(-1, 2), xy[drawn])
+    names = [payload["legend"][code]["name"] for code in unpacked(payload["codes"], "<u2")]
+    assert names == [shaping.MISSING_LABEL if pd.isna(v) else str(v) for v in colour[drawn]]
+    assert [e["count"] for e in payload["legend"]] == [names.count(e["name"]) for e in payload["legend"]]
+    assert payload["legend"][-1]["colour"] == MISSING_COLOUR  # missing last, grey
+    assert unpacked(payload["flags"], "u1").tolist() == [0, 0, 0, 1, 0, 1]  # 59 is selected but not drawn
+    assert payload["hover"] == [hover[r] for r in drawn]
+    x0, x1, y0, y1 = payload["extent"]
+    assert x0 < xy[drawn, 0].min() and xy[drawn, 0].max() < x1
+    assert y0 < xy[drawn, 1].min() and xy[drawn, 1].max() < y1
+    # a click sends the clicked point's row id back, as Plotly's customdata did
+    click = {"selection": {"points": [{"customdata": int(ids[3])}], "box": [], "lasso": [], "serial": "s-1"}}
+    assert shaping.selected_row_ids(click).tolist() == [17]
+
+
+def test_a_continuous_colour_is_a_scale_from_its_minimum_to_its_maximum() -> None:
+    xy = np.zeros((5, 2))
+    age = pd.Series([20.0, 40.0, np.nan, 80.0, 30.0], name="age")
+    payload = map_payload(xy, np.arange(5), age, categorical=False, hover=None)
+    codes = unpacked(payload["codes"], "<u2")
+    assert codes.tolist() == [0, round(20 / 60 * 255), SCALE_STEPS, 255, round(10 / 60 * 255)]
+    assert payload["scale"] == {"name": "age", "low": 20.0, "high": 80.0}
+    assert len(payload["colours"]) == SCALE_STEPS + 1 and payload["colours"][SCALE_STEPS] == MISSING_COLOUR
+    assert payload["legend"] == [{"name": shaping.MISSING_LABEL, "colour": MISSING_COLOUR, "count": 1}]
+    plain = map_payload(xy, np.arange(5), None, categorical=False, hover=None, highlight=np.array([1, 3]))
+    assert set(unpacked(plain["codes"], "<u2").tolist()) == {0} and plain["legend"] == []
+    assert plain["highlight"]["n"] == 2 and plain["highlight"]["total"] == 2
+
+
+def test_a_big_highlight_is_ringed_on_a_fair_sample_and_counted_in_full() -> None:
+    xy = np.random.default_rng(2).normal(size=(50_000, 2))
+    payload = map_payload(xy, np.arange(100), None, False, None, highlight=np.arange(50_000))
+    rings = unpacked(payload["highlight"]["xy"], "<f4").reshape(-1, 2)
+    assert payload["highlight"]["total"] == 50_000 and len(rings) == HIGHLIGHT_MAX
+    assert 0.3 < (rings[:, 0] > 0).mean() < 0.7  # spread over the whole cluster, not its first rows
 
 
 def test_customdata_given_as_list_and_empty_events() -> None:
@@ -71,6 +92,24 @@ def test_reconcile_keeps_selection_through_a_recolour_and_takes_only_new_events(
     # a fresh lasso replaces it
     kept3, seen3 = shaping.reconcile_selection(kept, np.array([4, 5]), seen)
     assert kept3.tolist() == [4, 5] and seen3.tolist() == [4, 5]
+
+
+def test_a_numbered_event_is_new_once_even_when_it_repeats_the_rows() -> None:
+    event = {"selection": {"points": [{"customdata": 7}], "box": [], "lasso": [], "serial": "ab-3"}}
+    serial = shaping.event_serial(event)
+    assert serial == "ab-3" and shaping.event_serial({"selection": {"points": []}}) is None
+    seen_before = np.array([], dtype=np.int64)  # what the map reported before it sent anything
+    kept, seen = shaping.reconcile_selection(np.array([1, 2]), np.array([7]), seen_before, serial)
+    assert kept.tolist() == [7] and seen == "ab-3"
+    # the same event on the next rerun (e.g. after "Clear selection"): not new, the cleared selection stays
+    kept, seen = shaping.reconcile_selection(np.empty(0, dtype=np.int64), np.array([7]), seen, serial)
+    assert kept.tolist() == []
+    # a new click on the same point: a new serial, so it is selected again
+    kept, seen = shaping.reconcile_selection(kept, np.array([7]), seen, "ab-4")
+    assert kept.tolist() == [7] and seen == "ab-4"
+    # a lasso around nothing never clears
+    kept, _ = shaping.reconcile_selection(kept, np.empty(0, dtype=np.int64), seen, "ab-5")
+    assert kept.tolist() == [7]
 
 
 def test_density_sample_keeps_every_category_and_the_proportions() -> None:

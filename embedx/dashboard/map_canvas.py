@@ -1,0 +1,31 @@
+"""The explorer's map as a Streamlit v2 component: `map_canvas.js` / `.css`, shipped in the package (no CDN,
+so it works behind a hospital firewall), drawing what `map_payload` builds.
+
+Mounted without a shadow root so the browser tests (and a user's devtools) reach it with a plain selector;
+its CSS is scoped to `.embedx-map`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+_HERE = Path(__file__).resolve().parent
+_MAP = st.components.v2.component(
+    "embedx_map",
+    html='<div class="embedx-map"></div>',
+    css=(_HERE / "map_canvas.css").read_text(encoding="utf-8"),
+    js=(_HERE / "map_canvas.js").read_text(encoding="utf-8"),
+    isolate_styles=False,
+)
+
+
+def _selection_changed() -> None:
+    """The page reads the new selection from `st.session_state[key]` on the rerun this callback asks for."""
+
+
+def draw_map(payload: dict[str, Any], key: str) -> None:
+    """Mount (or update) the map under `key`; its box, lasso or click lands in `st.session_state[key]`."""
+    _MAP(key=key, data=payload, on_selection_change=_selection_changed, width="stretch", height="content")
