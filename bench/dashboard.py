@@ -59,7 +59,8 @@ def main() -> None:
 
     import embedx.dashboard
     from embedx.dashboard.data import STORE_ENV
-    from embedx.dashboard.widgets import HOVER_TEXT_MAX, SCATTER_MAX
+    from embedx.dashboard.map_payload import HOVER_TEXT_MAX
+    from embedx.dashboard.widgets import SCATTER_MAX
 
     rows_out: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as folder:

@@ -22,6 +22,9 @@ from embedx.dashboard.density import DensityImage, padded_extent
 from embedx.dashboard.figures import MISSING_COLOUR, PALETTE
 from embedx.dashboard.shaping import MISSING_LABEL, category_labels, fair_sample
 
+# Above this many drawn points, hover shows the row id and colour value only: the attribute text of 30k points
+# is 3 MB, most of what the browser would wait for.
+HOVER_TEXT_MAX = 10_000
 HIGHLIGHT_MAX = 20_000  # rings drawn for a highlighted cluster; the density image shows the rest
 SCALE_STEPS = 256  # colours of a continuous attribute's scale; code SCALE_STEPS is "missing"
 SELECTED = 1  # flag bit of a point in the kept selection

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -161,6 +162,23 @@ def rows_in_regions(event: Any, xy: np.ndarray, candidates: np.ndarray) -> np.nd
         if len(outline) >= 3:
             inside |= Outline(outline).contains_points(points)
     return candidates[inside]
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 2) -> str:
+    """A small table as markdown (numbers rounded to `digits`), for panels that must not pull in the
+    data-grid's scripts; markdown's own characters in cells are escaped."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, (float, np.floating)):
+            return "–" if np.isnan(value) else f"{value:.{digits}f}"
+        # CommonMark lets any ASCII punctuation be escaped; Streamlit would read $…$ as LaTeX
+        return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", " ".join(str(value).split()))
+
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
+    head = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---:" if right else "---" for right in numeric) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
 
 
 def event_serial(event: Any) -> str | None:

@@ -19,9 +19,7 @@ import pandas as pd
 import streamlit as st
 
 from embedx.dashboard import data, shaping
-from embedx.dashboard.density import DensityImage, density_image
 from embedx.dashboard.map_canvas import draw_map
-from embedx.dashboard.map_payload import map_payload
 
 SELECTION = "selection"
 SELECTION_ORIGIN = "selection_origin"
@@ -32,9 +30,6 @@ CLEARS = "selection_clears"
 # lets the browser test exercise the sampled path on a small store).
 SCATTER_MAX = int(os.environ.get("EMBEDX_SCATTER_MAX", "30000"))
 THUMB_CAP = 48
-# Above this, hover shows the row id and colour value only: the attribute text of 30k points is 3 MB of the
-# figure, most of what the browser waits for.
-HOVER_TEXT_MAX = 10_000
 
 
 def quote(path: Path | str) -> str:
@@ -168,55 +163,6 @@ def absorb_selection(path: Path, model: str, method: str, mask: np.ndarray, key:
         set_selection(kept, f"{model} · {method}")
 
 
-def _drawn_points(path: Path, meta: data.StoreMeta, model: str, method: str, colour: str | None,
-                  rows: np.ndarray, max_points: int, key: str) -> tuple[np.ndarray, DensityImage | None]:
-    """The drawn sample and the density image of every row, kept per chart until the map or the filter
-    changes: a lasso reruns the map's fragment, and redoing both cost ~0.6 s per rerun at a million rows."""
-    token = _token(str(path), path.stat().st_mtime, model, method, colour, len(rows), int(rows.sum()),
-                   max_points)
-    kept = st.session_state.get(f"{key}__drawn")
-    if kept is not None and kept[0] == token:
-        return kept[1], kept[2]
-    groups = (
-        data.labels(path, colour).to_numpy()[rows]
-        if colour and meta.kinds.get(colour) != "continuous"
-        else None
-    )
-    drawn = shaping.density_sample(rows, groups, max_points)
-    xy = data.projection(path, model, method)
-    background = density_image(xy[rows]) if len(drawn) < len(rows) else None
-    st.session_state[f"{key}__drawn"] = (token, drawn, background)
-    return drawn, background
-
-
-def _kept_payload(path: Path, meta: data.StoreMeta, xy: np.ndarray, drawn: np.ndarray, colour: str | None,
-                  baked: tuple[str, np.ndarray], highlight: np.ndarray | None, title: str, height: int,
-                  background: DensityImage | None, key: str) -> dict[str, Any]:
-    """The map's payload, rebuilt only when what it shows changes. A lasso that leaves it as it was (the
-    selection is baked in only on a recolour or filter) sends the browser the same data, which it does not
-    redraw, so the lasso's outline and the user's zoom stay."""
-    token = _token(baked[0], str(path), path.stat().st_mtime, title, height,
-                   hashlib.sha1(np.asarray(baked[1], dtype=np.int64).tobytes()).hexdigest(),
-                   None if highlight is None else hashlib.sha1(np.asarray(highlight).tobytes()).hexdigest())
-    kept = st.session_state.get(f"{key}__payload")
-    if kept is not None and kept[0] == token:
-        return kept[1]
-    payload = map_payload(
-        xy,
-        drawn,
-        meta.attributes[colour] if colour else None,
-        categorical=bool(colour) and meta.kinds.get(colour) != "continuous",
-        hover=data.hover(path) if len(drawn) <= HOVER_TEXT_MAX else None,
-        selected=baked[1],
-        highlight=highlight,
-        title=title,
-        height=height,
-        density=background,
-    )
-    st.session_state[f"{key}__payload"] = (token, payload)
-    return payload
-
-
 def selectable_map(
     path: Path,
     meta: data.StoreMeta,
@@ -239,29 +185,21 @@ def selectable_map(
     """
     max_points = SCATTER_MAX if max_points is None else max_points
     absorb_selection(path, model, method, mask, key)
-    xy, rows = _mapped_rows(path, model, method, mask)
-    drawn, background = _drawn_points(path, meta, model, method, colour, rows, max_points, key)
-    if background is not None:
-        st.caption(
-            f"Drawing a density-preserving sample of {len(drawn):,} of {len(rows):,} points over a grey "
-            "density image of all of them; selections and statistics use every row."
-        )
-    drawing_token = _token(
-        model,
-        method,
-        colour,
-        len(rows),
-        int(rows.sum()),
-        len(drawn),
-        None if highlight is None else int(np.asarray(highlight).sum()),
-        st.session_state.get(CLEARS, 0),
-    )
+    _, rows = _mapped_rows(path, model, method, mask)
+    drawing_token = _token(model, method, colour, data.digest(rows), max_points, data.digest(highlight),
+                           st.session_state.get(CLEARS, 0))
     baked_key = f"{key}__baked"
     baked = st.session_state.get(baked_key)
     if follow or baked is None or baked[0] != drawing_token:
         baked = (drawing_token, selection())
         st.session_state[baked_key] = baked
-    payload = _kept_payload(path, meta, xy, drawn, colour, baked, highlight, title, height, background, key)
+    payload = data.map_drawing(path, model, method, colour, rows, max_points, baked[1], highlight, title,
+                               height)
+    if payload["density"] is not None:
+        st.caption(
+            f"Drawing a density-preserving sample of {payload['n']:,} of {len(rows):,} points over a grey "
+            "density image of all of them; selections and statistics use every row."
+        )
     draw_map(payload, key)
 
 

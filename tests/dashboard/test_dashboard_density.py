@@ -56,12 +56,12 @@ def test_a_sampled_map_draws_the_image_beneath_and_spans_every_point() -> None:
 
 
 def test_the_map_page_above_the_cap_says_what_it_draws(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from embedx.dashboard import widgets
+    from embedx.dashboard import data, widgets
 
     monkeypatch.setattr(widgets, "SCATTER_MAX", 120)
     drawings = []
-    real = widgets.density_image
-    monkeypatch.setattr(widgets, "density_image", lambda xy: drawings.append(len(xy)) or real(xy))
+    real = data.density_image
+    monkeypatch.setattr(data, "density_image", lambda xy: drawings.append(len(xy)) or real(xy))
     monkeypatch.setenv(STORE_ENV, str(store))
     page = Path(embedx.dashboard.__file__).resolve().parent / "views" / "map.py"
     at = AppTest.from_file(str(page), default_timeout=120).run()

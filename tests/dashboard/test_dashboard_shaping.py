@@ -241,3 +241,11 @@ def test_a_lasso_or_box_on_a_sampled_map_selects_every_row_inside_it() -> None:
         in_box, candidates[::2][(xy[::2, 0] >= 2) & (xy[::2, 0] <= 8) & (xy[::2, 1] >= 1) & (xy[::2, 1] <= 3)]
     )
     assert shaping.rows_in_regions({"selection": {"points": [{"customdata": 1}]}}, xy, candidates).size == 0
+
+
+def test_a_markdown_table_rounds_numbers_and_escapes_what_markdown_would_read() -> None:
+    frame = pd.DataFrame({"attribute": ["site", "a|b $x$ *y*"], "latent": [0.991, np.nan]})
+    lines = shaping.markdown_table(frame).splitlines()
+    assert lines[:2] == ["| attribute | latent |", "|---|---:|"]
+    assert lines[2] == "| site | 0.99 |"
+    assert lines[3] == "| a\\|b \\$x\\$ \\*y\\* | – |"  # no cell split, no LaTeX, no emphasis

@@ -40,15 +40,16 @@ with right:
         f"On a seeded sample of {quality['n']:,} encoded images. Per attribute: balanced accuracy of a "
         "10-NN classifier in latent space vs in the 2-D map; a large gap means the picture distorts."
     )
-    table = [
-        {"attribute": a["attribute"], "latent": a["latent"], "map": a["map"], "gap": a["gap"]}
-        for a in quality["attributes"]
-    ]
-    widgets.frame_or_caption(
-        pd.DataFrame(table),
-        "No categorical attribute to score.",
-        column_config={c: st.column_config.NumberColumn(format="%.2f") for c in ("latent", "map", "gap")},
+    table = pd.DataFrame(
+        [{"attribute": a["attribute"], "latent": a["latent"], "map": a["map"], "gap": a["gap"]}
+         for a in quality["attributes"]]
     )
+    # markdown, not st.dataframe: the data-grid's script bundle (~1.2 MB) parsed beside the map delayed its
+    # first paint by ~1 s in a 2-core browser (bench/dashboard_browser.py)
+    if table.empty:
+        st.caption("No categorical attribute to score.")
+    else:
+        st.markdown(shaping.markdown_table(table, digits=2))
 
 if len(widgets.selection()) and not np.isin(widgets.selection(), np.flatnonzero(cohort)).all():
     st.caption(
