@@ -28,6 +28,7 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 
 from embedx.analysis.enrichment import enrichment  # noqa: E402
+from embedx.dashboard import selection_events as events  # noqa: E402
 from embedx.dashboard import shaping  # noqa: E402
 from embedx.dashboard.map_payload import map_payload  # noqa: E402
 from embedx.store.h5store import Store  # noqa: E402
@@ -131,7 +132,7 @@ def main() -> None:
             (f"selection statistics, {mask.sum():,}-row lasso region", f"{stats_lasso * 1000:.0f} ms")
         )
         ids, _ = timed(
-            lambda: shaping.selected_row_ids(
+            lambda: events.selected_row_ids(
                 {"selection": {"points": [{"customdata": int(r)} for r in lasso]}}
             )
         )

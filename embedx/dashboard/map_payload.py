@@ -6,8 +6,9 @@ the drawn points' coordinates (float32), row ids (int32), colour codes (uint16) 
 selected), each as base64 of little-endian bytes — 15 bytes a point — plus the legend or colour bar, the
 density image of every row, and the highlighted rows. No Streamlit here, so the payload is testable alone.
 
-Every drawn point carries its global store row id; a click returns it as Plotly did (`customdata`), and a box
-or lasso returns its outline in data coordinates, which `shaping.rows_in_regions` maps to every row inside.
+Every drawn point carries its global store row id; a click returns it as Plotly did (`customdata`), and a
+box or lasso returns its outline in data coordinates, which `selection_events.rows_in_regions` maps to every
+row inside.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Pure data shaping for the explorer: no Streamlit here, so every piece is unit-tested without a browser.
 
 The page files only render what these functions return, and `data.py` only caches them. Rows are always
-addressed by their *global row id* (the store row), never by a position inside a plot trace: with colour-by
-each category becomes its own trace, and per-trace point indices no longer match store rows.
+addressed by their *global row id* (the store row), never by a position in what is drawn. A map's selection
+events are read in `selection_events`.
 """
 
 from __future__ import annotations
@@ -104,112 +104,7 @@ def fair_sample(rows: np.ndarray, cap: int, seed: int = 0) -> np.ndarray:
     return np.sort(rng.choice(rows, size=cap, replace=False))
 
 
-# --------------------------------------------------------------------------- selection events
-
-
-def selected_row_ids(event: Any) -> np.ndarray:
-    """Global row ids of a Streamlit plotly selection event, read from each point's `customdata`.
-
-    Works for box, lasso and click selections alike; per-trace `point_index` is deliberately ignored.
-    """
-    if event is None:
-        return np.empty(0, dtype=np.int64)
-    selection = (
-        event.get("selection", event) if isinstance(event, Mapping) else getattr(event, "selection", None)
-    )
-    if selection is None:
-        return np.empty(0, dtype=np.int64)
-    points = (
-        selection.get("points", []) if isinstance(selection, Mapping) else getattr(selection, "points", [])
-    )
-    ids: list[int] = []
-    for point in points or []:
-        custom = point.get("customdata") if isinstance(point, Mapping) else None
-        if custom is None:
-            continue
-        if isinstance(custom, (list, tuple)):
-            if not custom:
-                continue
-            custom = custom[0]
-        try:
-            ids.append(int(custom))
-        except (TypeError, ValueError):
-            continue
-    return np.unique(np.asarray(ids, dtype=np.int64))
-
-
-def rows_in_regions(event: Any, xy: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Candidate rows whose map position lies inside the event's box(es) or lasso outline(s).
-
-    Plotly reports only the points it drew; when the map shows a sample, this maps the drawn outline back to
-    every row it covers.
-    """
-    from matplotlib.path import Path as Outline
-
-    selection = (
-        event.get("selection", event) if isinstance(event, Mapping) else getattr(event, "selection", None)
-    )
-    candidates = np.asarray(candidates, dtype=np.int64)
-    if not isinstance(selection, Mapping) or len(candidates) == 0:
-        return np.empty(0, dtype=np.int64)
-    points = xy[candidates]
-    inside = np.zeros(len(candidates), dtype=bool)
-    for box in selection.get("box") or []:
-        (x0, x1), (y0, y1) = sorted(box["x"][:2]), sorted(box["y"][:2])
-        inside |= (points[:, 0] >= x0) & (points[:, 0] <= x1) & (points[:, 1] >= y0) & (points[:, 1] <= y1)
-    for lasso in selection.get("lasso") or []:
-        outline = np.column_stack([np.asarray(lasso["x"], dtype=float), np.asarray(lasso["y"], dtype=float)])
-        if len(outline) >= 3:
-            inside |= Outline(outline).contains_points(points)
-    return candidates[inside]
-
-
-def markdown_table(frame: pd.DataFrame, digits: int = 2) -> str:
-    """A small table as markdown (numbers rounded to `digits`), for panels that must not pull in the
-    data-grid's scripts; markdown's own characters in cells are escaped."""
-
-    def cell(value: Any) -> str:
-        if isinstance(value, (float, np.floating)):
-            return "–" if np.isnan(value) else f"{value:.{digits}f}"
-        # CommonMark lets any ASCII punctuation be escaped; Streamlit would read $…$ as LaTeX
-        return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", " ".join(str(value).split()))
-
-    numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
-    head = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
-    rule = "|" + "|".join("---:" if right else "---" for right in numeric) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([head, rule, *body])
-
-
-def event_serial(event: Any) -> str | None:
-    """The number embedx's map gives each selection it sends (None for an event without one)."""
-    selection = event.get("selection", event) if isinstance(event, Mapping) else None
-    serial = selection.get("serial") if isinstance(selection, Mapping) else None
-    return None if serial is None else str(serial)
-
-
-def reconcile_selection(
-    selection: np.ndarray, event_rows: np.ndarray, last_seen: Any, serial: str | None = None
-) -> tuple[np.ndarray, Any]:
-    """The kept selection after reading one map's event: `(selection, new last_seen for that map)`.
-
-    A map keeps reporting its last selection on every rerun, so only an event that differs from what this
-    map reported before is a new selection. With a `serial` the map numbers its events, and a new number is
-    new even when it selects the same rows again (a click on the same point after "Clear selection");
-    without one, new rows are. An empty event never clears (recolouring must not lose the user's selection;
-    clearing is an explicit button).
-    """
-    event_rows = np.asarray(event_rows, dtype=np.int64)
-    if serial is not None:
-        is_new = len(event_rows) > 0 and not (isinstance(last_seen, str) and last_seen == serial)
-        return (event_rows if is_new else selection), serial
-    is_new = len(event_rows) > 0 and (
-        last_seen is None or isinstance(last_seen, str) or not np.array_equal(event_rows, last_seen)
-    )
-    return (event_rows if is_new else selection), event_rows
-
-
-# --------------------------------------------------------------------------- thumbnails
+# --------------------------------------------------------------------------- thumbnails and tables
 
 
 def png_data_url(thumb: np.ndarray) -> str:
@@ -237,6 +132,23 @@ def rows_table(
     if thumbnails is not None:
         table.insert(1, "image", list(thumbnails))
     return table.reset_index(drop=True)
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 2) -> str:
+    """A small table as markdown (numbers rounded to `digits`), for panels that must not pull in the
+    data-grid's scripts; markdown's own characters in cells are escaped."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, (float, np.floating)):
+            return "–" if np.isnan(value) else f"{value:.{digits}f}"
+        # CommonMark lets any ASCII punctuation be escaped; Streamlit would read $…$ as LaTeX
+        return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", " ".join(str(value).split()))
+
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
+    head = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---:" if right else "---" for right in numeric) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
 
 
 def selection_csv(attributes: pd.DataFrame, rows: np.ndarray, sample_ids: np.ndarray | None = None) -> bytes:

@@ -19,6 +19,7 @@ import pandas as pd
 import streamlit as st
 
 from embedx.dashboard import data, shaping
+from embedx.dashboard import selection_events as events
 from embedx.dashboard.map_canvas import draw_map
 
 SELECTION = "selection"
@@ -153,11 +154,11 @@ def absorb_selection(path: Path, model: str, method: str, mask: np.ndarray, key:
     """
     event = st.session_state.get(key)
     xy, rows = _mapped_rows(path, model, method, mask)
-    event_rows = np.union1d(shaping.selected_row_ids(event), shaping.rows_in_regions(event, xy, rows))
+    event_rows = np.union1d(events.selected_row_ids(event), events.rows_in_regions(event, xy, rows))
     seen_key = f"{key}__seen"
     before = selection()
-    kept, st.session_state[seen_key] = shaping.reconcile_selection(
-        before, event_rows, st.session_state.get(seen_key), shaping.event_serial(event)
+    kept, st.session_state[seen_key] = events.reconcile_selection(
+        before, event_rows, st.session_state.get(seen_key), events.event_serial(event)
     )
     if kept is not before:
         set_selection(kept, f"{model} · {method}")

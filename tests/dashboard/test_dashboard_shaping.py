@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from embedx.analysis.enrichment import enrichment, top_enriched
+from embedx.dashboard import selection_events as events
 from embedx.dashboard import shaping
 from embedx.dashboard.figures import MISSING_COLOUR
 from embedx.dashboard.map_payload import HIGHLIGHT_MAX, SCALE_STEPS, map_payload, unpacked
@@ -49,7 +50,7 @@ def test_the_map_payload_packs_each_drawn_row_with_its_own_coordinates_colour_an
     assert y0 < xy[drawn, 1].min() and xy[drawn, 1].max() < y1
     # a click sends the clicked point's row id back, as Plotly's customdata did
     click = {"selection": {"points": [{"customdata": int(ids[3])}], "box": [], "lasso": [], "serial": "s-1"}}
-    assert shaping.selected_row_ids(click).tolist() == [17]
+    assert events.selected_row_ids(click).tolist() == [17]
 
 
 def test_a_continuous_colour_is_a_scale_from_its_minimum_to_its_maximum() -> None:
@@ -76,39 +77,39 @@ def test_a_big_highlight_is_ringed_on_a_fair_sample_and_counted_in_full() -> Non
 
 def test_customdata_given_as_list_and_empty_events() -> None:
     event = {"selection": {"points": [{"customdata": [7, "x"]}, {"customdata": 3}, {"x": 1}]}}
-    assert shaping.selected_row_ids(event).tolist() == [3, 7]
-    assert shaping.selected_row_ids(None).size == 0
-    assert shaping.selected_row_ids({"selection": {"points": []}}).size == 0
+    assert events.selected_row_ids(event).tolist() == [3, 7]
+    assert events.selected_row_ids(None).size == 0
+    assert events.selected_row_ids({"selection": {"points": []}}).size == 0
 
 
 def test_reconcile_keeps_selection_through_a_recolour_and_takes_only_new_events() -> None:
     kept = np.array([1, 2, 3])
     # the chart was remounted by a recolour: empty event, the selection stays
-    kept, seen = shaping.reconcile_selection(kept, np.array([], dtype=np.int64), np.array([1, 2, 3]))
+    kept, seen = events.reconcile_selection(kept, np.array([], dtype=np.int64), np.array([1, 2, 3]))
     assert kept.tolist() == [1, 2, 3]
     # another chart still reports its old selection: not new, ignored
-    kept2, _ = shaping.reconcile_selection(np.array([9]), np.array([1, 2, 3]), np.array([1, 2, 3]))
+    kept2, _ = events.reconcile_selection(np.array([9]), np.array([1, 2, 3]), np.array([1, 2, 3]))
     assert kept2.tolist() == [9]
     # a fresh lasso replaces it
-    kept3, seen3 = shaping.reconcile_selection(kept, np.array([4, 5]), seen)
+    kept3, seen3 = events.reconcile_selection(kept, np.array([4, 5]), seen)
     assert kept3.tolist() == [4, 5] and seen3.tolist() == [4, 5]
 
 
 def test_a_numbered_event_is_new_once_even_when_it_repeats_the_rows() -> None:
     event = {"selection": {"points": [{"customdata": 7}], "box": [], "lasso": [], "serial": "ab-3"}}
-    serial = shaping.event_serial(event)
-    assert serial == "ab-3" and shaping.event_serial({"selection": {"points": []}}) is None
+    serial = events.event_serial(event)
+    assert serial == "ab-3" and events.event_serial({"selection": {"points": []}}) is None
     seen_before = np.array([], dtype=np.int64)  # what the map reported before it sent anything
-    kept, seen = shaping.reconcile_selection(np.array([1, 2]), np.array([7]), seen_before, serial)
+    kept, seen = events.reconcile_selection(np.array([1, 2]), np.array([7]), seen_before, serial)
     assert kept.tolist() == [7] and seen == "ab-3"
     # the same event on the next rerun (e.g. after "Clear selection"): not new, the cleared selection stays
-    kept, seen = shaping.reconcile_selection(np.empty(0, dtype=np.int64), np.array([7]), seen, serial)
+    kept, seen = events.reconcile_selection(np.empty(0, dtype=np.int64), np.array([7]), seen, serial)
     assert kept.tolist() == []
     # a new click on the same point: a new serial, so it is selected again
-    kept, seen = shaping.reconcile_selection(kept, np.array([7]), seen, "ab-4")
+    kept, seen = events.reconcile_selection(kept, np.array([7]), seen, "ab-4")
     assert kept.tolist() == [7] and seen == "ab-4"
     # a lasso around nothing never clears
-    kept, _ = shaping.reconcile_selection(kept, np.empty(0, dtype=np.int64), seen, "ab-5")
+    kept, _ = events.reconcile_selection(kept, np.empty(0, dtype=np.int64), seen, "ab-5")
     assert kept.tolist() == [7]
 
 
@@ -232,15 +233,15 @@ def test_a_lasso_or_box_on_a_sampled_map_selects_every_row_inside_it() -> None:
             "lasso": [{"xref": "x", "yref": "y", "x": [0, 5, 5, 0], "y": [0, 0, 5, 5]}],
         }
     }
-    inside = shaping.rows_in_regions(lasso, xy, candidates)
+    inside = events.rows_in_regions(lasso, xy, candidates)
     expected = np.flatnonzero((xy[:, 0] < 5) & (xy[:, 1] < 5))
     assert len(np.setdiff1d(inside, expected)) == 0 and len(inside) >= len(expected) - 5  # edge points
     box = {"selection": {"box": [{"x": [8, 2], "y": [1, 3]}], "lasso": []}}
-    in_box = shaping.rows_in_regions(box, xy, candidates[::2])  # only candidates (the filtered cohort) count
+    in_box = events.rows_in_regions(box, xy, candidates[::2])  # only candidates (the filtered cohort) count
     assert np.array_equal(
         in_box, candidates[::2][(xy[::2, 0] >= 2) & (xy[::2, 0] <= 8) & (xy[::2, 1] >= 1) & (xy[::2, 1] <= 3)]
     )
-    assert shaping.rows_in_regions({"selection": {"points": [{"customdata": 1}]}}, xy, candidates).size == 0
+    assert events.rows_in_regions({"selection": {"points": [{"customdata": 1}]}}, xy, candidates).size == 0
 
 
 def test_a_markdown_table_rounds_numbers_and_escapes_what_markdown_would_read() -> None:

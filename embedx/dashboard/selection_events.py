@@ -1,0 +1,96 @@
+"""A map's selection events read back as store rows: what the browser sent, in Plotly's selection shape
+(`{"selection": {"points": [{"customdata": row}], "box": [...], "lasso": [...], "serial": ...}}`), turned into
+global row ids and folded into the kept selection. No Streamlit here; `widgets.absorb_selection` uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+
+def selected_row_ids(event: Any) -> np.ndarray:
+    """Global row ids of a Streamlit plotly selection event, read from each point's `customdata`.
+
+    Works for box, lasso and click selections alike; per-trace `point_index` is deliberately ignored.
+    """
+    if event is None:
+        return np.empty(0, dtype=np.int64)
+    selection = (
+        event.get("selection", event) if isinstance(event, Mapping) else getattr(event, "selection", None)
+    )
+    if selection is None:
+        return np.empty(0, dtype=np.int64)
+    points = (
+        selection.get("points", []) if isinstance(selection, Mapping) else getattr(selection, "points", [])
+    )
+    ids: list[int] = []
+    for point in points or []:
+        custom = point.get("customdata") if isinstance(point, Mapping) else None
+        if custom is None:
+            continue
+        if isinstance(custom, (list, tuple)):
+            if not custom:
+                continue
+            custom = custom[0]
+        try:
+            ids.append(int(custom))
+        except (TypeError, ValueError):
+            continue
+    return np.unique(np.asarray(ids, dtype=np.int64))
+
+
+def rows_in_regions(event: Any, xy: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Candidate rows whose map position lies inside the event's box(es) or lasso outline(s).
+
+    Plotly reports only the points it drew; when the map shows a sample, this maps the drawn outline back to
+    every row it covers.
+    """
+    from matplotlib.path import Path as Outline
+
+    selection = (
+        event.get("selection", event) if isinstance(event, Mapping) else getattr(event, "selection", None)
+    )
+    candidates = np.asarray(candidates, dtype=np.int64)
+    if not isinstance(selection, Mapping) or len(candidates) == 0:
+        return np.empty(0, dtype=np.int64)
+    points = xy[candidates]
+    inside = np.zeros(len(candidates), dtype=bool)
+    for box in selection.get("box") or []:
+        (x0, x1), (y0, y1) = sorted(box["x"][:2]), sorted(box["y"][:2])
+        inside |= (points[:, 0] >= x0) & (points[:, 0] <= x1) & (points[:, 1] >= y0) & (points[:, 1] <= y1)
+    for lasso in selection.get("lasso") or []:
+        outline = np.column_stack([np.asarray(lasso["x"], dtype=float), np.asarray(lasso["y"], dtype=float)])
+        if len(outline) >= 3:
+            inside |= Outline(outline).contains_points(points)
+    return candidates[inside]
+
+
+def event_serial(event: Any) -> str | None:
+    """The number embedx's map gives each selection it sends (None for an event without one)."""
+    selection = event.get("selection", event) if isinstance(event, Mapping) else None
+    serial = selection.get("serial") if isinstance(selection, Mapping) else None
+    return None if serial is None else str(serial)
+
+
+def reconcile_selection(
+    selection: np.ndarray, event_rows: np.ndarray, last_seen: Any, serial: str | None = None
+) -> tuple[np.ndarray, Any]:
+    """The kept selection after reading one map's event: `(selection, new last_seen for that map)`.
+
+    A map keeps reporting its last selection on every rerun, so only an event that differs from what this
+    map reported before is a new selection. With a `serial` the map numbers its events, and a new number is
+    new even when it selects the same rows again (a click on the same point after "Clear selection");
+    without one, new rows are. An empty event never clears (recolouring must not lose the user's selection;
+    clearing is an explicit button).
+    """
+    event_rows = np.asarray(event_rows, dtype=np.int64)
+    if serial is not None:
+        is_new = len(event_rows) > 0 and not (isinstance(last_seen, str) and last_seen == serial)
+        return (event_rows if is_new else selection), serial
+    is_new = len(event_rows) > 0 and (
+        last_seen is None or isinstance(last_seen, str) or not np.array_equal(event_rows, last_seen)
+    )
+    return (event_rows if is_new else selection), event_rows
