@@ -110,9 +110,16 @@ def colour_picker(meta: data.StoreMeta, key: str, container: Any = st.sidebar) -
 
 
 def filters(path: Path, meta: data.StoreMeta, key: str) -> dict[str, Any]:
-    """Sidebar filters: category multiselects and numeric range sliders; only narrowed ones are returned."""
+    """Sidebar filters: category multiselects and numeric range sliders; only narrowed ones are returned.
+
+    Behind a toggle, not in a collapsed expander: an expander's widgets are sent and built even while it is
+    closed, and their scripts made the browser draw the map ~0.3 s later (bench/dashboard_browser.py).
+    """
     chosen: dict[str, Any] = {}
-    with st.sidebar.expander("Filters", expanded=False):
+    if not st.sidebar.toggle("Filter the cohort", key=f"{key}_filtering",
+                             help="Narrow the map and every statistic to some sites, ages, …"):
+        return chosen
+    with st.sidebar.container(border=True):
         for name in meta.attribute_names:
             column = meta.attributes[name]
             if meta.kinds.get(name) == "continuous":

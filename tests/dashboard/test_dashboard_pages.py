@@ -92,6 +92,8 @@ def test_colour_by_continuous_and_filters_rerun_cleanly(store, monkeypatch) -> N
     at = run_page("map", store, monkeypatch, selection=np.arange(10))
     at.sidebar.selectbox(key="map_colour").set_value("age").run()
     assert not at.exception
+    assert len(at.sidebar.multiselect) == 0 and "300 of 300 images" in at.sidebar.caption[0].value
+    at.sidebar.toggle(key="map_filtering").set_value(True).run()  # the filters appear when asked for
     at.sidebar.multiselect(key="map_f_site").set_value(["south"]).run()
     assert not at.exception
     south = int((cohort(300)["site"] == "south").sum())
