@@ -8,7 +8,11 @@ import streamlit as st
 
 PAGES = Path(__file__).resolve().parent / "views"
 
-st.set_page_config(page_title="embedx explorer", page_icon=":material/travel_explore:", layout="wide")
+# The favicon is an emoji, drawn by the browser as an inline SVG: with a material icon (the page's own, by
+# default) the browser would fetch it from fonts.gstatic.com, outside the hospital network. The sidebar
+# still draws the pages' material icons, from the font bundled with Streamlit.
+st.set_page_config(page_title="embedx explorer", page_icon="🔬", layout="wide")
+
 
 navigation = st.navigation(
     {
