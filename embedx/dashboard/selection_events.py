@@ -45,8 +45,9 @@ def selected_row_ids(event: Any) -> np.ndarray:
 def rows_in_regions(event: Any, xy: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """Candidate rows whose map position lies inside the event's box(es) or lasso outline(s).
 
-    Plotly reports only the points it drew; when the map shows a sample, this maps the drawn outline back to
-    every row it covers.
+    The browser draws a sample of a large map; this maps the drawn outline back to every row it covers. Only
+    the rows inside an outline's bounding box are tested against the polygon: a lasso over a tenth of a
+    million rows took 0.15-0.3 s when every row was.
     """
     from matplotlib.path import Path as Outline
 
@@ -56,15 +57,21 @@ def rows_in_regions(event: Any, xy: np.ndarray, candidates: np.ndarray) -> np.nd
     candidates = np.asarray(candidates, dtype=np.int64)
     if not isinstance(selection, Mapping) or len(candidates) == 0:
         return np.empty(0, dtype=np.int64)
-    points = xy[candidates]
+    boxes, lassos = selection.get("box") or [], selection.get("lasso") or []
+    if not boxes and not lassos:  # a click: its point is in `points`
+        return np.empty(0, dtype=np.int64)
+    x, y = xy[candidates, 0], xy[candidates, 1]
     inside = np.zeros(len(candidates), dtype=bool)
-    for box in selection.get("box") or []:
+    for box in boxes:
         (x0, x1), (y0, y1) = sorted(box["x"][:2]), sorted(box["y"][:2])
-        inside |= (points[:, 0] >= x0) & (points[:, 0] <= x1) & (points[:, 1] >= y0) & (points[:, 1] <= y1)
-    for lasso in selection.get("lasso") or []:
+        inside |= (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
+    for lasso in lassos:
         outline = np.column_stack([np.asarray(lasso["x"], dtype=float), np.asarray(lasso["y"], dtype=float)])
-        if len(outline) >= 3:
-            inside |= Outline(outline).contains_points(points)
+        if len(outline) < 3:
+            continue
+        (x0, y0), (x1, y1) = outline.min(axis=0), outline.max(axis=0)
+        near = np.flatnonzero((x >= x0) & (x <= x1) & (y >= y0) & (y <= y1))
+        inside[near] |= Outline(outline).contains_points(np.column_stack([x[near], y[near]]))
     return candidates[inside]
 
 

@@ -160,12 +160,15 @@ def absorb_selection(path: Path, model: str, method: str, mask: np.ndarray, key:
     outline, not only the drawn points: when the map draws a sample, statistics never run on the sample.
     """
     event = st.session_state.get(key)
+    seen_key = f"{key}__seen"
+    serial = events.event_serial(event)
+    if serial is not None and serial == st.session_state.get(seen_key):
+        return  # this map's last event, already folded in: a rerun need not find its rows again
     xy, rows = _mapped_rows(path, model, method, mask)
     event_rows = np.union1d(events.selected_row_ids(event), events.rows_in_regions(event, xy, rows))
-    seen_key = f"{key}__seen"
     before = selection()
     kept, st.session_state[seen_key] = events.reconcile_selection(
-        before, event_rows, st.session_state.get(seen_key), events.event_serial(event)
+        before, event_rows, st.session_state.get(seen_key), serial
     )
     if kept is not before:
         set_selection(kept, f"{model} · {method}")
