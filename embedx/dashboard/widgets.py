@@ -161,15 +161,13 @@ def absorb_selection(path: Path, model: str, method: str, mask: np.ndarray, key:
     """
     event = st.session_state.get(key)
     seen_key = f"{key}__seen"
-    serial = events.event_serial(event)
-    if serial is not None and serial == st.session_state.get(seen_key):
+    serial, seen = events.event_serial(event), st.session_state.get(seen_key)
+    if serial is not None and isinstance(seen, str) and serial == seen:
         return  # this map's last event, already folded in: a rerun need not find its rows again
     xy, rows = _mapped_rows(path, model, method, mask)
     event_rows = np.union1d(events.selected_row_ids(event), events.rows_in_regions(event, xy, rows))
     before = selection()
-    kept, st.session_state[seen_key] = events.reconcile_selection(
-        before, event_rows, st.session_state.get(seen_key), serial
-    )
+    kept, st.session_state[seen_key] = events.reconcile_selection(before, event_rows, seen, serial)
     if kept is not before:
         set_selection(kept, f"{model} · {method}")
 
