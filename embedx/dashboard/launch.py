@@ -17,11 +17,12 @@ APP = Path(__file__).resolve().parent / "app.py"
 
 
 def command(store: Path, port: int, host: str) -> list[str]:
-    """The `streamlit run` command line (a separate function so tests can check it without a server)."""
+    """The `streamlit run` command line, through `serve` (a separate function so tests can check it without a
+    server)."""
     return [
         sys.executable,
         "-m",
-        "streamlit",
+        "embedx.dashboard.serve",  # `streamlit run`, with the map page's data made before the first session
         "run",
         str(APP),
         "--server.headless",

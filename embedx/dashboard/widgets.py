@@ -31,6 +31,7 @@ CLEARS = "selection_clears"
 # lets the browser test exercise the sampled path on a small store).
 SCATTER_MAX = int(os.environ.get("EMBEDX_SCATTER_MAX", "30000"))
 THUMB_CAP = 48
+MAP_HEIGHT = 560
 
 
 def quote(path: Path | str) -> str:
@@ -101,9 +102,14 @@ def model_and_method(
     return model, method
 
 
+def default_colour(meta: data.StoreMeta) -> str | None:
+    """What the map is coloured by until the user picks: the acquisition attribute a shortcut would use."""
+    return next((a for a in ("site", "manufacturer", "scanner") if a in meta.attribute_names), None)
+
+
 def colour_picker(meta: data.StoreMeta, key: str, container: Any = st.sidebar) -> str | None:
     options = ["(none)", *meta.attribute_names]
-    preferred = next((a for a in ("site", "manufacturer", "scanner") if a in meta.attribute_names), None)
+    preferred = default_colour(meta)
     index = options.index(preferred) if preferred else 0
     choice = container.selectbox("Colour by", options, index=index, key=f"{key}_colour")
     return None if choice == "(none)" else choice
@@ -182,7 +188,7 @@ def selectable_map(
     key: str,
     follow: bool = False,
     highlight: np.ndarray | None = None,
-    height: int = 560,
+    height: int = MAP_HEIGHT,
     title: str = "",
     max_points: int | None = None,
 ) -> None:

@@ -11,7 +11,7 @@ from embedx.dashboard.launch import APP, command
 
 def test_command_is_headless_on_loopback_without_usage_stats_and_passes_the_store(tmp_path: Path) -> None:
     argv = command(tmp_path / "s.h5", 8765, "127.0.0.1")
-    assert argv[:4] == [sys.executable, "-m", "streamlit", "run"] and Path(argv[4]) == APP
+    assert argv[:4] == [sys.executable, "-m", "embedx.dashboard.serve", "run"] and Path(argv[4]) == APP
     options = dict(zip(argv[5:-3:2], argv[6:-3:2], strict=True))
     assert options["--server.headless"] == "true"
     assert options["--server.address"] == "127.0.0.1" and options["--server.port"] == "8765"
