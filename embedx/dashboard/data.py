@@ -162,10 +162,6 @@ def _hover(path: str, stamp: float) -> np.ndarray:
     return shaping.hover_text(_meta(path, stamp).attributes)
 
 
-def hover(path: Path) -> np.ndarray:
-    return _hover(str(path), _stamp(path))
-
-
 @st.cache_data(show_spinner=False, max_entries=64)
 def _thumbnail_urls(path: str, stamp: float, rows: tuple[int, ...]) -> list[str]:
     from embedx.store.h5store import Store

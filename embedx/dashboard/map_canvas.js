@@ -464,6 +464,18 @@ function resetView(map) {
   draw(map);
 }
 
+// the same points, colours, selection, rings, image and frame: a re-render that keeps the outline and zoom
+function sameDrawing(a, b) {
+  if (!b) return false;
+  const fields = ["drawing", "xy", "ids", "codes", "flags", "title", "height", "view", "size"];
+  return (
+    fields.every((field) => a[field] === b[field]) &&
+    a.colours.join() === b.colours.join() &&
+    a.highlight?.xy === b.highlight?.xy &&
+    a.density?.url === b.density?.url
+  );
+}
+
 export default function (component) {
   const { data, parentElement, setStateValue } = component;
   const root = parentElement.querySelector(".embedx-map");
@@ -473,6 +485,6 @@ export default function (component) {
     INSTANCES.set(root, map);
   }
   map.send = setStateValue;
-  if (data && data !== map.data) load(map, data);
+  if (data && !sameDrawing(data, map.data)) load(map, data);
   return () => map.resizer.disconnect();
 }

@@ -180,7 +180,6 @@ def absorb_selection(path: Path, model: str, method: str, mask: np.ndarray, key:
 
 def selectable_map(
     path: Path,
-    meta: data.StoreMeta,
     model: str,
     method: str,
     colour: str | None,
@@ -215,7 +214,9 @@ def selectable_map(
             f"Drawing a density-preserving sample of {payload['n']:,} of {len(rows):,} points over a grey "
             "density image of all of them; selections and statistics use every row."
         )
-    draw_map(payload, key)
+    # `drawing` names the baked selection: a new one (a recolour, "Clear selection") replaces the lasso drawn
+    # in the browser even when the payload's points and flags are the same as before
+    draw_map({**payload, "drawing": drawing_token}, key)
 
 
 def selection_panel(

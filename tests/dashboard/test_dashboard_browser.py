@@ -161,6 +161,7 @@ def test_map_colour_lasso_and_thumbnails_in_chromium(server, artifacts_dir: Path
                 if attempt == 0:
                     page.get_by_role("button", name="Clear selection").click()
                     page.get_by_text("Select points on the map", exact=False).first.wait_for(timeout=60_000)
+                    page.wait_for_function(when_drawn("m.selected === 0"), timeout=30_000)  # nothing kept
 
             # the wheel zooms in around the cursor; "Reset view" shows the whole map again
             whole = drawn(page)["view"]

@@ -78,7 +78,6 @@ with left:
         colour = widgets.colour_picker(meta, "cl", container=st)
         widgets.selectable_map(
             path,
-            meta,
             model,
             method,
             colour,

@@ -49,7 +49,6 @@ def maps_and_selection() -> None:
             method = meta.projections[model][0]
             widgets.selectable_map(
                 path,
-                meta,
                 model,
                 method,
                 colour,

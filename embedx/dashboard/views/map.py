@@ -23,7 +23,7 @@ st.caption(f"{model} · {data.projection_note(path, model, method)}")
 @st.fragment
 def map_and_selection() -> None:
     """Reruns alone on a selection: the sidebar, data loading and map quality stay as they are."""
-    widgets.selectable_map(path, meta, model, method, colour, cohort, key="map_chart")
+    widgets.selectable_map(path, model, method, colour, cohort, key="map_chart")
     widgets.selection_panel(path, meta, cohort, model, key="map_panel")
 
 
