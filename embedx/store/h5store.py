@@ -34,7 +34,6 @@ locking flags. Writers are kept single by `WriterLock` (a flock'ed lock file nam
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -47,8 +46,8 @@ import pandas as pd
 from embedx._version import __version__
 from embedx.data.schema import AttributeSpec, resolve_schema
 from embedx.errors import StoreError
+from embedx.store.h5embeddings import THUMB_SIZE, Embeddings
 from embedx.store.h5io import (
-    _ALIGNED,
     _STR,
     _column_values,
     _create_aligned,
@@ -58,21 +57,24 @@ from embedx.store.h5io import (
     _write_rows,
     escape_name,
     now_iso,
-    to_json,
     unescape_name,
+)
+from embedx.store.h5maps import (  # noqa: F401  (re-exported: the store's constants live with their parts)
+    ANALYSIS_KINDS,
+    PROJECTION_METHODS,
+    STATUS_FITTED,
+    STATUS_NONE,
+    STATUS_TRANSFORMED,
+    MapsAndAnalyses,
 )
 from embedx.store.lock import WriterLock, writer_active
 from embedx.store.repair import aligned_datasets, refuse_if_broken, repair
 
 SCHEMA_VERSION = 1
 FORMAT = "embedx-store"
-THUMB_SIZE = 64
-ANALYSIS_KINDS = ("probes", "fairness", "clusters", "controls", "calibration")
-PROJECTION_METHODS = ("tsne", "umap", "pca")
-STATUS_NONE, STATUS_FITTED, STATUS_TRANSFORMED = 0, 1, 2
 
 
-class Store:
+class Store(Embeddings, MapsAndAnalyses):
     """An open embedx store. Use `Store.open(path)` (read) or `Store.open(path, "a")` (write, locked)."""
 
     def __init__(self, file: h5py.File, path: Path, mode: str, lock: WriterLock | None) -> None:
@@ -437,297 +439,6 @@ class Store:
     def _grow(self, new_n: int) -> None:
         for ds in aligned_datasets(self._f):
             ds.resize(new_n, axis=0)
-
-    # ------------------------------------------------------------------ embeddings
-    def models(self) -> list[str]:
-        return [unescape_name(k) for k in self._f["embeddings"]]
-
-    def _model_group(self, model: str) -> h5py.Group:
-        key = escape_name(model)
-        if key not in self._f["embeddings"]:
-            known = ", ".join(self.models()) or "none yet"
-            raise StoreError(f"{self.path}: no model named {model!r} (known models: {known})")
-        return self._f["embeddings"][key]
-
-    def latents(self, model: str, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
-        """(N, D) float32 aligned on store rows; NaN rows where the model has not encoded the sample."""
-        group = self._model_group(model)
-        sel = None if rows is None else _sorted_rows(rows, self.n)
-        return _read_rows(group["z"], sel).astype(np.float32, copy=False)
-
-    def encoded_mask(self, model: str) -> np.ndarray:
-        return self._model_group(model)["encoded"][()].astype(bool)
-
-    def stochastic_codes(self, model: str, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
-        group = self._model_group(model)
-        if "xT" not in group:
-            raise StoreError(
-                f"{self.path}: model {model!r} has no stochastic codes (encode with --stochastic)"
-            )
-        sel = None if rows is None else _sorted_rows(rows, self.n)
-        return _read_rows(group["xT"], sel)
-
-    def stochastic_mask(self, model: str) -> np.ndarray:
-        group = self._model_group(model)
-        if "xT_encoded" not in group:
-            return np.zeros(self.n, dtype=bool)
-        return group["xT_encoded"][()].astype(bool)
-
-    def embedding_info(self, model: str) -> dict[str, Any]:
-        """Provenance attrs plus `dim` and `n_encoded`."""
-        group = self._model_group(model)
-        info = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in group.attrs.items()}
-        info["dim"] = int(group["z"].shape[1])
-        info["n_encoded"] = int(np.count_nonzero(group["encoded"][()]))
-        info["stochastic"] = "xT" in group
-        return info
-
-    def failed(self, model: str) -> pd.DataFrame:
-        """Samples whose image could not be read in the last encode of this model, with the reason."""
-        group = self._model_group(model)
-        if "failed_ids" not in group:
-            return pd.DataFrame(
-                {"sample_id": pd.Series([], dtype=object), "reason": pd.Series([], dtype=object)}
-            )
-        return pd.DataFrame(
-            {
-                "sample_id": group["failed_ids"].asstr()[()].astype(object),
-                "reason": group["failed_reasons"].asstr()[()].astype(object),
-            }
-        )
-
-    def ensure_embedding(
-        self,
-        model: str,
-        dim: int,
-        attrs: Mapping[str, Any] | None = None,
-        stochastic_shape: tuple[int, ...] | None = None,
-    ) -> None:
-        """Create `/embeddings/<model>` (or check that its dimension matches) and set its provenance attrs."""
-        self._need_write()
-        key = escape_name(model)
-        emb = self._f["embeddings"]
-        if key in emb:
-            have = int(emb[key]["z"].shape[1])
-            if have != dim:
-                raise StoreError(
-                    f"{self.path}: model {model!r} already holds {have}-d latents; this run gives {dim}-d. "
-                    "Use another --name."
-                )
-            group = emb[key]
-        else:
-            group = emb.create_group(key, track_order=True)
-            _create_aligned(group, "z", self.n, (int(dim),), np.float32, np.nan)
-            _create_aligned(group, "encoded", self.n, (), np.bool_, False)
-        if stochastic_shape is not None and "xT" not in group:
-            _create_aligned(group, "xT", self.n, tuple(int(s) for s in stochastic_shape), np.float32, np.nan)
-            _create_aligned(group, "xT_encoded", self.n, (), np.bool_, False)
-        for k, v in (attrs or {}).items():
-            group.attrs[k] = v
-        self._f.flush()
-
-    def write_latents(
-        self,
-        model: str,
-        rows: Sequence[int] | np.ndarray,
-        z: np.ndarray,
-        thumbs: np.ndarray | None = None,
-        xt: np.ndarray | None = None,
-    ) -> None:
-        """Write a batch of rows, flush, then mark them encoded and flush again (the crash-safe order)."""
-        self._need_write()
-        group = self._model_group(model)
-        rows_arr = _sorted_rows(rows, self.n)
-        z = np.asarray(z, dtype=np.float32)
-        if z.shape != (rows_arr.size, group["z"].shape[1]):
-            raise StoreError(
-                f"latent batch has shape {z.shape}; model {model!r} expects "
-                f"({rows_arr.size}, {group['z'].shape[1]})"
-            )
-        _write_rows(group["z"], rows_arr, z)
-        if thumbs is not None:
-            _write_rows(self._f["thumbs"], rows_arr, np.asarray(thumbs, dtype=np.uint8))
-        if xt is not None:
-            _write_rows(group["xT"], rows_arr, np.asarray(xt, dtype=np.float32))
-        self._f.flush()
-        if thumbs is not None:
-            _write_rows(self._f["samples/has_thumb"], rows_arr, np.ones(rows_arr.size, dtype=bool))
-        _write_rows(group["encoded"], rows_arr, np.isfinite(z).all(axis=1))
-        if xt is not None:
-            _write_rows(group["xT_encoded"], rows_arr, np.ones(rows_arr.size, dtype=bool))
-        self._f.flush()
-
-    def write_thumbnails(self, rows: Sequence[int] | np.ndarray, thumbs: np.ndarray) -> None:
-        self._need_write()
-        rows_arr = _sorted_rows(rows, self.n)
-        thumbs = np.asarray(thumbs, dtype=np.uint8)
-        if thumbs.shape != (rows_arr.size, THUMB_SIZE, THUMB_SIZE):
-            raise StoreError(
-                f"thumbnails must be ({rows_arr.size}, {THUMB_SIZE}, {THUMB_SIZE}) uint8, got {thumbs.shape}"
-            )
-        _write_rows(self._f["thumbs"], rows_arr, thumbs)
-        self._f.flush()
-        _write_rows(self._f["samples/has_thumb"], rows_arr, np.ones(rows_arr.size, dtype=bool))
-        self._f.flush()
-
-    def set_failed(self, model: str, sample_ids: Sequence[str], reasons: Sequence[str]) -> None:
-        """Replace the list of unreadable samples of this model's encode."""
-        self._need_write()
-        group = self._model_group(model)
-        for name in ("failed_ids", "failed_reasons"):
-            if name in group:
-                del group[name]
-        group.create_dataset("failed_ids", data=np.array(list(sample_ids), dtype=object), dtype=_STR)
-        group.create_dataset("failed_reasons", data=np.array(list(reasons), dtype=object), dtype=_STR)
-        self._f.flush()
-
-    def write_model_arrays(self, model: str, arrays: Mapping[str, np.ndarray]) -> None:
-        """Plain numeric arrays a model needs to encode later rows alike (e.g. the pixel reference's PCA)."""
-        self._need_write()
-        group = self._model_group(model).require_group("state")
-        for key, value in arrays.items():
-            value = np.asarray(value)
-            if value.dtype.kind not in "fiub":
-                raise StoreError(f"model state {key!r} must be numeric, got {value.dtype}")
-            if key in group:
-                del group[key]
-            group.create_dataset(key, data=value)
-        self._f.flush()
-
-    def model_arrays(self, model: str) -> dict[str, np.ndarray]:
-        group = self._model_group(model).get("state")
-        return {} if group is None else {k: group[k][()] for k in group}
-
-    def set_embedding_attrs(self, model: str, **attrs: Any) -> None:
-        self._need_write()
-        group = self._model_group(model)
-        for k, v in attrs.items():
-            group.attrs[k] = v
-        self._f.flush()
-
-    # ------------------------------------------------------------------ projections
-    def projections(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for key, group in self._f["projections"].items():
-            out[unescape_name(key)] = list(group.keys())
-        return out
-
-    def _projection_ds(self, model: str, method: str) -> h5py.Dataset:
-        self._model_group(model)
-        key = escape_name(model)
-        group = self._f["projections"].get(key)
-        if group is None or method not in group:
-            have = ", ".join(f"{m}/{p}" for m, ps in self.projections().items() for p in ps) or "none"
-            raise StoreError(
-                f"{self.path}: no {method!r} projection of model {model!r} (present: {have}); "
-                f"run `embedx project {self.path} --method {method} --name {model}`"
-            )
-        return group[method]
-
-    def projection(self, model: str, method: str) -> np.ndarray:
-        """(N, 2) float32 aligned on store rows; NaN rows where the sample is not in the map."""
-        return self._projection_ds(model, method)[()].astype(np.float32, copy=False)
-
-    def projection_info(self, model: str, method: str) -> dict[str, Any]:
-        ds = self._projection_ds(model, method)
-        info = {
-            k: (v.item() if isinstance(v, np.generic) else v) for k, v in ds.attrs.items() if k != _ALIGNED
-        }
-        if "params" in info:
-            info["params"] = json.loads(info["params"])
-        return info
-
-    def projection_status(self, model: str, method: str) -> np.ndarray:
-        """int8 per row: 0 not in the map, 1 fitted, 2 placed later by `transform` (flag these in plots)."""
-        self._projection_ds(model, method)
-        return self._state_group(model, method)["status"][()].astype(np.int8)
-
-    def _state_group(self, model: str, method: str, create: bool = False) -> h5py.Group:
-        path = f"projection_state/{escape_name(model)}/{method}"
-        if path not in self._f:
-            if not create:
-                raise StoreError(f"{self.path}: projection {model}/{method} has no saved state")
-            self._f.require_group(f"projection_state/{escape_name(model)}").create_group(method)
-        return self._f[path]
-
-    def projection_state(self, model: str, method: str) -> dict[str, np.ndarray]:
-        """The arrays saved to place new samples into this map later (method-specific)."""
-        group = self._state_group(model, method)
-        return {k: group[k][()] for k in group if k != "status"}
-
-    def write_projection(
-        self,
-        model: str,
-        method: str,
-        coords: np.ndarray,
-        status: np.ndarray,
-        attrs: Mapping[str, Any],
-        state: Mapping[str, np.ndarray] | None = None,
-    ) -> None:
-        """Replace a projection: coords (N, 2), status per row, attrs (params as dict), fitted state."""
-        self._need_write()
-        self._model_group(model)
-        coords = np.asarray(coords, dtype=np.float32)
-        status = np.asarray(status, dtype=np.int8)
-        if coords.shape != (self.n, 2) or status.shape != (self.n,):
-            raise StoreError(
-                f"projection must be ({self.n}, 2) with ({self.n},) status; "
-                f"got {coords.shape}, {status.shape}"
-            )
-        group = self._f["projections"].require_group(escape_name(model))
-        if method in group:
-            del group[method]
-        ds = _create_aligned(group, method, self.n, (2,), np.float32, np.nan)
-        ds[...] = coords
-        for k, v in attrs.items():
-            ds.attrs[k] = to_json(v) if isinstance(v, (dict, list)) else v
-        state_group = self._state_group(model, method, create=True)
-        if state is not None:
-            for k in list(state_group.keys()):
-                del state_group[k]
-            for k, v in state.items():
-                state_group.create_dataset(k, data=v)
-        if "status" in state_group:
-            del state_group["status"]
-        st = _create_aligned(state_group, "status", self.n, (), np.int8, 0)
-        st[...] = status
-        self._f.flush()
-
-    # ------------------------------------------------------------------ analyses
-    def analyses(self) -> dict[str, list[str]]:
-        return {
-            kind: [unescape_name(k) for k in group]
-            for kind, group in self._f["analysis"].items()
-            if len(group)
-        }
-
-    def write_analysis(self, kind: str, key: str, payload: Mapping[str, Any] | list) -> None:
-        """Store one result (JSON) under `/analysis/<kind>/<key>`, replacing an older one with that key."""
-        self._need_write()
-        if kind not in ANALYSIS_KINDS:
-            raise StoreError(f"unknown analysis kind {kind!r} (one of {', '.join(ANALYSIS_KINDS)})")
-        group = self._f["analysis"].require_group(kind)
-        name = escape_name(key)
-        if name in group:
-            del group[name]
-        ds = group.create_dataset(name, data=to_json(payload), dtype=_STR)
-        ds.attrs["date"] = now_iso()
-        self._f.flush()
-
-    def read_analysis(self, kind: str, key: str | None = None) -> dict | list[dict]:
-        """One result by key, or every result of that kind (in the order written) when key is None."""
-        if kind not in ANALYSIS_KINDS:
-            raise StoreError(f"unknown analysis kind {kind!r} (one of {', '.join(ANALYSIS_KINDS)})")
-        group = self._f["analysis"].get(kind)
-        if key is None:
-            if group is None:
-                return []
-            return [json.loads(group[k].asstr()[()]) for k in group]
-        name = escape_name(key)
-        if group is None or name not in group:
-            have = ", ".join(unescape_name(k) for k in (group or {})) or "none"
-            raise StoreError(f"{self.path}: no {kind} result with key {key!r} (present: {have})")
-        return json.loads(group[name].asstr()[()])
 
 
 def write_store_from_arrays(
