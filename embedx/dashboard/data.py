@@ -292,6 +292,7 @@ def _map_drawing(path: str, stamp: float, model: str, method: str, colour: str |
         title=title,
         height=height,
         density=background,
+        population=_rows,
     )
 
 

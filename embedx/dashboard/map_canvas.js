@@ -72,7 +72,7 @@ function mount(root) {
   const reset = element("button", "embedx-map-reset", bar);
   reset.type = "button";
   reset.textContent = "Reset view";
-  reset.title = "Show the whole map (or double-click it)";
+  reset.title = "Show the whole map";
   reset.onclick = () => resetView(map);
   map.status = element("span", "embedx-map-status", bar);
   map.stage = element("div", "embedx-map-stage", root);
@@ -88,7 +88,10 @@ function mount(root) {
   overlay.addEventListener("pointerup", (event) => released(map, event));
   overlay.addEventListener("pointerleave", () => hideTip(map));
   overlay.addEventListener("wheel", (event) => wheeled(map, event), { passive: false });
-  overlay.addEventListener("dblclick", () => resetView(map));
+  overlay.addEventListener("pointercancel", () => {
+    map.drag = null;
+    drawOverlay(map);
+  });
   map.resizer = new ResizeObserver(() => {
     if (map.data && sizeCanvases(map)) draw(map);
   });
@@ -381,8 +384,9 @@ function released(map, event) {
     return;
   }
   const outline = drag.path.map(([px, py]) => toData(map, px, py));
-  map.outline = outline;
-  map.mask = new Uint8Array(map.data.n);
+  const mask = new Uint8Array(map.data.n);
+  let hits = 0;
+  let selection;
   if (drag.mode === "box") {
     const xs = outline.map((p) => p[0]);
     const ys = outline.map((p) => p[1]);
@@ -390,15 +394,27 @@ function released(map, event) {
     for (let i = 0; i < map.data.n; i++) {
       const x = map.xy[2 * i];
       const y = map.xy[2 * i + 1];
-      map.mask[i] = x >= bx0 && x <= bx1 && y >= by0 && y <= by1 ? 1 : 0;
+      mask[i] = x >= bx0 && x <= bx1 && y >= by0 && y <= by1 ? 1 : 0;
+      hits += mask[i];
     }
-    draw(map);
-    send(map, { points: [], box: [{ x: [bx0, bx1], y: [by0, by1] }], lasso: [] });
+    selection = { points: [], box: [{ x: [bx0, bx1], y: [by0, by1] }], lasso: [] };
   } else {
-    for (let i = 0; i < map.data.n; i++) map.mask[i] = inside(outline, map.xy[2 * i], map.xy[2 * i + 1]) ? 1 : 0;
-    draw(map);
-    send(map, { points: [], box: [], lasso: [{ x: outline.map((p) => p[0]), y: outline.map((p) => p[1]) }] });
+    for (let i = 0; i < map.data.n; i++) {
+      mask[i] = inside(outline, map.xy[2 * i], map.xy[2 * i + 1]) ? 1 : 0;
+      hits += mask[i];
+    }
+    selection = { points: [], box: [], lasso: [{ x: outline.map((p) => p[0]), y: outline.map((p) => p[1]) }] };
   }
+  if (!hits && !map.data.density) {
+    // every row is drawn, so nothing lies inside: the server keeps the selection, and so does the picture
+    drawOverlay(map);
+    return;
+  }
+  // (on a sampled map, rows that are not drawn may lie inside: the server finds them)
+  map.outline = outline;
+  map.mask = mask;
+  draw(map);
+  send(map, selection);
 }
 
 function send(map, selection) {
@@ -449,10 +465,15 @@ function hideTip(map) {
 function wheeled(map, event) {
   if (!map.data) return;
   event.preventDefault();
-  // a wheel notch (deltaY 100) zooms by about a quarter
-  const factor = Math.exp(Math.max(-100, Math.min(100, event.deltaY)) * 0.003);
+  // a wheel notch (deltaY 100 pixels, or 3 lines) zooms by about a quarter
+  const delta = event.deltaY * (event.deltaMode === 1 ? 33 : event.deltaMode === 2 ? 400 : 1);
   const [cx, cy] = toData(map, ...position(map, event));
   const [x0, x1, y0, y1] = map.view;
+  const [ex0, ex1] = map.data.extent;
+  // between 1/10,000 of the whole map and 20 times it: a view of zero width would divide by zero
+  const width = Math.min(Math.max((x1 - x0) * Math.exp(Math.max(-100, Math.min(100, delta)) * 0.003),
+    (ex1 - ex0) * 1e-4), (ex1 - ex0) * 20);
+  const factor = width / (x1 - x0);
   map.view = [cx - (cx - x0) * factor, cx + (x1 - cx) * factor, cy - (cy - y0) * factor, cy + (y1 - cy) * factor];
   hideTip(map);
   queueDraw(map);
@@ -486,5 +507,8 @@ export default function (component) {
   }
   map.send = setStateValue;
   if (data && !sameDrawing(data, map.data)) load(map, data);
-  return () => map.resizer.disconnect();
+  return () => {
+    map.resizer.disconnect();
+    INSTANCES.delete(root);
+  };
 }

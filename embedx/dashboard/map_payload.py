@@ -26,7 +26,9 @@ from embedx.dashboard.shaping import MISSING_LABEL, category_labels, fair_sample
 # Above this many drawn points, hover shows the row id and colour value only: the attribute text of 30k points
 # is 3 MB, most of what the browser would wait for.
 HOVER_TEXT_MAX = 10_000
-HIGHLIGHT_MAX = 20_000  # rings drawn for a highlighted cluster; the density image shows the rest
+HIGHLIGHT_MAX = 20_000
+MAX_CATEGORIES = 200  # colours of a categorical attribute; the rarer values are drawn as one grey group
+OTHER_LABEL = "(other values)"  # rings drawn for a highlighted cluster; the density image shows the rest
 SCALE_STEPS = 256  # colours of a continuous attribute's scale; code SCALE_STEPS is "missing"
 SELECTED = 1  # flag bit of a point in the kept selection
 
@@ -53,27 +55,39 @@ def viridis(steps: int = SCALE_STEPS) -> list[str]:
     return ["#{:02x}{:02x}{:02x}".format(*(round(float(c) * 255) for c in colour[:3])) for colour in rgba]
 
 
-def _colours(colour: pd.Series | None, categorical: bool, rows: np.ndarray) -> dict[str, Any]:
-    """Codes per drawn point into `colours`, with the legend (categories) or the scale (continuous)."""
+def _colours(colour: pd.Series | None, categorical: bool, rows: np.ndarray,
+             population: np.ndarray | None = None) -> dict[str, Any]:
+    """Codes per drawn point into `colours`, with the legend (categories, counted over `population`, every
+    row on the map, when `rows` is a sample of it) or the scale (continuous)."""
     if colour is None:
         codes = np.zeros(len(rows), dtype=np.uint16)
         return {"codes": codes, "colours": [PALETTE[0]], "legend": [], "scale": None}
     if categorical:
-        labels = category_labels(colour).to_numpy()[rows]
+        every = category_labels(colour).to_numpy()
+        counts = pd.Series(every[population if population is not None else rows]).value_counts()
+        labels = every[rows]
         values = sorted(pd.unique(labels), key=lambda v: (v == MISSING_LABEL, v))
+        if len(values) > MAX_CATEGORIES:  # the most frequent keep their colour; the rest share one
+            kept = set(counts.index[: MAX_CATEGORIES - 1])
+            labels = np.where(pd.Series(labels).isin(kept | {MISSING_LABEL}).to_numpy(), labels, OTHER_LABEL)
+            counts = counts.groupby(lambda v: v if v in kept or v == MISSING_LABEL else OTHER_LABEL).sum()
+            values = sorted(pd.unique(labels), key=lambda v: (v in (MISSING_LABEL, OTHER_LABEL), v))
         codes = np.zeros(len(rows), dtype=np.uint16)
         legend, colours = [], []
         for index, value in enumerate(values):
-            members = labels == value
-            codes[members] = index
-            tint = MISSING_COLOUR if value == MISSING_LABEL else PALETTE[index % len(PALETTE)]
+            codes[labels == value] = index
+            grey = value in (MISSING_LABEL, OTHER_LABEL)
+            tint = MISSING_COLOUR if grey else PALETTE[index % len(PALETTE)]
             colours.append(tint)
-            legend.append({"name": str(value), "colour": tint, "count": int(members.sum())})
+            legend.append({"name": str(value), "colour": tint, "count": int(counts.get(value, 0))})
         return {"codes": codes, "colours": colours, "legend": legend, "scale": None}
     values = colour.to_numpy(dtype=float)[rows]
     present = ~np.isnan(values)
-    low = float(np.min(values[present])) if present.any() else 0.0
-    high = float(np.max(values[present])) if present.any() else 1.0
+    if not present.any():  # nothing to scale: every drawn point is missing
+        legend = [{"name": MISSING_LABEL, "colour": MISSING_COLOUR, "count": len(rows)}]
+        return {"codes": np.zeros(len(rows), dtype=np.uint16), "colours": [MISSING_COLOUR], "legend": legend,
+                "scale": None}  # fmt: skip
+    low, high = float(np.min(values[present])), float(np.max(values[present]))
     span = high - low if high > low else 1.0
     codes = np.full(len(rows), SCALE_STEPS, dtype=np.uint16)
     codes[present] = np.clip(np.rint((values[present] - low) / span * (SCALE_STEPS - 1)), 0, SCALE_STEPS - 1)
@@ -95,6 +109,7 @@ def map_payload(
     height: int = 560,
     density: DensityImage | None = None,
     view: str = "",
+    population: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The canvas map of `rows` (global ids) at `xy[rows]`, coloured by `colour` (aligned with store rows).
 
@@ -102,7 +117,8 @@ def map_payload(
     is ringed, up to `HIGHLIGHT_MAX` of them. `hover` (one line per store row) is what a point shows on
     hover besides its row id. `density` (the image of every row, when `rows` is a sample) is drawn beneath,
     and the view spans it. `view` names what the axes show (by default their extent): the browser keeps its
-    zoom while it is unchanged, e.g. across a recolour.
+    zoom while it is unchanged, e.g. across a recolour. `population` (every row on the map, when `rows` is a
+    sample) is what the legend counts.
     """
     rows = np.asarray(rows, dtype=np.int64)
     selected = np.asarray(selected if selected is not None else [], dtype=np.int64)
@@ -116,14 +132,14 @@ def map_payload(
     extent = padded_extent(spanned) if len(spanned) else (0.0, 1.0, 0.0, 1.0)
     if density is not None:
         extent = density.extent
-    colours = _colours(colour, categorical, rows)
+    colours = _colours(colour, categorical, rows, population)
     return {
         "n": len(rows),
         "xy": packed(xy[rows], "<f4"),
         "ids": packed(rows, "<i4"),
         "codes": packed(colours["codes"], "<u2"),
         "flags": packed(flags, "u1"),
-        "any_selected": bool(flags.any()),
+        "any_selected": len(selected) > 0,  # the sample fades even when no selected row is drawn
         "colours": colours["colours"],
         "legend": colours["legend"],
         "scale": colours["scale"],

@@ -65,10 +65,12 @@ def density_sample(
     seed: int = 0,
     min_per_group: int = 50,
 ) -> np.ndarray:
-    """At most `max_points` of `rows`, drawn uniformly within each group so the picture keeps its density.
+    """About `max_points` of `rows`, drawn uniformly within each group so the picture keeps its density.
 
     A uniform draw preserves where the map is dense and where it is sparse; drawing per group with a floor
-    keeps a rare category (a small site) visible instead of sampling it away. Only the scatter uses this —
+    keeps a rare category (a small site) visible instead of sampling it away. The floors come on top of the
+    proportional share, and shrink with the number of groups so that they add at most half of `max_points`
+    (a colour with thousands of values would otherwise draw every row). Only the scatter uses this —
     statistics always run on every row.
     """
     rows = np.asarray(rows)
@@ -83,6 +85,7 @@ def density_sample(
     keep: list[np.ndarray] = []
     uniques, inverse = np.unique(labels.astype(str), return_inverse=True)
     fraction = max_points / len(rows)
+    min_per_group = min(min_per_group, max_points // (2 * len(uniques)))
     for index in range(len(uniques)):
         members = rows[inverse == index]
         take = max(min(len(members), min_per_group), round(len(members) * fraction))

@@ -176,6 +176,7 @@ def absorb_selection(path: Path, model: str, method: str, mask: np.ndarray, key:
     kept, st.session_state[seen_key] = events.reconcile_selection(before, event_rows, seen, serial)
     if kept is not before:
         set_selection(kept, f"{model} · {method}")
+        st.session_state[f"{key}__own"] = selection()  # drawn by the browser already: no need to send it back
 
 
 def selectable_map(
@@ -204,7 +205,12 @@ def selectable_map(
                            st.session_state.get(CLEARS, 0))
     baked_key = f"{key}__baked"
     baked = st.session_state.get(baked_key)
-    if follow or baked is None or baked[0] != drawing_token:
+    # a selection made elsewhere (a cluster's button, another page's map) is shown; this map's own lasso is
+    # already drawn in the browser, and baking it in would redraw the map and drop the lasso's outline
+    foreign = baked is not None and selection() is not baked[1] and selection() is not st.session_state.get(
+        f"{key}__own"
+    )
+    if follow or baked is None or baked[0] != drawing_token or foreign:
         baked = (drawing_token, selection())
         st.session_state[baked_key] = baked
     payload = data.map_drawing(path, model, method, colour, rows, max_points, baked[1], highlight, title,

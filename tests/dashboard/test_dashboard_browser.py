@@ -144,6 +144,18 @@ def test_map_colour_lasso_and_thumbnails_in_chromium(server, artifacts_dir: Path
             )
             page.screenshot(path=str(artifacts_dir / "dashboard-map-selection.png"), full_page=True)
 
+            # a lasso around nothing (inside the map's padding) changes nothing, in the browser or the server
+            empty = [(0.003, 0.003), (0.015, 0.003), (0.015, 0.015), (0.003, 0.015), (0.003, 0.004)]
+            page.mouse.move(x0 + w * empty[0][0], y0 + h * empty[0][1])
+            page.mouse.down()
+            for (ax, ay), (bx, by) in itertools.pairwise(empty):
+                for step in range(1, 11):
+                    t = step / 10
+                    page.mouse.move(x0 + w * (ax + (bx - ax) * t), y0 + h * (ay + (by - ay) * t))
+            page.mouse.up()
+            page.wait_for_timeout(1500)
+            assert drawn(page)["selected"] == selected and selected_heading(page) == selected
+
             # recolour: a new drawing, with the kept selection baked in
             page.get_by_role("combobox", name="Colour by").click()
             page.get_by_role("option", name="site", exact=True).click()

@@ -260,3 +260,22 @@ def test_controls_page_draws_the_shift_matrix_per_tier(bare_store, monkeypatch, 
 
     html = shift_section([result], Collector(tmp_path / "report"))
     assert "seed 001" in html and html.count("<figure>") == 2 and "<td>0.3" in html
+
+
+def test_a_selection_made_elsewhere_is_shown_on_the_map(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cluster's "use as selection" (or another page's map) sets the kept selection; the map page, whose
+    drawing has not changed, must still show it, not the selection it baked before."""
+    import json
+
+    from embedx.dashboard.map_payload import unpacked
+
+    at = run_page("map", store, monkeypatch)
+    first = json.loads(at.get("bidi_component")[0].proto.json)
+    assert not first["any_selected"]
+    chosen = np.arange(0, 300, 7)
+    at.session_state["selection"] = chosen
+    at.run()
+    payload = json.loads(at.get("bidi_component")[0].proto.json)
+    drawn = unpacked(payload["ids"], "<i4")
+    flags = unpacked(payload["flags"], "u1")
+    assert payload["any_selected"] and set(drawn[flags == 1]) == set(chosen)

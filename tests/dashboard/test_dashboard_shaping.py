@@ -10,7 +10,14 @@ from embedx.analysis.enrichment import enrichment, top_enriched
 from embedx.dashboard import selection_events as events
 from embedx.dashboard import shaping
 from embedx.dashboard.figures import MISSING_COLOUR
-from embedx.dashboard.map_payload import HIGHLIGHT_MAX, SCALE_STEPS, map_payload, unpacked
+from embedx.dashboard.map_payload import (
+    HIGHLIGHT_MAX,
+    MAX_CATEGORIES,
+    OTHER_LABEL,
+    SCALE_STEPS,
+    map_payload,
+    unpacked,
+)
 
 
 def test_enrichment_of_a_hand_built_selection_finds_the_over_represented_site() -> None:
@@ -250,3 +257,30 @@ def test_a_markdown_table_rounds_numbers_and_escapes_what_markdown_would_read() 
     assert lines[:2] == ["| attribute | latent |", "|---|---:|"]
     assert lines[2] == "| site | 0.99 |"
     assert lines[3] == "| a\\|b \\$x\\$ \\*y\\* | – |"  # no cell split, no LaTeX, no emphasis
+
+
+def test_a_colour_with_thousands_of_values_keeps_the_sample_and_the_legend_small() -> None:
+    rng = np.random.default_rng(3)
+    n = 60_000
+    serial = pd.Series([f"scanner-{v}" for v in rng.zipf(1.3, n) % 5_000], name="serial")
+    rows = np.arange(n)
+    drawn = shaping.density_sample(rows, serial.to_numpy(), max_points=3_000)
+    assert len(drawn) <= 4_500  # the floors of thousands of rare values no longer draw every row
+    payload = map_payload(rng.normal(size=(n, 2)), drawn, serial, True, None, population=rows)
+    names = [entry["name"] for entry in payload["legend"]]
+    assert len(names) == MAX_CATEGORIES and names[-1] == OTHER_LABEL
+    counts = serial.value_counts()
+    top = counts.index[0]
+    assert payload["legend"][names.index(top)]["count"] == counts[top]  # counted over every row, not drawn
+    assert sum(entry["count"] for entry in payload["legend"]) == n
+    codes = unpacked(payload["codes"], "<u2")
+    assert codes.max() == len(names) - 1
+    other = serial.to_numpy()[drawn][codes == names.index(OTHER_LABEL)]
+    assert not set(other) & set(names)  # a value with its own colour is never drawn as "other"
+
+
+def test_a_continuous_colour_with_no_value_has_no_scale() -> None:
+    empty = pd.Series([np.nan] * 4, name="age")
+    payload = map_payload(np.zeros((4, 2)), np.arange(4), empty, categorical=False, hover=None)
+    assert payload["scale"] is None and payload["legend"][0]["count"] == 4
+    assert set(unpacked(payload["codes"], "<u2").tolist()) == {0} and payload["colours"] == [MISSING_COLOUR]
