@@ -143,6 +143,18 @@ function load(map, data) {
   }
   sizeCanvases(map);
   draw(map);
+  prefetch(data.prefetch);
+}
+
+// Streamlit's scripts for the selection panel, loaded once the map is drawn and the browser is idle
+let prefetched = false;
+function prefetch(paths) {
+  if (prefetched || !paths || !paths.length) return;
+  prefetched = true;
+  const later = window.requestIdleCallback || ((fn) => setTimeout(fn, 200));
+  later(() => {
+    for (const path of paths) import(new URL(path, document.baseURI).href).catch(() => {});
+  });
 }
 
 function legend(map, data) {

@@ -107,6 +107,12 @@ def test_map_colour_lasso_and_thumbnails_in_chromium(server, artifacts_dir: Path
             assert drawn(page)["legend"] == ["east", "north", "south"]
             # the map is drawn first; the run ends with the map-quality panel: interact once it is there
             page.get_by_text("Trustworthiness", exact=False).first.wait_for(timeout=60_000)
+            # nothing on the page needs the data grid yet, and the map has asked for its scripts, so that the
+            # first lasso's tables need not wait for them
+            deadline = time.monotonic() + 20
+            while not any("/static/js/DataFrame." in u for u in requested) and time.monotonic() < deadline:
+                page.wait_for_timeout(100)
+            assert any("/static/js/DataFrame." in u for u in requested), "no prefetch of the panel scripts"
 
             # switch the colour attribute through the sidebar select box
             page.get_by_role("combobox", name="Colour by").click()
