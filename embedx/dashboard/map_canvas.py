@@ -38,7 +38,11 @@ def _selection_changed() -> None:
     """The page reads the new selection from `st.session_state[key]` on the rerun this callback asks for."""
 
 
-def draw_map(payload: dict[str, Any], key: str) -> None:
-    """Mount (or update) the map under `key`; its box, lasso or click lands in `st.session_state[key]`."""
-    _MAP(key=key, data={**payload, "prefetch": PANEL_SCRIPTS}, on_selection_change=_selection_changed,
-         width="stretch", height="content")
+def draw_map(payload: dict[str, Any], key: str, drawing: str) -> None:
+    """Mount (or update) the map under `key`; its box, lasso or click lands in `st.session_state[key]`.
+
+    `drawing` names the selection baked into `payload`: a new one (a recolour, "Clear selection") replaces
+    the lasso drawn in the browser even when the payload's points and flags are the same as before.
+    """
+    data = {**payload, "drawing": drawing, "prefetch": PANEL_SCRIPTS}  # the cached payload stays as it is
+    _MAP(key=key, data=data, on_selection_change=_selection_changed, width="stretch", height="content")

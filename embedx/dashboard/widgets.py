@@ -220,9 +220,7 @@ def selectable_map(
             f"Drawing a density-preserving sample of {payload['n']:,} of {len(rows):,} points over a grey "
             "density image of all of them; selections and statistics use every row."
         )
-    # `drawing` names the baked selection: a new one (a recolour, "Clear selection") replaces the lasso drawn
-    # in the browser even when the payload's points and flags are the same as before
-    draw_map({**payload, "drawing": drawing_token}, key)
+    draw_map(payload, key, drawing=drawing_token)
 
 
 def selection_panel(

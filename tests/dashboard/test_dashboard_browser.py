@@ -37,6 +37,18 @@ def drawn(page) -> dict:
     return dict(page.evaluate(f"() => {{ const m = {{...{MAP}.embedxMap}}; delete m.locate; return m; }}"))
 
 
+def drag_lasso(page, area: dict, corners: list[tuple[float, float]]) -> None:
+    """Drag the real mouse through `corners` (fractions of the map's `area`), ten steps per side."""
+    x0, y0, w, h = area["x"], area["y"], area["width"], area["height"]
+    page.mouse.move(x0 + w * corners[0][0], y0 + h * corners[0][1])
+    page.mouse.down()
+    for (ax, ay), (bx, by) in itertools.pairwise(corners):
+        for step in range(1, 11):
+            t = step / 10
+            page.mouse.move(x0 + w * (ax + (bx - ax) * t), y0 + h * (ay + (by - ay) * t))
+    page.mouse.up()
+
+
 def selected_heading(page) -> int:
     heading = page.get_by_text("Selection:", exact=False).first.inner_text()
     return int(heading.split(":")[1].split("images")[0].replace(",", "").strip())
@@ -124,14 +136,7 @@ def test_map_colour_lasso_and_thumbnails_in_chromium(server, artifacts_dir: Path
             area = page.locator(".embedx-map-overlay").bounding_box()
             assert area is not None
             x0, y0, w, h = area["x"], area["y"], area["width"], area["height"]
-            corners = [(0.02, 0.02), (0.42, 0.02), (0.42, 0.98), (0.02, 0.98), (0.02, 0.03)]
-            page.mouse.move(x0 + w * corners[0][0], y0 + h * corners[0][1])
-            page.mouse.down()
-            for (ax, ay), (bx, by) in itertools.pairwise(corners):
-                for step in range(1, 11):
-                    t = step / 10
-                    page.mouse.move(x0 + w * (ax + (bx - ax) * t), y0 + h * (ay + (by - ay) * t))
-            page.mouse.up()
+            drag_lasso(page, area, [(0.02, 0.02), (0.42, 0.02), (0.42, 0.98), (0.02, 0.98), (0.02, 0.03)])
 
             page.get_by_text("Selection:", exact=False).first.wait_for(timeout=60_000)
             selected = selected_heading(page)
@@ -151,14 +156,8 @@ def test_map_colour_lasso_and_thumbnails_in_chromium(server, artifacts_dir: Path
             page.screenshot(path=str(artifacts_dir / "dashboard-map-selection.png"), full_page=True)
 
             # a lasso around nothing (inside the map's padding) changes nothing, in the browser or the server
-            empty = [(0.003, 0.003), (0.015, 0.003), (0.015, 0.015), (0.003, 0.015), (0.003, 0.004)]
-            page.mouse.move(x0 + w * empty[0][0], y0 + h * empty[0][1])
-            page.mouse.down()
-            for (ax, ay), (bx, by) in itertools.pairwise(empty):
-                for step in range(1, 11):
-                    t = step / 10
-                    page.mouse.move(x0 + w * (ax + (bx - ax) * t), y0 + h * (ay + (by - ay) * t))
-            page.mouse.up()
+            corner = [(0.003, 0.003), (0.015, 0.003), (0.015, 0.015), (0.003, 0.015), (0.003, 0.004)]
+            drag_lasso(page, area, corner)
             page.wait_for_timeout(1500)
             assert drawn(page)["selected"] == selected and selected_heading(page) == selected
 
