@@ -30,7 +30,8 @@ from embedx.data.manifest import Manifest, load_manifest
 from embedx.errors import EmbedxError, StoreError
 from embedx.privacy import scrub_path
 from embedx.progress import progress_bar
-from embedx.store.h5store import THUMB_SIZE, Store, escape_name, now_iso
+from embedx.store.h5io import escape_name, now_iso
+from embedx.store.h5store import THUMB_SIZE, Store
 from embedx.store.identity import plan_identity, record_manifest
 from embedx.store.shards import ShardWriter, merge_shards, shard_dir
 

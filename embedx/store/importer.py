@@ -218,7 +218,7 @@ def import_embeddings(
 ) -> ImportResult:
     """Check the file against the store's rows and write it as `/embeddings/<name>` (kind `imported`)."""
     from embedx.data.manifest import load_manifest
-    from embedx.store.h5store import escape_name
+    from embedx.store.h5io import escape_name
 
     source = Path(source)
     escape_name(name)

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from embedx.store.h5store import Store, _format_category
+from embedx.store.h5io import _format_category
+from embedx.store.h5store import Store
 from embedx.store.identity import cohort_counts, duplicate_rows
 
 

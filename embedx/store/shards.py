@@ -16,7 +16,8 @@ import h5py
 import numpy as np
 
 from embedx.errors import StoreError
-from embedx.store.h5store import THUMB_SIZE, Store, _create_aligned, escape_name
+from embedx.store.h5io import _create_aligned, escape_name
+from embedx.store.h5store import THUMB_SIZE, Store
 
 _IDS = "S16"
 
