@@ -43,8 +43,9 @@ def selected_row_ids(event: Any) -> np.ndarray:
     return np.unique(np.asarray(ids, dtype=np.int64))
 
 
-def rows_in_regions(event: Any, xy: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Candidate rows whose map position lies inside the event's box(es) or lasso outline(s).
+def rows_in_regions(event: Any, xy: np.ndarray, on_map: np.ndarray) -> np.ndarray:
+    """Rows of the `on_map` mask (over the store's rows) whose map position lies inside the event's box(es)
+    or lasso outline(s), as sorted row ids.
 
     The browser draws a sample of a large map; this maps the drawn outline back to every row it covers. Only
     the rows inside an outline's bounding box are tested against the polygon: a lasso over a tenth of a
@@ -53,25 +54,26 @@ def rows_in_regions(event: Any, xy: np.ndarray, candidates: np.ndarray) -> np.nd
     selection = (
         event.get("selection", event) if isinstance(event, Mapping) else getattr(event, "selection", None)
     )
-    candidates = np.asarray(candidates, dtype=np.int64)
-    if not isinstance(selection, Mapping) or len(candidates) == 0:
+    if not isinstance(selection, Mapping) or not on_map.any():
         return np.empty(0, dtype=np.int64)
     boxes, lassos = selection.get("box") or [], selection.get("lasso") or []
     if not boxes and not lassos:  # a click: its point is in `points`
         return np.empty(0, dtype=np.int64)
-    x, y = xy[candidates, 0], xy[candidates, 1]
-    inside = np.zeros(len(candidates), dtype=bool)
+    x, y = xy[:, 0], xy[:, 1]
+    found: list[np.ndarray] = []
     for box in boxes:
         (x0, x1), (y0, y1) = sorted(box["x"][:2]), sorted(box["y"][:2])
-        inside |= (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
+        found.append(np.flatnonzero(on_map & (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)))
     for lasso in lassos:
         outline = np.column_stack([np.asarray(lasso["x"], dtype=float), np.asarray(lasso["y"], dtype=float)])
         if len(outline) < 3:
             continue
         (x0, y0), (x1, y1) = outline.min(axis=0), outline.max(axis=0)
-        near = np.flatnonzero((x >= x0) & (x <= x1) & (y >= y0) & (y <= y1))
-        inside[near] |= Outline(outline).contains_points(np.column_stack([x[near], y[near]]))
-    return candidates[inside]
+        near = np.flatnonzero(on_map & (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1))
+        found.append(near[Outline(outline).contains_points(xy[near])])
+    if not found:
+        return np.empty(0, dtype=np.int64)
+    return found[0].astype(np.int64) if len(found) == 1 else np.unique(np.concatenate(found)).astype(np.int64)
 
 
 def event_serial(event: Any) -> str | None:

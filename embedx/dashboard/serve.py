@@ -33,9 +33,10 @@ def warm_map_page(path: Path) -> None:
         return
     model, method = mapped[0], meta.projections[mapped[0]][0]
     cohort = shaping.apply_filters(meta.attributes, {})
-    rows = np.flatnonzero(cohort & np.isfinite(data.projection(path, model, method)).all(axis=1))
-    data.map_drawing(path, model, method, widgets.default_colour(meta), rows, widgets.SCATTER_MAX,
-                     np.empty(0, dtype=np.int64), None, "", widgets.MAP_HEIGHT)  # fmt: skip
+    on_map = widgets.on_map(path, model, method, cohort)
+    data.map_drawing(path, model, method, widgets.default_colour(meta), np.flatnonzero(on_map),
+                     widgets.SCATTER_MAX, np.empty(0, dtype=np.int64), None, "", widgets.MAP_HEIGHT,
+                     data.mask_digest(on_map))  # fmt: skip
     data.projection_note(path, model, method)
     data.cohort_tests(path, cohort)
     data.map_quality(path, model, method)

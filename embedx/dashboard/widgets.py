@@ -152,26 +152,32 @@ def _token(*parts: Any) -> str:
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
 
 
-def _mapped_rows(path: Path, model: str, method: str, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The map's coordinates and the rows of `mask` that lie on it (finite coordinates)."""
-    xy = data.projection(path, model, method)
-    return xy, np.flatnonzero(mask & np.isfinite(xy).all(axis=1))
+def on_map(path: Path, model: str, method: str, mask: np.ndarray) -> np.ndarray:
+    """Which rows of `mask` lie on the map (finite coordinates), as a mask over the store's rows."""
+    return mask & data.placed(path, model, method)
 
 
-def absorb_selection(path: Path, model: str, method: str, mask: np.ndarray, key: str) -> None:
+def absorb_selection(
+    path: Path, model: str, method: str, mask: np.ndarray, key: str, placed: np.ndarray | None = None
+) -> None:
     """Fold the last event of map `key` into the kept selection (idempotent; call before drawing maps).
 
     The event is read from `st.session_state[key]` before any map is drawn, so every map on the page is
     drawn with the newest selection. A box or lasso selects every row of the filtered cohort inside its
     outline, not only the drawn points: when the map draws a sample, statistics never run on the sample.
+    `placed` is `on_map(...)`, when the caller has it already.
     """
     event = st.session_state.get(key)
     seen_key = f"{key}__seen"
     serial, seen = events.event_serial(event), st.session_state.get(seen_key)
     if serial is not None and isinstance(seen, str) and serial == seen:
         return  # this map's last event, already folded in: a rerun need not find its rows again
-    xy, rows = _mapped_rows(path, model, method, mask)
-    event_rows = np.union1d(events.selected_row_ids(event), events.rows_in_regions(event, xy, rows))
+    if placed is None:
+        placed = on_map(path, model, method, mask)
+    clicked = events.selected_row_ids(event)
+    outlined = events.rows_in_regions(event, data.projection(path, model, method), placed)
+    event_rows = np.union1d(clicked, outlined) if len(clicked) and len(outlined) else (
+        outlined if len(outlined) else clicked)
     before = selection()
     kept, st.session_state[seen_key] = events.reconcile_selection(before, event_rows, seen, serial)
     if kept is not before:
@@ -199,9 +205,10 @@ def selectable_map(
     outline and the user's zoom, and the browser redraws nothing.
     """
     max_points = SCATTER_MAX if max_points is None else max_points
-    absorb_selection(path, model, method, mask, key)
-    _, rows = _mapped_rows(path, model, method, mask)
-    drawing_token = _token(model, method, colour, data.digest(rows), max_points, data.digest(highlight),
+    placed = on_map(path, model, method, mask)
+    absorb_selection(path, model, method, mask, key, placed)
+    rows, rows_key = np.flatnonzero(placed), data.mask_digest(placed)
+    drawing_token = _token(model, method, colour, rows_key, max_points, data.digest(highlight),
                            st.session_state.get(CLEARS, 0))
     baked_key = f"{key}__baked"
     baked = st.session_state.get(baked_key)
@@ -214,7 +221,7 @@ def selectable_map(
         baked = (drawing_token, selection())
         st.session_state[baked_key] = baked
     payload = data.map_drawing(path, model, method, colour, rows, max_points, baked[1], highlight, title,
-                               height)
+                               height, rows_key)
     if payload["density"] is not None:
         st.caption(
             f"Drawing a density-preserving sample of {payload['n']:,} of {len(rows):,} points over a grey "

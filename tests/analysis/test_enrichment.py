@@ -182,6 +182,36 @@ def test_rank_statistics_ranked_once_match_scipy(n_selected: int) -> None:
     assert row["median_selected"] == np.median(inside) and row["median_rest"] == np.median(outside)
 
 
+def test_rank_statistics_from_selected_positions_match_scipy_over_many_tied_cohorts() -> None:
+    """The selection's medians, U and KS come from its own rows' places in value order (never a pass over
+    the rest): over many small cohorts with heavy ties, missing values and selections from one row to all
+    but one, each must be scipy's / numpy's on the explicit two samples."""
+    from scipy import stats
+
+    rng = np.random.default_rng(11)
+    for case in range(300):
+        n = int(rng.integers(2, 60))
+        values = rng.integers(0, int(rng.integers(1, 6)), n).astype(float)  # 1 to 5 distinct values
+        values[rng.random(n) < 0.15] = np.nan
+        selected = np.zeros(n, dtype=bool)
+        selected[rng.choice(n, int(rng.integers(1, n)), replace=False)] = True
+        (row,) = enrichment(pd.DataFrame({"age": values}), selected, SCHEMA).to_dict("records")
+        present = np.isfinite(values)
+        inside, outside = values[present & selected], values[present & ~selected]
+        assert (row["missing_selected"], row["missing_rest"]) == (
+            int((selected & ~present).sum()), int((~selected & ~present).sum())), case
+        if inside.size == 0 or outside.size == 0:
+            assert row["test"] == "none", case
+            continue
+        assert row["median_selected"] == np.median(inside) and row["median_rest"] == np.median(outside), case
+        ks = stats.ks_2samp(inside, outside).statistic
+        assert row["ks_statistic"] == pytest.approx(ks, abs=1e-12), case
+        mw = stats.mannwhitneyu(inside, outside, alternative="two-sided", method="asymptotic")
+        assert row["statistic"] == pytest.approx(mw.statistic, rel=1e-12), case
+        if np.isfinite(mw.pvalue):
+            assert row["p_value"] == pytest.approx(mw.pvalue, rel=1e-9, abs=1e-300), case
+
+
 def test_cohort_tests_carry_nothing_from_one_selection_to_the_next(cohort: pd.DataFrame) -> None:
     """One prepared cohort, many selections (clusters, lassos): each table is the one a fresh call gives."""
     from embedx.analysis.enrichment import CohortTests

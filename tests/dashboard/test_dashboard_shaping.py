@@ -231,8 +231,8 @@ def test_intervals_become_readable_text() -> None:
 
 def test_a_lasso_or_box_on_a_sampled_map_selects_every_row_inside_it() -> None:
     rng = np.random.default_rng(0)
-    xy = rng.uniform(0, 10, size=(5_000, 2))
-    candidates = np.arange(5_000)
+    xy = rng.uniform(0, 10, size=(5_000, 2)).astype(np.float32)
+    everyone = np.ones(5_000, dtype=bool)
     lasso = {
         "selection": {
             "points": [],
@@ -240,15 +240,23 @@ def test_a_lasso_or_box_on_a_sampled_map_selects_every_row_inside_it() -> None:
             "lasso": [{"xref": "x", "yref": "y", "x": [0, 5, 5, 0], "y": [0, 0, 5, 5]}],
         }
     }
-    inside = events.rows_in_regions(lasso, xy, candidates)
+    inside = events.rows_in_regions(lasso, xy, everyone)
     expected = np.flatnonzero((xy[:, 0] < 5) & (xy[:, 1] < 5))
     assert len(np.setdiff1d(inside, expected)) == 0 and len(inside) >= len(expected) - 5  # edge points
     box = {"selection": {"box": [{"x": [8, 2], "y": [1, 3]}], "lasso": []}}
-    in_box = events.rows_in_regions(box, xy, candidates[::2])  # only candidates (the filtered cohort) count
+    every_other = np.zeros(5_000, dtype=bool)
+    every_other[::2] = True
+    in_box = events.rows_in_regions(box, xy, every_other)  # only rows on the map (the filtered cohort) count
+    rows = np.arange(5_000)[::2]
     assert np.array_equal(
-        in_box, candidates[::2][(xy[::2, 0] >= 2) & (xy[::2, 0] <= 8) & (xy[::2, 1] >= 1) & (xy[::2, 1] <= 3)]
+        in_box, rows[(xy[::2, 0] >= 2) & (xy[::2, 0] <= 8) & (xy[::2, 1] >= 1) & (xy[::2, 1] <= 3)]
     )
-    assert events.rows_in_regions({"selection": {"points": [{"customdata": 1}]}}, xy, candidates).size == 0
+    # a box and a lasso together: every row inside either, each once, in row order
+    both = {"selection": {"box": box["selection"]["box"], "lasso": lasso["selection"]["lasso"]}}
+    assert np.array_equal(events.rows_in_regions(both, xy, every_other),
+                          np.union1d(in_box, inside[inside % 2 == 0]))
+    assert events.rows_in_regions({"selection": {"points": [{"customdata": 1}]}}, xy, everyone).size == 0
+    assert events.rows_in_regions(lasso, xy, np.zeros(5_000, dtype=bool)).size == 0
 
 
 def test_a_markdown_table_rounds_numbers_and_escapes_what_markdown_would_read() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -51,7 +50,7 @@ with right:
     else:
         st.markdown(shaping.markdown_table(table, digits=2))
 
-if len(widgets.selection()) and not np.isin(widgets.selection(), np.flatnonzero(cohort)).all():
+if len(widgets.selection()) and not cohort[widgets.selection()].all():
     st.caption(
         "Part of the kept selection lies outside the current filters; statistics use the filtered cohort."
     )
