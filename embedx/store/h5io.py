@@ -55,6 +55,21 @@ def to_json(payload: Any) -> str:
     return json.dumps(payload, default=_json_default)
 
 
+def read_strings(ds: h5py.Dataset) -> np.ndarray:
+    """A variable-length UTF-8 string dataset as an object array of str.
+
+    Read through numpy's StringDType where numpy and h5py have it: HDF5 converts into one packed buffer
+    instead of a bytes object per row, so a million ids read in ~0.35 s instead of ~0.55 s with `asstr`.
+    """
+    string_dtype = getattr(getattr(np, "dtypes", None), "StringDType", None)
+    if string_dtype is not None and ds.dtype.kind == "O":
+        try:
+            return ds.astype(string_dtype())[()].astype(object)
+        except (TypeError, ValueError):  # an h5py without StringDType support
+            pass
+    return ds.asstr()[()].astype(object)
+
+
 def _row_chunk(row_bytes: int) -> int:
     """About 256 KiB per chunk: large enough for streaming, small enough for random-subset reads."""
     return int(max(16, min(4096, (256 * 1024) // max(1, row_bytes))))

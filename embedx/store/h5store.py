@@ -54,6 +54,7 @@ from embedx.store.h5io import (
     _read_rows,
     _sorted_rows,
     now_iso,
+    read_strings,
     unescape_name,
 )
 from embedx.store.h5maps import (  # noqa: F401  (re-exported: the store's constants live with their parts)
@@ -214,12 +215,12 @@ class Store(SampleWrites, Embeddings, MapsAndAnalyses):
     @property
     def sample_ids(self) -> np.ndarray:
         if self._ids_cache is None or self._ids_cache.shape[0] != self.n:
-            self._ids_cache = self._f["samples/id"].asstr()[()].astype(object)
+            self._ids_cache = read_strings(self._f["samples/id"])
         return self._ids_cache
 
     @property
     def subject_ids(self) -> np.ndarray:
-        return self._f["samples/subject_id"].asstr()[()].astype(object)
+        return read_strings(self._f["samples/subject_id"])
 
     @property
     def info(self) -> dict[str, Any]:
@@ -264,7 +265,7 @@ class Store(SampleWrites, Embeddings, MapsAndAnalyses):
             ds = group[key]
             name = str(ds.attrs.get("name", unescape_name(key)))
             if ds.attrs.get("dtype", "float") == "str":
-                values = ds.asstr()[()].astype(object)
+                values = read_strings(ds)
                 values[values == ""] = None
                 columns[name] = pd.Series(values)
             else:
@@ -299,7 +300,7 @@ class Store(SampleWrites, Embeddings, MapsAndAnalyses):
         ds = self._f["samples"].get(field_name)
         if ds is None:
             return np.full(self.n, "", dtype=object)
-        return ds.asstr()[()].astype(object)
+        return read_strings(ds)
 
 
 def write_store_from_arrays(

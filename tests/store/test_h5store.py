@@ -151,3 +151,21 @@ def test_analyses_round_trip(store_path):
         assert store.read_analysis("fairness") == []
         with pytest.raises(StoreError, match="present: "):
             store.read_analysis("probes", "nope")
+
+
+def test_strings_read_through_stringdtype_are_the_ones_asstr_reads(tmp_path):
+    """The fast string read must give exactly h5py's `asstr` result: non-ASCII text, empty strings, rows never
+    written (grown by a resize) and an empty dataset."""
+    from embedx.store.h5io import read_strings
+
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        ds = f.create_dataset("a", shape=(6,), dtype=h5py.string_dtype(), chunks=(2,), maxshape=(None,))
+        ds[1], ds[2], ds[4] = "Zürich – 東京 ✓", "", "x" * 300
+        ds.resize((9,))
+        f.create_dataset("empty", shape=(0,), dtype=h5py.string_dtype())
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        for name in ("a", "empty"):
+            fast, plain = read_strings(f[name]), f[name].asstr()[()].astype(object)
+            assert fast.dtype == object and fast.tolist() == plain.tolist()
+            assert all(type(v) is str for v in fast)
+        assert read_strings(f["a"])[1] == "Zürich – 東京 ✓" and read_strings(f["a"])[8] == ""
