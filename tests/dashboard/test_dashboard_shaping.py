@@ -292,3 +292,23 @@ def test_a_continuous_colour_with_no_value_has_no_scale() -> None:
     payload = map_payload(np.zeros((4, 2)), np.arange(4), empty, categorical=False, hover=None)
     assert payload["scale"] is None and payload["legend"][0]["count"] == 4
     assert set(unpacked(payload["codes"], "<u2").tolist()) == {0} and payload["colours"] == [MISSING_COLOUR]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pd.Series([1.0, 0.0, np.nan, 1.0, 2.5, -0.0], name="finding"),
+        pd.Series(["south", None, "", "north", "south", "Zürich"], name="site"),
+        pd.Series(["a", pd.NA, "b", "", "a", "c"], dtype="str", name="sex"),
+        pd.Series([3, 1, 3, 2, 1, 1], name="grade", index=[10, 11, 12, 13, 14, 15]),
+        pd.Series([np.nan] * 6, name="empty"),
+    ],
+)
+def test_category_labels_are_each_rows_value_as_the_tables_write_it(values: pd.Series) -> None:
+    """Labels are made per distinct value; they must be what formatting each row gives, missing named."""
+    from embedx.analysis.enrichment import format_value
+
+    expected = [shaping.MISSING_LABEL if pd.isna(v) or v == "" else format_value(v) for v in values]
+    labels = shaping.category_labels(values)
+    assert labels.tolist() == expected
+    assert labels.index.equals(values.index) and labels.name == values.name
