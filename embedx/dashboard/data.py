@@ -48,7 +48,6 @@ class StoreMeta:
 
     path: str
     n: int
-    subject_ids: np.ndarray  # pseudonymised; enrichment tests count each patient once
     attributes: pd.DataFrame
     schema: dict[str, AttributeSpec]
     models: list[str]
@@ -57,12 +56,20 @@ class StoreMeta:
 
     @functools.cached_property
     def sample_ids(self) -> np.ndarray:
-        """Read when first shown (a selection's rows, its CSV), not with the page (0.35 s at a million
-        rows). Rows are only ever appended to a store, so its first `n` ids are this metadata's."""
+        """Read when first shown (a selection's rows, its CSV), not before the map is drawn (0.35 s at a
+        million rows). Rows are only ever appended to a store, so its first `n` ids are this metadata's."""
+        return self._strings("sample_ids")
+
+    @functools.cached_property
+    def subject_ids(self) -> np.ndarray:
+        """Pseudonymised subject ids (enrichment tests count each patient once); read when first tested."""
+        return self._strings("subject_ids")
+
+    def _strings(self, field_name: str) -> np.ndarray:
         from embedx.store.h5store import Store
 
         with Store.open(self.path, "r") as store:
-            return np.asarray(store.sample_ids)[: self.n]
+            return np.asarray(getattr(store, field_name))[: self.n]
 
     @property
     def kinds(self) -> dict[str, str]:
@@ -84,7 +91,6 @@ def _meta(path: str, stamp: float) -> StoreMeta:
         meta = StoreMeta(
             path=path,
             n=int(store.n),
-            subject_ids=np.asarray(store.subject_ids),
             attributes=attributes,
             schema=dict(schema),
             models=models,
