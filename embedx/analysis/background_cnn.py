@@ -19,6 +19,7 @@ from embedx.analysis.folds import stratified_splits
 from embedx.analysis.stats import bootstrap_balanced_accuracy, count_dropped, percentile_ci
 from embedx.errors import EmbedxError
 from embedx.progress import progress_bar
+from embedx.training.optimizers import adam
 
 
 def cnn_on_patches(
@@ -106,7 +107,7 @@ def fit_seed000_cnn(
 
     model = build_model("cnn", None, image_size=x.shape[-1], channels=x.shape[1], num_classes=n_classes)
     model = model.to(x.device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    optimiser = adam(model.parameters(), lr=lr)
     counts = torch.bincount(y, minlength=n_classes).float()
     weight = (counts.sum() / counts.clamp(min=1) / n_classes).to(x.device)
     model.train()

@@ -32,6 +32,7 @@ from embedx.training.data import EpochBatchSampler, RunData, build_datasets, tra
 from embedx.training.ema import EMA
 from embedx.training.evaluation import compute_latent_stats, evaluate
 from embedx.training.metrics import MetricsLog
+from embedx.training.optimizers import adam, load_state
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,7 @@ def train(config: TrainConfig, manifest_path: str | Path, out_dir: str | Path | 
     if opt.channels_last:  # 4-D weights only; the checkpoints stay plain (saved contiguous)
         model = model.to(memory_format=torch.channels_last)
     ema = EMA(model, opt.ema_decay) if opt.ema_decay is not None else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+    optimizer = adam(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay, decoupled=True)
     total_steps = math.ceil(opt.total_samples / opt.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total_steps))
 
@@ -247,7 +248,7 @@ def train(config: TrainConfig, manifest_path: str | Path, out_dir: str | Path | 
         wrapped.compile()
     wrapped, optimizer = accelerator.prepare(wrapped, optimizer)
     if restored is not None:
-        optimizer.load_state_dict(restored.optimizer)
+        load_state(optimizer, restored.optimizer)
         scheduler.load_state_dict(restored.scheduler)
         scaler = getattr(accelerator, "scaler", None)
         if scaler is not None and restored.scaler is not None:

@@ -29,6 +29,7 @@ from torch import nn
 from embedx.errors import EmbedxError
 from embedx.training.checkpoint import fsync_path, torch_load_safe
 from embedx.training.data import EpochBatchSampler
+from embedx.training.optimizers import adam, load_state
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +133,11 @@ def fit_volume_model(
     batch -= batch % world
     if batch < world:
         raise EmbedxError(f"{n} training volumes cannot fill one batch across {world} processes")
-    sampler_start, optimizer = 0, torch.optim.Adam(model.parameters(), lr=settings.lr)
+    sampler_start, optimizer = 0, adam(model.parameters(), lr=settings.lr)
     if checkpoint is not None and checkpoint.exists():
         state = torch_load_safe(checkpoint)
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_state(optimizer, state["optimizer"])
         sampler_start = int(state["epochs_done"])
         log.info("resuming %s after epoch %d", checkpoint.name, sampler_start)
         if on_epoch is not None:
