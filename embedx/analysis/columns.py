@@ -57,7 +57,7 @@ class RankedColumn:
     value order; from them come its Mann-Whitney U, both medians and the Kolmogorov-Smirnov statistic
     without touching the other rows (scipy sorts the whole cohort per call)."""
 
-    values: np.ndarray  # float64 per row, NaN where missing
+    values: np.ndarray  # float64 per row, NaN where missing (±inf too: no finite value to rank)
     position: np.ndarray  # per row: its place in value order among the present rows, -1 where missing
     sorted_values: np.ndarray  # the present values in value order
     sorted_ranks: np.ndarray  # per position: the average rank (1-based) of its value
@@ -102,7 +102,12 @@ class RankedColumn:
     def positions_of(self, chosen: np.ndarray) -> np.ndarray:
         """The sorted value-order positions of the chosen rows that have a value."""
         found = self.position[chosen]
-        return np.sort(found[found >= 0]).astype(np.int64)
+        found = found[found >= 0]
+        if _large(found.size, self.n_present):  # marking every position beats sorting most of them
+            marked = np.zeros(self.n_present, dtype=bool)
+            marked[found] = True
+            return np.flatnonzero(marked)
+        return np.sort(found).astype(np.int64)
 
     def median_inside(self, positions: np.ndarray) -> float:
         """`np.median` of the selected values (sorted positions give sorted values)."""
@@ -138,11 +143,24 @@ class RankedColumn:
         the last position): those ends are the only candidates.
         """
         n1 = positions.size
-        before = self.group_first[positions].astype(np.int64) - 1
-        ends = np.concatenate([self.group_last[positions], before[before >= 0], [self.n_present - 1]])
-        inside = np.searchsorted(positions, ends, side="right")
+        if _large(n1, self.n_present):  # most rows selected: one pass over every tie group's end
+            marked = np.zeros(self.n_present, dtype=np.int64)
+            marked[positions] = 1
+            ends = np.flatnonzero(self.group_last == np.arange(self.n_present))
+            inside = np.cumsum(marked)[ends]
+        else:
+            before = self.group_first[positions].astype(np.int64) - 1
+            ends = np.sort(np.concatenate([self.group_last[positions], before[before >= 0],
+                                           [self.n_present - 1]]))
+            inside = np.searchsorted(positions, ends, side="right")
         outside = ends + 1 - inside
         return float(np.abs(inside / n1 - outside / n2).max())
+
+
+def _large(selected: int, present: int) -> bool:
+    """Whether a selection is large enough that a pass over every position costs less than working on its
+    own positions (sorting them, searching among them): above an eighth of the present rows."""
+    return 8 * selected > present
 
 
 def _median_at(ordered: np.ndarray, positions: np.ndarray) -> float:

@@ -302,6 +302,7 @@ def test_a_continuous_colour_with_no_value_has_no_scale() -> None:
         pd.Series(["a", pd.NA, "b", "", "a", "c"], dtype="str", name="sex"),
         pd.Series([3, 1, 3, 2, 1, 1], name="grade", index=[10, 11, 12, 13, 14, 15]),
         pd.Series([np.nan] * 6, name="empty"),
+        pd.Series([[1], [2], None, [1], "", "x"], name="lists"),  # unhashable: labelled row by row
     ],
 )
 def test_category_labels_are_each_rows_value_as_the_tables_write_it(values: pd.Series) -> None:
