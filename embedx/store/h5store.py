@@ -55,6 +55,7 @@ from embedx.store.h5io import (
     _sorted_rows,
     now_iso,
     read_strings,
+    read_text_column,
     unescape_name,
 )
 from embedx.store.h5maps import (  # noqa: F401  (re-exported: the store's constants live with their parts)
@@ -265,9 +266,7 @@ class Store(SampleWrites, Embeddings, MapsAndAnalyses):
             ds = group[key]
             name = str(ds.attrs.get("name", unescape_name(key)))
             if ds.attrs.get("dtype", "float") == "str":
-                values = read_strings(ds)
-                values[values == ""] = None
-                columns[name] = pd.Series(values)
+                columns[name] = read_text_column(ds)
             else:
                 columns[name] = pd.Series(ds[()].astype(np.float64))
         frame = pd.DataFrame(columns, index=pd.RangeIndex(self.n))

@@ -169,3 +169,19 @@ def test_strings_read_through_stringdtype_are_the_ones_asstr_reads(tmp_path):
             assert fast.dtype == object and fast.tolist() == plain.tolist()
             assert all(type(v) is str for v in fast)
         assert read_strings(f["a"])[1] == "Zürich – 東京 ✓" and read_strings(f["a"])[8] == ""
+
+
+def test_a_text_column_reads_as_the_str_objects_would_give_it(tmp_path):
+    """The Arrow fast path of attribute columns must equal building the Series from str objects, "" and
+    rows never written being missing."""
+    from embedx.store.h5io import read_strings, read_text_column
+
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        ds = f.create_dataset("a", shape=(6,), dtype=h5py.string_dtype(), chunks=(2,), maxshape=(None,))
+        ds[0], ds[1], ds[2], ds[4] = "north", "Zürich – 東京 ✓", "", "north"
+        ds.resize((9,))
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        values = read_strings(f["a"])
+        values[values == ""] = None
+        pd.testing.assert_series_equal(read_text_column(f["a"]), pd.Series(values))
+        assert read_text_column(f["a"]).isna().sum() == 6
