@@ -35,6 +35,7 @@ import pandas as pd
 from scipy import stats
 
 from embedx.analysis.columns import CodedColumn, RankedColumn
+from embedx.analysis.labels import value_text
 from embedx.data.schema import AttributeSpec, infer_kind
 from embedx.errors import EmbedxError
 
@@ -81,13 +82,6 @@ def bh_adjust(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
     if ok.any():
         q[ok] = stats.false_discovery_control(np.clip(p[ok], 0.0, 1.0), method="bh")
     return q
-
-
-def format_value(value: object) -> str:
-    """A value as users wrote it: 1.0 -> "1" (stores keep binary codes as floats), strings unchanged."""
-    if isinstance(value, (float, np.floating)) and np.isfinite(value) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
 
 
 # Fields that come from the test (subject-level when groups are given); the rest describe all rows.
@@ -180,7 +174,7 @@ def _categorical_rows(name: str, kind: str, coded: CodedColumn, chosen: np.ndarr
             {
                 "attribute": name,
                 "kind": kind,
-                "value": format_value(value),
+                "value": value_text(value),
                 "n_selected": int(a[i]),
                 "selected_total": int(n_sel),
                 "n_rest": int(c[i]),

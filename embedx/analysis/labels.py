@@ -24,6 +24,7 @@ __all__ = [
     "merge_small_classes",
     "missing_mask",
     "positive_class",
+    "value_text",
 ]
 
 OTHER = "(other)"
@@ -45,7 +46,9 @@ def missing_mask(values: np.ndarray | pd.Series | Sequence[Any]) -> np.ndarray:
     return missing | infinite | as_text.isin(_MISSING_TEXT).to_numpy()
 
 
-def _text(value: Any) -> str:
+def value_text(value: Any) -> str:
+    """A value as users wrote it, the one spelling every table and label uses: 1.0 -> "1" (stores keep
+    binary codes as floats), bytes decoded, everything else `str`."""
     if isinstance(value, (float, np.floating)) and np.isfinite(value) and float(value).is_integer():
         return str(int(value))
     if isinstance(value, bytes):
@@ -55,7 +58,7 @@ def _text(value: Any) -> str:
 
 def label_strings(values: np.ndarray | pd.Series | Sequence[Any]) -> np.ndarray:
     """Class labels as strings (object array); whole-number floats lose their '.0' (1.0 -> '1')."""
-    return np.asarray([_text(v) for v in np.asarray(values, dtype=object)], dtype=object)
+    return np.asarray([value_text(v) for v in np.asarray(values, dtype=object)], dtype=object)
 
 
 def positive_class(
@@ -72,7 +75,7 @@ def positive_class(
     labels = label_strings(values)
     classes = sorted(set(labels[~missing].tolist()))
     if positive is not None:
-        positive = _text(positive)
+        positive = value_text(positive)
         if positive not in classes:
             matches = [c for c in classes if _same_number(c, positive)]
             if not matches:

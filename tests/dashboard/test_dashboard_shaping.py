@@ -307,9 +307,9 @@ def test_a_continuous_colour_with_no_value_has_no_scale() -> None:
 )
 def test_category_labels_are_each_rows_value_as_the_tables_write_it(values: pd.Series) -> None:
     """Labels are made per distinct value; they must be what formatting each row gives, missing named."""
-    from embedx.analysis.enrichment import format_value
+    from embedx.analysis.labels import value_text
 
-    expected = [shaping.MISSING_LABEL if pd.isna(v) or v == "" else format_value(v) for v in values]
+    expected = [shaping.MISSING_LABEL if pd.isna(v) or v == "" else value_text(v) for v in values]
     labels = shaping.category_labels(values)
     assert labels.tolist() == expected
     assert labels.index.equals(values.index) and labels.name == values.name
