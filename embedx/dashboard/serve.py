@@ -25,14 +25,14 @@ _LOG = logging.getLogger(__name__)
 
 def warm_map_page(path: Path) -> None:
     """What the map page reads on its first run with its default choices, computed into the shared caches."""
-    from embedx.dashboard import data, shaping, widgets
+    from embedx.dashboard import data, widgets
 
     meta = data.meta(path)
     mapped = [m for m in meta.models if meta.projections.get(m)]
     if not mapped:
         return
     model, method = mapped[0], meta.projections[mapped[0]][0]
-    cohort = shaping.apply_filters(meta.attributes, {})
+    cohort = np.ones(meta.n, dtype=bool)  # the page's default: no filter
     on_map = widgets.on_map(path, model, method, cohort)
     data.map_drawing(path, model, method, widgets.default_colour(meta), np.flatnonzero(on_map),
                      widgets.SCATTER_MAX, np.empty(0, dtype=np.int64), None, "", widgets.MAP_HEIGHT,

@@ -148,6 +148,13 @@ def filters(path: Path, meta: data.StoreMeta, key: str) -> dict[str, Any]:
     return chosen
 
 
+def cohort_mask(path: Path, meta: data.StoreMeta, key: str) -> np.ndarray:
+    """The rows that pass the sidebar's filters; with none set, every row, without reading the attributes
+    (a page's first map then needs only its colour's column)."""
+    chosen = filters(path, meta, key)
+    return shaping.apply_filters(meta.attributes, chosen) if chosen else np.ones(meta.n, dtype=bool)
+
+
 def _token(*parts: Any) -> str:
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from embedx.dashboard import data, shaping, widgets
+from embedx.dashboard import data, widgets
 
 path, meta = widgets.require_store()
 st.title("Compare two models")
@@ -24,7 +24,7 @@ if len(mapped) < 2:
 left_model = st.sidebar.selectbox("Left model", mapped, index=0, key="cmp_a")
 right_model = st.sidebar.selectbox("Right model", mapped, index=1, key="cmp_b")
 colour = widgets.colour_picker(meta, "cmp")
-cohort = shaping.apply_filters(meta.attributes, widgets.filters(path, meta, "cmp"))
+cohort = widgets.cohort_mask(path, meta, "cmp")
 k = st.sidebar.slider("k for the overlap", 5, 50, 10, key="cmp_k")
 
 score = data.overlap(path, left_model, right_model, k)

@@ -14,7 +14,7 @@ if picked is None:
     st.stop()
 model, method = picked
 colour = widgets.colour_picker(meta, "map")
-cohort = shaping.apply_filters(meta.attributes, widgets.filters(path, meta, "map"))
+cohort = widgets.cohort_mask(path, meta, "map")
 st.sidebar.caption(f"{int(cohort.sum()):,} of {meta.n:,} images pass the filters")
 st.caption(f"{model} · {data.projection_note(path, model, method)}")
 
