@@ -19,7 +19,6 @@ rendering, as `make test` does) through Playwright and times, per store size:
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import signal
 import socket
@@ -34,6 +33,8 @@ os.environ.setdefault("EMBEDX_NO_PROGRESS", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "dashboard"))
+
+from mouse import drag_lasso  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
@@ -117,14 +118,7 @@ SELECTION_HEADER = ("() => [...document.querySelectorAll('h3')].map(h => h.inner
 
 def _draw_lasso(page, corners: list[tuple[float, float]]) -> float:
     """Drag a lasso through `corners` (fractions of the plot area); returns the time the mouse is released."""
-    area = page.locator(".embedx-map-overlay").bounding_box()
-    x0, y0, w, h = area["x"], area["y"], area["width"], area["height"]
-    page.mouse.move(x0 + w * corners[0][0], y0 + h * corners[0][1])
-    page.mouse.down()
-    for (ax, ay), (bx, by) in itertools.pairwise(corners):
-        for step in range(1, 6):
-            t = step / 5
-            page.mouse.move(x0 + w * (ax + (bx - ax) * t), y0 + h * (ay + (by - ay) * t))
+    drag_lasso(page, page.locator(".embedx-map-overlay").bounding_box(), corners, steps=5, release=False)
     start = time.perf_counter()
     page.mouse.up()
     return start

@@ -311,7 +311,7 @@ def mask_digest(mask: np.ndarray) -> str:
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _drawn_points(path: str, stamp: float, model: str, method: str, colour: str | None, rows_key: str,
+def _drawn_points(path: str, stamp: float, model: str, method: str, colour: str | None, placed_key: str,
                   max_points: int, _rows: np.ndarray) -> tuple[np.ndarray, DensityImage | None]:
     meta = _meta(path, stamp)
     categorical = bool(colour) and meta.kinds.get(colour) != "continuous"
@@ -322,11 +322,12 @@ def _drawn_points(path: str, stamp: float, model: str, method: str, colour: str 
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
-def _map_drawing(path: str, stamp: float, model: str, method: str, colour: str | None, rows_key: str,
+def _map_drawing(path: str, stamp: float, model: str, method: str, colour: str | None, placed_key: str,
                  max_points: int, selected_key: str, highlight_key: str, title: str, height: int,
-                 _rows: np.ndarray, _selected: np.ndarray, _highlight: np.ndarray | None) -> dict[str, Any]:
+                 _placed: np.ndarray, _selected: np.ndarray, _highlight: np.ndarray | None) -> dict[str, Any]:
     meta = _meta(path, stamp)
-    drawn, background = _drawn_points(path, stamp, model, method, colour, rows_key, max_points, _rows)
+    rows = np.flatnonzero(_placed)
+    drawn, background = _drawn_points(path, stamp, model, method, colour, placed_key, max_points, rows)
     return map_payload(
         _projection(path, stamp, model, method),
         drawn,
@@ -338,21 +339,21 @@ def _map_drawing(path: str, stamp: float, model: str, method: str, colour: str |
         title=title,
         height=height,
         density=background,
-        population=_rows,
+        population=rows,
     )
 
 
 def map_drawing(
-    path: Path, model: str, method: str, colour: str | None, rows: np.ndarray, max_points: int,
-    selected: np.ndarray, highlight: np.ndarray | None, title: str, height: int, rows_key: str | None = None,
+    path: Path, model: str, method: str, colour: str | None, placed: np.ndarray, max_points: int,
+    selected: np.ndarray, highlight: np.ndarray | None, title: str, height: int,
 ) -> dict[str, Any]:
-    """The map's payload (`map_payload`): `rows` (the filtered cohort on the map) drawn as a density-
-    preserving sample of at most `max_points` over the density image of all of them, `selected` faded in,
-    `highlight` ringed. Shared by every browser session: a second user, or a reload, gets the map without
-    the 0.3-0.5 s of sampling, imaging and packing it costs at 220k rows. `rows_key` (a digest of the mask
-    `rows` came from) saves hashing the rows again."""
-    return _map_drawing(str(path), _stamp(path), model, method, colour, rows_key or digest(rows), max_points,
-                        digest(selected), digest(highlight), title, height, rows, selected, highlight)
+    """The map's payload (`map_payload`): the rows of the mask `placed` (the filtered cohort on the map)
+    drawn as a density-preserving sample of at most `max_points` over the density image of all of them,
+    `selected` faded in, `highlight` ringed. Shared by every browser session: a second user, or a reload,
+    gets the map without the 0.3-0.5 s of sampling, imaging and packing it costs at 220k rows. Keyed by the
+    mask's bits, and its rows found only when the drawing is made."""
+    return _map_drawing(str(path), _stamp(path), model, method, colour, mask_digest(placed), max_points,
+                        digest(selected), digest(highlight), title, height, placed, selected, highlight)
 
 
 @st.cache_resource(show_spinner="Loading the diffusion autoencoder…", max_entries=2)

@@ -33,10 +33,9 @@ def warm_map_page(path: Path) -> None:
         return
     model, method = mapped[0], meta.projections[mapped[0]][0]
     cohort = np.ones(meta.n, dtype=bool)  # the page's default: no filter
-    on_map = widgets.on_map(path, model, method, cohort)
-    data.map_drawing(path, model, method, widgets.default_colour(meta), np.flatnonzero(on_map),
-                     widgets.SCATTER_MAX, np.empty(0, dtype=np.int64), None, "", widgets.MAP_HEIGHT,
-                     data.mask_digest(on_map))  # fmt: skip
+    placed = widgets.on_map(path, model, method, cohort)
+    data.map_drawing(path, model, method, widgets.default_colour(meta), placed, widgets.SCATTER_MAX,
+                     np.empty(0, dtype=np.int64), None, "", widgets.MAP_HEIGHT)  # fmt: skip
     data.projection_note(path, model, method)
     data.cohort_tests(path, cohort)
     data.map_quality(path, model, method)

@@ -214,9 +214,8 @@ def selectable_map(
     max_points = SCATTER_MAX if max_points is None else max_points
     placed = on_map(path, model, method, mask)
     absorb_selection(path, model, method, mask, key, placed)
-    rows, rows_key = np.flatnonzero(placed), data.mask_digest(placed)
-    drawing_token = _token(model, method, colour, rows_key, max_points, data.digest(highlight),
-                           st.session_state.get(CLEARS, 0))
+    drawing_token = _token(model, method, colour, data.mask_digest(placed), max_points,
+                           data.digest(highlight), st.session_state.get(CLEARS, 0))
     baked_key = f"{key}__baked"
     baked = st.session_state.get(baked_key)
     # a selection made elsewhere (a cluster's button, another page's map) is shown; this map's own lasso is
@@ -227,12 +226,12 @@ def selectable_map(
     if follow or baked is None or baked[0] != drawing_token or foreign:
         baked = (drawing_token, selection())
         st.session_state[baked_key] = baked
-    payload = data.map_drawing(path, model, method, colour, rows, max_points, baked[1], highlight, title,
-                               height, rows_key)
+    payload = data.map_drawing(path, model, method, colour, placed, max_points, baked[1], highlight, title,
+                               height)
     if payload["density"] is not None:
         st.caption(
-            f"Drawing a density-preserving sample of {payload['n']:,} of {len(rows):,} points over a grey "
-            "density image of all of them; selections and statistics use every row."
+            f"Drawing a density-preserving sample of {payload['n']:,} of {int(placed.sum()):,} points over a "
+            "grey density image of all of them; selections and statistics use every row."
         )
     draw_map(payload, key, drawing=drawing_token)
 
@@ -261,12 +260,11 @@ def selection_panel(
 
     mask = np.zeros(meta.n, dtype=bool)
     mask[rows] = True
-    in_cohort = cohort.copy()
     st.markdown(
         "**Composition vs the cohort** (2×2 test per value, BH-corrected; effect: fold and odds ratio; "
         "continuous: Mann–Whitney, median shift)"
     )
-    table = data.cohort_tests(path, in_cohort).table(mask[in_cohort])
+    table = data.cohort_tests(path, cohort).table(mask[cohort])
     if table.empty:
         st.caption("The selection covers the whole (filtered) cohort: nothing to compare against.")
     else:

@@ -5,7 +5,6 @@ point, zoom and reset, screenshot saved.
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import socket
@@ -16,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mouse import drag_lasso
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -35,18 +35,6 @@ def when_drawn(expression: str) -> str:
 
 def drawn(page) -> dict:
     return dict(page.evaluate(f"() => {{ const m = {{...{MAP}.embedxMap}}; delete m.locate; return m; }}"))
-
-
-def drag_lasso(page, area: dict, corners: list[tuple[float, float]]) -> None:
-    """Drag the real mouse through `corners` (fractions of the map's `area`), ten steps per side."""
-    x0, y0, w, h = area["x"], area["y"], area["width"], area["height"]
-    page.mouse.move(x0 + w * corners[0][0], y0 + h * corners[0][1])
-    page.mouse.down()
-    for (ax, ay), (bx, by) in itertools.pairwise(corners):
-        for step in range(1, 11):
-            t = step / 10
-            page.mouse.move(x0 + w * (ax + (bx - ax) * t), y0 + h * (ay + (by - ay) * t))
-    page.mouse.up()
 
 
 def selected_heading(page) -> int:

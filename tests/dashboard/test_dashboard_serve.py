@@ -54,8 +54,8 @@ def test_the_default_map_is_drawn_from_its_colour_column_alone(
     model, method = meta.models[0], meta.projections[meta.models[0]][0]
     colour = widgets.default_colour(meta)
     on_map = widgets.on_map(fresh, model, method, np.ones(meta.n, dtype=bool))
-    data.map_drawing(fresh, model, method, colour, np.flatnonzero(on_map), 200,
-                     np.empty(0, dtype=np.int64), None, "", widgets.MAP_HEIGHT, data.mask_digest(on_map))
+    data.map_drawing(fresh, model, method, colour, on_map, 200, np.empty(0, dtype=np.int64), None, "",
+                     widgets.MAP_HEIGHT)
     assert set(meta._columns) == {colour} and "attributes" not in vars(meta)
     with Store.open(fresh) as handle:  # read one by one, the columns are the table's
         table = handle.attributes()
