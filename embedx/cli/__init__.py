@@ -54,13 +54,13 @@ def main() -> None:
     """Entry point: user errors print one clear message and exit 2, bugs keep their traceback."""
     try:
         app(standalone_mode=False)
-    except EmbedxError as error:
-        console.print(f"[bold red]error:[/] {error}")
+    except EmbedxError as error:  # soft_wrap: a path in the message stays whole, to be copied
+        console.print(f"[bold red]error:[/] {error}", soft_wrap=True)
         sys.exit(2)
     except OSError as error:  # a path the user gave cannot be written or read: theirs to fix, not a bug
         where = f"{error.filename}: " if error.filename else ""
         hint = " (the disk is full)" if error.errno == 28 else ""
-        console.print(f"[bold red]error:[/] {where}{error.strerror or error}{hint}")
+        console.print(f"[bold red]error:[/] {where}{error.strerror or error}{hint}", soft_wrap=True)
         sys.exit(2)
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)

@@ -40,11 +40,14 @@ def test_missing_store_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_a_file_that_is_not_a_store_is_refused_before_the_server_starts(tmp_path: Path) -> None:
-    bogus = tmp_path / "notes.h5"
+    folder = tmp_path / ("a-folder-name-long-enough-that-the-path-cannot-fit-in-eighty-columns" * 2)
+    folder.mkdir()
+    bogus = folder / "notes.h5"
     bogus.write_text("not hdf5")
     result = subprocess.run(
         [sys.executable, "-m", "embedx", "dashboard", str(bogus)], capture_output=True, text=True, timeout=60
     )
-    text = " ".join((result.stderr + result.stdout).split())
-    assert result.returncode == 2 and "notes.h5" in text and "Traceback" not in text
+    text = result.stderr + result.stdout
+    # the path whole, not broken across lines where the message meets the terminal's width (it was, at 80)
+    assert result.returncode == 2 and str(bogus) in text and "Traceback" not in text
     assert "URL" not in text
