@@ -68,17 +68,9 @@ def build_report(
         "controls": sections.controls_section(gathered, col),
         "provenance": sections.provenance_html(prov),
     }
-    encoded = sorted({p["attribute"] for p in gathered["probes"] if p.get("encoded")})
-    not_found = sorted(
-        {p["attribute"] for p in gathered["probes"] if not p.get("encoded") and not p.get("skipped")}
-        - set(encoded)
-    )
     summary = (
         f"<p>{prov['n_samples']} samples, {prov['n_subjects']} subjects, models: "
-        f"{html.escape(', '.join(snap['models']))}.</p>"
-        f"<p><b>Encoded</b> (CI clear of chance after Holm, in at least one model): "
-        f"{html.escape(', '.join(encoded) or 'none')}.<br><b>Not distinguishable from chance</b>: "
-        f"{html.escape(', '.join(not_found) or 'none')}.</p>"
+        f"{html.escape(', '.join(snap['models']))}.</p>" + summary_html(gathered["probes"])
     )
     notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in col.notes) or "<li>none</li>"
     page = Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
@@ -119,3 +111,40 @@ def build_report(
     )
     write_json(document, out_dir / "report.json")
     return document
+
+
+def verdict_groups(probes: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Attributes by what the report can say of them: encoded in at least one model; otherwise without a
+    verdict in some model (too few permutations, labels that cannot be permuted, no CI), which is not a
+    finding of chance; otherwise not distinguishable from chance; or skipped in every model."""
+    by_attribute: dict[str, list[dict[str, Any]]] = {}
+    for p in probes:
+        by_attribute.setdefault(str(p["attribute"]), []).append(p)
+    groups: dict[str, list[str]] = {"encoded": [], "no verdict": [], "chance": [], "skipped": []}
+    for name, results in sorted(by_attribute.items()):
+        tested = [p for p in results if not p.get("skipped")]
+        if any(p.get("encoded") for p in tested):
+            groups["encoded"].append(name)
+        elif not tested:
+            groups["skipped"].append(name)
+        elif any(str(p.get("verdict", "")).startswith(("no verdict", "untestable")) for p in tested):
+            groups["no verdict"].append(name)
+        else:
+            groups["chance"].append(name)
+    return groups
+
+
+def summary_html(probes: list[dict[str, Any]]) -> str:
+    groups = verdict_groups(probes)
+    lines = [
+        ("Encoded", "CI clear of chance after Holm, in at least one model", groups["encoded"]),
+        ("Not distinguishable from chance", "in every model", groups["chance"]),
+        ("No verdict", "see each probe's verdict", groups["no verdict"]),
+        ("Not probed", "skipped in every model: see why in the table", groups["skipped"]),
+    ]
+    shown = [
+        f"<b>{title}</b> ({html.escape(why)}): {html.escape(', '.join(names) or 'none')}."
+        for title, why, names in lines
+        if names or title in ("Encoded", "Not distinguishable from chance")
+    ]
+    return "<p>" + "<br>".join(shown) + "</p>"

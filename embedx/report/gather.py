@@ -19,6 +19,7 @@ import numpy as np
 
 from embedx._version import __version__
 from embedx.analysis.probe_result import judge_family
+from embedx.analysis.probes import default_permutations
 from embedx.analysis.reference import REFERENCE_KIND, compare_to_reference
 from embedx.errors import EmbedxError
 
@@ -123,6 +124,14 @@ def _run_probes(
     return list(run_probes(store_path, models=list(models), **options))
 
 
+def _too_few_permutations(probe: Mapping[str, Any], needed: int) -> bool:
+    """A tested probe whose permutations are fewer than the report's family needs (`default_permutations`)."""
+    if probe.get("skipped") or probe.get("p_value") is None:
+        return False
+    permutations = (probe.get("permutation") or {}).get("permutations")
+    return isinstance(permutations, int) and 0 < permutations < needed
+
+
 def latest_by(results: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[dict]:
     """De-duplicate stored results by identity fields, the later one winning."""
     out: dict[tuple, dict] = {}
@@ -151,9 +160,15 @@ def gather(
     # Probes: every model x attribute of the store, computed on the rows encoded now.
     attributes = set(snap["schema"])
     probes = latest_by(snap["probes"], ("model", "attribute"))
+    # Holm runs over the table this report shows: permutations sized for the stored run's own (smaller)
+    # family may be too few for it (a third model made a site at AUC 0.97 "not distinguishable").
+    probe_options = {"n_permutations": default_permutations(len(models) * len(attributes)), **probe_options}
+    needed = int(probe_options["n_permutations"] or 0)
     stale = {p["model"] for p in probes if not current(p, snap)}
     partial = {m for m in models if attributes - {p["attribute"] for p in probes if p["model"] == m}} - stale
-    rerun = [m for m in models if m in stale or m in partial]
+    coarse = {m for m in models if any(_too_few_permutations(p, needed) for p in probes if p["model"] == m)}
+    coarse -= stale | partial
+    rerun = [m for m in models if m in stale or m in partial or m in coarse]
     if rerun and run_missing:
         log.info("report: running probes for %s", ", ".join(rerun))
         probes = latest_by(
@@ -161,7 +176,12 @@ def gather(
             + _run_probes(store_path, rerun, probe_options, notes),
             ("model", "attribute"),
         )
-        for what, chosen in (("on rows encoded since", stale), ("for attributes not probed", partial)):
+        for what, chosen in (
+            ("on rows encoded since", stale),
+            ("for attributes not probed", partial),
+            (f"too few permutations for Holm over this report's tests; now {probe_options['n_permutations']}",
+             coarse),
+        ):
             named = [m for m in rerun if m in chosen]
             if named:
                 notes.append(f"probes recomputed for the report ({what}): {', '.join(named)}")

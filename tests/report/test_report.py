@@ -285,3 +285,32 @@ def test_each_model_is_read_beside_the_pixel_reference(built: tuple[Path, dict])
     page = (out / "report.html").read_text(encoding="utf-8")
     assert "vae discards sex: the pixels carry it, its latents do not show it" in page
     assert 'id="reference"' in page
+
+
+def test_probes_with_too_few_permutations_for_the_reports_family_get_no_verdict_or_are_rerun(
+    tmp_path: Path,
+) -> None:
+    """A site the latents carry plainly, probed with 30 permutations: Holm over the report's tests cannot pass
+    it, which must read as no verdict (not 'not distinguishable from chance'); run_missing reruns it with
+    enough permutations for the report's family, and it is then encoded."""
+    from embedx.analysis.probes import ProbeConfig, run_probes
+
+    rng = np.random.default_rng(5)
+    n = 240
+    site = rng.choice(["a", "b"], n)
+    z = rng.normal(size=(n, 6)).astype(np.float32) + 1.5 * (site == "a")[:, None]
+    path = write_store_from_arrays(
+        tmp_path / "s.h5", [f"i{i}" for i in range(n)], [f"p{i}" for i in range(n)],
+        pd.DataFrame({"site": site, "sex": rng.choice(["F", "M"], n)}), None, {"m": z},
+    )  # fmt: skip
+    run_probes(path, config=ProbeConfig(n_permutations=30, n_bootstrap=100))
+    kept = build_report(path, tmp_path / "kept", run_missing=False)
+    site_probe = next(p for p in kept["probes"] if p["attribute"] == "site")
+    assert not site_probe["encoded"] and site_probe["verdict"].startswith("no verdict: 30 permutations")
+    summary = (tmp_path / "kept" / "report.html").read_text(encoding="utf-8")
+    assert "<b>No verdict</b> (see each probe&#x27;s verdict): sex, site." in summary
+
+    rerun = build_report(path, tmp_path / "rerun", probe_options={"n_bootstrap": 100})
+    site_probe = next(p for p in rerun["probes"] if p["attribute"] == "site")
+    assert site_probe["encoded"] and site_probe["permutation"]["permutations"] >= 1000
+    assert any("too few permutations" in note for note in rerun["notes"])
