@@ -216,3 +216,12 @@ def test_control_background_cli_writes_strict_json(phantoms: dict[float, Path], 
         app, ["control", "background", "--manifest", str(phantoms[1.0]), "--attribute", "scanner"]
     )
     assert bad.exit_code != 0 and "no attribute 'scanner'" in str(bad.exception or bad.output)
+
+
+def test_the_cross_site_verdict_reads_the_gaps_ci_in_both_directions() -> None:
+    from embedx.analysis.cross_site import gap_verdict
+
+    assert gap_verdict(0.02, 0.2).startswith("internal > external")
+    assert gap_verdict(-0.15, -0.01).startswith("external > internal")  # p < 0.05 must not read "no gap"
+    assert gap_verdict(-0.1, 0.1).startswith("no internal-external gap")
+    assert gap_verdict(None, None).startswith("no internal-external gap")
