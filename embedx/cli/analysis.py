@@ -158,12 +158,13 @@ def register(app: typer.Typer) -> None:
             30, "--min-group-n", help="Groups with fewer subjects are marked too small."
         ),
         min_group_class: int = typer.Option(
-            5, "--min-group-class", help="Fewer positive or negative subjects: too small."
+            20, "--min-group-class", help="Fewer positive or negative subjects: too small for the gaps."
         ),
         intersections: str = typer.Option("pairs", "--intersections", help="pairs, all or none."),
         bootstrap: int = typer.Option(1000, "--bootstrap", help="Subject-bootstrap resamples."),
         permutations: int = typer.Option(
-            1000, "--permutations", help="Subject permutations for each gap's p-value."
+            1000, "--resamples", "--permutations",
+            help="Subject resamples for each gap's p-value (a Welch bootstrap-t test).",
         ),
         folds: int = typer.Option(5, "--folds", help="Outer folds (grouped by subject)."),
         seed: int = typer.Option(0, "--seed", help="Seed for folds and resampling."),
@@ -174,7 +175,8 @@ def register(app: typer.Typer) -> None:
         Out-of-fold predictions of the target probe, thresholded at an operating point chosen on validation
         folds, go into fairlearn's MetricFrame: per group n (rows and subjects), positives, accuracy, TPR,
         FPR, AUC, selection rate and ECE with subject-bootstrap CIs; the DP / EO / equal-opportunity gaps
-        with the signed difference between the two extreme groups, its interval and a permutation p-value.
+        with the signed difference between the two extreme groups, its interval and a p-value for "no gap"
+        (Welch's statistic over the groups, bootstrap-t over subjects resampled within each group).
         """
         from embedx.analysis.fairness import FairnessConfig, run_fairness
         from embedx.analysis.fairness_metrics import GroupRules

@@ -27,7 +27,7 @@ for label, result in zip(labels, results, strict=True):
             columns[index % len(columns)].metric(name.replace("_", " "), f"{value:.3f}")
         st.caption(
             "Each gap: the two groups that make it, the signed difference's 95 % interval (it may include 0) "
-            "and a subject-permutation p-value for 'no gap': " + gap_summary(result)
+            "and a p-value for 'no gap' (Welch bootstrap-t over subjects): " + gap_summary(result)
         )
     overall = result.get("overall")
     if isinstance(overall, dict):
