@@ -39,13 +39,13 @@ from fairlearn.metrics import (
 from sklearn.metrics import accuracy_score, mean_absolute_error, roc_auc_score
 
 from embedx.analysis.fairness_gaps import (
+    GAP_INTERVAL,
     GAP_TEST,
     gap_evidence,
     gap_nulls,
     mae_gap_null,
-    pair_critical_value,
     rates_from_counts,
-    simultaneous_interval,
+    studentized_pair_interval,
 )
 from embedx.analysis.stats import (
     SubjectIndex,
@@ -412,20 +412,19 @@ def mae_by_group(
     maes = np.array([by_group[names[j]]["mae"] for j in eligible])
     hi, lo = int(np.argmax(maes)), int(np.argmin(maes))
     estimate = float(maes[hi] - maes[lo])
-    diff_reps = reps[:, eligible[hi]] - reps[:, eligible[lo]]
     rows_e = np.flatnonzero(np.isin(codes, eligible))
-    observed, null_arr = mae_gap_null(
+    draws = mae_gap_null(
         codes, np.abs(yt - yp), gr, rows_e, len(names), eligible, rules.n_permutations, rules.seed + 1
     )
-    p = permutation_pvalue(observed, null_arr) if np.isfinite(observed) else None
-    q = pair_critical_value([maes], [reps[:, eligible]])
+    null_arr = draws.null
+    p = permutation_pvalue(draws.observed, null_arr) if np.isfinite(draws.observed) else None
     gap = {
         "estimate": estimate,
         "pair": [names[eligible[hi]], names[eligible[lo]]],
         "signed_difference": estimate,
-        "ci": simultaneous_interval(estimate, diff_reps, q),
-        "ci_dropped": count_dropped(diff_reps),
-        "interval": "bootstrap max-t interval, simultaneous over every pair of groups",
+        "ci": studentized_pair_interval([draws], 0, hi, lo),
+        "ci_dropped": count_dropped(draws.rates_star[:, hi]),
+        "interval": GAP_INTERVAL,
         "p_value": p,
         "test": GAP_TEST,
         "resamples": rules.n_permutations,

@@ -285,11 +285,12 @@ def test_a_small_group_with_the_same_rate_but_more_spread_is_no_gap_and_a_real_o
     while the majority's vary image to image; and equal MAE (5) with the minority's errors far more spread.
     Exchanging group labels called these gaps in 33 % and 29 % of cohorts; the Welch bootstrap-t must stay
     near 5 %, and still find a TPR of 0.5 against 0.8 in a 100-subject group of all-or-nothing subjects."""
-    from embedx.analysis.fairness_gaps import studentized_test
+    from embedx.analysis.fairness_gaps import studentized_pair_interval, studentized_test
     from embedx.analysis.stats import permutation_pvalue
 
     rng = np.random.default_rng(7)
     eligible = np.array([0, 1])
+    misses: list[bool] = []
 
     def tpr_cohort(minority_tpr: float, minority: int, all_or_nothing: bool) -> float:
         n_subjects = 700 + minority
@@ -301,8 +302,11 @@ def test_a_small_group_with_the_same_rate_but_more_spread_is_no_gap_and_a_real_o
         codes = np.repeat(np.arange(n_subjects), 6)
         pred = (rng.random(len(codes)) < q[codes]).astype(float)
         rows = np.flatnonzero(positive[codes])
-        observed, null = studentized_test(group[codes], pred, codes, rows, eligible, 199, rng)
-        return permutation_pvalue(observed, null)
+        draws = studentized_test(group[codes], pred, codes, rows, eligible, 199, rng)
+        low, high = studentized_pair_interval([draws], 0, 0, 1)
+        truth = 0.8 - minority_tpr
+        misses.append(not low <= truth <= high)  # the majority's minus the minority's TPR
+        return permutation_pvalue(draws.observed, draws.null)
 
     def mae_cohort() -> float:
         n_subjects = 740
@@ -314,8 +318,8 @@ def test_a_small_group_with_the_same_rate_but_more_spread_is_no_gap_and_a_real_o
         codes = np.repeat(np.arange(n_subjects), rng.integers(1, 7, n_subjects))
         abs_err = np.abs(err[codes] + rng.normal(0, 0.3, len(codes)))
         every_row = np.arange(len(codes))
-        observed, null = studentized_test(group[codes], abs_err, codes, every_row, eligible, 199, rng)
-        return permutation_pvalue(observed, null)
+        draws = studentized_test(group[codes], abs_err, codes, every_row, eligible, 199, rng)
+        return permutation_pvalue(draws.observed, draws.null)
 
     rates = np.array([tpr_cohort(0.8, 60, True) for _ in range(300)])
     maes = np.array([mae_cohort() for _ in range(300)])
@@ -325,3 +329,4 @@ def test_a_small_group_with_the_same_rate_but_more_spread_is_no_gap_and_a_real_o
     assert np.mean(maes < 0.05) <= 0.12, np.mean(maes < 0.05)
     found = np.array([tpr_cohort(0.5, 100, True) for _ in range(100)])
     assert np.mean(found < 0.05) >= 0.7, np.mean(found < 0.05)  # 0.88 measured
+    assert np.mean(misses) <= 0.08, np.mean(misses)  # the bootstrap-t interval holds the true difference
