@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +157,38 @@ def _read_table(path: Path, problems: list[str]) -> tuple[pd.DataFrame, list[int
         raise ManifestError(f"{path}: the manifest is empty") from err
     except (pd.errors.ParserError, ValueError) as err:
         raise ManifestError(f"{path}: cannot parse CSV ({err})") from err
+    _keep_padded_codes(path, table)
     return table, lines
+
+
+_PADDED = re.compile(r"^\s*[+-]?0\d")  # "01", "007": a code, not a number ("0", "0.5" are numbers)
+
+
+def _keep_padded_codes(path: Path, table: pd.DataFrame) -> None:
+    """Columns pandas read as numbers but that hold zero-padded codes ("01", "011") keep their text.
+
+    Read as numbers, "01" and "1" become one value and "011" shows as 11: two scanners or sites pooled
+    without a word. A continuous quantity written with zeros ("045") still becomes a number where it is
+    declared or inferred continuous (`_check_values`, `load_manifest`).
+    """
+    numeric = [c for c in table.columns if c not in ("path", "subject_id")
+               and pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])]
+    if not numeric:
+        return
+    raw = pd.read_csv(path, usecols=numeric, dtype=str, on_bad_lines="skip", skip_blank_lines=True,
+                      encoding="utf-8-sig")  # fmt: skip
+    if len(raw) != len(table):
+        return
+    for name in numeric:
+        text = raw[name]
+        padded = text.dropna().str.match(_PADDED)
+        if padded.any():
+            table[name] = text.str.strip().to_numpy(dtype=object)
+            shown = ", ".join(repr(v) for v in text.dropna()[padded].unique()[:5])
+            log.warning(
+                "%s: column %r keeps its values as text: %s have leading zeros (as numbers, '01' and '1' "
+                "would be one value)", path.name, name, shown,
+            )  # fmt: skip
 
 
 def _text_to_missing(table: pd.DataFrame, name: str, where: str) -> dict[str, int]:
@@ -206,6 +238,28 @@ def _check_values(
                 problems.append(f"column {name!r} is declared binary but has {len(values)} values: {shown}")
 
 
+_SUBJECT_LIKE = {"patientid", "patient", "subject", "participant", "participantid", "pid", "mrn", "caseid"}
+
+
+def _strip_text_values(table: pd.DataFrame, where: str) -> None:
+    """Spaces around text values are dropped: " A" and "A" are one site, not two (said, with the count)."""
+    for name in table.columns:
+        if name in ("path", "subject_id"):
+            continue
+        column = table[name]
+        if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+            continue
+        texts = column.map(lambda v: isinstance(v, str))
+        if not texts.any():
+            continue
+        stripped = column.where(~texts, column[texts].str.strip())
+        changed = int((stripped[texts] != column[texts]).sum())
+        if changed:
+            log.warning("%s: column %r: %d value(s) had spaces around them, removed (' A' and 'A' are one "
+                        "value)", where, name, changed)  # fmt: skip
+            table[name] = stripped
+
+
 def load_manifest(
     path: str | Path, schema_file: str | Path | None = None, check_files: bool = True
 ) -> Manifest:
@@ -219,6 +273,12 @@ def load_manifest(
     problems: list[str] = []
     table, lines = _read_table(path, problems)
     table.columns = [str(c).strip() for c in table.columns]
+    repeated = sorted({c for c in table.columns if list(table.columns).count(c) > 1})
+    if repeated:
+        raise ManifestError(
+            f"{path}: column name(s) {', '.join(map(repr, repeated))} appear more than once (names are "
+            "compared without surrounding spaces); rename or remove the extra column"
+        )
 
     if "path" not in table.columns:
         found = ", ".join(repr(c) for c in table.columns) or "none"
@@ -279,8 +339,21 @@ def load_manifest(
             )
         table["subject_id"] = sid.astype(str).str.strip()
     else:
-        log.warning("%s has no 'subject_id' column: every row is treated as its own subject", path)
+        spelled = [c for c in table.columns if re.sub(r"[^a-z]", "", c.lower()) == "subjectid"]
+        if spelled:
+            problems.append(
+                f"no 'subject_id' column, but {spelled[0]!r} looks like one (column names are "
+                "case-sensitive: rename it to 'subject_id'; without it every image counts as its own "
+                "subject, and splits and intervals would mix one patient's images)"
+            )
+            raise ManifestError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+        hint = [c for c in table.columns if re.sub(r"[^a-z]", "", c.lower()) in _SUBJECT_LIKE]
+        log.warning(
+            "%s has no 'subject_id' column: every row is treated as its own subject%s", path,
+            f" (if {hint[0]!r} identifies the patient, name it 'subject_id')" if hint else "",
+        )
         table["subject_id"] = [sample_id(p, root) for p in table["path"].fillna("")]
+    _strip_text_values(table, path.name)
 
     declared: dict[str, AttributeSpec] = {}
     sidecar = sidecar_path(path)

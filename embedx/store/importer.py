@@ -87,9 +87,11 @@ def _from_table(frame: pd.DataFrame, source: Path) -> Loaded:
         features = [c for c in frame.columns if str(c) != key_col]
         bad = [str(c) for c in features if not pd.api.types.is_numeric_dtype(frame[c])]
         if bad:
+            separator = len(columns) == 1 and any(sep in columns[0] for sep in (";", "\t", "|"))
             raise EmbedxError(f"{source}: column(s) {', '.join(bad[:MAX_NAMED])} are not numbers; the file "
                               f"needs one key column ({'/'.join(ID_KEYS[:1] + PATH_KEYS[:1])}) and numeric "
-                              "feature columns")
+                              "feature columns" + (" (the file looks separated by something other than "
+                              "commas; save it as comma-separated)" if separator else ""))
         vectors = frame[features].to_numpy(dtype=np.float32)
     if key_col is None:
         return Loaded(vectors, None, "order")
@@ -146,7 +148,8 @@ def load_embeddings(path: Path, array: str | None = None) -> Loaded:
             raise
         hint = ""
         if "Object arrays cannot be loaded" in str(err):
-            hint = "; save text keys as a string array (e.g. ids.astype(str)), not as Python objects"
+            hint = ("; save text keys as a fixed-width string array, e.g. np.asarray(ids, dtype=str) "
+                    "(pandas' .astype(str) still gives Python objects)")
         elif isinstance(err, EOFError) or "No data left" in str(err):
             hint = "; the file is empty"
         raise EmbedxError(f"{path}: cannot be read as {suffix[1:]} embeddings ({err}){hint}") from err

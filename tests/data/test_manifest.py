@@ -248,3 +248,46 @@ def test_a_numeric_column_with_a_few_text_values_is_continuous_and_says_which(tm
     words.to_csv(tmp_path / "m.csv", index=False)
     with pytest.raises(ManifestError, match="declared continuous but 50 value"):
         load_manifest(tmp_path / "m.csv", check_files=False)
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "m.csv"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_zero_padded_codes_stay_apart_and_padded_quantities_are_numbers(tmp_path, caplog) -> None:
+    """Scanner codes '01' / '1' / '011' are three scanners, not two numbers; declared categorical, the
+    same. Ages written '045', '052', ... (many values) are still a continuous number."""
+    rows = ["path,subject_id,scanner,age"]
+    scanners = ["01", "1", "011", "02"]
+    for i in range(40):
+        rows.append(f"{i}.png,s{i // 2},{scanners[i % 4]},{30 + i:03d}")
+    path = _write(tmp_path, "\n".join(rows) + "\n")
+    with caplog.at_level(logging.WARNING):
+        manifest = load_manifest(path, check_files=False)
+    assert sorted(manifest.table["scanner"].unique()) == ["01", "011", "02", "1"]
+    assert manifest.schema["scanner"].kind == "categorical"
+    assert "'01'" in caplog.text and "leading zeros" in caplog.text
+    assert manifest.schema["age"].kind == "continuous"
+    assert manifest.table["age"].dtype.kind in "if" and manifest.table["age"].iloc[0] == 30
+    (tmp_path / "m.yaml").write_text("attributes:\n  scanner: {kind: categorical, role: acquisition}\n")
+    declared = load_manifest(path, check_files=False)
+    assert declared.table["scanner"].nunique() == 4
+
+
+def test_spaces_around_values_do_not_split_a_category(tmp_path, caplog) -> None:
+    path = _write(tmp_path, "path,subject_id,site\na.png,s1, A\nb.png,s2,A\nc.png,s3,B \nd.png,s4,B\n")
+    with caplog.at_level(logging.WARNING):
+        manifest = load_manifest(path, check_files=False)
+    assert manifest.table["site"].tolist() == ["A", "A", "B", "B"]
+    assert "2 value(s) had spaces" in caplog.text
+
+
+def test_a_column_named_twice_and_a_misspelt_subject_column_are_errors(tmp_path) -> None:
+    path = _write(tmp_path, "path,site,path \na.png,A,a.png\n")
+    with pytest.raises(ManifestError, match="'path' appear more than once"):
+        load_manifest(path, check_files=False)
+    path = _write(tmp_path, "path,Subject_ID,site\na.png,s1,A\nb.png,s1,B\n")
+    with pytest.raises(ManifestError, match="'Subject_ID' looks like one"):
+        load_manifest(path, check_files=False)

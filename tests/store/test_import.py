@@ -96,6 +96,12 @@ def test_mismatched_imports_are_refused_naming_the_rows(pixel_store, cohort, tmp
         import_embeddings(store_path, tmp_path / "short.npy", "x")
     with pytest.raises(EmbedxError, match="already there"):
         import_embeddings(store_path, tmp_path / "b.csv", "pixels", manifest=cohort)
+    frame.to_csv(tmp_path / "semi.csv", index=False, sep=";")
+    with pytest.raises(EmbedxError, match="separated by something other than commas"):
+        import_embeddings(store_path, tmp_path / "semi.csv", "x", manifest=cohort)
+    np.savez(tmp_path / "objects.npz", path=pd.Series(paths).astype(str).to_numpy(dtype=object), z=z)
+    with pytest.raises(EmbedxError, match=r"np.asarray\(ids, dtype=str\)"):
+        import_embeddings(store_path, tmp_path / "objects.npz", "x", manifest=cohort)
     with Store.open(store_path) as store:
         assert store.models() == ["pixels"]  # nothing half-written
 
