@@ -76,6 +76,9 @@ GAP_NAMES = (
 )
 
 
+MIN_SUBJECTS_FOR_CI = 5  # subjects of the class a metric is computed on (positives for TPR)
+
+
 @dataclass(frozen=True)
 class GroupRules:
     """When a group is too small to judge, and how much resampling the intervals and p-values get."""
@@ -287,6 +290,14 @@ def fairness_from_predictions(
         entry["ci"] = {k: list(percentile_ci(reps[k][:, j])) for k in RATE_METRICS}
         entry["ci"]["auc"] = list(percentile_ci(auc_reps[:, j]))
         entry["ci"]["ece"] = list(percentile_ci(ece_reps[:, j]))
+        # A resample of one or two patients' outcomes gives an interval of zero width around the estimate
+        # ("TPR 1.000 [1.000, 1.000]" from one positive subject), which reads as certainty: none is shown.
+        few = {"tpr": counts[g][1], "fpr": counts[g][2], "auc": min(counts[g][1:])}
+        for metric, subjects_of_class in few.items():
+            if subjects_of_class < MIN_SUBJECTS_FOR_CI:
+                entry["ci"][metric] = [None, None]
+                entry.setdefault("ci_note", f"no interval where a class has fewer than {MIN_SUBJECTS_FOR_CI} "
+                                 "subjects in this group")  # fmt: skip
         entry["ci_dropped"] = {k: count_dropped(reps[k][:, j]) for k in ("tpr", "fpr")} | {
             "auc": count_dropped(auc_reps[:, j])
         }

@@ -62,6 +62,9 @@ def test_known_tpr_gap_and_small_group_marked_not_dropped() -> None:
     assert not out["by_group"]["A"]["too_small"]
     low, high = out["by_group"]["A"]["ci"]["tpr"]
     assert low < 0.8 < high
+    small = out["by_group"]["C"]  # 4 positive subjects: no interval of zero width passed off as certainty
+    assert small["ci"]["tpr"] == [None, None] and small["ci"]["auc"] == [None, None]
+    assert small["ci"]["fpr"][0] is not None and "fewer than 5 subjects" in small["ci_note"]
 
 
 def test_numbers_equal_fairlearns_own_functions() -> None:
