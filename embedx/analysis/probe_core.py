@@ -58,6 +58,7 @@ __all__ = ["C_GRID", "LinearProbe", "ProbeConfig", "cross_validated_probe", "out
 
 Kind = Literal["categorical", "binary", "continuous"]
 DEGENERATE_SHARE = 0.99  # a classifier predicting one class for >= 99 % of rows says nothing
+SMALL_CI_SUBJECTS = 30  # below this many subjects (in the rarest class) the CI is flagged approximate
 MIN_MIXING = 0.1  # permutations that change < 10 % of what a free shuffle would: the test cannot reject
 
 
@@ -328,6 +329,14 @@ def cross_validated_probe(
     )
     if degenerate:
         notes.append("the probe predicts (nearly) a single value: not evidence of encoding")
+    few = _fewest_subjects(codes, gk, continuous)
+    if cfg.n_bootstrap and few < SMALL_CI_SUBJECTS:
+        notes.append(
+            f"approximate CI: {few} subjects {'in all' if continuous else 'in the rarest class'}; resampling "
+            "subjects over fixed out-of-fold predictions leaves out the folds' own variability, and such "
+            "95 % intervals covered 79-86 % in simulations at this size (the verdict also needs the "
+            "permutation p, whose error rate holds)"
+        )
     untestable = None
     if permutation.get("mixing") is not None and permutation["mixing"] < MIN_MIXING:
         untestable = (
@@ -361,6 +370,15 @@ def cross_validated_probe(
         seconds=round(time.perf_counter() - started, 3),
     )
     return judge_family([result], cfg.alpha)[0]
+
+
+def _fewest_subjects(codes: np.ndarray, subjects: np.ndarray, continuous: bool) -> int:
+    """Subjects in all (continuous) or in the class held by the fewest subjects."""
+    if continuous:
+        return len(np.unique(subjects))
+    pairs = np.unique(np.stack([np.asarray(codes).astype(np.int64),
+                                np.unique(subjects, return_inverse=True)[1].reshape(-1)]), axis=1)
+    return int(np.bincount(pairs[0]).min()) if pairs.size else 0
 
 
 def _skipped(base: dict[str, Any], reason: str) -> ProbeResult:
