@@ -138,7 +138,7 @@ def reference_section(comparisons: list[dict]) -> str:
             "attribute": c["attribute"], "model": c["model"], "metric": c["metric"],
             "pixels": _score_ci(c["pixel_score"], c["pixel_ci"]), "model score": _score_ci(c["model_score"],
                                                                                            c["model_ci"]),
-            "chance": c["chance"], "kept": None if c["kept"] is None else round(c["kept"], 2),
+            "chance": c["chance"], "kept": "-" if c["kept"] is None else round(c["kept"], 2),
             "reading": c["reading"],
         })
     flagged = [c for c in comparisons if c["reading"] in ("discards", "keeps less", "amplifies")]

@@ -223,3 +223,11 @@ def test_a_ci_from_few_subjects_of_a_class_is_flagged_approximate() -> None:
     one_each = np.arange(600).astype(str)
     large = cross_validated_probe(rng.normal(size=(600, 8)), y, one_each, "binary", config=cfg)
     assert not any(note.startswith("approximate CI") for note in large.notes)
+
+
+@pytest.mark.parametrize("kind", ["categorical", "continuous"])
+def test_an_attribute_with_every_value_missing_says_so(kind: str) -> None:
+    y = np.array([None] * 20, dtype=object) if kind == "categorical" else np.full(20, np.nan)
+    X = np.random.default_rng(0).normal(size=(20, 4))
+    r = cross_validated_probe(X, y, np.arange(20).astype(str), kind, config=ProbeConfig(n_permutations=9))
+    assert r.skipped == "every value of the attribute is missing" and not r.encoded
