@@ -119,6 +119,8 @@ def gap_summary(result: Mapping[str, Any]) -> str:
             text += f" ({sign.join(map(str, gap['pair']))})"
         if gap.get("p_value") is not None:
             text += f", p {_fmt(gap['p_value'])}"
+            if gap.get("p_holm") is not None:
+                text += f" (Holm over {gap.get('family_size')}: {_fmt(gap['p_holm'])})"
         parts.append(text)
     if result.get("kind") == "continuous" and result.get("worst_group"):
         parts.append(f"worst group {result['worst_group']}")

@@ -333,3 +333,30 @@ def test_a_small_group_with_the_same_rate_but_more_spread_is_no_gap_and_a_real_o
     found = np.array([tpr_cohort(0.5, 100, True) for _ in range(100)])
     assert np.mean(found < 0.05) >= 0.7, np.mean(found < 0.05)  # 0.88 measured
     assert np.mean(misses) <= 0.08, np.mean(misses)  # the bootstrap-t interval holds the true difference
+
+
+def test_gap_p_values_are_corrected_with_holm_per_model() -> None:
+    """Every tested gap of one model in one family; another model's gaps in their own."""
+    from statsmodels.stats.multitest import multipletests
+
+    from embedx.analysis.fairness import holm_over_gaps
+    from embedx.analysis.fairness_metrics import FairnessResult
+
+    def result(model: str, sensitive: str, ps: tuple[float, float, float]) -> FairnessResult:
+        names = ("demographic_parity_difference", "equal_opportunity_difference", "equalized_odds_difference")
+        gaps = {name: {"p_value": p} for name, p in zip(names, ps, strict=True)}
+        gaps["demographic_parity_ratio"] = {"p_value": ps[0]}
+        return FairnessResult(target="finding", sensitive=sensitive, by_group={}, gaps=gaps, model=model)
+
+    results = [result("a", "sex", (0.001, 0.04, 0.2)), result("a", "age", (0.01, 0.5, 0.03)),
+               result("b", "sex", (0.04, 0.9, 0.9))]  # fmt: skip
+    judged = holm_over_gaps(results)
+    raw = [0.001, 0.04, 0.2, 0.01, 0.5, 0.03]
+    expected = multipletests(raw, method="holm")[1]
+    got = [judged[i].gaps[k]["p_holm"] for i in (0, 1) for k in (
+        "demographic_parity_difference", "equal_opportunity_difference", "equalized_odds_difference")]
+    np.testing.assert_allclose(got, expected)
+    assert judged[0].gaps["demographic_parity_ratio"]["p_holm"] == judged[0].gaps[
+        "demographic_parity_difference"]["p_holm"]
+    assert judged[2].gaps["demographic_parity_difference"]["p_holm"] == pytest.approx(0.12)  # 3 tests of b
+    assert judged[0].gaps["equal_opportunity_difference"]["significant"] is False  # raw 0.04, Holm 0.16
