@@ -71,7 +71,7 @@ def probe_within_strata(
     attribute: str = "site",
     model: str = "model",
     config: ProbeConfig | None = None,
-    min_rows: int = 30,
+    min_subjects: int = 30,
     age_edges: tuple[float, ...] | None = None,
 ) -> StrataResult:
     """Probe `attribute` separately inside each stratum (e.g. sex x age band); see the module doc."""
@@ -82,14 +82,16 @@ def probe_within_strata(
     results: list[ProbeResult] = []
     for stratum in sorted({s for s in labels if s is not None}):
         rows = np.flatnonzero(labels == stratum)
-        if len(rows) < min_rows:
+        n_subjects = len(np.unique(groups[rows]))  # subjects are the unit: 30 images of 5 patients are 5
+        if n_subjects < min_subjects:
             r = ProbeResult(
                 model=model,
                 attribute=attribute,
                 kind=kind,
                 metric="balanced_accuracy",
                 n=len(rows),
-                skipped=f"stratum has {len(rows)} rows (< {min_rows})",
+                n_subjects=n_subjects,
+                skipped=f"stratum has {n_subjects} subjects (< {min_subjects})",
             )
         else:
             r = cross_validated_probe(

@@ -204,3 +204,21 @@ def test_sex_confounded_with_site_is_not_found_after_combat_when_the_latents_car
         assert after["sex"].harmonised["covariates"] == []
         assert "conservative" in " ".join(after["site"].notes)
     assert not any(found)
+
+
+def test_a_stratum_is_counted_in_subjects_not_images() -> None:
+    """40 images of 5 women are 5 subjects: too few to probe the site inside that stratum; 80 men are 80."""
+    from embedx.analysis.strata import probe_within_strata
+
+    rng = np.random.default_rng(0)
+    subjects = np.concatenate([np.repeat(np.arange(5), 8), np.arange(100, 180)]).astype(str)
+    sex = np.array(["F"] * 40 + ["M"] * 80)
+    site = rng.choice(["a", "b"], len(sex))
+    X = rng.normal(size=(len(sex), 4))
+    out = probe_within_strata(
+        X, site, subjects, pd.DataFrame({"sex": sex}), {"sex": "binary"}, kind="binary",
+        config=ProbeConfig(n_permutations=19, n_bootstrap=20),
+    )  # fmt: skip
+    by = {r.stratum: r for r in out.strata}
+    assert by["F"].skipped == "stratum has 5 subjects (< 30)" and by["F"].n == 40
+    assert not by["M"].skipped
