@@ -279,10 +279,11 @@ def gap_evidence(
         hi, lo = int(np.nanargmax(values)), int(np.nanargmin(values))
         estimate = float(values[hi] - values[lo])
         draws = [tests[c] for c in components]
-        # Welch statistics: equalized odds takes the larger of its two rates', observed and in each null draw
-        observed = max(d.observed for d in draws)
-        null = np.max(np.stack([d.null for d in draws]), axis=0)
-        p = permutation_pvalue(observed, null) if np.isfinite(observed) else None
+        # Welch statistics: equalized odds takes the larger of its two rates', observed and in each null draw;
+        # a rate with no variance anywhere (TPR 1.0 in every group) leaves the other one to decide
+        observed = float(np.fmax.reduce([d.observed for d in draws]))
+        null = np.fmax.reduce(np.stack([d.null for d in draws]), axis=0)
+        p = _gap_p(observed, null, max(spreads.values()))
         ci = studentized_pair_interval(draws, components.index(component), hi, lo)
         out[gap] = {
             "estimate": max(spreads.values()),
@@ -318,6 +319,13 @@ def gap_evidence(
         "interval": "bootstrap max-t interval on the log ratio, simultaneous over every pair of groups",
     }
     return out
+
+
+def _gap_p(observed: float, null: np.ndarray, spread_observed: float) -> float | None:
+    """The bootstrap-t p; 1 where every group has the same rate and no rate varies (nothing to test)."""
+    if np.isfinite(observed):
+        return permutation_pvalue(observed, null)
+    return 1.0 if spread_observed == 0 else None
 
 
 def gap_nulls(

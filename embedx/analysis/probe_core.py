@@ -234,8 +234,10 @@ def cross_validated_probe(
     rows = np.flatnonzero(keep)
     Xk, gk = (X, groups) if len(rows) == len(X) else (X[rows], groups[rows])  # no 450 MB copy at 220k
     base.update(n=len(rows), n_subjects=len(np.unique(gk)))
-    if len(rows) == 0:
+    if len(rows) == 0 and base["n_missing"] == base["n_total"]:
         return _skipped(base, "every value of the attribute is missing")
+    if len(rows) == 0 and base["n_not_encoded"]:
+        return _skipped(base, "no row with a value of the attribute has been encoded by this model")
     if not continuous:
         values, counts = np.unique(labels.astype(str), return_counts=True)
         base["classes"] = {str(v): int(c) for v, c in zip(values, counts, strict=True)}

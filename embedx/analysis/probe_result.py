@@ -175,13 +175,20 @@ def judge_family(
         permutations = (r.permutation or {}).get("permutations")
         if r.score is not None and any(v is None or not np.isfinite(v) for v in ci):
             verdict = "no verdict: no confidence interval (bootstrap resamples = 0)"
-        elif isinstance(permutations, int) and permutations > 0 and smallest_holm_p(m, permutations) >= alpha:
-            # "not distinguishable from chance" would be read as a finding; it is only a lack of resolution
-            verdict = (
-                f"no verdict: {permutations} permutations cannot reach Holm's threshold over {m} tests "
-                f"(smallest adjusted p {smallest_holm_p(m, permutations):.3f}); rerun with at least "
-                f"{int(np.ceil(2 * m / alpha))} permutations"
-            )
+        elif r.score is not None and r.p_value is None:
+            verdict = "no verdict: no permutation test was run (permutations = 0)"
+        elif not encoded and isinstance(permutations, int) and permutations > 0:
+            # "not distinguishable from chance" would be read as a finding where it is only a lack of
+            # resolution: this probe could not pass Holm even with the smallest p its permutations allow
+            best = list(pvals)
+            best[len(out)] = 1.0 / (permutations + 1)
+            reachable = float(holm(best)[len(out)])
+            if reachable >= alpha:
+                verdict = (
+                    f"no verdict: {permutations} permutations cannot reach Holm's threshold over {m} tests "
+                    f"(smallest adjusted p {reachable:.3f}); rerun with at least "
+                    f"{int(np.ceil(2 * m / alpha))} permutations"
+                )
         elif not encoded and _below_chance(r):
             verdict += " (below chance: the probe does worse than guessing, which is no evidence of encoding)"
         out.append(r.replace(p_holm=p_holm, family_size=m, alpha=alpha, encoded=encoded, verdict=verdict))

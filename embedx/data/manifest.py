@@ -15,6 +15,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -88,6 +89,17 @@ def _capped(items: list[str]) -> str:
     return f"\n    {shown}{more}"
 
 
+def _refuse_repeated_names(path: Path, header: Sequence[Any]) -> None:
+    """Two columns of one name (pandas would silently call the second 'site.1', or keep both as 'path')."""
+    names = [str(c).strip() for c in header]
+    repeated = sorted({c for c in names if names.count(c) > 1})
+    if repeated:
+        raise ManifestError(
+            f"{path}: column name(s) {', '.join(map(repr, repeated))} appear more than once (names are "
+            "compared without surrounding spaces); rename or remove the extra column"
+        )
+
+
 def _scan_csv_records(path: Path, problems: list[str]) -> list[int]:
     """First pass with the csv module: field counts per record, and the file line of each kept record.
 
@@ -104,6 +116,7 @@ def _scan_csv_records(path: Path, problems: list[str]) -> list[int]:
             if header is None:
                 raise ManifestError(f"{path}: the manifest is empty (no header line)")
             n_fields = len(header)
+            _refuse_repeated_names(path, header)
             record = 0
             while True:
                 start_line = reader.line_num + 1
@@ -186,8 +199,8 @@ def _keep_padded_codes(path: Path, table: pd.DataFrame) -> None:
             table[name] = text.str.strip().to_numpy(dtype=object)
             shown = ", ".join(repr(v) for v in text.dropna()[padded].unique()[:5])
             log.warning(
-                "%s: column %r keeps its values as text: %s have leading zeros (as numbers, '01' and '1' "
-                "would be one value)", path.name, name, shown,
+                "%s: column %r has leading zeros (%s): read as codes, so that '01' and '1' stay two values, "
+                "unless it is declared continuous or holds fractions", path.name, name, shown,
             )  # fmt: skip
 
 
@@ -249,14 +262,19 @@ def _strip_text_values(table: pd.DataFrame, where: str) -> None:
         column = table[name]
         if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
             continue
+        if isinstance(column.dtype, pd.CategoricalDtype):  # Parquet categories: " A" and "A" may be two
+            column = column.astype(object)
         texts = column.map(lambda v: isinstance(v, str))
         if not texts.any():
             continue
         stripped = column.where(~texts, column[texts].str.strip())
         changed = int((stripped[texts] != column[texts]).sum())
+        blank = texts & (stripped == "")
+        stripped = stripped.where(~blank, None)  # a cell of spaces is a missing value, not a class ""
         if changed:
             log.warning("%s: column %r: %d value(s) had spaces around them, removed (' A' and 'A' are one "
-                        "value)", where, name, changed)  # fmt: skip
+                        "value; a cell of spaces is missing)", where, name, changed)  # fmt: skip
+        if changed or blank.any():
             table[name] = stripped
 
 
@@ -272,13 +290,8 @@ def load_manifest(
     path = Path(path)
     problems: list[str] = []
     table, lines = _read_table(path, problems)
+    _refuse_repeated_names(path, list(table.columns))
     table.columns = [str(c).strip() for c in table.columns]
-    repeated = sorted({c for c in table.columns if list(table.columns).count(c) > 1})
-    if repeated:
-        raise ManifestError(
-            f"{path}: column name(s) {', '.join(map(repr, repeated))} appear more than once (names are "
-            "compared without surrounding spaces); rename or remove the extra column"
-        )
 
     if "path" not in table.columns:
         found = ", ".join(repr(c) for c in table.columns) or "none"

@@ -187,12 +187,12 @@ def infer_kind(values: pd.Series) -> str:
     present = values.dropna()
     distinct = present.unique()
     if len(distinct) > 2 and not pd.api.types.is_numeric_dtype(present):
-        # zero-padded numbers kept as text ("045"): a quantity when many or fractional, else codes
+        # zero-padded numbers kept as text ("011", "045"): codes (40 site codes are no quantity), unless
+        # fractional; a padded quantity is declared continuous in the sidecar
         numbers = pd.to_numeric(present, errors="coerce")
         if numbers.notna().all():
             as_float = numbers.to_numpy(dtype=float)
-            fractional = bool(np.any(np.abs(as_float - np.round(as_float)) > 1e-9))
-            if fractional or len(distinct) >= CONTINUOUS_MIN_DISTINCT:
+            if bool(np.any(np.abs(as_float - np.round(as_float)) > 1e-9)):
                 return "continuous"
     if len(distinct) == 2:
         return "binary"

@@ -186,10 +186,17 @@ def gather(
             if named:
                 notes.append(f"probes recomputed for the report ({what}): {', '.join(named)}")
     elif rerun:
-        notes.append(
-            f"stored probes of {', '.join(rerun)} are partial or predate the latest encode; "
-            "rerun `embedx probe`"
-        )
+        outdated = [m for m in rerun if m in stale or m in partial]
+        if outdated:
+            notes.append(
+                f"stored probes of {', '.join(outdated)} are partial or predate the latest encode; "
+                "rerun `embedx probe`"
+            )
+        if coarse:
+            notes.append(
+                f"stored probes of {', '.join(m for m in rerun if m in coarse)} ran with too few "
+                f"permutations for Holm over this report's tests; rerun `embedx probe` with at least {needed}"
+            )
     probes = [p for p in probes if p["model"] in models and (p["attribute"] in attributes)]
     stored_families = sorted({int(p.get("family_size") or 0) for p in probes if not p.get("skipped")})
     probes = judge_family(probes)

@@ -360,3 +360,19 @@ def test_gap_p_values_are_corrected_with_holm_per_model() -> None:
         "demographic_parity_difference"]["p_holm"]
     assert judged[2].gaps["demographic_parity_difference"]["p_holm"] == pytest.approx(0.12)  # 3 tests of b
     assert judged[0].gaps["equal_opportunity_difference"]["significant"] is False  # raw 0.04, Holm 0.16
+
+
+def test_equalized_odds_is_tested_where_one_of_its_rates_has_no_variance() -> None:
+    """TPR 1.0 in both groups and FPR 0.1 vs 0.5: the TPR test is undefined (no variance anywhere), the FPR
+    one decides equalized odds; equal opportunity, a gap of exactly 0 with nothing to test, gets p = 1."""
+    rng = np.random.default_rng(3)
+    n = 400
+    group = np.repeat(["a", "b"], n // 2).astype(object)
+    y = np.tile([1, 0], n // 2)
+    fpr = np.where(group == "a", 0.1, 0.5)
+    pred = np.where(y == 1, 1, (rng.random(n) < fpr).astype(int))
+    prob = np.clip(0.5 * pred + rng.uniform(0, 0.5, n), 0, 1)
+    rules = GroupRules(n_bootstrap=100, n_bootstrap_auc=5, n_permutations=199)
+    out = fairness_from_predictions("g", group, y, prob, pred, np.arange(n).astype(str), rules)
+    assert out.gaps["equalized_odds_difference"]["p_value"] < 0.01
+    assert out.gaps["equal_opportunity_difference"]["p_value"] == 1.0

@@ -231,3 +231,30 @@ def test_an_attribute_with_every_value_missing_says_so(kind: str) -> None:
     X = np.random.default_rng(0).normal(size=(20, 4))
     r = cross_validated_probe(X, y, np.arange(20).astype(str), kind, config=ProbeConfig(n_permutations=9))
     assert r.skipped == "every value of the attribute is missing" and not r.encoded
+
+
+def test_no_verdict_only_where_the_permutations_could_not_have_passed_holm() -> None:
+    """Mixed permutation counts (stored runs re-judged together): a probe with 20 permutations can still pass
+    Holm when the others' p are smaller, and then it is encoded, not 'no verdict'; alone among equals it
+    cannot, and says so; a probe with no permutation test at all has no verdict either."""
+    base = {"model": "m", "kind": "categorical", "metric": "balanced_accuracy", "score": 0.95,
+            "ci": (0.92, 0.97), "chance": 0.5, "n": 500}  # fmt: skip
+
+    def probe(name: str, p: float | None, permutations: int) -> dict:
+        return {**base, "attribute": name, "p_value": p,
+                "permutation": {"p_value": p, "permutations": permutations}}  # fmt: skip
+
+    few, many = probe("few", 1 / 21, 20), probe("many", 0.001, 999)
+    judged = {r.attribute: r for r in judge_family([few, many, probe("also", 0.001, 999)])}
+    assert judged["few"].encoded and judged["few"].verdict == "encoded"  # Holm: 1 x 1/21 < 0.05
+    judged = {r.attribute: r for r in judge_family([few, probe("a", 1 / 21, 20), probe("b", 1 / 21, 20)])}
+    assert judged["few"].verdict.startswith("no verdict: 20 permutations cannot reach")
+    judged = {r.attribute: r for r in judge_family([probe("untested", None, 0), many])}
+    assert judged["untested"].verdict == "no verdict: no permutation test was run (permutations = 0)"
+
+
+def test_an_attribute_whose_rows_are_not_encoded_is_not_called_missing() -> None:
+    X = np.full((12, 4), np.nan)
+    y = np.array(["A", "B"] * 6, dtype=object)
+    r = cross_validated_probe(X, y, np.arange(12).astype(str), "binary", config=ProbeConfig(n_permutations=9))
+    assert r.skipped == "no row with a value of the attribute has been encoded by this model"

@@ -258,7 +258,8 @@ def _write(tmp_path, text: str):
 
 def test_zero_padded_codes_stay_apart_and_padded_quantities_are_numbers(tmp_path, caplog) -> None:
     """Scanner codes '01' / '1' / '011' are three scanners, not two numbers; declared categorical, the
-    same. Ages written '045', '052', ... (many values) are still a continuous number."""
+    same. Ages written '030', '031', ... are codes until declared continuous (40 zero-padded site codes are
+    no quantity), then numbers; fractions ('0.5', '00') are numbers."""
     rows = ["path,subject_id,scanner,age"]
     scanners = ["01", "1", "011", "02"]
     for i in range(40):
@@ -269,24 +270,37 @@ def test_zero_padded_codes_stay_apart_and_padded_quantities_are_numbers(tmp_path
     assert sorted(manifest.table["scanner"].unique()) == ["01", "011", "02", "1"]
     assert manifest.schema["scanner"].kind == "categorical"
     assert "'01'" in caplog.text and "leading zeros" in caplog.text
-    assert manifest.schema["age"].kind == "continuous"
-    assert manifest.table["age"].dtype.kind in "if" and manifest.table["age"].iloc[0] == 30
-    (tmp_path / "m.yaml").write_text("attributes:\n  scanner: {kind: categorical, role: acquisition}\n")
+    assert manifest.schema["age"].kind == "categorical"
+    (tmp_path / "m.yaml").write_text("attributes:\n  scanner: {kind: categorical, role: acquisition}\n"
+                                     "  age: {kind: continuous, role: demographic}\n")  # fmt: skip
     declared = load_manifest(path, check_files=False)
     assert declared.table["scanner"].nunique() == 4
+    assert declared.table["age"].dtype.kind in "if" and declared.table["age"].iloc[0] == 30
+    (tmp_path / "m.yaml").unlink()
+    doses = ["0", "00", "0.5", "1", "2.5"]
+    fractions = _write(tmp_path, "path,dose\n" + "".join(f"{i}.png,{v}\n" for i, v in enumerate(doses)))
+    assert load_manifest(fractions, check_files=False).schema["dose"].kind == "continuous"
 
 
 def test_spaces_around_values_do_not_split_a_category(tmp_path, caplog) -> None:
-    path = _write(tmp_path, "path,subject_id,site\na.png,s1, A\nb.png,s2,A\nc.png,s3,B \nd.png,s4,B\n")
+    path = _write(tmp_path, "path,subject_id,site\na.png,s1, A\nb.png,s2,A\nc.png,s3,B \nd.png,s4,B\n"
+                            "e.png,s5,   \n")  # fmt: skip
     with caplog.at_level(logging.WARNING):
         manifest = load_manifest(path, check_files=False)
-    assert manifest.table["site"].tolist() == ["A", "A", "B", "B"]
-    assert "2 value(s) had spaces" in caplog.text
+    assert manifest.table["site"].tolist()[:4] == ["A", "A", "B", "B"]
+    assert pd.isna(manifest.table["site"].iloc[4])  # a cell of spaces is missing, not a class ""
+    assert "3 value(s) had spaces" in caplog.text
+    frame = pd.DataFrame({"path": ["a.png", "b.png", "c.png"], "site": pd.Categorical([" A", "A", "B "])})
+    frame.to_parquet(tmp_path / "m.parquet")
+    assert load_manifest(tmp_path / "m.parquet", check_files=False).table["site"].tolist() == ["A", "A", "B"]
 
 
 def test_a_column_named_twice_and_a_misspelt_subject_column_are_errors(tmp_path) -> None:
     path = _write(tmp_path, "path,site,path \na.png,A,a.png\n")
     with pytest.raises(ManifestError, match="'path' appear more than once"):
+        load_manifest(path, check_files=False)
+    path = _write(tmp_path, "path,site,site\na.png,A,B\n")  # pandas would read the second as 'site.1'
+    with pytest.raises(ManifestError, match="'site' appear more than once"):
         load_manifest(path, check_files=False)
     path = _write(tmp_path, "path,Subject_ID,site\na.png,s1,A\nb.png,s1,B\n")
     with pytest.raises(ManifestError, match="'Subject_ID' looks like one"):
