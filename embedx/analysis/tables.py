@@ -167,7 +167,7 @@ def fairness_rich_table(result: Mapping[str, Any]) -> Any:
                 _fmt(g.get("fpr")) + _fmt_ci(ci.get("fpr")),
                 _fmt(g.get("auc")) + _fmt_ci(ci.get("auc")),
                 _fmt(g.get("selection_rate")),
-                _fmt(g.get("ece")),
+                _fmt(g.get("ece")) if _fmt(g.get("ece")) == "-" else f"{float(g['ece']):.3f}",  # one format
                 note,
             ]
         table.add_row(*row, style="dim" if g.get("too_small") else None)
