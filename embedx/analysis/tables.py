@@ -44,6 +44,9 @@ def _fmt_ci(ci: Any) -> str:
     return f" [{_fmt(ci[0])}, {_fmt(ci[1])}]"
 
 
+PILOT_SUBJECTS = 100
+
+
 def family_line(results: Iterable[Mapping[str, Any]]) -> str:
     """The sentence printed under every probe table: how many tests Holm corrected for, with what."""
     results = [r for r in results if not r.get("skipped")]
@@ -53,10 +56,17 @@ def family_line(results: Iterable[Mapping[str, Any]]) -> str:
     perms = sorted({int((r.get("permutation") or {}).get("permutations") or 0) for r in results})
     alpha = results[0].get("alpha", 0.05)
     size = sizes[0] if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
-    return (
+    line = (
         f"Holm over {size} test(s) at alpha {alpha:g} (the table above); p-values from "
         f"{'/'.join(map(str, perms))} subject permutations on label-free folds, p = (k + 1) / (P + 1)"
     )
+    subjects = max(int(r.get("n_subjects") or 0) for r in results)
+    if 0 < subjects < PILOT_SUBJECTS:  # "not distinguishable" from a pilot is weak evidence of absence
+        line += (
+            f". A pilot of {subjects} subjects finds only large effects: `embedx calibrate STORE` "
+            "measures the power of these tests on this cohort"
+        )
+    return line
 
 
 def probe_rich_table(results: Iterable[Mapping[str, Any]], title: str = "Probes") -> Any:

@@ -387,3 +387,12 @@ def test_folds_fitted_on_threads_give_the_serial_result(cohort, monkeypatch) -> 
     on_copy = LinearProbe(c_grid=(0.1, 1.0)).fit(cohort["X"][rows], cohort["a"][rows], cohort["groups"][rows])
     everyone = cohort["X"]
     np.testing.assert_array_equal(on_rows.decision_function(everyone), on_copy.decision_function(everyone))
+
+
+def test_the_line_under_a_pilot_probe_table_points_to_calibrate() -> None:
+    from embedx.analysis.tables import family_line
+
+    pilot = family_line([{"family_size": 3, "permutation": {"permutations": 999}, "n_subjects": 30}])
+    assert "A pilot of 30 subjects finds only large effects" in pilot and "embedx calibrate" in pilot
+    cohort = family_line([{"family_size": 3, "permutation": {"permutations": 999}, "n_subjects": 3000}])
+    assert "pilot" not in cohort
