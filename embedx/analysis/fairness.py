@@ -29,12 +29,12 @@ from fairlearn.metrics import false_positive_rate, true_positive_rate
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, mean_absolute_error, roc_curve
 
+from embedx.analysis.fairness_mae import mae_by_group
 from embedx.analysis.fairness_metrics import (
     FairnessResult,
     GroupRules,
     expected_calibration_error,
     fairness_from_predictions,
-    mae_by_group,
     safe_auc,
 )
 from embedx.analysis.folds import fold_splits, stratified_folds, subject_codes

@@ -8,19 +8,17 @@ number in the file is given too ("line N+1" when no value spans several lines).
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from embedx.data.identity import normalised_path, sample_id
+from embedx.data.manifest_read import PARQUET_SUFFIXES, capped, read_table, refuse_repeated_names, where
 from embedx.data.schema import (
     MOSTLY_NUMERIC,
     RESERVED_COLUMNS,
@@ -34,9 +32,7 @@ from embedx.errors import ManifestError
 
 log = logging.getLogger(__name__)
 
-PARQUET_SUFFIXES = (".parquet", ".pq")
 # How many offending rows one problem lists before it says "... and N more".
-MAX_LISTED = 20
 
 
 @dataclass
@@ -76,134 +72,6 @@ class Manifest:
         return int(self.table["subject_id"].nunique())
 
 
-def _where(row: int, lines: Sequence[int] | None) -> str:
-    """'row 3 (line 4)' for CSV, 'row 3' for Parquet; `row` is the 0-based table position."""
-    if lines is not None and row < len(lines):
-        return f"row {row + 1} (line {lines[row]})"
-    return f"row {row + 1}"
-
-
-def _capped(items: list[str]) -> str:
-    shown = "\n    ".join(items[:MAX_LISTED])
-    more = f"\n    ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
-    return f"\n    {shown}{more}"
-
-
-def _refuse_repeated_names(path: Path, header: Sequence[Any]) -> None:
-    """Two columns of one name (pandas would silently call the second 'site.1', or keep both as 'path')."""
-    names = [str(c).strip() for c in header]
-    repeated = sorted({c for c in names if names.count(c) > 1})
-    if repeated:
-        raise ManifestError(
-            f"{path}: column name(s) {', '.join(map(repr, repeated))} appear more than once (names are "
-            "compared without surrounding spaces); rename or remove the extra column"
-        )
-
-
-def _scan_csv_records(path: Path, problems: list[str]) -> list[int]:
-    """First pass with the csv module: field counts per record, and the file line of each kept record.
-
-    pandas silently pads short rows and can only skip long ones without saying where; this pass gives the
-    user the line numbers. Returns the line number of each record that pandas will keep (blank lines and
-    over-long records are dropped by pandas, so they are dropped here too).
-    """
-    kept_lines: list[int] = []
-    bad: list[str] = []
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if header is None:
-                raise ManifestError(f"{path}: the manifest is empty (no header line)")
-            n_fields = len(header)
-            _refuse_repeated_names(path, header)
-            record = 0
-            while True:
-                start_line = reader.line_num + 1
-                try:
-                    fields = next(reader)
-                except StopIteration:
-                    break
-                except csv.Error as err:
-                    record += 1
-                    bad.append(f"row {record} (line {start_line}): unreadable ({err})")
-                    continue
-                if not fields:
-                    continue
-                record += 1
-                if len(fields) > n_fields:
-                    bad.append(
-                        f"row {record} (line {start_line}): {len(fields)} fields, header has {n_fields}"
-                    )
-                    continue
-                if len(fields) < n_fields:
-                    bad.append(
-                        f"row {record} (line {start_line}): {len(fields)} fields, header has {n_fields}"
-                    )
-                kept_lines.append(start_line)
-    except UnicodeDecodeError as err:
-        raise ManifestError(f"{path}: not UTF-8 text (byte {err.start}); save the manifest as UTF-8") from err
-    if bad:
-        problems.append(f"{len(bad)} unreadable row(s) (wrong number of fields):" + _capped(bad))
-    return kept_lines
-
-
-def _read_table(path: Path, problems: list[str]) -> tuple[pd.DataFrame, list[int] | None]:
-    if not path.exists():
-        raise ManifestError(f"manifest {path} does not exist")
-    if path.suffix.lower() in PARQUET_SUFFIXES:
-        try:
-            table = pd.read_parquet(path)
-        except Exception as err:  # pyarrow raises several types for a damaged file
-            raise ManifestError(f"{path}: cannot read Parquet file ({type(err).__name__}: {err})") from err
-        return table, None
-    lines = _scan_csv_records(path, problems)
-    try:
-        table = pd.read_csv(
-            path,
-            dtype={"path": str, "subject_id": str},
-            on_bad_lines="skip",
-            skip_blank_lines=True,
-            encoding="utf-8-sig",
-        )
-    except pd.errors.EmptyDataError as err:
-        raise ManifestError(f"{path}: the manifest is empty") from err
-    except (pd.errors.ParserError, ValueError) as err:
-        raise ManifestError(f"{path}: cannot parse CSV ({err})") from err
-    _keep_padded_codes(path, table)
-    return table, lines
-
-
-_PADDED = re.compile(r"^\s*[+-]?0\d")  # "01", "007": a code, not a number ("0", "0.5" are numbers)
-
-
-def _keep_padded_codes(path: Path, table: pd.DataFrame) -> None:
-    """Columns pandas read as numbers but that hold zero-padded codes ("01", "011") keep their text.
-
-    Read as numbers, "01" and "1" become one value and "011" shows as 11: two scanners or sites pooled
-    without a word. A continuous quantity written with zeros ("045") still becomes a number where it is
-    declared or inferred continuous (`_check_values`, `load_manifest`).
-    """
-    numeric = [c for c in table.columns if c not in ("path", "subject_id")
-               and pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])]
-    if not numeric:
-        return
-    raw = pd.read_csv(path, usecols=numeric, dtype=str, on_bad_lines="skip", skip_blank_lines=True,
-                      encoding="utf-8-sig")  # fmt: skip
-    if len(raw) != len(table):
-        return
-    for name in numeric:
-        text = raw[name]
-        padded = text.dropna().str.match(_PADDED)
-        if padded.any():
-            table[name] = text.str.strip().to_numpy(dtype=object)
-            shown = ", ".join(repr(v) for v in text.dropna()[padded].unique()[:5])
-            log.warning(
-                "%s: column %r has leading zeros (%s): read as codes, so that '01' and '1' stay two values, "
-                "unless it is declared continuous or holds fractions", path.name, name, shown,
-            )  # fmt: skip
-
-
 def _text_to_missing(table: pd.DataFrame, name: str, where: str) -> dict[str, int]:
     """A continuous column's text values ("unknown", "89+") become missing; say which, and how many."""
     column = table[name]
@@ -237,10 +105,10 @@ def _check_values(
             numeric = pd.to_numeric(column, errors="coerce")
             bad_rows = np.flatnonzero(numeric.isna().to_numpy() & column.notna().to_numpy())
             if len(bad_rows) > (1 - MOSTLY_NUMERIC) * column.notna().sum():
-                items = [f"{_where(int(r), lines)}: {column.iloc[r]!r}" for r in bad_rows]
+                items = [f"{where(int(r), lines)}: {column.iloc[r]!r}" for r in bad_rows]
                 problems.append(
                     f"column {name!r} is declared continuous but {len(bad_rows)} value(s) are not numbers:"
-                    + _capped(items)
+                    + capped(items)
                 )
             else:
                 _text_to_missing(table, name, path_name)
@@ -289,8 +157,8 @@ def load_manifest(
     """
     path = Path(path)
     problems: list[str] = []
-    table, lines = _read_table(path, problems)
-    _refuse_repeated_names(path, list(table.columns))
+    table, lines = read_table(path, problems)
+    refuse_repeated_names(path, list(table.columns))
     table.columns = [str(c).strip() for c in table.columns]
 
     if "path" not in table.columns:
@@ -310,7 +178,7 @@ def load_manifest(
     empty = np.flatnonzero(paths.isna().to_numpy() | (paths.astype(str).str.strip() == "").to_numpy())
     if len(empty):
         problems.append(
-            f"{len(empty)} row(s) with an empty 'path':" + _capped([_where(int(r), lines) for r in empty])
+            f"{len(empty)} row(s) with an empty 'path':" + capped([where(int(r), lines) for r in empty])
         )
     table["path"] = paths.where(paths.isna(), paths.astype(str).str.strip())
 
@@ -324,22 +192,22 @@ def load_manifest(
         for _, rows in keyed[dup_mask].groupby(keyed[dup_mask], sort=False).groups.items():
             written = present[rows]
             if written.nunique() == 1:
-                items.append(f"{written.iloc[0]!r} at " + ", ".join(_where(int(r), lines) for r in rows))
+                items.append(f"{written.iloc[0]!r} at " + ", ".join(where(int(r), lines) for r in rows))
             else:
                 items.append("one file written as " + ", ".join(
-                    f"{present[r]!r} ({_where(int(r), lines)})" for r in rows))
-        problems.append(f"{len(items)} duplicated path(s):" + _capped(items))
+                    f"{present[r]!r} ({where(int(r), lines)})" for r in rows))
+        problems.append(f"{len(items)} duplicated path(s):" + capped(items))
 
     if check_files:
         missing = []
         for r, value in present.items():
             p = Path(value)
             if not os.path.exists(p if p.is_absolute() else root / p):
-                missing.append(f"{_where(int(r), lines)}: {value}")
+                missing.append(f"{where(int(r), lines)}: {value}")
         if missing:
             problems.append(
                 f"{len(missing)} file(s) do not exist (relative paths are resolved against {root}):"
-                + _capped(missing)
+                + capped(missing)
             )
 
     if "subject_id" in table.columns:
@@ -348,7 +216,7 @@ def load_manifest(
         if len(blank):
             problems.append(
                 f"{len(blank)} row(s) with an empty 'subject_id':"
-                + _capped([_where(int(r), lines) for r in blank])
+                + capped([where(int(r), lines) for r in blank])
             )
         table["subject_id"] = sid.astype(str).str.strip()
     else:

@@ -1,0 +1,152 @@
+"""Reading a manifest file as written: CSV rows with their line numbers, Parquet, and the traps of both.
+
+pandas alone would pad short rows silently, rename a repeated column to 'site.1', and read the codes '01'
+and '1' as one number; this module catches each of those before the manifest's checks see the table, and
+says where (`row N (line L)`).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from embedx.errors import ManifestError
+
+log = logging.getLogger(__name__)
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+MAX_LISTED = 20
+
+
+def where(row: int, lines: Sequence[int] | None) -> str:
+    """'row 3 (line 4)' for CSV, 'row 3' for Parquet; `row` is the 0-based table position."""
+    if lines is not None and row < len(lines):
+        return f"row {row + 1} (line {lines[row]})"
+    return f"row {row + 1}"
+
+
+def capped(items: list[str]) -> str:
+    shown = "\n    ".join(items[:MAX_LISTED])
+    more = f"\n    ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return f"\n    {shown}{more}"
+
+
+def refuse_repeated_names(path: Path, header: Sequence[Any]) -> None:
+    """Two columns of one name (pandas would silently call the second 'site.1', or keep both as 'path')."""
+    names = [str(c).strip() for c in header]
+    repeated = sorted({c for c in names if names.count(c) > 1})
+    if repeated:
+        raise ManifestError(
+            f"{path}: column name(s) {', '.join(map(repr, repeated))} appear more than once (names are "
+            "compared without surrounding spaces); rename or remove the extra column"
+        )
+
+
+def _scan_csv_records(path: Path, problems: list[str]) -> list[int]:
+    """First pass with the csv module: field counts per record, and the file line of each kept record.
+
+    pandas silently pads short rows and can only skip long ones without saying where; this pass gives the
+    user the line numbers. Returns the line number of each record that pandas will keep (blank lines and
+    over-long records are dropped by pandas, so they are dropped here too).
+    """
+    kept_lines: list[int] = []
+    bad: list[str] = []
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                raise ManifestError(f"{path}: the manifest is empty (no header line)")
+            n_fields = len(header)
+            refuse_repeated_names(path, header)
+            record = 0
+            while True:
+                start_line = reader.line_num + 1
+                try:
+                    fields = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as err:
+                    record += 1
+                    bad.append(f"row {record} (line {start_line}): unreadable ({err})")
+                    continue
+                if not fields:
+                    continue
+                record += 1
+                if len(fields) > n_fields:
+                    bad.append(
+                        f"row {record} (line {start_line}): {len(fields)} fields, header has {n_fields}"
+                    )
+                    continue
+                if len(fields) < n_fields:
+                    bad.append(
+                        f"row {record} (line {start_line}): {len(fields)} fields, header has {n_fields}"
+                    )
+                kept_lines.append(start_line)
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {err.start}); save the manifest as UTF-8") from err
+    if bad:
+        problems.append(f"{len(bad)} unreadable row(s) (wrong number of fields):" + capped(bad))
+    return kept_lines
+
+
+def read_table(path: Path, problems: list[str]) -> tuple[pd.DataFrame, list[int] | None]:
+    if not path.exists():
+        raise ManifestError(f"manifest {path} does not exist")
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        try:
+            table = pd.read_parquet(path)
+        except Exception as err:  # pyarrow raises several types for a damaged file
+            raise ManifestError(f"{path}: cannot read Parquet file ({type(err).__name__}: {err})") from err
+        return table, None
+    lines = _scan_csv_records(path, problems)
+    try:
+        table = pd.read_csv(
+            path,
+            dtype={"path": str, "subject_id": str},
+            on_bad_lines="skip",
+            skip_blank_lines=True,
+            encoding="utf-8-sig",
+        )
+    except pd.errors.EmptyDataError as err:
+        raise ManifestError(f"{path}: the manifest is empty") from err
+    except (pd.errors.ParserError, ValueError) as err:
+        raise ManifestError(f"{path}: cannot parse CSV ({err})") from err
+    _keep_padded_codes(path, table)
+    return table, lines
+
+
+_PADDED = re.compile(r"^\s*[+-]?0\d")  # "01", "007": a code, not a number ("0", "0.5" are numbers)
+
+
+def _keep_padded_codes(path: Path, table: pd.DataFrame) -> None:
+    """Columns pandas read as numbers but that hold zero-padded codes ("01", "011") keep their text.
+
+    Read as numbers, "01" and "1" become one value and "011" shows as 11: two scanners or sites pooled
+    without a word. A continuous quantity written with zeros ("045") still becomes a number where it is
+    declared or inferred continuous (`_check_values`, `load_manifest`).
+    """
+    numeric = [c for c in table.columns if c not in ("path", "subject_id")
+               and pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])]
+    if not numeric:
+        return
+    raw = pd.read_csv(path, usecols=numeric, dtype=str, on_bad_lines="skip", skip_blank_lines=True,
+                      encoding="utf-8-sig")  # fmt: skip
+    if len(raw) != len(table):
+        return
+    for name in numeric:
+        text = raw[name]
+        padded = text.dropna().str.match(_PADDED)
+        if padded.any():
+            table[name] = text.str.strip().to_numpy(dtype=object)
+            shown = ", ".join(repr(v) for v in text.dropna()[padded].unique()[:5])
+            log.warning(
+                "%s: column %r has leading zeros (%s): read as codes, so that '01' and '1' stay two values, "
+                "unless it is declared continuous or holds fractions", path.name, name, shown,
+            )  # fmt: skip
