@@ -290,7 +290,7 @@ def gather(
                 calibration[m] = found
                 notes.append(f"calibration (false-positive rate and power) computed for the report for {m}")
     underpowered_note = underpowered(probes)
-    if underpowered_note:
+    if underpowered_note and not any("too few permutations" in n for n in notes):  # said once is enough
         notes.append(underpowered_note)
     background = [c for c in snap["controls"] if c.get("control") == "background"]
     if not background:

@@ -307,6 +307,7 @@ def test_probes_with_too_few_permutations_for_the_reports_family_get_no_verdict_
     kept = build_report(path, tmp_path / "kept", run_missing=False)
     site_probe = next(p for p in kept["probes"] if p["attribute"] == "site")
     assert not site_probe["encoded"] and site_probe["verdict"].startswith("no verdict: 30 permutations")
+    assert sum("permutations" in note for note in kept["notes"]) == 1, kept["notes"]  # said once
     summary = (tmp_path / "kept" / "report.html").read_text(encoding="utf-8")
     assert "<b>No verdict</b> (see each probe&#x27;s verdict): sex, site." in summary
 
