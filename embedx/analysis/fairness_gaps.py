@@ -33,6 +33,7 @@ __all__ = [
     "StudentizedDraws",
     "gap_evidence",
     "gap_nulls",
+    "gap_p_value",
     "mae_gap_null",
     "pair_critical_value",
     "rates_from_counts",
@@ -283,7 +284,7 @@ def gap_evidence(
         # a rate with no variance anywhere (TPR 1.0 in every group) leaves the other one to decide
         observed = float(np.fmax.reduce([d.observed for d in draws]))
         null = np.fmax.reduce(np.stack([d.null for d in draws]), axis=0)
-        p = _gap_p(observed, null, max(spreads.values()))
+        p = gap_p_value(observed, null, max(spreads.values()))
         ci = studentized_pair_interval(draws, components.index(component), hi, lo)
         out[gap] = {
             "estimate": max(spreads.values()),
@@ -321,7 +322,7 @@ def gap_evidence(
     return out
 
 
-def _gap_p(observed: float, null: np.ndarray, spread_observed: float) -> float | None:
+def gap_p_value(observed: float, null: np.ndarray, spread_observed: float) -> float | None:
     """The bootstrap-t p; 1 where every group has the same rate and no rate varies (nothing to test)."""
     if np.isfinite(observed):
         return permutation_pvalue(observed, null)

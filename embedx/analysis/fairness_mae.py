@@ -12,9 +12,15 @@ import pandas as pd
 from fairlearn.metrics import MetricFrame, count
 from sklearn.metrics import mean_absolute_error
 
-from embedx.analysis.fairness_gaps import GAP_INTERVAL, GAP_TEST, mae_gap_null, studentized_pair_interval
+from embedx.analysis.fairness_gaps import (
+    GAP_INTERVAL,
+    GAP_TEST,
+    gap_p_value,
+    mae_gap_null,
+    studentized_pair_interval,
+)
 from embedx.analysis.fairness_metrics import FairnessResult, GroupRules, subject_counts
-from embedx.analysis.stats import SubjectIndex, count_dropped, percentile_ci, permutation_pvalue
+from embedx.analysis.stats import SubjectIndex, count_dropped, percentile_ci
 
 __all__ = ["mae_by_group"]
 
@@ -29,7 +35,7 @@ def mae_by_group(
     *,
     target: str = "target",
 ) -> FairnessResult:
-    """A continuous target: MAE and bias per group; the MAE gap with a signed interval and permutation p."""
+    """A continuous target: MAE and bias per group; the MAE gap with a bootstrap-t interval and p."""
     rules = rules or GroupRules()
     labels = np.asarray(labels, dtype=object)
     present = np.array([v is not None for v in labels])
@@ -97,7 +103,7 @@ def mae_by_group(
         codes, np.abs(yt - yp), gr, rows_e, len(names), eligible, rules.n_permutations, rules.seed + 1
     )
     null_arr = draws.null
-    p = permutation_pvalue(draws.observed, null_arr) if np.isfinite(draws.observed) else None
+    p = gap_p_value(draws.observed, null_arr, estimate)
     gap = {
         "estimate": estimate,
         "pair": [names[eligible[hi]], names[eligible[lo]]],
