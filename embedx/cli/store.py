@@ -169,5 +169,8 @@ def register(app: typer.Typer) -> None:
         console.print(f"[bold]{result.name}[/] (imported, {result.dim}-d, matched by {result.key_kind}): "
                       f"{result.n_rows} rows written to {store}")
         if result.n_store_rows_without:
+            from rich.markup import escape
+
             console.print(f"[yellow]{result.n_store_rows_without} store row(s) have no vector in "
-                          f"{file.name}: they count as not encoded[/]")
+                          f"{escape(file.name)}; they count as not encoded: "
+                          f"{escape(result.without_named)}[/]")

@@ -49,6 +49,7 @@ class ImportResult:
     dim: int
     key_kind: str
     n_store_rows_without: int
+    without_named: str = ""  # which rows those are: manifest rows and paths with --manifest, else sample ids
 
 
 def _pick(names: list[str], wanted: tuple[str, ...]) -> str | None:
@@ -249,5 +250,23 @@ def import_embeddings(
             part = order[start:start + WRITE_CHUNK]
             store.write_latents(name, rows[part], loaded.vectors[part])
         store.set_embedding_attrs(name, date_finished=now_iso(), n_failed=0)
-        without = store.n - rows.size
-    return ImportResult(name, int(rows.size), int(loaded.vectors.shape[1]), loaded.key_kind, int(without))
+        without = np.setdiff1d(np.arange(store.n), rows)
+        named = _without_named(store, without, man, cohort) if without.size else ""
+    return ImportResult(name, int(rows.size), int(loaded.vectors.shape[1]), loaded.key_kind,
+                        int(without.size), named)
+
+
+def _without_named(store: Store, without: np.ndarray, manifest: Any | None, cohort: str) -> str:
+    """The store rows an import left without a vector, as the user can find them: the manifest's rows and
+    paths where a manifest was given (the store keeps no paths), else the stores' sample ids."""
+    if manifest is None:
+        return "sample ids " + _named(without, store.sample_ids).replace("row ", "store row ") + \
+            " (give --manifest to see their paths)"
+    store_rows = store.rows_of(store.ids_for(manifest, cohort), missing_ok=True)
+    in_manifest = np.flatnonzero(np.isin(store_rows, without))
+    paths = manifest.table["path"].astype(str).to_numpy()
+    outside = without.size - in_manifest.size
+    text = f"manifest {_named(in_manifest, paths)}" if in_manifest.size else ""
+    if outside:
+        text += ("; " if text else "") + f"{outside} store row(s) that are not in {manifest.source}"
+    return text

@@ -160,3 +160,29 @@ def test_path_keys_land_in_the_named_cohort(pixel_store, cohort, tmp_path) -> No
     assert set(cohorts[rows]) == {"b"} and np.isnan(z[cohorts == ""]).all()
     with pytest.raises(EmbedxError, match="no rows of cohort 'c'"):
         import_embeddings(store_path, tmp_path / "b.npy", "mine2", manifest=other, cohort="c")
+
+
+def test_a_partial_import_names_the_rows_left_without_a_vector(pixel_store, cohort, tmp_path) -> None:
+    """A file that covers only part of the cohort is imported, and the rows it left out are named: manifest
+    rows and paths with --manifest (the store keeps no paths), store rows and sample ids without."""
+    store_path = _copy_store(pixel_store, tmp_path / "s.h5")
+    man = load_manifest(cohort)
+    with Store.open(store_path) as store:
+        z = store.latents("pixels")
+        rows = store.rows_of(store.ids_for(man))
+        ids = store.sample_ids.astype(str)
+    left_out = [3, 7]  # manifest rows (0-based) whose vectors the file lacks
+    kept = np.setdiff1d(np.arange(len(man.table)), left_out)
+    table = pd.DataFrame(z[rows][kept], columns=[f"f{i}" for i in range(z.shape[1])])
+    table.insert(0, "path", man.table["path"].to_numpy()[kept])
+    table.to_csv(tmp_path / "part.csv", index=False)
+    result = import_embeddings(store_path, tmp_path / "part.csv", "part", manifest=cohort)
+    assert result.n_store_rows_without == 2
+    for r in left_out:
+        assert f"row {r + 1} ({man.table['path'].iloc[r]!r})" in result.without_named
+    np.savez(tmp_path / "part.npz", embeddings=z[rows][kept], sample_id=ids[rows][kept])
+    by_id = import_embeddings(store_path, tmp_path / "part.npz", "part-id")
+    assert all(ids[rows[r]] in by_id.without_named for r in left_out)
+    assert "--manifest" in by_id.without_named
+    complete = import_embeddings(store_path, tmp_path / "part.npz", "part-id", replace=True, manifest=cohort)
+    assert "row 4" in complete.without_named and complete.n_store_rows_without == 2
