@@ -15,11 +15,15 @@ chance:
 * all p-values of one call are corrected together with Benjamini-Hochberg (`q_value`); callers that test
   several selections at once (clusters) pass ``correct=False`` and correct across everything themselves.
 
-Images of one patient are not independent (same anatomy, usually same site), and a cluster or lasso tends
-to hold all of a patient's images, so image-level tests would be too confident. Given ``groups`` (subject
-ids), every test, odds ratio and odds-ratio CI is computed on one image per subject (a seeded draw;
-`units_tested` says how many), so an odds ratio and its interval always come from the same units; the
-counts, shares and fold enrichment describe all selected images.
+Images of one patient are not independent (same anatomy, usually same site), so image-level tests would be
+too confident: given ``groups`` (subject ids), the subject is the unit of every test. A categorical attribute
+that is constant within each subject (site, sex, a per-patient finding) is tested on every subject's share
+of its images inside the selection (`embedx.analysis.subject_shares`): the 2 x 2 table of subjects when each
+is wholly in or out, Mann-Whitney / Kruskal-Wallis on the shares when some are split, so a patient with 8
+images split across clusters counts once but with all 8 (one drawn image found a 10 %-of-subjects value
+23 % of the time where the shares find it 90 %). Attributes that vary within a subject and continuous ones
+are tested on one image per subject (a seeded draw); `units_tested` says how many subjects. The counts,
+shares and fold enrichment always describe all selected images.
 
 Missing values are left out per attribute and counted (`missing_selected`, `missing_rest`), never filled.
 Everything is numpy/scipy on integer codes, so a 220k-row cohort with a dozen attributes is well under
@@ -36,6 +40,7 @@ from scipy import stats
 
 from embedx.analysis.columns import CodedColumn, RankedColumn
 from embedx.analysis.labels import value_text
+from embedx.analysis.subject_shares import SubjectShareTests, subject_values
 from embedx.data.schema import AttributeSpec, infer_kind
 from embedx.errors import EmbedxError
 
@@ -276,6 +281,11 @@ class CohortTests:
                 )
             units = one_per_subject(groups, seed)
         self.units = units
+        # subject-constant categorical columns are tested on every subject's share of selected images
+        self._shares: SubjectShareTests | None = None
+        if groups is not None:
+            subject, subject_names = pd.factorize(np.asarray(groups))
+            self._shares = SubjectShareTests(subject, len(subject_names))
         # row -> its place among the units (-1: not the subject's drawn image), so that a selection's units
         # are found from its rows alone
         self._unit_of_row: np.ndarray | None = None
@@ -283,11 +293,16 @@ class CohortTests:
             self._unit_of_row = np.full(self.n, -1, dtype=np.int64)
             self._unit_of_row[units] = np.arange(units.size)
         self._columns: list[tuple[str, str, Prepared, Prepared | None]] = []
+        self._subject_value: dict[str, np.ndarray] = {}
         for name in names:
             values = attributes[name]
             kind = _kind_of(name, values, schema)
             prepared = RankedColumn.of(values) if kind == "continuous" else CodedColumn.of(values)
             self._columns.append((name, kind, prepared, None if units is None else prepared.subset(units)))
+            if self._shares is not None and isinstance(prepared, CodedColumn):
+                per_subject = subject_values(prepared.codes, self._shares.subject, self._shares.n_subjects)
+                if per_subject is not None:
+                    self._subject_value[name] = per_subject
 
     def table(self, selected: np.ndarray | Sequence[bool], *, alpha: float = 0.05,
               correct: bool = True) -> pd.DataFrame:
@@ -305,10 +320,20 @@ class CohortTests:
             chosen_units = self._unit_of_row[chosen]
             chosen_units = chosen_units[chosen_units >= 0]
         rows: list[dict] = []
+        share = self._shares.shares(chosen) if self._subject_value and self._shares is not None else None
         for name, kind, prepared, per_unit in self._columns:
             compute = _continuous_row if kind == "continuous" else _categorical_rows
             found = compute(name, kind, prepared, chosen)  # type: ignore[arg-type]
-            if per_unit is not None:
+            if name in self._subject_value and share is not None and self._shares is not None:
+                tested = self._shares.rows(name, kind, self._subject_value[name], prepared.uniques,  # type: ignore[union-attr]
+                                           share, _categorical_rows)
+                for r in found:
+                    t = tested.get(r["value"], {})
+                    for key in _TEST_FIELDS:
+                        r[key] = t.get(key, np.nan)
+                    r["test"] = t.get("test", "none")
+                    r["units_tested"] = self._shares.n_subjects
+            elif per_unit is not None:
                 tested = {r["value"]: r for r in compute(name, kind, per_unit, chosen_units)}  # type: ignore[arg-type]
                 for r in found:
                     t = tested.get(r["value"], {})

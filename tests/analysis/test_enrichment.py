@@ -120,21 +120,66 @@ def test_subject_level_tests_do_not_count_one_patient_many_times() -> None:
 
 
 def test_odds_ratio_and_its_interval_come_from_the_same_units() -> None:
-    """With subjects given, the odds ratio is computed on the tested units (one image per subject), so it
-    always lies inside its own interval (it did not when the ratio came from all images)."""
+    """With subjects given and every subject wholly in or out of the selection, the test, odds ratio and
+    interval are those of the 2 x 2 table of all subjects, so the ratio lies inside its own interval."""
     rng = np.random.default_rng(3)
     subjects = np.repeat([f"p{i}" for i in range(120)], rng.integers(1, 8, 120))
-    site = pd.Series(subjects).map(dict(zip(np.unique(subjects), rng.choice(["a", "b"], 120), strict=True)))
-    mask = (site.to_numpy() == "a") & (rng.random(len(subjects)) < 0.6) | (rng.random(len(subjects)) < 0.2)
-    rows = enrichment(pd.DataFrame({"site": site.to_numpy()}), mask, groups=subjects).set_index("value")
-    units = one_per_subject(subjects, seed=0)
-    a, selected = site.to_numpy()[units] == "a", mask[units]
+    per_subject = dict(zip(np.unique(subjects), rng.choice(["a", "b"], 120), strict=True))
+    site = pd.Series(subjects).map(per_subject).to_numpy()
+    picked = {s for s in np.unique(subjects) if rng.random() < (0.6 if per_subject[s] == "a" else 0.2)}
+    mask = np.isin(subjects, list(picked))
+    rows = enrichment(pd.DataFrame({"site": site}), mask, groups=subjects).set_index("value")
+    a = np.array([per_subject[s] == "a" for s in np.unique(subjects)])
+    selected = np.isin(np.unique(subjects), list(picked))
     table = [[np.sum(a & selected), np.sum(~a & selected)], [np.sum(a & ~selected), np.sum(~a & ~selected)]]
     expected = table[0][0] * table[1][1] / (table[0][1] * table[1][0])
-    assert rows.loc["a", "odds_ratio"] == pytest.approx(expected)  # the tested units, not all images
+    assert rows.loc["a", "odds_ratio"] == pytest.approx(expected)  # every subject once, not images
     for row in rows.itertuples():
         assert row.or_ci_low <= row.odds_ratio <= row.or_ci_high
         assert row.units_tested == 120
+
+
+def test_split_subjects_are_tested_on_their_shares_as_scipy_tests_them() -> None:
+    """Subjects whose images fall partly in the selection: each value's subjects' shares against the rest's
+    by Mann-Whitney (scipy's, continuity-corrected) and the attribute by Kruskal-Wallis (scipy's)."""
+    from scipy import stats
+
+    rng = np.random.default_rng(8)
+    sizes = rng.integers(1, 9, 200)
+    subjects = np.repeat(np.arange(200), sizes)
+    value = rng.choice(["x", "y", "z"], 200, p=[0.5, 0.4, 0.1])
+    mask = rng.random(len(subjects)) < np.where(value[subjects] == "z", 0.5, 0.3)
+    rows = enrichment(pd.DataFrame({"v": value[subjects]}), mask, groups=subjects).set_index("value")
+    share = np.bincount(subjects[mask], minlength=200) / sizes
+    for v in ("x", "y", "z"):
+        expected = stats.mannwhitneyu(share[value == v], share[value != v], use_continuity=True,
+                                      method="asymptotic")
+        assert rows.loc[v, "p_value"] == pytest.approx(expected.pvalue, rel=1e-9)
+        assert rows.loc[v, "test"] == "mannwhitney (subject shares)"
+    kruskal = stats.kruskal(*(share[value == v] for v in ("x", "y", "z")))
+    assert rows.loc["x", "attribute_p"] == pytest.approx(kruskal.pvalue, rel=1e-9)
+
+
+def test_subject_shares_keep_the_size_and_find_what_one_drawn_image_misses() -> None:
+    """300 subjects x 8 images, a value on 10 % of them, each of their images selected with probability
+    0.3 against 0.2 for the others: one drawn image per subject found it 23 % of the time (a review's
+    figure), every subject's share ~90 %. Under the null (0.2 for all), p < 0.05 stays near 5 %."""
+    rng = np.random.default_rng(12)
+    subjects = np.repeat(np.arange(300), 8)
+
+    def rate(p_value_subjects: float, reps: int) -> float:
+        hits = 0
+        for _ in range(reps):
+            flagged = rng.random(300) < 0.1
+            chance = np.where(flagged, p_value_subjects, 0.2)[subjects]
+            mask = rng.random(len(subjects)) < chance
+            frame = pd.DataFrame({"t": np.where(flagged, "yes", "no")[subjects]})
+            row = enrichment(frame, mask, groups=subjects).set_index("value").loc["yes"]
+            hits += bool(row["p_value"] < 0.05)
+        return hits / reps
+
+    assert rate(0.2, 200) <= 0.085
+    assert rate(0.3, 40) >= 0.7
 
 
 def test_precomputed_units_and_categorical_codes_give_the_same_table(cohort: pd.DataFrame) -> None:

@@ -1,0 +1,128 @@
+"""Enrichment tests for attributes that are constant within each subject, using every image of a subject.
+
+Why. A selection (a cluster, a lasso) is a set of images; a subject's images may fall partly inside it
+(views, visits). Testing one drawn image per subject keeps the subject as the unit, but a subject with 8
+images then contributes one coin flip where it holds 8 observations of how the selection treats it: in a
+review's simulation (300 subjects x 8 images, a value on 10 % of subjects, each of their images selected
+with probability 0.3 against 0.2) the drawn-image test found the value 23 % of the time, a test on every
+subject's share of selected images 90 %.
+
+What. Each subject's share of its images inside the selection is its observation (subjects stay the unit,
+so a patient with 30 images counts once). When every subject is wholly in or out (share 0 or 1, as when a
+cluster holds all of a patient's images), the comparison is exactly the 2 x 2 table of subjects, and gets
+the same Fisher / chi-square test, odds ratio and Woolf interval as before, now on every subject rather than
+a draw. When some subjects are split, each value's subjects are compared with the rest by Mann-Whitney on
+the shares (continuity-corrected, tie-corrected normal approximation), and the attribute as a whole by
+Kruskal-Wallis; the odds ratio is then that of the share-weighted subject counts, without an interval.
+Attributes that vary within a subject (a view, an age at each visit) keep the one-drawn-image test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from scipy import stats
+
+from embedx.analysis.columns import CodedColumn
+
+
+def subject_values(codes: np.ndarray, subject: np.ndarray, n_subjects: int) -> np.ndarray | None:
+    """Each subject's value code (-1: none present), or None when some subject holds two values."""
+    present = np.flatnonzero(codes >= 0)
+    value = np.full(n_subjects, -1, dtype=np.int64)
+    value[subject[present]] = codes[present]  # any one of the subject's values (O(rows), no ufunc.at)
+    if np.any(codes[present] != value[subject[present]]):
+        return None
+    return value
+
+
+class SubjectShareTests:
+    """The subject-share tests of one cohort's subject-constant categorical columns (see the module doc)."""
+
+    def __init__(self, subject: np.ndarray, n_subjects: int) -> None:
+        self.subject = np.asarray(subject, dtype=np.int64)
+        self.n_subjects = n_subjects
+        self.images = np.bincount(self.subject, minlength=n_subjects).astype(float)
+
+    def shares(self, chosen: np.ndarray) -> Shares:
+        """Each subject's share of its images among the chosen rows."""
+        counts = np.bincount(self.subject[chosen], minlength=self.n_subjects)
+        return Shares(counts / np.maximum(self.images, 1))
+
+    def rows(self, name: str, kind: str, values: np.ndarray, uniques: np.ndarray, share: Shares,
+             categorical_rows: Callable[..., list[dict]]) -> dict[str, dict]:
+        """value -> the test fields of that value (p, statistic, odds ratio and interval, attribute p)."""
+        present = values >= 0
+        everyone = bool(present.all())
+        r, v = (share.values, values) if everyone else (share.values[present], values[present])
+        if r.size == 0:
+            return {}
+        if share.whole if everyone else np.all((r == 0) | (r == 1)):
+            subjects = CodedColumn.from_codes(np.asarray(v, dtype=np.int64), uniques)
+            found = categorical_rows(name, kind, subjects, np.flatnonzero(r == 1))
+            return {row["value"]: row for row in found}
+        ranks, tie_term = share.ranks() if everyone else _ranks(r)
+        return _share_rows(r, v, uniques, ranks, tie_term)
+
+
+class Shares:
+    """One selection's per-subject shares, with their ranks computed once for every column that covers
+    every subject (sorting 300k shares per column made a lasso at a million rows take a second)."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
+        self.whole = bool(np.all((values == 0) | (values == 1)))
+        self._ranks: tuple[np.ndarray, float] | None = None
+
+    def ranks(self) -> tuple[np.ndarray, float]:
+        if self._ranks is None:
+            self._ranks = _ranks(self.values)
+        return self._ranks
+
+
+def _ranks(r: np.ndarray) -> tuple[np.ndarray, float]:
+    """Average ranks (1-based) and the tie term sum(t^3 - t) of the shares."""
+    _, inverse, ties = np.unique(r, return_inverse=True, return_counts=True)
+    ends = np.cumsum(ties)
+    average = (ends - (ties - 1) / 2.0)[inverse.reshape(-1)]
+    return average, float(np.sum(ties.astype(float) ** 3 - ties))
+
+
+def _share_rows(r: np.ndarray, v: np.ndarray, uniques: np.ndarray, ranks: np.ndarray,
+                tie_term: float) -> dict[str, dict]:
+    """Mann-Whitney per value (its subjects' shares vs the rest's) and Kruskal-Wallis per attribute."""
+    from embedx.analysis.labels import value_text
+
+    k = len(uniques)
+    n = r.size
+    n1 = np.bincount(v, minlength=k).astype(float)
+    rank_sum = np.bincount(v, weights=ranks, minlength=k)
+    n2 = n - n1
+    u1 = rank_sum - n1 * (n1 + 1) / 2
+    variance = n1 * n2 / 12 * ((n + 1) - tie_term / (n * (n - 1))) if n > 1 else np.zeros(k)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.maximum(np.abs(u1 - n1 * n2 / 2) - 0.5, 0) / np.sqrt(variance)
+        p = np.where((n1 > 0) & (n2 > 0) & (variance > 0), 2 * stats.norm.sf(z), 1.0)
+        used = n1 > 0
+        h = (12 / (n * (n + 1)) * np.sum(rank_sum[used] ** 2 / n1[used]) - 3 * (n + 1))
+        h /= 1 - tie_term / (n**3 - n) if n > 1 and tie_term < n**3 - n else np.nan
+        attribute_p = float(stats.chi2.sf(h, used.sum() - 1)) if used.sum() >= 2 and np.isfinite(h) else 1.0
+        a = np.bincount(v, weights=r, minlength=k)  # share-weighted subjects of each value in the selection
+        b, c = a.sum() - a, n1 - a
+        d = n2 - b
+        odds = (a * d) / (b * c)
+    if k == 1:
+        p[:] = np.nan
+    return {
+        value_text(value): {
+            "test": "mannwhitney (subject shares)",
+            "statistic": float(u1[i]),
+            "p_value": float(p[i]),
+            "odds_ratio": float(odds[i]),
+            "or_ci_low": np.nan,
+            "or_ci_high": np.nan,
+            "attribute_p": attribute_p,
+        }
+        for i, value in enumerate(uniques)
+    }
