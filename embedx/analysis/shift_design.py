@@ -1,5 +1,6 @@
 """What seed 001's shift study means, whatever model runs it: groups, tiers, the held-out subjects, the
-metrics of each (trained on, tested on) cell with their subject-bootstrap intervals, and the gaps.
+metrics of each (trained on, tested on) cell with their subject-bootstrap intervals, and the (confounded,
+superseded) own-vs-other-groups gaps; the paired test of the seed's finding is `shift_contrasts`.
 
 `embedx experiment shift` runs it in 2-D (seed 000's CNN on images) and in 3-D (MONAI's ResNet / U-Net on
 volumes); both plan the design here and hand back per-replicate scores, so the two cannot disagree on
@@ -216,6 +217,58 @@ def _weighted(metric: str, cols: dict[str, np.ndarray], weights: np.ndarray) -> 
         return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
 
+def subject_weights(subjects: np.ndarray, n_boot: int, seed: int) -> np.ndarray | None:
+    """Per-row multiplicities of `n_boot` subject-bootstrap resamples (B, n), or None without resamples.
+
+    One function for the cells and the paired contrasts: the same rows and seed give the same resamples, so a
+    contrast between two models is the difference of the very draws behind their cells' intervals.
+    """
+    n = len(subjects)
+    if not n or not n_boot:
+        return None
+    index = SubjectIndex(subjects)
+    return index.weights(n_boot, np.random.default_rng(seed))[:, index.codes]
+
+
+def replicate_draws(
+    metric: str,
+    y: np.ndarray,
+    scores: Sequence[np.ndarray],
+    weights: np.ndarray | None,
+    extra: Sequence[dict[str, np.ndarray]] | None = None,
+    *,
+    threshold: float = THRESHOLD,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each replicate's metric on the rows (R,), and under each resample (R, B), or None without resamples.
+
+    NaN marks an undefined value (no positive in the rows or in a resample). The draws are kept per
+    replicate so that a paired contrast can tell training's spread from the test set's.
+    """
+    n = len(y)
+    point, boot = [], []
+    for r, score in enumerate(scores):
+        cols = {
+            "y": y.astype(bool),
+            "score": np.asarray(score, dtype=float),
+            "threshold": np.float64(threshold),
+            **((extra or [{}] * len(scores))[r]),
+        }
+        if not n:
+            point.append(np.nan)
+            continue
+        point.append(float(_weighted(metric, cols, np.ones((1, n)))[0]))
+        if weights is not None:
+            boot.append(_weighted(metric, cols, weights))
+    return np.asarray(point, dtype=float), np.vstack(boot) if boot else None
+
+
+def replicate_mean(boot: np.ndarray) -> np.ndarray:
+    """The replicates' mean under each resample (B,); a resample undefined for every replicate stays NaN."""
+    with warnings.catch_warnings():  # a resample with no positive left: NaN, dropped by the CI
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(boot, axis=0)
+
+
 def cell_metrics(
     metrics: Sequence[str],
     y: np.ndarray,
@@ -230,43 +283,31 @@ def cell_metrics(
     """Mean and sd over replicates, and the subject-bootstrap 95 % interval of that mean, per metric.
 
     `scores[r]` are replicate r's scores for the cell's rows; `extra[r]` adds per-row columns (dice, small,
-    large) that the Dice metrics read.
+    large) that the Dice metrics read. The interval is the test set's uncertainty, the sd training's; a
+    difference between two cells of one test group is read from `shift_contrasts`, not from two of these.
     """
     out: dict[str, Any] = {}
-    n = len(y)
-    index = SubjectIndex(subjects) if n else None
-    weights = index.weights(n_boot, np.random.default_rng(seed))[:, index.codes] if n and n_boot else None
+    weights = subject_weights(subjects, n_boot, seed)
     for metric in metrics:
-        point, boot = [], []
-        for r, score in enumerate(scores):
-            cols = {
-                "y": y.astype(bool),
-                "score": np.asarray(score, dtype=float),
-                "threshold": np.float64(threshold),
-                **((extra or [{}] * len(scores))[r]),
-            }
-            if not n:
-                point.append(np.nan)
-                continue
-            point.append(float(_weighted(metric, cols, np.ones((1, n)))[0]))
-            if weights is not None:
-                boot.append(_weighted(metric, cols, weights))
-        got = [v for v in point if not np.isnan(v)]
+        point, boot = replicate_draws(metric, y, scores, weights, extra, threshold=threshold)
+        got = [float(v) for v in point if not np.isnan(v)]
         out[f"{metric}_mean"] = float(np.mean(got)) if got else None
         out[f"{metric}_sd"] = float(np.std(got, ddof=1)) if len(got) > 1 else None  # undefined for one model
-        ci = (float("nan"), float("nan"))
-        if boot and got:
-            with warnings.catch_warnings():  # a resample with no positive left: NaN, dropped by the CI
-                warnings.simplefilter("ignore", RuntimeWarning)
-                ci = percentile_ci(np.nanmean(np.vstack(boot), axis=0))
+        ci = percentile_ci(replicate_mean(boot)) if boot is not None and got else (float("nan"), float("nan"))
         out[f"{metric}_ci"] = None if np.isnan(ci[0]) else [ci[0], ci[1]]
     return out
 
 
 def gaps(summary: Sequence[dict[str, Any]], groups: Sequence[str], metric: str) -> list[dict[str, Any]]:
     """Per tier and single-group model: `metric` on its own group's test subjects minus the mean on the
-    others'. A positive gap is the seed's finding (a model fits its own manufacturer best); the mixed model's
-    spread across test groups is given for comparison."""
+    others'; for the mixed model, its spread across test groups. Kept for shift.json readers, not a test.
+
+    This gap does NOT measure the seed's finding. Its two sides are scored on different test subjects, so it
+    mixes "a model fits its own group" with "one group's test images are harder for every model": with the
+    training group irrelevant and one group's lesions fainter, 42 % of simulated cohorts gave some model a
+    gap >= +0.10. It has no interval either. `shift_contrasts.paired_contrasts` is the test: own model vs
+    another group's model on the same test subjects, with a subject-bootstrap interval and p.
+    """
     lookup = {(r["tier"], r["train"], r["test"]): r.get(f"{metric}_mean") for r in summary}
     out = []
     for tier in dict.fromkeys(r["tier"] for r in summary):

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from embedx.analysis.shift_contrasts import paired_contrasts
 from embedx.analysis.shift_design import (
     THRESHOLD,
     Design,
@@ -327,6 +328,11 @@ def shift_volumes(
         "train_counts": counts,
         "results": per_replicate(design, records, metrics, threshold=threshold),
         "summary": summary,
+        # the seed's claim, tested: own model vs another group's, on the same test subjects (shift_contrasts)
+        "contrasts": paired_contrasts(
+            design, records, metrics, n_boot=cfg.bootstrap, seed=cfg.seed, threshold=threshold
+        ),
+        # superseded: own group vs the others' subjects, confounded with how hard each group's images are
         "gaps": [
             g
             for m in dict.fromkeys([headline, "accuracy", "sensitivity", "specificity"])

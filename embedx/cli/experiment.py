@@ -83,15 +83,28 @@ def _apply_config(ctx: typer.Context, values: dict[str, Any], path: Path | None)
     return out
 
 
+def _ci_text(ci: list[float] | None) -> str:
+    return "" if not ci else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
 def _print_matrix(result: dict[str, Any]) -> None:
+    """Cells with both uncertainties, then the paired contrasts that test the seed's finding.
+
+    A cell's sd is over training replicates only; its bracket is the 95 % subject-bootstrap interval (the
+    test set's uncertainty, usually the larger). Whether a group's own model is better is read from the
+    contrasts (same test subjects on both sides), never from two cells of different test groups.
+    """
+    from embedx.analysis.shift_contrasts import describe
+
     metric = result["headline"]
     groups = result["train_groups"]
-    width = max(9, *(len(g) for g in groups)) + 2
+    width = max(14, *(len(g) for g in groups)) + 2
     cells = {(r["tier"], r["train"], r["test"]): r for r in result["summary"]}
+    reps = result["settings"].get("replicates")
     for tier in result["tiers"]:
         typer.echo(
             f"\n{result['target']} {metric}, tier {tier}: rows trained on / columns tested on "
-            f"({result['by']})"
+            f"({result['by']}); mean±sd over {reps} training replicate(s), [95 % CI over test subjects]"
         )
         typer.echo(" " * width + "".join(f"{g:>{width}}" for g in groups))
         for train in groups:
@@ -100,12 +113,23 @@ def _print_matrix(result: dict[str, Any]) -> None:
                 f"{train:<{width}}"
                 + "".join(f"{_fmt(c.get(f'{metric}_mean'), c.get(f'{metric}_sd')):>{width}}" for c in row)
             )
-    for gap in result["gaps"]:
-        if gap["train"] != "all":
+            typer.echo(" " * width + "".join(f"{_ci_text(c.get(f'{metric}_ci')):>{width}}" for c in row))
+    contrasts = result.get("contrasts")
+    if contrasts is None:  # a result written before the paired contrasts: say what its gaps are
+        typer.echo("(no paired contrasts in this result; its own-vs-other-groups gaps are confounded with "
+                   "how hard each group's test images are, and are not shown)")
+        return
+    for shown in dict.fromkeys([metric, "specificity"]):
+        for tier in result["tiers"]:
+            rows = [c for c in contrasts if c["metric"] == shown and c["tier"] == tier]
+            if not rows:
+                continue
             typer.echo(
-                f"{gap['tier']}: trained on {gap['train']}: {gap['metric']} own {gap['own']:.2f} vs "
-                f"others {gap['others']:.2f} (gap {gap['gap']:+.2f})"
+                f"\n{shown}, tier {tier}: own-group model minus another's, on the same test subjects "
+                "(difference [95 % CI], bootstrap p; Holm over the headline contrasts)"
             )
+            for c in rows:
+                typer.echo(("  " if c["headline"] else "    ") + describe(c))
 
 
 def register(app: typer.Typer) -> None:

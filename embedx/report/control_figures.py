@@ -117,7 +117,8 @@ def distribution_figure(result: Mapping[str, Any]) -> Figure:
 
 
 def shift_figure(result: Mapping[str, Any], metric: str = "auroc") -> Figure:
-    """One heatmap per difficulty tier: rows trained on, columns tested on, mean ± sd over replicates."""
+    """One heatmap per difficulty tier: rows trained on, columns tested on; mean ± sd over replicates and the
+    95 % subject-bootstrap interval (training's spread is usually the smaller of the two)."""
     tiers, train_groups = list(result["tiers"]), list(result["train_groups"])
     cells = {(r["tier"], r["train"], r["test"]): r for r in result["summary"]}
     fig, axes = plt.subplots(
@@ -136,14 +137,15 @@ def shift_figure(result: Mapping[str, Any], metric: str = "auroc") -> Figure:
                 if cell is None or cell.get(f"{metric}_mean") is None:
                     continue
                 grid[i, j] = cell[f"{metric}_mean"]
-                sd = cell.get(f"{metric}_sd")
+                sd, ci = cell.get(f"{metric}_sd"), cell.get(f"{metric}_ci")
                 ax.text(
                     j,
                     i,
-                    f"{grid[i, j]:.2f}" + (f"\n±{sd:.2f}" if sd else ""),
+                    f"{grid[i, j]:.2f}" + (f"±{sd:.2f}" if sd else "")
+                    + (f"\n[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""),
                     ha="center",
                     va="center",
-                    fontsize=8,
+                    fontsize=7,
                     fontweight="bold" if train == test else "normal",
                 )
         im = ax.imshow(grid, cmap="RdYlGn", vmin=0.5 if metric == "auroc" else 0.0, vmax=1.0)
@@ -163,7 +165,7 @@ def shift_figure(result: Mapping[str, Any], metric: str = "auroc") -> Figure:
         "3-D classifier" if result.get("dims") == 3 else "detector")
     fig.suptitle(
         f"{result['target']} {model}, {metric}: train on one {result['by']}, test on each "
-        f"(mean ± sd of {reps} replicate{'s' if reps > 1 else ''})",
+        f"(mean ± sd of {reps} replicate{'s' if reps > 1 else ''}; [95 % CI over test subjects])",
         fontsize=10,
     )
     return fig

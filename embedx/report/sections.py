@@ -363,22 +363,62 @@ def shift_section(results: list[dict], col: Collector) -> str:
         metric = r.get("headline", "auroc")
         what = f"{r.get('dims', 2)}-D {r.get('task', 'classify')}, {r.get('settings', {}).get('model', '')}"
         parts.append(f"<p><b>{html.escape(str(r.get('target')))} by {html.escape(str(r.get('by')))}</b> "
-                     f"({html.escape(what)}; mean ± sd over {r.get('settings', {}).get('replicates')} "
-                     "replicates, 95 % subject-bootstrap CI)</p>")
-        rows = []
-        for g in r.get("gaps", []):
-            if g.get("train") == "all":
-                continue
-            rows.append({"tier": g["tier"], "trained on": g["train"], "metric": g["metric"],
-                         "own group": g["own"], "other groups": g["others"], "gap": g["gap"]})
-        if rows:
-            parts.append(table_html(pd.DataFrame(rows), index=False))
+                     f"({html.escape(what)}; cells: mean ± sd over {r.get('settings', {}).get('replicates')} "
+                     "training replicates and, in brackets, the 95 % interval over test subjects)</p>")
+        parts.append(_shift_contrast_html(r, metric))
         for m in dict.fromkeys([metric, "specificity"]):
             parts.append(col.figure(control_figures.shift_figure(r, metric=m),
                                     f"shift_{r.get('dims')}d_{r.get('task')}_{r.get('by')}_{m}",
                                     f"{r.get('target')} {m}: rows trained on, columns tested on "
                                     f"({r.get('by')})"))
     return "\n".join(parts)
+
+
+def _shift_contrast_html(r: dict, metric: str) -> str:
+    """The paired contrasts (own-group model minus another's on the same test subjects) as a table.
+
+    A result stored before they existed shows its old gaps under a warning: those compare different test
+    subjects, so a group with harder images yields a gap whatever the models learnt.
+    """
+    contrasts = r.get("contrasts")
+    if contrasts is None:
+        old = [{"tier": g["tier"], "trained on": g["train"], "metric": g["metric"], "own group": g["own"],
+                "other groups": g["others"], "gap": g["gap"]}
+               for g in r.get("gaps", []) if g.get("train") != "all"]
+        if not old:
+            return ""
+        return ("<p><b>Not a test of the seed's finding.</b> This result predates the paired contrasts: each "
+                "gap below sets a model's score on its own group's test subjects against its score on other "
+                "subjects, so a group whose test images are harder gives a gap with no training effect, and "
+                "there is no interval. Re-run <code>embedx experiment shift</code> for the paired test.</p>"
+                + table_html(pd.DataFrame(old), index=False))
+    rows = []
+    for c in contrasts:
+        if c["metric"] not in (metric, "specificity"):
+            continue
+        ci = c.get("ci")
+        rows.append({
+            "tier": c["tier"], "metric": c["metric"], "tested on": c["test"],
+            "own model": c["own"], "versus model": {"others": "others (mean)", "all": "all mixed"}.get(
+                c["versus"], c["versus"]),
+            "versus score": c["other"], "difference": c["difference"],
+            "95 % CI": "n/a" if not ci else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]",
+            "p": c["p_value"], "p (Holm)": c.get("p_holm") if c["headline"] else None,
+            "reading": c["verdict"],
+        })
+    if not rows:
+        return ""
+    found = [c for c in contrasts if c["headline"] and c["metric"] == metric and c.get("p_holm") is not None
+             and c["p_holm"] < 0.05 and c["verdict"] != "no evidence of a shift"]
+    heads = sum(1 for c in contrasts if c["headline"] and c["metric"] == metric)
+    lead = (f"{len(found)} of {heads} headline contrasts of {metric} hold after Holm"
+            if heads else "no headline contrast (a single group was trained)")
+    return ("<p>Does a model fit its own group? On each group's test subjects, the model trained on that "
+            "group minus a model trained on another (or the mean of the others, or all mixed): both on the "
+            "same subjects, interval from the same subject resamples plus the training-replicate spread. "
+            "A reading of <i>no evidence of a shift</i> means the interval covers 0. "
+            f"{html.escape(lead)}.</p>"
+            + table_html(pd.DataFrame(rows), index=False))
 
 
 def _f(value: Any) -> str:

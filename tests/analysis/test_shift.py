@@ -70,6 +70,10 @@ def test_a_detector_trained_on_one_scanner_loses_auroc_on_the_other(tmp_path):
     assert _auroc(result, "easy", "A", "A") - _auroc(result, "easy", "A", "B") > 0.1  # ... and won't travel
     gap_a = next(g for g in result["gaps"] if (g["tier"], g["train"]) == ("easy", "A"))
     assert gap_a["gap"] > 0.1
+    # The paired test: on B's test subjects, B's own model beats A's (both scored on the same subjects).
+    (on_b,) = [c for c in result["contrasts"]
+               if (c["tier"], c["metric"], c["test"], c["versus"]) == ("easy", "auroc", "B", "A")]
+    assert on_b["headline"] and on_b["difference"] > 0.1 and on_b["verdict"] == "own group better"
     # Harder lesions are harder: the mixed model's AUROC on everyone falls from easy to hard.
     assert _auroc(result, "easy", "all", "all") > _auroc(result, "hard", "all", "all")
     # Subject-level hold-out: every cell of a tier is scored on the same test subjects.
@@ -86,13 +90,14 @@ def test_without_an_acquisition_difference_the_model_travels_and_the_cli_writes_
             "--batch-size", "16", "--lr", "2e-3", "--test-fraction", "0.35", "--out", str(out)]
     run = CliRunner().invoke(app, args)
     assert run.exit_code == 0, run.output
-    assert "tier easy" in run.output and "gap" in run.output
+    assert "tier easy" in run.output and "on the same test subjects" in run.output
     result = json.loads((out / "shift.json").read_text())
     assert result["tiers"] == ["easy"] and result["settings"]["replicates"] == 2
     for gap in result["gaps"]:
         if gap["train"] != "all":
             assert abs(gap["gap"]) < 0.1, gap
     assert all(r["replicates"] == 2 and r["auroc_sd"] is not None for r in result["summary"])
+    assert all(c["ci"] is not None and c["train_sd"] is not None for c in result["contrasts"])
     assert (out / "shift_auroc.png").stat().st_size > 10_000
     assert set(pd.read_csv(out / "shift.csv").columns) >= {"tier", "train", "test", "auroc_mean", "auroc_sd"}
 

@@ -104,8 +104,19 @@ for result in shift:
             width="stretch",
             key=f"shift_{result.get('dims')}_{result.get('task')}_{result.get('by')}_{tier}_{shown}",
         )
+    contrasts = [c for c in result.get("contrasts") or [] if c.get("metric") == shown]
     gaps = [g for g in result.get("gaps", []) if g.get("train") != "all"]
-    if gaps:
+    if contrasts:  # the paired test: own-group model minus another's, on the same test subjects
+        st.caption("Own-group model minus another's, on the same test subjects (95 % CI over subjects and "
+                   "training replicates); 'no evidence of a shift' when the interval covers 0.")
+        table = pd.DataFrame(contrasts)
+        table["ci"] = [None if c is None else f"[{c[0]:+.3f}, {c[1]:+.3f}]" for c in table["ci"]]
+        st.dataframe(table[["tier", "test", "versus", "own", "other", "difference", "ci", "p_value", "p_holm",
+                            "verdict"]], hide_index=True, width="stretch")
+    elif gaps:  # stored before the paired contrasts existed
+        st.caption("Not a test: these gaps compare different test subjects, so a group with harder images "
+                   "shows a gap whatever the models learnt. Re-run `embedx experiment shift` for the "
+                   "paired test.")
         st.dataframe(pd.DataFrame(gaps)[["tier", "train", "metric", "own", "others", "gap"]], hide_index=True,
                      width="stretch")
 
