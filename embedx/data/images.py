@@ -9,6 +9,7 @@ stopping a run over one image in ten thousand.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,9 @@ log = logging.getLogger(__name__)
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+
+# A DICOM modality code (CT, MR, CR, DX, SR, ...): shown in reasons; anything else in that field is not.
+_MODALITY_CODE = re.compile(r"[A-Z]{2,8}")
 
 # ITU-R BT.601 luma, the weights DICOM and Pillow use for colour -> grey.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -191,13 +195,14 @@ def read_dicom(
             by_encoding = {(False, True): ExplicitVRLittleEndian, (False, False): ExplicitVRBigEndian}
             encoding = tuple(ds.original_encoding)  # (implicit VR, little endian) as read
             ds.file_meta.TransferSyntaxUID = by_encoding.get(encoding, ImplicitVRLittleEndian)
-    except Exception as err:  # pydicom raises many types on damaged headers
-        raise ImageReadError(str(path), f"corrupt DICOM header ({type(err).__name__}: {err})") from err
+    except Exception as err:  # pydicom raises many types on damaged headers; their messages may quote values
+        raise ImageReadError(str(path), f"corrupt DICOM header ({type(err).__name__})") from err
 
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        modality = ds.get("Modality", "unknown")
+        modality = str(ds.get("Modality", ""))
+        shown = modality if _MODALITY_CODE.fullmatch(modality) else "not a modality code"
         raise ImageReadError(
-            str(path), f"DICOM file has no pixel data (Modality {modality}; not an image object)"
+            str(path), f"DICOM file has no pixel data (Modality {shown}; not an image object)"
         )
 
     tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
@@ -213,14 +218,11 @@ def read_dicom(
         if isinstance(err, NotImplementedError) or "missing dependencies" in message or unsupported:
             hint = _DECODER_HINTS.get(uid, "a pydicom pixel-data plugin (pylibjpeg or python-gdcm)")
             reason = f"unsupported transfer syntax {name} ({uid}): install {hint} to decode it"
-        else:  # a decoder is installed but failed on this file's data
-            details = "; ".join(line.strip() for line in message.splitlines()[1:] if line.strip()) or message
-            reason = f"corrupt {name} pixel data ({details})"
+        else:  # a decoder is installed but failed on this file's data (its message may quote header values)
+            reason = f"corrupt {name} pixel data ({type(err).__name__})"
         raise ImageReadError(str(path), reason) from err
-    except Exception as err:  # truncated pixel data, bad group 0028 values
-        raise ImageReadError(
-            str(path), f"corrupt or truncated pixel data ({type(err).__name__}: {err})"
-        ) from err
+    except Exception as err:  # truncated pixel data, bad group 0028 values (messages quote the values)
+        raise ImageReadError(str(path), f"corrupt or truncated pixel data ({type(err).__name__})") from err
 
     n_frames = int(_first_number(ds.get("NumberOfFrames")) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
@@ -366,7 +368,9 @@ def read_image(
     except MemoryError as err:
         raise ImageReadError(str(path), "image too large to load") from err
     except Exception as err:  # a decoder bug or an odd file: still one skippable image, not a crash
-        raise ImageReadError(str(path), f"{type(err).__name__}: {err}") from err
+        # a DICOM error's message may quote a header value (a name typed into a coded field): type only
+        detail = "" if kind == "dicom" else f": {err}"
+        raise ImageReadError(str(path), f"{type(err).__name__}{detail}") from err
     if out.size == 0:
         raise ImageReadError(str(path), "image has no pixels")
     return np.ascontiguousarray(out, dtype=np.float32)

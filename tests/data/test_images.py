@@ -336,3 +336,30 @@ def test_a_12_bit_jpeg_extended_dicom_names_the_missing_decoder_not_corruption()
         assert "corrupt" not in err.reason and "pylibjpeg" in err.reason and "JPEG Extended" in err.reason
     else:
         pytest.skip("a decoder for 12-bit JPEG Extended is installed here")
+
+
+def test_dicom_failure_reasons_never_quote_header_values(tmp_path, dicom_writer):
+    """Reasons go into the store (`failed_reasons`), skipped.csv and logs: a name typed into a coded field
+    (PhotometricInterpretation, Modality, RescaleSlope) must not come back, only the failure's type."""
+    import pydicom
+
+    pixels = np.arange(64, dtype=np.uint16).reshape(8, 8)
+    cases = {}
+    path = dicom_writer(tmp_path / "photometric.dcm", pixels)
+    ds = pydicom.dcmread(path)
+    ds.PhotometricInterpretation = "DOE^JOHN"
+    ds.save_as(path)
+    cases["photometric"] = path
+    cases["modality"] = dicom_writer(tmp_path / "modality.dcm", None, modality="DOE^JOHN")
+    path = dicom_writer(tmp_path / "slope.dcm", pixels)
+    ds = pydicom.dcmread(path)
+    ds[0x00281053] = pydicom.DataElement(0x00281053, "LO", "DOE^JOHN")
+    ds.save_as(path)
+    cases["slope"] = path
+    for name, path in cases.items():
+        with pytest.raises(ImageReadError) as caught:
+            read_image(path)
+        reason = caught.value.reason
+        assert "DOE" not in reason and "JOHN" not in reason, (name, reason)
+    with pytest.raises(ImageReadError, match="Modality CT"):
+        read_image(dicom_writer(tmp_path / "ct.dcm", None))
