@@ -89,18 +89,17 @@ def check_manifest_fits_run(run: object, manifest: Manifest) -> None:
     info = getattr(run, "info", {}) or {}
     train_manifest = info.get("manifest")
     if train_manifest and Path(train_manifest).exists():
-        try:
+        try:  # every kind the run saw (a scanned folder mixes 2-D images and NIfTI centre slices)
             trained = load_manifest(train_manifest, check_files=False)
-            trained_volumes = _volume(str(trained.table["path"].iloc[0])) if len(trained.table) else None
+            trained_kinds = {_volume(str(p)) for p in trained.table["path"]}
         except EmbedxError:
-            trained_volumes = None
-        here = {_volume(p) for p in paths}
-        if trained_volumes is not None and here != {trained_volumes}:
-            want = "NIfTI volumes" if trained_volumes else "2-D images (PNG/JPEG/TIFF/DICOM)"
-            odd = next(i for i, p in enumerate(paths) if _volume(p) != trained_volumes)
+            trained_kinds = set()
+        if trained_kinds and not {_volume(p) for p in paths} <= trained_kinds:
+            want = "NIfTI volumes" if True in trained_kinds else "2-D images (PNG/JPEG/TIFF/DICOM)"
+            odd = next(i for i, p in enumerate(paths) if _volume(p) not in trained_kinds)
             raise EmbedxError(
                 f"{manifest.source}: row {odd} ({paths[odd]}) does not match the run: {_label(run)} was "
-                f"trained on {want} (training manifest {train_manifest})"
+                f"trained on {want} only (training manifest {train_manifest})"
             )
     pre = run.preprocess  # type: ignore[attr-defined]
     first = np.arange(min(PREFLIGHT_ROWS, len(paths)))

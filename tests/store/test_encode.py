@@ -283,3 +283,29 @@ def test_vae_and_dae_side_by_side_with_stochastic_codes(cohort, vae_run, dae_run
         np.testing.assert_allclose(store.stochastic_codes("dae-tiny"), xt, rtol=1e-4, atol=1e-4)
     with pytest.raises(EmbedxError, match="needs a diffusion autoencoder"):
         encode(vae_run, manifest, store_path, workers=0, stochastic=True)
+
+
+def test_a_run_trained_on_a_mixed_folder_encodes_that_folder_and_refuses_what_it_never_saw(cohort, vae_run,
+                                                                                            tmp_path):
+    """`data scan` of a folder of PNGs and NIfTI volumes gives one manifest; `train` takes its NIfTI rows as
+    centre slices, so `encode` must take the same manifest (it looked at the training manifest's first row
+    only and called the run "trained on 2-D images"). A run that saw only 2-D images still refuses volumes."""
+    from types import SimpleNamespace
+
+    import nibabel as nib
+
+    from embedx.store.encode import check_manifest_fits_run
+
+    volume = cohort.parent / "head.nii.gz"
+    voxels = np.random.default_rng(0).random((32, 32, 9)).astype(np.float32)
+    nib.save(nib.Nifti1Image(voxels, np.eye(4)), volume)
+    table = load_manifest(cohort).table.iloc[:10].reset_index(drop=True)
+    head = table.iloc[[0]].assign(path=volume.name, subject_id="vol-1")
+    mixed = pd.concat([table, head], ignore_index=True)
+    mixed_csv = write_manifest(mixed, cohort.parent / "m-mixed.csv", load_manifest(cohort).schema)
+    trained = load_trained(vae_run)
+    run = SimpleNamespace(info={"manifest": str(mixed_csv)}, preprocess=trained.preprocess, run_dir=vae_run)
+    check_manifest_fits_run(run, load_manifest(mixed_csv))  # refused before
+    flat = SimpleNamespace(info={"manifest": str(cohort)}, preprocess=trained.preprocess, run_dir=vae_run)
+    with pytest.raises(EmbedxError, match=r"row 10 \(head.nii.gz\).*2-D images \(PNG/JPEG/TIFF/DICOM\) only"):
+        check_manifest_fits_run(flat, load_manifest(mixed_csv))
