@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from embedx.data.identifiers import drop_identifier_columns
 from embedx.data.identity import normalised_path, sample_id
 from embedx.data.manifest_read import PARQUET_SUFFIXES, capped, read_table, refuse_repeated_names, where
 from embedx.data.schema import (
@@ -251,6 +252,7 @@ def load_manifest(
             + "\n  ".join(problems)
         )
 
+    table = drop_identifier_columns(table, declared, path.name)
     columns = ["path", "subject_id"] + [c for c in table.columns if c not in ("path", "subject_id")]
     table = table[columns].reset_index(drop=True)  # file columns (mask) stay in the table, not as attributes
     schema = resolve_schema(table, declared)

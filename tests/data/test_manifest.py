@@ -305,3 +305,27 @@ def test_a_column_named_twice_and_a_misspelt_subject_column_are_errors(tmp_path)
     path = _write(tmp_path, "path,Subject_ID,site\na.png,s1,A\nb.png,s1,B\n")
     with pytest.raises(ManifestError, match="'Subject_ID' looks like one"):
         load_manifest(path, check_files=False)
+
+
+def test_identifier_columns_of_a_hospital_export_are_left_out_and_said_so(tmp_path, caplog):
+    """A RIS export's patient name, birth date and accession columns were copied into the store as
+    attributes, and the names into `probe --json`; they are left out unless declared, and a text column with
+    a distinct value per subject is warned about."""
+    n = 30
+    pd.DataFrame({
+        "path": [f"img/{i}.png" for i in range(n)],
+        "subject_id": [f"s{i}" for i in range(n)],
+        "Patient Name": [f"DOE^JOHN{i}" for i in range(n)],
+        "birth_date": ["1940-01-01"] * n,
+        "AccessionNumber": [f"ACC{i}" for i in range(n)],
+        "site": ["a", "b"] * (n // 2),
+        "note": [f"seen by Dr X on visit {i}" for i in range(n)],
+        "name": ["kept"] * n,
+    }).to_csv(tmp_path / "m.csv", index=False)
+    (tmp_path / "m.yaml").write_text("attributes:\n  name: {kind: categorical, role: clinical}\n")
+    with caplog.at_level(logging.WARNING):
+        manifest = load_manifest(tmp_path / "m.csv", check_files=False)
+    assert set(manifest.attributes) == {"site", "note", "name"}
+    assert "'Patient Name', 'birth_date', 'AccessionNumber' look like patient identifiers" in caplog.text
+    assert "column 'note' has a distinct value for nearly every subject" in caplog.text
+    assert "DOE" not in caplog.text
