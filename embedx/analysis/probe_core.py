@@ -12,7 +12,8 @@ holds every knob and builds it (`config.estimator(task)`), so no caller assemble
 `cross_validated_probe` scores one attribute (see docs/probes-and-fairness.md):
 * outer folds stratified by class and grouped by subject; out-of-fold predictions give the score
   (balanced accuracy, chance exactly 1/K; or MAE against the out-of-fold median baseline);
-* a 95 % CI by resampling subjects over the out-of-fold predictions (`bootstrap.dropped` counts resamples
+* a 95 % CI by resampling subjects over the out-of-fold predictions, or on pilot cohorts by rerunning the
+  cross-validation on subject resamples (`refit_bootstrap`) (`bootstrap.dropped` counts resamples
   that lost a class);
 * a permutation p-value from `embedx.analysis.permutation` on label-free subject folds;
 * `degenerate` when the probe predicts (nearly) one class or a constant: never "encoded";
@@ -44,6 +45,7 @@ from embedx.analysis.labels import label_strings, merge_small_classes, missing_m
 from embedx.analysis.linear_probe import C_GRID, PREDICT_CHUNK, LinearProbe
 from embedx.analysis.permutation import LAMBDAS, probe_permutation_test
 from embedx.analysis.probe_result import ProbeResult, judge_family
+from embedx.analysis.refit_bootstrap import REFIT_RESAMPLES, centred_interval, refit_replicates
 from embedx.analysis.stats import (
     SubjectIndex,
     bootstrap_balanced_accuracy,
@@ -58,7 +60,8 @@ __all__ = ["C_GRID", "LinearProbe", "ProbeConfig", "cross_validated_probe", "out
 
 Kind = Literal["categorical", "binary", "continuous"]
 DEGENERATE_SHARE = 0.99  # a classifier predicting one class for >= 99 % of rows says nothing
-SMALL_CI_SUBJECTS = 30  # below this many subjects (in the rarest class) the CI is flagged approximate
+SMALL_CI_SUBJECTS = 30  # below this many subjects (in the rarest class) the CI comes from refits
+REFIT_MAX_ROWS = 5_000  # refits on resamples cost 200 cross-validations: affordable up to here
 MIN_MIXING = 0.1  # permutations that change < 10 % of what a free shuffle would: the test cannot reject
 
 
@@ -210,6 +213,7 @@ def cross_validated_probe(
         "kernel": cfg.kernel,
         "n_total": len(y),
     }
+    small_notes: list[str] = []
     missing = missing_mask(y)
     not_encoded = ~np.all(np.isfinite(X), axis=1)
     base.update(
@@ -228,6 +232,12 @@ def cross_validated_probe(
     else:
         labels, merged, dropped = merge_small_classes(label_strings(y[keep]), groups[keep], cfg.folds)
         base.update(merged_classes=tuple(merged), n_dropped_small_classes=dropped)
+        if merged:  # said beside the verdict: a minority left out of "not encoded" must not go unseen
+            small_notes.append(
+                f"class(es) seen in fewer than {cfg.folds} subjects "
+                + (f"left out of this probe ({dropped} rows): " if dropped else "merged into '(other)': ")
+                + ", ".join(merged)
+            )
         if dropped:
             keep[np.flatnonzero(keep)[np.array([v is None for v in labels])]] = False
             labels = labels[np.array([v is not None for v in labels])]
@@ -262,8 +272,9 @@ def cross_validated_probe(
     pred = np.zeros(len(rows), dtype=float if continuous else int)
     decision = np.zeros(len(rows)) if k <= 2 else np.zeros((len(rows), k))
     chance_pred = np.zeros(len(rows))
-    notes: list[str] = []
+    notes: list[str] = list(small_notes)
     c_used, train_rows, name, any_subsampled = [], [], "", False
+    c_by_fold: dict[int, float] = {}
     def fit_fold(split: tuple[int, tuple[np.ndarray, np.ndarray]]) -> tuple[Any, np.ndarray, np.ndarray]:
         f, (train, test) = split
         if not continuous and len(np.unique(codes[train])) < 2:
@@ -285,6 +296,7 @@ def cross_validated_probe(
         decision[test] = fold_decision
         notes += probe.notes_
         c_used.append(probe.C_)
+        c_by_fold[int(f)] = probe.C_
         train_rows.append(probe.n_train_rows_)
         any_subsampled |= probe.n_train_rows_ < len(train)
         name = probe.estimator_name_
@@ -321,6 +333,14 @@ def cross_validated_probe(
             or predicted[top] >= max(DEGENERATE_SHARE, true_share + 0.01) * len(pred)
         )
     ci = percentile_ci(replicates) if cfg.n_bootstrap else (float("nan"), float("nan"))
+    few = _fewest_subjects(codes, gk, continuous)
+    refit = bool(cfg.n_bootstrap) and few < SMALL_CI_SUBJECTS
+    refit_rows_ok = len(rows) <= REFIT_MAX_ROWS and len(c_by_fold) == len(splits)
+    if refit and refit_rows_ok:
+        replicates = refit_replicates(Xk, codes, gk, fold_k, c_by_fold, cfg, continuous,
+                                      min(cfg.n_bootstrap, REFIT_RESAMPLES),
+                                      None if fold_X is None else (lambda f: np.asarray(fold_X(f))[rows]))
+        ci = centred_interval(score, replicates, continuous)
     permutation = probe_permutation_test(
         Xk,
         codes,
@@ -333,13 +353,16 @@ def cross_validated_probe(
     )
     if degenerate:
         notes.append("the probe predicts (nearly) a single value: not evidence of encoding")
-    few = _fewest_subjects(codes, gk, continuous)
-    if cfg.n_bootstrap and few < SMALL_CI_SUBJECTS:
+    who = f"{few} subjects {'in all' if continuous else 'in the rarest class'}"
+    if refit and refit_rows_ok:
+        notes.append(f"pilot-sized CI ({who}): each of {len(replicates)} subject resamples reran the whole "
+                     "cross-validation, so the interval includes the probe's own variability")
+    elif refit:
         notes.append(
-            f"approximate CI: {few} subjects {'in all' if continuous else 'in the rarest class'}; resampling "
-            "subjects over fixed out-of-fold predictions leaves out the folds' own variability, and such "
-            "95 % intervals covered 79-86 % in simulations at this size (the verdict also needs the "
-            "permutation p, whose error rate holds)"
+            f"approximate CI: {who}; resampling subjects over fixed out-of-fold predictions leaves out the "
+            "folds' own variability, and such 95 % intervals covered 79-86 % in simulations at this size "
+            f"(refitting is done up to {REFIT_MAX_ROWS:,} rows; the verdict also needs the permutation p, "
+            "whose error rate holds)"
         )
     untestable = None
     if permutation.get("mixing") is not None and permutation["mixing"] < MIN_MIXING:
@@ -361,11 +384,11 @@ def cross_validated_probe(
         degenerate=degenerate,
         untestable=untestable,
         bootstrap={
-            "resamples": cfg.n_bootstrap,
+            "resamples": len(replicates) if cfg.n_bootstrap else 0,
             "dropped": count_dropped(replicates),
             "unit": "subject",
             "level": 0.95,
-            "over": "out-of-fold predictions",
+            "over": "refits on subject resamples" if refit and refit_rows_ok else "out-of-fold predictions",
         },
         permutation=permutation,
         train_rows_per_fold=tuple(train_rows),

@@ -210,19 +210,29 @@ def test_a_perfect_probe_of_a_rare_class_is_not_degenerate() -> None:
     assert r.score > 0.95 and not r.degenerate and r.encoded
 
 
-def test_a_ci_from_few_subjects_of_a_class_is_flagged_approximate() -> None:
-    """Subject-bootstrap intervals over fixed out-of-fold predictions covered 79-86 % at 7-10 subjects of a
-    class (a review's simulations): such a CI says so; one from hundreds of subjects does not."""
+def test_a_ci_from_few_subjects_of_a_class_comes_from_refits_or_is_flagged_approximate() -> None:
+    """Subject-bootstrap intervals over fixed out-of-fold predictions covered 79-87 % at 7-12 subjects of a
+    class: a pilot's CI comes from refits on subject resamples (tests/analysis/test_probe_pilot_ci.py), one
+    too large to refit (> REFIT_MAX_ROWS rows) says it is approximate, and one from hundreds does neither."""
+    from embedx.analysis.probe_core import REFIT_MAX_ROWS
+
     rng = np.random.default_rng(0)
     cfg = ProbeConfig(n_permutations=99, n_bootstrap=100)
     subjects = np.repeat(np.arange(40), 2).astype(str)
     y = np.repeat(rng.random(40) < 0.3, 2).astype(int)
     small = cross_validated_probe(rng.normal(size=(80, 8)), y, subjects, "binary", config=cfg)
-    assert any(note.startswith("approximate CI: ") for note in small.notes), small.notes
+    assert any(note.startswith("pilot-sized CI (") for note in small.notes), small.notes
+    assert small.bootstrap["over"] == "refits on subject resamples"
+    n = REFIT_MAX_ROWS + 200
+    rare = np.zeros(n, dtype=int)
+    rare[:12] = 1
+    big = cross_validated_probe(rng.normal(size=(n, 4)), rare, np.arange(n).astype(str), "binary", config=cfg)
+    assert any(note.startswith("approximate CI: 12 subjects") for note in big.notes), big.notes
+    assert big.bootstrap["over"] == "out-of-fold predictions"
     y = (rng.random(600) < 0.3).astype(int)
     one_each = np.arange(600).astype(str)
     large = cross_validated_probe(rng.normal(size=(600, 8)), y, one_each, "binary", config=cfg)
-    assert not any(note.startswith("approximate CI") for note in large.notes)
+    assert not any(note.startswith(("approximate CI", "pilot-sized")) for note in large.notes)
 
 
 @pytest.mark.parametrize("kind", ["categorical", "continuous"])
