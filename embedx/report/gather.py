@@ -198,6 +198,11 @@ def gather(
                 f"permutations for Holm over this report's tests; rerun `embedx probe` with at least {needed}"
             )
     probes = [p for p in probes if p["model"] in models and (p["attribute"] in attributes)]
+    left_out = {(p["attribute"], tuple(p.get("merged_classes") or ()),
+                 int(p.get("n_dropped_small_classes") or 0)) for p in probes if p.get("merged_classes")}
+    for attribute, classes, dropped in sorted(left_out):  # a minority missing from a verdict must be seen
+        how = f"left out of its probes ({dropped} rows)" if dropped else "merged into '(other)' in its probes"
+        notes.append(f"{attribute}: class(es) seen in too few subjects to probe, {how}: {', '.join(classes)}")
     stored_families = sorted({int(p.get("family_size") or 0) for p in probes if not p.get("skipped")})
     probes = judge_family(probes)
     family = probes[0].family_size if probes else 0

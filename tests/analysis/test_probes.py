@@ -396,3 +396,18 @@ def test_the_line_under_a_pilot_probe_table_points_to_calibrate() -> None:
     assert "A pilot of 30 subjects finds only large effects" in pilot and "embedx calibrate" in pilot
     cohort = family_line([{"family_size": 3, "permutation": {"permutations": 999}, "n_subjects": 3000}])
     assert "pilot" not in cohort
+
+
+def test_a_class_too_small_to_probe_is_named_beside_the_verdict() -> None:
+    """A 1-subject minority (Sami among White and Black) is left out of the probe; "not encoded" must not
+    hide that the group an audit may be for was never tested (it was only in the JSON)."""
+    from embedx.analysis.probe_core import ProbeConfig, cross_validated_probe
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(41), 2).astype(str)
+    y = np.array(["White"] * 40 + ["Black"] * 40 + ["Sami"] * 2, dtype=object)
+    X = rng.normal(size=(len(y), 4))
+    result = cross_validated_probe(X, y, groups, "categorical", attribute="ethnicity",
+                                   config=ProbeConfig(n_permutations=0, n_bootstrap=0))
+    assert result.merged_classes == ("Sami",) and result.n_dropped_small_classes == 2
+    assert any("left out of this probe (2 rows): Sami" in note for note in result.notes), result.notes
