@@ -11,9 +11,11 @@ No ground truth is needed: the store's own latents and subject structure are the
   subjects by liability are positive, with the liability's correlation chosen so that the two classes' mean
   scores differ by `effect` standard deviations (Cohen's d; for Gaussian latents this is the Mahalanobis
   distance between the classes, whatever the direction). Continuous labels get a correlation `r` with
-  the direction instead. A planted label counts as **found** when its p-value clears alpha / m, the
-  threshold Holm applies to the strongest probe of a table of m = attributes x models tests (conservative:
-  Holm's later steps are laxer). The probes' CI criterion is not re-run per label.
+  the direction instead. A planted label counts as **found** when `embedx probe` would call it `encoded`:
+  its p-value clears alpha / m, the threshold Holm applies to the strongest probe of a table of m =
+  attributes x models tests (conservative: Holm's later steps are laxer), and the probe itself, re-run on
+  the label, has its CI clear of chance and is not degenerate. A class with fewer subjects than folds is
+  skipped by the probe, so such a cell is reported untestable with power 0. See `calibration_power`.
 
 Everything runs on the rows the probes' permutation test would use: at most `permutation_max_rows` rows
 (whole subjects, label-free folds, the same ridge statistic). Where the store is larger, a planted label
@@ -30,12 +32,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm
 
+from embedx.analysis.calibration_power import (  # the planting helpers stay importable from here
+    _cohens_d,  # noqa: F401
+    _planted_binary,  # noqa: F401
+    effect_text,
+    power_cells,
+)
 from embedx.analysis.folds import subject_codes, subject_folds, subject_subsample
 from embedx.analysis.labels import label_strings, missing_mask
-from embedx.analysis.permutation import RidgeNull, null_statistics, permutation_test
-from embedx.analysis.stats import SubjectIndex, permutation_pvalue, wilson_interval
+from embedx.analysis.permutation import RidgeNull, permutation_test
+from embedx.analysis.stats import SubjectIndex, wilson_interval
 from embedx.analysis.typed import JsonResult
 from embedx.errors import EmbedxError
 
@@ -56,6 +63,9 @@ class CalibrationSettings:
     folds: int = 5
     permutation_max_rows: int = 10_000
     seed: int = 0
+    fold_seeds: int = 5  # planted labels dealt over this many probe seeds: see calibration_power
+    probe_checks: int | None = None  # passing labels re-run through the probe per cell; None: all if cheap
+    probe_bootstrap: int = 2000  # the probe's CI resamples in those re-runs (`embedx probe --bootstrap`)
 
     def __post_init__(self) -> None:
         if any(not 0 < p < 1 for p in self.prevalences):
@@ -67,8 +77,14 @@ class CalibrationSettings:
             or self.n_planted < 0
             or self.null_permutations < 19
             or (self.permutations or 19) < 19
+            or self.fold_seeds < 1
+            or (self.probe_checks is not None and self.probe_checks < 1)
+            or self.probe_bootstrap < 1
         ):
-            raise EmbedxError("label counts cannot be negative; use at least 19 permutations")
+            raise EmbedxError(
+                "label counts cannot be negative; use at least 19 permutations, one fold seed, one probe "
+                "check per cell and one bootstrap resample"
+            )
 
 
 @dataclass(frozen=True)
@@ -95,8 +111,11 @@ class CalibrationResult(JsonResult):
     null_permutations: int
     method: str = (
         "null labels: each real attribute's subject-level values re-drawn at random, own "
-        "permutation test; planted labels: liability on a random latent direction, found = "
-        "p < alpha / m (Holm's strictest step); the probes' ridge statistic on label-free folds"
+        "permutation test; planted labels: liability on a random latent direction, found = what "
+        "`embedx probe` calls encoded: p < alpha / m (Holm's strictest step, the probes' ridge statistic on "
+        "label-free folds) and the probe re-run on the label with its CI clear of chance and not degenerate "
+        "(on a sample of the passing labels where `found_estimated`); a class in fewer subjects than folds "
+        "is untestable (power 0); labels dealt over `fold_seeds` probe seeds, Wilson interval over labels"
     )
     seconds: float | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -173,24 +192,6 @@ def _null_label(spec: dict[str, Any], sub: np.ndarray, rng: np.random.Generator)
     donor = rng.integers(0, len(spec["sizes"]), n_subjects)[sub]  # per row: its subject's donor
     pick = spec["starts"][donor] + (rng.random(len(sub)) * spec["sizes"][donor]).astype(int)
     return spec["flat"][pick]
-
-
-def _planted_binary(
-    score: np.ndarray, prevalence: float, effect: float, n_pos: int, rng: np.random.Generator
-) -> np.ndarray:
-    """Subjects' labels: the top `n_pos` by liability = rho * score + noise, rho set for mean gap `effect`."""
-    t = norm.ppf(1 - prevalence)
-    rho = min(0.999, effect * prevalence * (1 - prevalence) / max(norm.pdf(t), 1e-12))
-    liability = rho * score + np.sqrt(1 - rho**2) * rng.normal(size=len(score))
-    label = np.zeros(len(score), dtype=int)
-    label[np.argsort(-liability)[:n_pos]] = 1
-    return label
-
-
-def _cohens_d(score: np.ndarray, label: np.ndarray) -> float:
-    a, b = score[label == 1], score[label == 0]
-    pooled = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2))
-    return float((a.mean() - b.mean()) / pooled) if pooled > 0 else float("nan")
 
 
 def calibrate_arrays(
@@ -271,65 +272,8 @@ def calibrate_arrays(
     p_all = np.asarray(all_p)
     fp_hits = int(np.sum(p_all < cfg.alpha))
 
-    # ---- power: planted labels along random latent directions, one shared null per positive count
-    zs = index.per_subject(Xs) / index.sizes[:, None]
-    zs = (zs - zs.mean(axis=0)) / np.where(zs.std(axis=0) > 0, zs.std(axis=0), 1.0)
-    cells = [("binary", p, e) for p in cfg.prevalences for e in cfg.effects]
-    cells += [("continuous", None, r) for r in cfg.correlations]
-    per_cell = max(1, int(np.ceil(cfg.n_planted / max(1, len(cells))))) if cfg.n_planted else 0
-    rows_per_subject = index.sizes.astype(float)
-    power: list[dict[str, Any]] = []
-    shared_null: dict[Any, np.ndarray] = {}
-    scale = min(1.0, cfg.permutation_max_rows / max(1, len(X))) if len(X) > len(rows) else 1.0
-    for kind, prevalence, effect in cells if per_cell else []:
-        labels, realized = [], []
-        wanted = n_pos = None
-        for _ in range(per_cell):
-            direction = rng.normal(size=zs.shape[1])
-            score = zs @ (direction / np.linalg.norm(direction))
-            score = (score - score.mean()) / (score.std() or 1.0)
-            if kind == "binary":
-                # positive rows the probes' class-balanced subsample would keep, out of these rows
-                full_pos_rows = prevalence * len(X)
-                kept = min(full_pos_rows, cfg.permutation_max_rows / 2) if scale < 1 else full_pos_rows
-                wanted = round(S * kept / len(rows))
-                n_pos = int(np.clip(wanted, 2, S - 2))
-                label = _planted_binary(score, prevalence, effect, n_pos, rng)
-                realized.append(_cohens_d(score, label))
-            else:
-                liability = effect * score + np.sqrt(1 - effect**2) * rng.normal(size=S)
-                label = np.empty(S)
-                label[np.argsort(liability)] = norm.ppf((np.arange(S) + 0.5) / S)  # fixed values: shared null
-                realized.append(float(np.corrcoef(score, label)[0, 1]))
-            labels.append(label)
-        k = 2 if kind == "binary" else 0
-        key = (kind, int(labels[0].sum()) if kind == "binary" else "ranks")
-        if key not in shared_null:
-            shared_null[key], _, _ = null_statistics(
-                null, labels[0][sub], index, k, cfg.permutations, int(rng.integers(2**31))
-            )
-        observed = null.statistic(np.stack([lab[sub] for lab in labels], axis=1), k)
-        ps = np.array([permutation_pvalue(o, shared_null[key]) for o in observed])
-        found = int(np.sum(ps < threshold))
-        positive_rows = float(np.mean([rows_per_subject[lab == 1].sum() for lab in labels])) if k else None
-        power.append(
-            {
-                "kind": kind,
-                "prevalence": prevalence,
-                "effect": effect,
-                "effect_measure": "Cohen's d on the direction" if k else "correlation r with the direction",
-                "n_labels": len(labels),
-                "found": found,
-                "power": found / len(labels),
-                "ci": list(wilson_interval(found, len(labels))),
-                "power_single_test": float(np.mean(ps < cfg.alpha)),
-                "realized_effect": float(np.nanmean(realized)),
-                "positive_rows": positive_rows,
-                "positive_subjects": n_pos,
-                "test_prevalence": None if positive_rows is None else positive_rows / len(rows),
-                "too_few_subjects": bool(k and wanted is not None and wanted < 2),
-            }
-        )
+    # ---- power: planted labels judged as `embedx probe` would (calibration_power)
+    power = power_cells(Xs, sub, index, cfg, threshold, len(X), n_subjects_all, rng)
     text = _sentences(null_rows, fp_hits, len(p_all), power, cfg, threshold)
     return CalibrationResult(
         model=model,
@@ -385,16 +329,21 @@ def _sentences(
         )
     for row in power:
         if row["kind"] == "binary":
-            what = f"an attribute at prevalence {row['prevalence']:.0%} with effect d = {row['effect']:g}"
-            if row.get("too_few_subjects"):
-                what += (
-                    f" (too few subjects for it here: {row['positive_subjects']} positive subjects planted)"
-                )
+            what = f"an attribute at prevalence {row['prevalence']:.0%} with effect {effect_text(row)}"
         else:
-            what = f"a continuous attribute with correlation r = {row['effect']:g}"
+            what = f"a continuous attribute with correlation {effect_text(row)}"
+        if row.get("untestable"):
+            lines.append(f"In this cohort, {what} {row['untestable']} (power 0).")
+            continue
+        how = f"{row['found']}/{row['n_labels']} planted labels"
+        if row.get("found_estimated"):
+            how = (
+                f"about {how}: {row['passed_p']} passed p, {row['probe_confirmed']} of the "
+                f"{row['probe_checked']} re-run through the probe were encoded"
+            )
         lines.append(
             f"In this cohort, {what} is found with probability {row['power']:.2f} "
-            f"[{row['ci'][0]:.2f}, {row['ci'][1]:.2f}] ({row['found']}/{row['n_labels']} planted labels)."
+            f"[{row['ci'][0]:.2f}, {row['ci'][1]:.2f}] ({how})."
         )
     return lines
 

@@ -206,11 +206,18 @@ def calibration_rich_table(result: Mapping[str, Any]) -> Any:
     for row in result["power"]:
         prevalence = "-" if row.get("prevalence") is None else f"{row['prevalence']:.0%}"
         effect = ("d " if row["kind"] == "binary" else "r ") + f"{row['effect']:g}"
+        if not row.get("effect_reached", True):  # never show an asked effect the planting could not reach
+            effect = f"d {row['realized_effect']:.2g} (asked {row['effect']:g})"
+        found = _fmt(row["power"], 2) + _fmt_ci(row["ci"])
+        if row.get("untestable"):
+            found = f"0 (untestable: {row.get('positive_subjects')} subjects)"
+        elif row.get("found_estimated"):
+            found += " ~"
         table.add_row(
             row["kind"],
             prevalence,
             effect,
-            _fmt(row["power"], 2) + _fmt_ci(row["ci"]),
+            found,
             _fmt(row["power_single_test"], 2),
             str(row["n_labels"]),
         )
@@ -218,7 +225,9 @@ def calibration_rich_table(result: Mapping[str, Any]) -> Any:
     table.caption = (
         f"false-positive rate {_fmt(fpr)}{_fmt_ci(result.get('false_positive_ci'))} over {result['n_null']} "
         f"null labels (expected {result['alpha']:g}); mean p {_fmt(result.get('mean_p'))}; "
-        f"{result['rows_used']} rows of {result['n']} used"
+        f"{result['rows_used']} rows of {result['n']} used; found = the probe's `encoded` (p at Holm's "
+        "strictest step, CI clear of chance, not degenerate); ~ estimated from a sample re-run through the "
+        "probe"
     )
     return table
 

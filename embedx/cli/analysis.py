@@ -237,6 +237,12 @@ def register(app: typer.Typer) -> None:
             "--null-permutations",
             help="Permutations per null label (>= 2 m / 0.05 measures Holm's rate).",
         ),
+        probe_checks: int | None = typer.Option(
+            None,
+            "--probe-checks",
+            help="Planted labels per cell that pass p and are re-run through the probe to apply its CI and "
+            "degeneracy criteria (default: all where cheap, at least 4 where each costs seconds).",
+        ),
         json_path: Path | None = typer.Option(None, "--json", help="Write the results here."),
         figure: Path | None = typer.Option(None, "--figure", help="Write the power figure (PNG) here."),
         seed: int = typer.Option(0, "--seed", help="Seed for labels, directions and permutations."),
@@ -247,7 +253,9 @@ def register(app: typer.Typer) -> None:
 
         Null labels re-draw each real attribute's values at random per subject; planted labels follow a
         random latent direction at each prevalence x effect. Both go through the probes' permutation test;
-        a planted label is found when its p-value clears Holm's threshold for this store's probe table.
+        a planted label is found when `embedx probe` would call it encoded: its p-value clears Holm's
+        threshold for this store's probe table and the probe, re-run on it, has its CI clear of chance and is
+        not degenerate. A class in fewer subjects than folds is untestable (the probe skips it): power 0.
         """
         from embedx.analysis.calibration import CalibrationSettings, run_calibration
         from embedx.analysis.results import write_json
@@ -267,13 +275,20 @@ def register(app: typer.Typer) -> None:
             effects=floats(effects, "--effects"),
             correlations=floats(correlations, "--correlations"),
             null_permutations=null_permutations,
+            probe_checks=probe_checks,
             seed=seed,
         )
         results = run_calibration(store, name or None, settings, write=not no_write)
         out = terminal_console()
         for r in results:
             out.print(calibration_rich_table(r))
-            for line in r.text[:1]:
+            false_positive = [line for line in r.text if line.startswith("False-positive")]
+            caveats = [  # cells whose number alone would mislead: untestable, effect not reached, estimated
+                line
+                for line, row in zip(r.text[len(false_positive) :], r.power, strict=True)
+                if row.get("untestable") or not row.get("effect_reached", True) or row.get("found_estimated")
+            ]
+            for line in false_positive + caveats:
                 out.print(line)
         if figure is not None:
             from embedx.report.figures import calibration_figure, png_bytes

@@ -24,7 +24,12 @@ SMALL = CalibrationSettings(
 )
 
 
-def test_null_labels_are_rarely_found_and_strong_planted_ones_always(phantom_latents) -> None:
+def test_null_labels_are_rarely_found_and_strong_planted_ones_always(phantom_latents, monkeypatch) -> None:
+    import embedx.analysis.calibration_power as power_module
+
+    # the permutation machinery alone (re-running the probe on each label is tested below, and costs seconds
+    # per label for the 5 % class, whose CI the probe builds from refits)
+    monkeypatch.setattr(power_module, "probe_encoded", lambda *args: True)
     X, subjects = phantom_latents["X"], phantom_latents["subjects"]
     attributes = {"site": ("categorical", phantom_latents["site"])}
     result = calibrate_arrays(X, subjects, attributes, SMALL, model="pixels-pca")
@@ -136,3 +141,114 @@ def test_null_labels_vary_within_subjects_like_the_attribute_they_match(phantom_
     # alpha / 24 is below 1 / 100: with 99 permutations a Holm-level false positive cannot be measured
     assert row["passes_holm"] is None and result.false_positive_rate_holm is None
     assert "not measured" in result.text[0]
+
+
+def _random_cohort(n_subjects: int = 400, seed: int = 11) -> tuple[np.ndarray, np.ndarray]:
+    """Latents with no structure: ~2 images per subject, 16 dims (fast to probe)."""
+    rng = np.random.default_rng(seed)
+    sub = np.repeat(np.arange(n_subjects), rng.integers(1, 4, n_subjects))
+    X = rng.normal(size=(n_subjects, 16))[sub] + rng.normal(size=(len(sub), 16))
+    return X, np.array([f"p{s}" for s in sub])
+
+
+def test_a_class_in_fewer_subjects_than_folds_is_untestable_not_found() -> None:
+    """1 % of 400 subjects = 4 positives: `embedx probe` skips that class, so calibrate must not report power
+    for it (before: 0.54-0.67 at d 3-4, for an attribute the probe never tests)."""
+    from embedx.analysis.calibration import _planted_binary
+    from embedx.analysis.probe_core import ProbeConfig, cross_validated_probe
+
+    X, groups = _random_cohort()
+    settings = CalibrationSettings(
+        n_null=0, n_planted=24, prevalences=(0.01,), effects=(2.5,), correlations=(), family_size=10
+    )
+    (row,) = calibrate_arrays(X, groups, {}, settings).power
+    assert row["positive_subjects"] == 4 and "fewer than 5 subjects" in (row["untestable"] or "")
+    assert row["power"] == 0 and row["found"] == 0 and row["ci"] == [0.0, 0.0]
+    text = calibrate_arrays(X, groups, {}, settings).text[0]
+    assert "cannot be found" in text and "probability" not in text
+    # the rule is the probe's: the same kind of label, probed, is skipped
+    rng = np.random.default_rng(0)
+    subjects = np.unique(groups, return_inverse=True)[1]
+    label = _planted_binary(rng.normal(size=400), 0.01, 2.5, 4, rng)[subjects]
+    config = ProbeConfig(n_permutations=0)
+    probed = cross_validated_probe(X, label.astype(str), groups, "binary", config=config)
+    assert probed.skipped and not probed.encoded
+
+
+def test_the_effect_printed_is_the_effect_planted(monkeypatch) -> None:
+    """At 2 % prevalence the liability model cannot plant d = 4 (rho caps at 0.999): the sentence and the
+    table must say what was planted, not "d = 4" as if reached."""
+    import embedx.analysis.calibration_power as power_module
+    from embedx.analysis.tables import calibration_rich_table
+
+    monkeypatch.setattr(power_module, "probe_encoded", lambda *args: True)  # this test is about the effect
+    X, groups = _random_cohort()
+    settings = CalibrationSettings(
+        n_null=0, n_planted=10, prevalences=(0.02, 0.5), effects=(4.0, 0.5), correlations=(), family_size=10
+    )
+    result = calibrate_arrays(X, groups, {}, settings)
+    rows = {(r["prevalence"], r["effect"]): r for r in result.power}
+    capped, fine = rows[(0.02, 4.0)], rows[(0.5, 0.5)]
+    assert not capped["effect_reached"] and capped["realized_effect"] < 3.2 and capped["max_effect"] < 3
+    assert fine["effect_reached"]
+    sentence = next(line for line in result.text if "prevalence 2%" in line and "asked 4" in line)
+    assert "d = 4 " not in sentence and f"d = {capped['realized_effect']:.2g}" in sentence
+    assert any("d = 0.5 " in line for line in result.text)  # a reachable effect is printed as asked
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(calibration_rich_table(result.to_dict()))
+    assert "(asked 4)" in console.export_text()
+
+
+def test_found_means_what_the_probe_would_call_encoded(monkeypatch) -> None:
+    """A label that clears alpha / m is found only if the probe, re-run on it, also calls it encoded (CI clear
+    of chance, not degenerate): calibrate used to count the p-value alone."""
+    import embedx.analysis.calibration_power as power_module
+    from embedx.analysis.calibration_power import probe_encoded
+
+    X, groups = _random_cohort(200)
+    settings = CalibrationSettings(
+        n_null=0, n_planted=6, prevalences=(0.5,), effects=(2.0,), correlations=(), family_size=4
+    )
+    calls: list[float] = []
+
+    def never(*args: object) -> bool:
+        calls.append(float(args[4]))  # the label's permutation p
+        return False
+
+    monkeypatch.setattr(power_module, "probe_encoded", never)
+    (row,) = calibrate_arrays(X, groups, {}, settings).power
+    assert row["passed_p"] == 6 and row["probe_checked"] == 6 and all(p < 0.05 / 4 for p in calls)
+    assert row["found"] == 0 and row["power"] == 0  # the p-value alone no longer counts
+    monkeypatch.undo()
+    # the real check: the probe's verdict, not the p handed to it
+    subjects = np.unique(groups, return_inverse=True)[1]
+    rng = np.random.default_rng(1)
+    noise = (rng.random(200) < 0.5).astype(int)[subjects]  # no link to the latents
+    assert not probe_encoded(X, noise, subjects, False, 1e-4, 4, 0.05, 5, 0, 500)
+    strong = (X[:, 0] + X[:, 1] > 0).astype(int)
+    assert probe_encoded(X, strong, subjects, False, 1e-4, 4, 0.05, 5, 0, 500)
+    assert not probe_encoded(X, strong, subjects, False, 0.05, 4, 0.05, 5, 0, 500)  # p * m = 0.2
+
+
+def test_planted_labels_are_dealt_over_several_probe_seeds(monkeypatch) -> None:
+    """One fold split and one null for every label of a cell made the interval cover 86-94 %: the labels are
+    spread over `fold_seeds` seeds, each with its own label-free folds and null."""
+    import embedx.analysis.calibration_power as power_module
+
+    built: list[int] = []
+    real = power_module.subject_folds
+
+    def spy(groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
+        built.append(seed)
+        return real(groups, folds, seed)
+
+    monkeypatch.setattr(power_module, "subject_folds", spy)
+    monkeypatch.setattr(power_module, "probe_encoded", lambda *args: True)
+    X, groups = _random_cohort(200)
+    settings = CalibrationSettings(
+        n_null=0, n_planted=10, prevalences=(0.5,), effects=(0.5,), correlations=(), fold_seeds=5, seed=3
+    )
+    (row,) = calibrate_arrays(X, groups, {}, settings).power
+    assert row["fold_seeds"] == 5 and sorted(set(built)) == [5, 6, 7, 8, 9]
