@@ -45,6 +45,16 @@ def command(store: Path, port: int, host: str) -> list[str]:
     ]
 
 
+def exposure_warning(host: str) -> str:
+    """A warning when the server would answer other machines: the explorer shows every image's thumbnail
+    and the cohort's attributes, with no login."""
+    if host in ("127.0.0.1", "localhost", "::1") or host.startswith("127."):
+        return ""
+    return (f"warning: --host {host} lets other machines on the network open this explorer, with no login: "
+            "it shows every image's thumbnail and the cohort's attributes. Use 127.0.0.1 (the default) and "
+            "an SSH tunnel unless the network is trusted.")
+
+
 def launch(store: Path, port: int = 8501, host: str = "127.0.0.1") -> int:
     """Print the URL, then become the Streamlit server (exec), so the PID the user sees is the server's.
 
@@ -53,6 +63,9 @@ def launch(store: Path, port: int = 8501, host: str = "127.0.0.1") -> int:
     store = Path(store).resolve()
     env = dict(os.environ, **{STORE_ENV: str(store)})
     print(f"embedx explorer for {store}\n  URL: http://{host}:{port}\n  (Ctrl+C to stop)", flush=True)
+    warning = exposure_warning(host)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     argv = command(store, port, host)
     if hasattr(os, "execve") and sys.platform != "win32":
         os.execve(argv[0], argv, env)

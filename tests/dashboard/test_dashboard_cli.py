@@ -51,3 +51,11 @@ def test_a_file_that_is_not_a_store_is_refused_before_the_server_starts(tmp_path
     # the path whole, not broken across lines where the message meets the terminal's width (it was, at 80)
     assert result.returncode == 2 and str(bogus) in text and "Traceback" not in text
     assert "URL" not in text
+
+
+def test_binding_beyond_this_machine_is_warned_about() -> None:
+    from embedx.dashboard.launch import exposure_warning
+
+    assert exposure_warning("127.0.0.1") == "" and exposure_warning("localhost") == ""
+    assert "other machines" in exposure_warning("0.0.0.0")
+    assert "other machines" in exposure_warning("10.1.2.3")
