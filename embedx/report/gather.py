@@ -93,6 +93,7 @@ def provenance(store_path: Any, snap: Mapping[str, Any]) -> dict[str, Any]:
                 "kind": info.get("kind"),
                 "dim": info.get("dim"),
                 "n_encoded": info.get("n_encoded"),
+                "n_failed": info.get("n_failed"),
                 "checkpoint_hash": info.get("checkpoint_hash"),
                 "config": info.get("config"),
                 "embedx_version": info.get("embedx_version"),
@@ -157,6 +158,11 @@ def gather(
             f"{store_path}: the store holds no embeddings; run `embedx encode` before the report"
         )
     notes = col.notes
+    for model in models:  # images an encode could not read are in no analysis below: say so
+        failed = int(snap["embedding_info"][model].get("n_failed") or 0)
+        if failed:
+            notes.append(f"{model}: {failed} image(s) could not be read by its last encode and are in none "
+                         f"of its analyses (listed with their reasons under /embeddings/{model}/failed_ids)")
     # Probes: every model x attribute of the store, computed on the rows encoded now.
     attributes = set(snap["schema"])
     probes = latest_by(snap["probes"], ("model", "attribute"))

@@ -234,9 +234,12 @@ def test_a_pilot_cohort_gets_a_report_that_says_what_it_left_out(tmp_path: Path)
         SCHEMA,
         {"vae": rng.normal(size=(n, 8)).astype(np.float32)},
     )
+    with Store.open(path, "a") as store:  # an encode that could not read 3 images: the report must say so
+        store.set_embedding_attrs("vae", n_failed=3)
     doc = build_report(path, tmp_path / "out", probe_options={"n_permutations": 50, "n_bootstrap": 50})
     assert (tmp_path / "out" / "report.html").is_file()
     notes = " ".join(doc["notes"])
+    assert "vae: 3 image(s) could not be read by its last encode" in notes
     assert "calibration of vae skipped" in notes and "fairness for target 'finding' skipped" in notes
     finding = next(p for p in doc["probes"] if p["attribute"] == "finding")  # 4 positive patients of 12
     assert finding["skipped"].startswith("fewer than 2 classes") and not finding["encoded"]
