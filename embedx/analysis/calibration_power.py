@@ -87,13 +87,12 @@ def untestable_reason(smaller_class_subjects: int, folds: int) -> str | None:
 def auto_probe_checks(per_cell: int, rows: int, dims: int, smallest_class: int | None) -> int:
     """Passing labels per cell re-run through the real probe: all of them where one probe is cheap, fewer
     (at least MIN_CHECKS) where it costs seconds: large stores, and small classes, whose CI the probe builds
-    from a few hundred refitted cross-validations (`probe_core.SMALL_CI_SUBJECTS`, `REFIT_MAX_ROWS`)."""
-    from embedx.analysis import probe_core
+    from REFIT_RESAMPLES refitted cross-validations (`probe_core.SMALL_CI_SUBJECTS`, `REFIT_MAX_ROWS`)."""
+    from embedx.analysis.probe_core import REFIT_MAX_ROWS, SMALL_CI_SUBJECTS
+    from embedx.analysis.refit_bootstrap import REFIT_RESAMPLES
 
-    refits = getattr(probe_core, "SMALL_CI_SUBJECTS", 0)
-    refit_rows = getattr(probe_core, "REFIT_MAX_ROWS", 0)
-    small = smallest_class is not None and smallest_class < refits and rows <= refit_rows
-    cost = max(1, rows * dims) * (200 if small else 1)
+    small = smallest_class is not None and smallest_class < SMALL_CI_SUBJECTS and rows <= REFIT_MAX_ROWS
+    cost = max(1, rows * dims) * (REFIT_RESAMPLES if small else 1)
     return per_cell if cost <= CHECK_BUDGET else max(MIN_CHECKS, int(per_cell * CHECK_BUDGET / cost))
 
 

@@ -302,12 +302,16 @@ def cross_validated_probe(
         name = probe.estimator_name_
 
     index = SubjectIndex(gk)
+    few = _fewest_subjects(codes, gk, continuous)
+    refit = bool(cfg.n_bootstrap) and few < SMALL_CI_SUBJECTS
+    refit_rows_ok = len(rows) <= REFIT_MAX_ROWS and len(c_by_fold) == len(splits)
+    oof_resamples = 0 if refit and refit_rows_ok else cfg.n_bootstrap  # the refits replace them
     if continuous:
         score, chance = (
             float(mean_absolute_error(codes, pred)),
             float(mean_absolute_error(codes, chance_pred)),
         )
-        replicates = bootstrap_mae(codes, pred, gk, cfg.n_bootstrap, cfg.seed, index=index)
+        replicates = bootstrap_mae(codes, pred, gk, oof_resamples, cfg.seed, index=index)
         extra = {
             "r2": float(r2_score(codes, pred)),
             "chance_r2": float(r2_score(codes, chance_pred)),
@@ -316,7 +320,7 @@ def cross_validated_probe(
         degenerate = bool(np.std(pred) < 0.01 * np.std(codes))
     else:
         score, chance = float(balanced_accuracy_score(codes, pred)), 1.0 / k
-        replicates = bootstrap_balanced_accuracy(codes, pred, gk, cfg.n_bootstrap, cfg.seed, index=index)
+        replicates = bootstrap_balanced_accuracy(codes, pred, gk, oof_resamples, cfg.seed, index=index)
         predicted = np.bincount(pred, minlength=k)
         extra = {
             "auc": _macro_auc(codes, decision, k),
@@ -332,10 +336,7 @@ def cross_validated_probe(
             (predicted > 0).sum() < 2
             or predicted[top] >= max(DEGENERATE_SHARE, true_share + 0.01) * len(pred)
         )
-    ci = percentile_ci(replicates) if cfg.n_bootstrap else (float("nan"), float("nan"))
-    few = _fewest_subjects(codes, gk, continuous)
-    refit = bool(cfg.n_bootstrap) and few < SMALL_CI_SUBJECTS
-    refit_rows_ok = len(rows) <= REFIT_MAX_ROWS and len(c_by_fold) == len(splits)
+    ci = percentile_ci(replicates) if oof_resamples else (float("nan"), float("nan"))
     if refit and refit_rows_ok:
         replicates = refit_replicates(Xk, codes, gk, fold_k, c_by_fold, cfg, continuous,
                                       min(cfg.n_bootstrap, REFIT_RESAMPLES),

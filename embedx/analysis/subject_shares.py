@@ -25,6 +25,7 @@ import numpy as np
 from scipy import stats
 
 from embedx.analysis.columns import CodedColumn
+from embedx.analysis.labels import value_text
 
 
 def subject_values(codes: np.ndarray, subject: np.ndarray, n_subjects: int) -> np.ndarray | None:
@@ -92,8 +93,6 @@ def _ranks(r: np.ndarray) -> tuple[np.ndarray, float]:
 def _share_rows(r: np.ndarray, v: np.ndarray, uniques: np.ndarray, ranks: np.ndarray,
                 tie_term: float) -> dict[str, dict]:
     """Mann-Whitney per value (its subjects' shares vs the rest's) and Kruskal-Wallis per attribute."""
-    from embedx.analysis.labels import value_text
-
     k = len(uniques)
     n = r.size
     n1 = np.bincount(v, minlength=k).astype(float)
