@@ -164,6 +164,51 @@ def _dicom_window(ds: Any, frame: int) -> tuple[float, float] | None:
     return None
 
 
+_DAMAGED_LENGTH = (
+    "damaged DICOM header: a data element's length runs past the end of the file (a corrupt length or "
+    "VR, or a file cut short), so no pixel data could be read"
+)
+_DAMAGED_EMPTY = (
+    "damaged DICOM header: no data element could be read after the file meta information (a corrupt "
+    "header or a file cut short), so no pixel data could be read"
+)
+
+
+def _no_pixels_reason(ds: Any) -> str:
+    """Why a parsed DICOM has no pixel-data element: a damaged header, a cut image, or a non-image object.
+
+    pydicom reads a damaged header without raising: a length field that is too large (or a garbage VR that
+    makes the next bytes a length) swallows the rest of the file as one value, so the pixel data simply
+    seem absent. Telling that apart from a structured report or an RT plan sends the user to the right
+    problem. The reasons are fixed texts: element values may hold PHI (a name typed into a coded field),
+    so none is quoted; only a well-formed modality code is shown.
+    """
+    from pydicom.dataelem import RawDataElement
+    from pydicom.uid import UID
+
+    if len(ds) == 0:  # pydicom drops the whole dataset when it hits the end of file inside a sequence
+        return _DAMAGED_EMPTY
+    for tag in list(ds.keys()):  # tags: iterating the dataset itself would decode every element
+        raw = ds.get_item(tag)  # the raw element: its value is not decoded (no warnings quoting values)
+        if (
+            isinstance(raw, RawDataElement)
+            and raw.length != 0xFFFFFFFF
+            and isinstance(raw.value, bytes)
+            and len(raw.value) < raw.length
+        ):
+            return _DAMAGED_LENGTH
+    modality = str(ds.get("Modality", ""))
+    shown = modality if _MODALITY_CODE.fullmatch(modality) else "not a modality code"
+    sop_classes = [ds.get("SOPClassUID"), getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID")]
+    image_class = any(uid and "Image Storage" in UID(str(uid)).name for uid in sop_classes)
+    if image_class or "Rows" in ds or "Columns" in ds:
+        return (
+            f"DICOM file has no pixel data although its header describes an image (Modality {shown}): "
+            "the file was cut short before its pixel data, or they were stripped"
+        )
+    return f"DICOM file has no pixel data (Modality {shown}; not an image object)"
+
+
 def read_dicom(
     path: Path, window: tuple[float, float] | None = None, header_window: bool = True
 ) -> np.ndarray:
@@ -199,11 +244,7 @@ def read_dicom(
         raise ImageReadError(str(path), f"corrupt DICOM header ({type(err).__name__})") from err
 
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        modality = str(ds.get("Modality", ""))
-        shown = modality if _MODALITY_CODE.fullmatch(modality) else "not a modality code"
-        raise ImageReadError(
-            str(path), f"DICOM file has no pixel data (Modality {shown}; not an image object)"
-        )
+        raise ImageReadError(str(path), _no_pixels_reason(ds))
 
     tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     try:

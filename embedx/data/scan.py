@@ -7,7 +7,9 @@ skipped and listed by path, so one bad file in ten thousand never stops a scan.
 
 Subjects: DICOM rows get a salted hash of PatientID. Other formats have no patient field; a BIDS-style
 `sub-<label>` folder or file name is used when present, else every file is its own subject (a warning
-says so, since subject-aware splits then cannot group repeat images).
+says so, since subject-aware splits then cannot group repeat images). A BIDS label is often the hospital's
+patient ID, so it gets the same salted hash as a PatientID (`sub-4400100` and PatientID 4400100 are one
+subject): the manifest never carries it raw, only its path column does, as for any file.
 """
 
 from __future__ import annotations
@@ -145,8 +147,8 @@ def scan_folder(folder: str | Path, salt: str, exclude: set[Path] | None = None)
                 else:
                     row = _check_nifti(path) if fmt == "nifti" else (_check_raster(path) or {})
                     label = _BIDS_SUBJECT.search(str(path.relative_to(folder)))
-                    if label:
-                        row["subject_id"] = f"sub-{label.group(1)}"
+                    if label:  # the label may be an MRN: hashed like a DICOM PatientID, never written raw
+                        row["subject_id"] = subject_pseudonym(label.group(1), salt)
                     else:
                         no_subject += 1
                         row["subject_id"] = subject_pseudonym(f"file:{path.relative_to(folder)}", salt)

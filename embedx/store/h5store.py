@@ -28,7 +28,7 @@ refuses every later open until `h5clear` is run, which h5py cannot do.
 
 HDF5's own file locking is off for every open: a reader must be able to open the store while an encode
 writes to it (HDF5's lock would refuse), and HDF5 refuses to open one file twice in a process with different
-locking flags. Writers are kept single by `WriterLock` (a flock'ed lock file naming PID and host).
+locking flags. Writers are kept single by `WriterLock` (a POSIX-locked lock file naming PID and host).
 """
 
 from __future__ import annotations

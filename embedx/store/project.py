@@ -145,6 +145,10 @@ def _fit_only(method: str, X: np.ndarray, params: dict[str, Any],
     if method == "umap":
         import umap
 
+        if params.get("random_state") is not None:
+            # a seeded UMAP runs on one thread anyway; saying so up front spares umap-learn's warning
+            # "n_jobs value 1 overridden to 1 by setting random_state" on every seeded run
+            params.setdefault("n_jobs", 1)
         reducer = umap.UMAP(n_components=2, **params)
         coords = reducer.fit_transform(X)
         return np.asarray(coords, dtype=np.float32), {}, None

@@ -156,7 +156,7 @@ def test_scan_extracts_attributes_and_never_phi(phi_folder: Path, tmp_path: Path
         == by_name["IM0002"]["subject_id"]
         != by_name["img3.dcm"]["subject_id"]
     )
-    assert by_name["t1.nii.gz"]["subject_id"] == "sub-07"
+    assert by_name["t1.nii.gz"]["subject_id"].startswith("subj-")  # the BIDS label, hashed like a PatientID
     assert by_name["t1.nii.gz"]["slice_thickness"] == 3.0 and by_name["t1.nii.gz"][
         "pixel_spacing"
     ] == pytest.approx(0.9)
@@ -191,8 +191,8 @@ def test_salt_controls_subject_ids(phi_folder: Path, tmp_path: Path, monkeypatch
     again = scan_to_manifest(phi_folder, tmp_path / "m2.csv", salt="s3cret")
     other = scan_to_manifest(phi_folder, tmp_path / "m3.csv", salt="different")
     assert list(first.table["subject_id"]) == list(again.table["subject_id"])
-    hashed = {s for s in first.table["subject_id"] if s.startswith("subj-")}  # BIDS labels are kept as is
-    assert len(hashed) == 3 and not hashed & set(other.table["subject_id"])
+    hashed = {s for s in first.table["subject_id"] if s.startswith("subj-")}  # BIDS labels are hashed too
+    assert len(hashed) == 4 and not hashed & set(other.table["subject_id"])
     assert subject_pseudonym(PHI["PatientID"], "s3cret") in set(first.table["subject_id"])
     monkeypatch.setenv("EMBEDX_SALT", "s3cret")
     from_env = scan_to_manifest(phi_folder, tmp_path / "m4.csv")
