@@ -26,7 +26,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
@@ -38,6 +38,9 @@ from embedx.analysis.typed import JsonResult
 from embedx.errors import EmbedxError, ImageReadError
 from embedx.privacy import scrub_path
 from embedx.progress import progress_bar
+
+if TYPE_CHECKING:
+    from embedx.data.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +113,7 @@ def patch_features(patch: np.ndarray) -> np.ndarray:
 
 
 def extract_patches(
-    manifest,
+    manifest: Manifest,
     *,
     size: int = 128,
     patch: int = 20,
@@ -119,7 +122,10 @@ def extract_patches(
     rows: Sequence[int] | None = None,
     preprocess_config=None,
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]], list[dict]]:
-    """Read, preprocess and cut patches: returns (patches (n, P, p, p), rows read, positions, failed)."""
+    """Read, preprocess and cut patches: returns (patches (n, P, p, p), rows read, positions, failed).
+
+    `rows read` are 0-based table positions (for indexing); `failed` is for people and JSON:
+    `[{"row": N, "line": L, "reason": ...}]` with N and L as `embedx data check` prints them."""
     from embedx.data.preprocess import PreprocessConfig, load_image
 
     cfg = preprocess_config or PreprocessConfig(size=size)
@@ -138,7 +144,8 @@ def extract_patches(
             try:
                 array = load_image(path, cfg)
             except ImageReadError as err:
-                failed.append({"row": int(row), "reason": scrub_path(err.reason, path)})
+                # {"row": N, "line": L} as `embedx data check` names rows (N from 1), never a 0-based index
+                failed.append({**manifest.row_ref(int(row)), "reason": scrub_path(err.reason, path)})
                 advance()
                 continue
             images.append(array.mean(axis=0))  # channels averaged: the background is the same in each
@@ -187,7 +194,7 @@ class BackgroundResult(JsonResult):
     features: str
     n_missing: int = 0
     n_failed: int = 0
-    failed: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)  # {row (from 1), line (CSV), reason}
     manifest: str | None = None
     cnn: dict[str, Any] | None = None
     control: str = "background"

@@ -129,13 +129,27 @@ def nih(
 def check(
     manifest: Path = typer.Argument(..., help="Manifest CSV or Parquet (sidecar <stem>.yaml beside it)."),
     schema: Path | None = typer.Option(None, "--schema", help="Schema YAML instead of the sidecar."),
-    no_files: bool = typer.Option(False, "--no-files", help="Do not check that the image files exist."),
+    no_files: bool = typer.Option(
+        False, "--no-files", help="Do not look at the image files (that they exist, their headers)."
+    ),
+    read: bool = typer.Option(
+        False, "--read", help="Decode every image in full, as training will (slow: minutes per 10,000 "
+        "images); without it only sizes and headers are checked."
+    ),
 ) -> None:
-    """Validate a manifest and print its schema (kinds, roles, missing values)."""
+    """Validate a manifest and print its schema (kinds, roles, missing values).
+
+    Every problem is listed at once and makes the exit status 2: bad rows, missing files, and files that
+    exist but are no image (empty, truncated, another format; `--read` also finds damaged pixel data).
+    """
     from embedx.data.manifest import load_manifest, summarize_manifest
 
-    loaded = load_manifest(manifest, schema_file=schema, check_files=not no_files)
+    level = "off" if no_files else ("decode" if read else "header")
+    loaded = load_manifest(manifest, schema_file=schema, check_files=not no_files, check_images=level)
     typer.echo(summarize_manifest(loaded))
+    if level != "off":
+        done = "decoded in full" if read else "exist, sizes and headers readable (--read: decode them too)"
+        typer.echo(f"image files: all {len(loaded)} {done}")
 
 
 @data_app.command("lesions")

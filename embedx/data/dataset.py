@@ -2,7 +2,10 @@
 
 A corrupt image must not end a ten-hour run: `__getitem__` turns a read failure into `{"row", "error"}`,
 and `collate_skip_failed` drops those items from the batch and lists them in `batch["failed"]`, so the
-caller can count and report them.
+caller can count and report them. `row` there is the 0-based table position; anything shown to the user
+names it with `Manifest.where` / `Manifest.row_ref` ("row N (line L)", N from 1, as `embedx data check`).
+A failed file is remembered (`embedx.data.failures`): it is not decoded again in the same process, and it
+is warned about once, not once per epoch.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from embedx.data import failures
 from embedx.data.manifest import Manifest
 from embedx.data.preprocess import PreprocessConfig, augment, deterministic, load_image
 from embedx.errors import ImageReadError, ManifestError
@@ -93,6 +97,7 @@ class ImageDataset(Dataset):
         self._paths = [str(manifest.absolute_path(int(r))) for r in self.rows]
         self._rng: np.random.Generator | None = None
         self._cache = ImageCache(len(self.rows), preprocess, cache_mb)
+        self._warned = failures.WarnedFlags(len(self.rows))  # before any worker forks: shared with them
 
     def _prepare_label(self, label: str, selected: np.ndarray) -> np.ndarray:
         if label not in self.manifest.table.columns or label not in self.manifest.schema:
@@ -141,13 +146,20 @@ class ImageDataset(Dataset):
         rng = self._rng_for(row)
         image = self._cache.get(index)
         if image is None:
-            try:
-                image = load_image(self._paths[index], self.config, rng=rng,
-                                   train=self.train and not self._cache.enabled)
-            except ImageReadError as err:  # a bad file is skipped; a bad config (ConfigError) still stops
-                reason = err.reason
-                log.warning("skipping row %d (%s): %s", row, self._paths[index], reason)
-                return {"row": row, "error": f"{self._paths[index]}: {reason}"}
+            path = self._paths[index]
+            reason = failures.known_reason(path)  # failed before in this process: not read (or warned) again
+            if reason is None:
+                try:
+                    image = load_image(path, self.config, rng=rng,
+                                       train=self.train and not self._cache.enabled)
+                except ImageReadError as err:  # a bad file is skipped; a bad config (ConfigError) still stops
+                    reason = err.reason
+                    failures.remember(path, reason)
+                    if self._warned.first(index):  # once per file, whichever worker meets it first
+                        log.warning("skipping unreadable image, %s: %s: %s (not read again in this "
+                                    "process)", self.manifest.where(row), path, reason)
+            if image is None:
+                return {"row": row, "error": f"{path}: {reason}"}
             self._cache.put(index, image)
         if self._cache.enabled:  # a copy: the cached array itself never leaves the cache
             image = augment(image.copy(), self.config, rng=rng, train=self.train)

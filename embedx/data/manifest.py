@@ -20,6 +20,7 @@ import pandas as pd
 from embedx.data.identifiers import drop_identifier_columns
 from embedx.data.identity import normalised_path, sample_id
 from embedx.data.manifest_read import PARQUET_SUFFIXES, capped, read_table, refuse_repeated_names, where
+from embedx.data.readable import ReadCheck, unreadable_files
 from embedx.data.schema import (
     MOSTLY_NUMERIC,
     RESERVED_COLUMNS,
@@ -46,6 +47,8 @@ class Manifest:
     schema: dict[str, AttributeSpec] = field(default_factory=dict)
     # text values of continuous columns that were read as missing: {column: {text: rows}}
     text_as_missing: dict[str, dict[str, int]] = field(default_factory=dict)
+    # CSV: the file line of each row (a quoted value may span lines); None for Parquet or an in-memory table
+    lines: list[int] | None = None
 
     @property
     def attributes(self) -> list[str]:
@@ -57,6 +60,21 @@ class Manifest:
     def absolute_path(self, row: int) -> Path:
         path = Path(str(self.table.at[row, "path"]))
         return path if path.is_absolute() else self.root / path
+
+    def where(self, row: int) -> str:
+        """'row N (line L)' for the 0-based table position `row`: the one way every command names a row.
+
+        N counts data rows from 1 and L is the CSV line, as `embedx data check` reports them, so that a row
+        named by training, encode or a control is the one the user finds in the file (Parquet: 'row N')."""
+        return where(row, self.lines)
+
+    def row_ref(self, row: int) -> dict[str, int]:
+        """`{"row": N, "line": L}` for JSON and CSV outputs, with N and L as in `where` (no line for
+        Parquet), so that a stored row number never needs a note on where counting starts."""
+        ref = {"row": int(row) + 1}
+        if self.lines is not None and row < len(self.lines):
+            ref["line"] = int(self.lines[row])
+        return ref
 
     def sample_ids(self, cohort: str = "", salt: str = "") -> np.ndarray:
         """The store's join key per row: the cohort-relative path, hashed (see `embedx.data.identity`).
@@ -148,13 +166,16 @@ def _strip_text_values(table: pd.DataFrame, where: str) -> None:
 
 
 def load_manifest(
-    path: str | Path, schema_file: str | Path | None = None, check_files: bool = True
+    path: str | Path, schema_file: str | Path | None = None, check_files: bool = True,
+    check_images: ReadCheck = "off",
 ) -> Manifest:
     """Read and validate a CSV or Parquet manifest; raise one `ManifestError` listing every problem.
 
     The schema comes from the sidecar `<stem>.yaml` beside the manifest, then `schema_file` (its entries
     win), then inference for undeclared columns (logged). `check_files=False` skips the existence check,
-    which costs one filesystem call per row on a network share.
+    which costs one filesystem call per row on a network share. `check_images` ("header" or "decode", see
+    `embedx.data.readable`) also lists files that exist but cannot be read, as problems: `embedx data check`
+    asks for it, while training and encode leave it off and skip such files one by one instead.
     """
     path = Path(path)
     problems: list[str] = []
@@ -210,6 +231,11 @@ def load_manifest(
                 f"{len(missing)} file(s) do not exist (relative paths are resolved against {root}):"
                 + capped(missing)
             )
+        unreadable = unreadable_files(present, root, lines, check_images)
+        if unreadable:
+            how = ("cannot be decoded" if check_images == "decode"
+                   else "are not readable images (size and header checked; --read decodes them in full)")
+            problems.append(f"{len(unreadable)} file(s) {how}:" + capped(unreadable))
 
     if "subject_id" in table.columns:
         sid = table["subject_id"]
@@ -260,7 +286,8 @@ def load_manifest(
     for name, spec in schema.items():
         if spec.inferred and spec.kind == "continuous" and not pd.api.types.is_numeric_dtype(table[name]):
             text_values[name] = _text_to_missing(table, name, path.name)  # mostly numbers, a few words
-    manifest = Manifest(table=table, source=path, root=root, schema=schema, text_as_missing=text_values)
+    manifest = Manifest(table=table, source=path, root=root, schema=schema, text_as_missing=text_values,
+                        lines=lines)
     inferred = [f"{n} ({s.kind}/{s.role})" for n, s in schema.items() if s.inferred]
     if inferred:
         log.warning(

@@ -98,8 +98,8 @@ def check_manifest_fits_run(run: object, manifest: Manifest) -> None:
             want = "NIfTI volumes" if True in trained_kinds else "2-D images (PNG/JPEG/TIFF/DICOM)"
             odd = next(i for i, p in enumerate(paths) if _volume(p) not in trained_kinds)
             raise EmbedxError(
-                f"{manifest.source}: row {odd} ({paths[odd]}) does not match the run: {_label(run)} was "
-                f"trained on {want} only (training manifest {train_manifest})"
+                f"{manifest.source}: {manifest.where(odd)} ({paths[odd]}) does not match the run: "
+                f"{_label(run)} was trained on {want} only (training manifest {train_manifest})"
             )
     pre = run.preprocess  # type: ignore[attr-defined]
     first = np.arange(min(PREFLIGHT_ROWS, len(paths)))
@@ -108,20 +108,21 @@ def check_manifest_fits_run(run: object, manifest: Manifest) -> None:
     dataset = ImageDataset(manifest, pre, rows=first, train=False)
     reasons = []
     for i in range(len(dataset)):
+        where = manifest.where(int(first[i]))  # 'row N (line L)', as `embedx data check` names rows
         try:
             item = dataset[i]
         except EmbedxError as err:  # unreadable files come back as items; this is a config mismatch
             raise EmbedxError(
-                f"{manifest.source}: row {int(first[i])} ({paths[int(first[i])]}) cannot be prepared as run "
+                f"{manifest.source}: {where} ({paths[int(first[i])]}) cannot be prepared as run "
                 f"{_label(run)} prepares its images: {err}"
             ) from err
         if "error" not in item:
             shape = tuple(item["image"].shape)
             if shape != (pre.channels, pre.size, pre.size):
-                raise EmbedxError(f"{manifest.source}: row {i} preprocesses to {shape}, the run expects "
+                raise EmbedxError(f"{manifest.source}: {where} preprocesses to {shape}, the run expects "
                                   f"{(pre.channels, pre.size, pre.size)}")
             return
-        reasons.append(f"row {int(first[i])}: {item['error']}")
+        reasons.append(f"{where}: {item['error']}")
     raise EmbedxError(
         f"{manifest.source}: none of the first {first.size} images can be prepared as run {_label(run)} "
         f"prepares them (size {pre.size}, channels {pre.channels}):\n  " + "\n  ".join(reasons)

@@ -348,8 +348,9 @@ def train(config: TrainConfig, manifest_path: str | Path, out_dir: str | Path | 
             "ema": ema is not None,
             "mixed_precision": accelerator.mixed_precision,
             "num_processes": world,
-            "n_train": len(data.train),
-            "n_val": len(data.val) if data.val is not None else 0,
+            # rows of each split, less those found unreadable during the run (a file never drawn is counted)
+            "n_train": _readable(data.train, failed_all),
+            "n_val": _readable(data.val, failed_all),
             "skipped_images": len(failed_all),
             "preprocess": pre.model_dump(mode="json"),
             "manifest": str(Path(manifest_path).resolve()),
@@ -363,7 +364,7 @@ def train(config: TrainConfig, manifest_path: str | Path, out_dir: str | Path | 
 def _refuse_unreadable(run_dir: Path, failed: dict[int, str], manifest: Any, steps: int) -> None:
     """Stop a run that has not read one image: it would otherwise ship an untrained model and exit 0."""
     _write_skipped(run_dir, failed, manifest)
-    first = "; ".join(f"row {r + 1}: {reason}" for r, reason in sorted(failed.items())[:3])
+    first = "; ".join(f"{manifest.where(r)}: {reason}" for r, reason in sorted(failed.items())[:3])
     raise EmbedxError(
         f"no training image could be read in the first {steps} batches ({len(failed)} unreadable, listed in "
         f"{run_dir / 'skipped.csv'}); check the manifest's paths and formats. First: {first or 'none'}"
@@ -381,8 +382,18 @@ def _gather_failed(accelerator: Any, failed: dict[int, str]) -> dict[int, str]:
     return merged
 
 
+def _readable(dataset: Any, failed: dict[int, str]) -> int:
+    """Images of a split (None: no split) less the ones found unreadable."""
+    if dataset is None:
+        return 0
+    return len(dataset) - len(set(map(int, dataset.rows)) & failed.keys())
+
+
 def _write_skipped(run_dir: Path, failed: dict[int, str], manifest: Any) -> None:
-    """List unreadable images (row, path, reason) so that one bad file in ten thousand is visible."""
+    """List unreadable images (row, line, path, reason) so that one bad file in ten thousand is visible.
+
+    `row` and `line` are those `embedx data check` prints (data row from 1, CSV line), so the user finds the
+    file where the CSV says; `line` is left out for a Parquet manifest."""
     path = run_dir / "skipped.csv"
     if not failed:
         path.unlink(missing_ok=True)
@@ -390,7 +401,9 @@ def _write_skipped(run_dir: Path, failed: dict[int, str], manifest: Any) -> None
     import pandas as pd
 
     rows = sorted(failed)
-    pd.DataFrame({"row": rows, "path": [str(manifest.table["path"].iloc[r]) for r in rows],
-                  "reason": [failed[r] for r in rows]}).to_csv(path, index=False)
+    table = pd.DataFrame([manifest.row_ref(r) for r in rows])
+    table["path"] = [str(manifest.table["path"].iloc[r]) for r in rows]
+    table["reason"] = [failed[r] for r in rows]
+    table.to_csv(path, index=False)
     log.warning("%d unreadable image(s) skipped; listed in %s", len(rows), path)
 

@@ -134,7 +134,8 @@ def test_a_manifest_whose_first_images_all_fail_is_refused_before_the_store_exis
     with pytest.raises(EmbedxError, match=r"none of the first 8 images") as err:
         encode(vae_run, manifest, tmp_path / "s.h5", workers=0)
     message = str(err.value)
-    assert "row 0:" in message and "row 7:" in message and "elsewhere/img7.png" in message
+    # rows named as `data check` names them: data row from 1 and CSV line
+    assert "row 1 (line 2):" in message and "row 8 (line 9):" in message and "elsewhere/img7.png" in message
     assert not (tmp_path / "s.h5").exists()
 
 
@@ -307,5 +308,6 @@ def test_a_run_trained_on_a_mixed_folder_encodes_that_folder_and_refuses_what_it
     run = SimpleNamespace(info={"manifest": str(mixed_csv)}, preprocess=trained.preprocess, run_dir=vae_run)
     check_manifest_fits_run(run, load_manifest(mixed_csv))  # refused before
     flat = SimpleNamespace(info={"manifest": str(cohort)}, preprocess=trained.preprocess, run_dir=vae_run)
-    with pytest.raises(EmbedxError, match=r"row 10 \(head.nii.gz\).*2-D images \(PNG/JPEG/TIFF/DICOM\) only"):
+    refused = r"row 11 \(line 12\) \(head.nii.gz\).*2-D images \(PNG/JPEG/TIFF/DICOM\) only"
+    with pytest.raises(EmbedxError, match=refused):
         check_manifest_fits_run(flat, load_manifest(mixed_csv))
