@@ -49,6 +49,7 @@ from embedx.analysis.refit_bootstrap import REFIT_RESAMPLES, centred_interval, r
 from embedx.analysis.stats import (
     SubjectIndex,
     bootstrap_balanced_accuracy,
+    bootstrap_correlation,
     bootstrap_mae,
     count_dropped,
     percentile_ci,
@@ -312,7 +313,11 @@ def cross_validated_probe(
             float(mean_absolute_error(codes, chance_pred)),
         )
         replicates = bootstrap_mae(codes, pred, gk, oof_resamples, cfg.seed, index=index)
+        # same seed, same subject weights: the baseline's replicates pair with the probe's
+        gaps = replicates - bootstrap_mae(codes, chance_pred, gk, oof_resamples, cfg.seed, index=index)
+        correlations = bootstrap_correlation(codes, pred, gk, oof_resamples, cfg.seed, index=index)
         extra = {
+            "correlation": _correlation(codes, pred),
             "r2": float(r2_score(codes, pred)),
             "chance_r2": float(r2_score(codes, chance_pred)),
             "chance_method": "out-of-fold MAE of the training folds' median (DummyRegressor(median))",
@@ -337,10 +342,20 @@ def cross_validated_probe(
             or predicted[top] >= max(DEGENERATE_SHARE, true_share + 0.01) * len(pred)
         )
     ci = percentile_ci(replicates) if oof_resamples else (float("nan"), float("nan"))
+    if continuous and oof_resamples:
+        extra.update(ci_vs_chance=percentile_ci(gaps), correlation_ci=percentile_ci(correlations))
     if refit and refit_rows_ok:
         replicates = refit_replicates(Xk, codes, gk, fold_k, c_by_fold, cfg, continuous,
                                       min(cfg.n_bootstrap, REFIT_RESAMPLES),
-                                      None if fold_X is None else (lambda f: np.asarray(fold_X(f))[rows]))
+                                      None if fold_X is None else (lambda f: np.asarray(fold_X(f))[rows]),
+                                      versus_chance=continuous)
+        if continuous:
+            extra["ci_vs_chance"] = centred_interval(score - chance, replicates[:, 0] - replicates[:, 1],
+                                                     True, clip=False)
+            if extra["correlation"] is not None:
+                low, high = centred_interval(extra["correlation"], replicates[:, 2], True, clip=False)
+                extra["correlation_ci"] = (max(-1.0, low), min(1.0, high))
+            replicates = replicates[:, 0]
         ci = centred_interval(score, replicates, continuous)
     permutation = probe_permutation_test(
         Xk,
@@ -398,6 +413,13 @@ def cross_validated_probe(
         seconds=round(time.perf_counter() - started, 3),
     )
     return judge_family([result], cfg.alpha)[0]
+
+
+def _correlation(codes: np.ndarray, pred: np.ndarray) -> float | None:
+    """Pearson r of out-of-fold predictions with the label; None when either is constant."""
+    if np.ptp(pred) <= 1e-12 or np.ptp(codes) <= 1e-12:
+        return None
+    return float(np.corrcoef(codes, pred)[0, 1])
 
 
 def _fewest_subjects(codes: np.ndarray, subjects: np.ndarray, continuous: bool) -> int:

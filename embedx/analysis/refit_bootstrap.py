@@ -69,9 +69,16 @@ def refit_replicates(
     continuous: bool,
     n_resamples: int = REFIT_RESAMPLES,
     fold_X: Callable[[int], np.ndarray] | None = None,
+    versus_chance: bool = False,
 ) -> np.ndarray:
     """Balanced accuracy (or MAE) of the whole cross-validation on each subject resample; NaN where a
-    resample left a fold's training rows with one class (counted as dropped)."""
+    resample left a fold's training rows with one class (counted as dropped).
+
+    `versus_chance` (continuous only) returns shape (n, 3): each replicate's MAE, its chance MAE (the
+    training folds' median, as the probe's baseline) on the same drawn cohort, so that the pair can be
+    differenced (whether the probe beats chance is a paired question on the same subjects), and the
+    correlation of its predictions with the label (NaN if either is constant).
+    """
     task = "regression" if continuous else "classification"
     rows_of, strata = subject_strata(codes, subjects, continuous)
     by_stratum = [np.flatnonzero(strata == s) for s in np.unique(strata)]
@@ -82,11 +89,12 @@ def refit_replicates(
     matrices = {int(f): (X if fold_X is None else np.asarray(fold_X(int(f)))) for f in folds}
     probes = {int(f): replace(config, c_grid=(c_per_fold[int(f)],)).estimator(task) for f in folds}
 
-    def score(drawn: np.ndarray) -> float:
+    def score(drawn: np.ndarray) -> float | tuple[float, float, float]:
         rows = np.concatenate(rows_of[drawn])
         copies = np.repeat(np.arange(len(drawn)), [len(rows_of[s]) for s in drawn])
         y, f_rows = codes[rows], fold[rows]
         pred = np.zeros(len(rows))
+        baseline = np.zeros(len(rows))
         for f in folds:
             train, test = np.flatnonzero(f_rows != f), np.flatnonzero(f_rows == f)
             if test.size == 0:
@@ -96,19 +104,31 @@ def refit_replicates(
             matrix = matrices[int(f)]
             probe = clone(probes[int(f)]).fit(matrix, y[train], copies[train], rows_of_X=rows[train])
             pred[test] = probe.predict(matrix[rows[test]])
-        return float(np.mean(np.abs(y - pred))) if continuous else balanced_accuracy(y, pred)
+            if continuous:
+                baseline[test] = np.median(y[train])
+        if not continuous:
+            return balanced_accuracy(y, pred)
+        mae = float(np.mean(np.abs(y - pred)))
+        if not versus_chance:
+            return mae
+        constant = np.ptp(pred) <= 1e-12 or np.ptp(y) <= 1e-12
+        r = float("nan") if constant else float(np.corrcoef(y, pred)[0, 1])
+        return (mae, float(np.mean(np.abs(y - baseline))), r)
 
     return np.array(map_in_threads(score, draws), dtype=float)
 
 
 def centred_interval(score: float, replicates: np.ndarray, continuous: bool,
-                     level: float = CI_LEVEL) -> tuple[float, float]:
+                     level: float = CI_LEVEL, clip: bool = True) -> tuple[float, float]:
     """`score` plus the replicates' central quantiles around their own mean (see the module doc), kept
-    inside the metric's range ([0, 1] for balanced accuracy, >= 0 for MAE)."""
+    inside the metric's range ([0, 1] for balanced accuracy, >= 0 for MAE) unless `clip` is off (a
+    difference such as MAE minus chance MAE, which may have either sign)."""
     values = np.asarray(replicates, dtype=float)
     values = values[np.isfinite(values)]
     if values.size < 2:
         return (float("nan"), float("nan"))
     alpha = (1 - level) / 2
     low, high = score + np.quantile(values - values.mean(), [alpha, 1 - alpha])
+    if not clip:
+        return (float(low), float(high))
     return (max(0.0, float(low)), float(high) if continuous else min(1.0, float(high)))

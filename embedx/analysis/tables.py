@@ -31,6 +31,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
         return "-"
     if isinstance(value, (int, np.integer)):
         return str(int(value))
+    if abs(float(value)) < 1e-12:  # floating-point dust (a Wilson bound of 1.39e-17), not a small value
+        value = 0.0
     return (
         f"{float(value):.{digits}g}"
         if abs(float(value)) < 1e-3 and value != 0
@@ -83,6 +85,8 @@ def probe_rich_table(results: Iterable[Mapping[str, Any]], title: str = "Probes"
         extra = ""
         if r.get("normalized_encoding") is not None:
             extra = f" (E={_fmt(r['normalized_encoding'], 2)})"
+        if r.get("correlation") is not None:  # what a continuous verdict is judged on
+            extra += f" r {_fmt(r['correlation'], 2)}{_fmt_ci(r.get('correlation_ci'))}"
         table.add_row(
             str(r.get("model", "")) + (f" [{r['stratum']}]" if r.get("stratum") else ""),
             str(r["attribute"]),
