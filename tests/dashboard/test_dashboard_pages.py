@@ -117,6 +117,10 @@ def test_probes_page_shows_the_stored_balanced_accuracy(store, monkeypatch) -> N
     assert detail.loc[("dae", "sex"), "verdict"] == "encoded"
     assert detail.loc[("vae", "sex"), "verdict"] == "not distinguishable from chance"
     assert detail.loc[("dae", "age"), "verdict"] == "not distinguishable from chance"
+    # a continuous verdict rests on the correlation's CI, shown beside it; classes have none
+    age = results[("dae", "age")]
+    assert detail.loc[("dae", "age"), "r [95% CI]"].startswith(f"{age['correlation']:.2f} [")
+    assert detail.loc[("dae", "site"), "r [95% CI]"] == ""
 
 
 def test_fairness_page_shows_groups_cis_and_gaps(store, monkeypatch) -> None:

@@ -20,10 +20,22 @@ if not probes:
     )
     st.stop()
 models = sorted({str(p["model"]) for p in probes})
+
+
+def _correlation_text(probe: dict) -> str:
+    """A continuous probe's r with its CI (what its verdict rests on); blank for classes."""
+    r, ci = probe.get("correlation"), probe.get("correlation_ci") or (None, None)
+    if r is None:
+        return ""
+    return f"{r:.2f}" + ("" if ci[0] is None or ci[1] is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]")
+
+
+
 st.caption(
     "Score with its 95 % CI; * = encoded (Holm-corrected over this table and the CI clear of chance). "
     "Categorical: balanced accuracy, chance 1/K (higher = more encoded); continuous: MAE against the median "
-    f"baseline (lower). {family_line(probes)}."
+    "baseline (lower), judged by the CI of r, the predictions' correlation with the value (above 0 = "
+    f"clear of chance). {family_line(probes)}."
 )
 table = probe_table(probes, "formatted").T
 table.index.name = "attribute"
@@ -41,6 +53,7 @@ for p in probes:
             "ci low": (p.get("ci") or [None])[0],
             "ci high": (p.get("ci") or [None, None])[1],
             "chance": p.get("chance"),
+            "r [95% CI]": _correlation_text(p),
             "p": p.get("p_value"),
             "p (Holm)": p.get("p_holm"),
             "verdict": p.get("verdict")
