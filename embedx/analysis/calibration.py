@@ -1,11 +1,14 @@
-"""`embedx calibrate`: how often this store's audit cries wolf, and how often it finds a real signal.
+"""`embedx calibrate`: how often the probes' test errs on this store's random labels, and how often it finds
+a real signal.
 
 No ground truth is needed: the store's own latents and subject structure are the test bed.
 
 * **False-positive rate.** Random labels, drawn per subject from each real attribute's own values (so they
   have its kind, its classes and their prevalence, and no link to the images), go through the probes'
   permutation test, each with its own permutations. The share with p < alpha should be about alpha; the
-  share that would pass Holm in this store's table, about alpha / m or less.
+  share that would pass Holm in this store's table, about alpha / m or less. Such labels are exchangeable
+  across subjects, as the permutation test assumes: the rate checks the machinery on these latents and
+  subjects, not bias from labels that follow how subjects were recruited (the sentence says so).
 * **Power.** Labels are planted along random directions of the latent space: a subject's score on a random
   unit direction (standardised subject-mean latents) drives a liability, and the top `prevalence` of
   subjects by liability are positive, with the liability's correlation chosen so that the two classes' mean
@@ -325,7 +328,10 @@ def _sentences(
             )
         lines.append(
             f"False-positive rate: {fp_hits}/{n_null} labels with no link to the images had "
-            f"p < {cfg.alpha:g} ({fp_hits / n_null:.1%}; expected {cfg.alpha:.0%}); {holm}."
+            f"p < {cfg.alpha:g} ({fp_hits / n_null:.1%}; expected {cfg.alpha:.0%}); {holm}. These labels "
+            "are drawn at random per subject, as the permutation test assumes, so this checks the test on "
+            "this store's latents and subjects; it cannot show a bias from labels that follow how subjects "
+            "were recruited (a site that sent only its sickest patients)."
         )
     for row in power:
         if row["kind"] == "binary":
