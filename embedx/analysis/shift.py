@@ -169,8 +169,9 @@ def shift_experiment(
         # superseded: own group vs the others' subjects, confounded with how hard each group's images are
         "gaps": [g for m in METRICS for g in gaps(summary, design.groups, m)],
         "skipped": skipped,
-        # shift.json is shared: a failure names its manifest row, never its path (folders carry names)
-        "failed": [{"row": int(r), "reason": scrub_path(reason, man.absolute_path(int(r)))}
+        # shift.json is shared: a failure names its manifest row, never its path (folders carry names);
+        # {"row": N, "line": L} as `embedx data check` names rows (N from 1), never a 0-based index
+        "failed": [{**man.row_ref(int(r)), "reason": scrub_path(reason, man.absolute_path(int(r)))}
                    for r, reason in failed],
     }
 

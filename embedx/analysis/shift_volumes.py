@@ -339,8 +339,9 @@ def shift_volumes(
             for g in gaps(summary, design.groups, m)
         ],
         "skipped": skipped,
-        # shift.json is shared: a failure names its manifest row, never its path (folders carry names)
-        "failed": [{"row": int(r), "reason": reason} for r, reason in volumes.failed],
+        # shift.json is shared: a failure names its manifest row, never its path (folders carry names);
+        # {"row": N, "line": L} as `embedx data check` names rows (N from 1), never a 0-based index
+        "failed": [{**man.row_ref(int(r)), "reason": reason} for r, reason in volumes.failed],
     }
 
 
@@ -358,7 +359,7 @@ def _check_masks(man: Manifest, design: Design) -> None:
         first = int(design.rows[np.flatnonzero(missing)[0]])
         raise EmbedxError(
             f"{man.source}: {int(missing.sum())} positive row(s) have no {MASK_COLUMN} "
-            f"(first: row {first + 1}); segmentation needs every lesion outlined"
+            f"(first: {man.where(first)}); segmentation needs every lesion outlined"
         )
 
 

@@ -58,9 +58,32 @@ def _warm_when_serving(path: Path, wait_s: float = 120.0) -> None:
     print(f"  map page ready ({time.perf_counter() - started:.1f} s)", flush=True)
 
 
+# Streamlit warns, for every cached call made outside a browser session, "Thread '...': missing
+# ScriptRunContext! This warning can be ignored when running in bare mode." The warming thread makes such
+# calls on purpose (twice at start), so the user was shown a warning that says to ignore it.
+_SCRIPT_RUN_CONTEXT_LOGGER = "streamlit.runtime.scriptrunner_utils.script_run_context"
+_IGNORABLE = "missing ScriptRunContext! This warning can be ignored when running in bare mode."
+
+
+class _DropMissingContextWarning(logging.Filter):
+    """Drops that one warning (by its exact text) and nothing else Streamlit logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().endswith(_IGNORABLE)
+
+
+def quiet_missing_context_warning() -> None:
+    """Install the filter once on the logger Streamlit uses for it (a logger's filters see only its own
+    records, so no other Streamlit message is touched)."""
+    logger = logging.getLogger(_SCRIPT_RUN_CONTEXT_LOGGER)
+    if not any(isinstance(f, _DropMissingContextWarning) for f in logger.filters):
+        logger.addFilter(_DropMissingContextWarning())
+
+
 def main() -> None:
     from streamlit.web import cli
 
+    quiet_missing_context_warning()
     store = os.environ.get(STORE_ENV)
     if store and Path(store).exists():
         threading.Thread(target=_warm_when_serving, args=(Path(store),), daemon=True).start()

@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from embedx.data.images import damaged_header_reason, no_pixels_reason
 from embedx.errors import EmbedxError
 
 log = logging.getLogger(__name__)
@@ -158,9 +159,10 @@ class DicomHeaderError(EmbedxError):
 def read_header(path: Path, salt: str) -> dict[str, Any]:
     """Allow-listed attributes of one DICOM file plus its `subject_id` pseudonym.
 
-    Raises DicomHeaderError (file path + generic reason) when the file is not readable DICOM, has no pixel
-    data, or its pixel data is truncated. Warnings and log output of pydicom are silenced while reading,
-    since some of them quote element values.
+    Raises DicomHeaderError (file path + generic reason) when the file is not readable DICOM, its header is
+    damaged, it has no pixel data, or its pixel data is truncated (the damaged-header and no-pixel reasons
+    are `images.read_dicom`'s, so scan, check and training name one file's problem alike). Warnings and log
+    output of pydicom are silenced while reading, since some of them quote element values.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -188,8 +190,13 @@ def read_header(path: Path, salt: str) -> dict[str, Any]:
                 raise DicomHeaderError(f"{path}: not a readable DICOM file ({type(err).__name__})") from None
             if str(ds.file_meta.get("MediaStorageSOPClassUID", "")) == "1.2.840.10008.1.3.10":
                 raise DicomHeaderError(f"{path}: a DICOMDIR index, not an image")
+            # the reasons training and encode give (`images.read_dicom`), so one file has one reason
+            damaged = damaged_header_reason(ds)
+            if damaged is not None:
+                raise DicomHeaderError(f"{path}: {damaged}")
             little = getattr(ds, "original_encoding", (None, True))[1]
-            _check_pixel_data(path, little_endian=little is not False)
+            if not _has_pixel_data(path, little_endian=little is not False):
+                raise DicomHeaderError(f"{path}: {no_pixels_reason(ds)}")
             out: dict[str, Any] = {}
             for keyword, (column, _, _) in ATTRIBUTE_TAGS.items():
                 try:
@@ -224,8 +231,9 @@ _PIXEL_TAGS = {
 }
 
 
-def _check_pixel_data(path: Path, little_endian: bool = True) -> None:
-    """Find the pixel-data element without decoding it; raise if absent or cut short."""
+def _has_pixel_data(path: Path, little_endian: bool = True) -> bool:
+    """Find the pixel-data element without decoding it: False if absent (the caller says why, from the
+    header), raise if it is cut short or empty."""
     import mmap
 
     size = path.stat().st_size
@@ -233,7 +241,7 @@ def _check_pixel_data(path: Path, little_endian: bool = True) -> None:
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         hits = [p for p in (mm.find(tag) for tag in _PIXEL_TAGS[order]) if p >= 0]
         if not hits:
-            raise DicomHeaderError(f"{path}: no pixel data (not an image object)")
+            return False
         pos = min(hits)
         vr = mm[pos + 4 : pos + 6]
         if vr in (b"OB", b"OW", b"OF", b"OD", b"UN"):
@@ -246,3 +254,4 @@ def _check_pixel_data(path: Path, little_endian: bool = True) -> None:
         raise DicomHeaderError(f"{path}: pixel data truncated ({size - start} of {length} bytes present)")
     if length == 0:
         raise DicomHeaderError(f"{path}: empty pixel data")
+    return True

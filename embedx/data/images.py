@@ -3,7 +3,9 @@
 Native units matter: a 16-bit radiograph keeps its 65,536 grey levels, a CT keeps Hounsfield units (after
 the DICOM modality LUT), so that windowing and intensity scaling in `preprocess` act on real values.
 Every failure becomes `ImageReadError(path, reason)`, so the dataset can skip and list a bad file instead of
-stopping a run over one image in ten thousand.
+stopping a run over one image in ten thousand. A reason is a fixed phrase plus the exception's type, never
+the library's message: pydicom's, nibabel's and Pillow's messages may quote header values or the file name,
+and a reason (path scrubbed) is kept in the store, where DESIGN allows no PHI.
 """
 
 from __future__ import annotations
@@ -114,7 +116,8 @@ def read_pil(path: Path, window: tuple[float, float] | None = None) -> np.ndarra
     except UnidentifiedImageError as err:
         raise ImageReadError(str(path), "not a readable image (unknown or corrupt format)") from err
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageReadError(str(path), f"corrupt or truncated image ({err})") from err
+        # Pillow's messages are kept out too, as every reader's: a reason may end up in a shared store
+        raise ImageReadError(str(path), f"corrupt or truncated image ({type(err).__name__})") from err
     if mode.startswith("I;16") and arr.dtype != np.uint16:
         arr = arr.astype(np.uint16)
     out = _to_grey(arr)
@@ -174,17 +177,16 @@ _DAMAGED_EMPTY = (
 )
 
 
-def _no_pixels_reason(ds: Any) -> str:
-    """Why a parsed DICOM has no pixel-data element: a damaged header, a cut image, or a non-image object.
+def damaged_header_reason(ds: Any) -> str | None:
+    """A fixed reason when a parsed DICOM header is damaged, else None.
 
     pydicom reads a damaged header without raising: a length field that is too large (or a garbage VR that
     makes the next bytes a length) swallows the rest of the file as one value, so the pixel data simply
-    seem absent. Telling that apart from a structured report or an RT plan sends the user to the right
-    problem. The reasons are fixed texts: element values may hold PHI (a name typed into a coded field),
-    so none is quoted; only a well-formed modality code is shown.
+    seem absent. Public because `embedx data scan` (`dicom_header.read_header`, which reads without the
+    pixel data) must give the same reason as training and encode, not "no pixel data". The reasons are
+    fixed texts: element values may hold PHI (a name typed into a coded field), so none is quoted.
     """
     from pydicom.dataelem import RawDataElement
-    from pydicom.uid import UID
 
     if len(ds) == 0:  # pydicom drops the whole dataset when it hits the end of file inside a sequence
         return _DAMAGED_EMPTY
@@ -197,6 +199,20 @@ def _no_pixels_reason(ds: Any) -> str:
             and len(raw.value) < raw.length
         ):
             return _DAMAGED_LENGTH
+    return None
+
+
+def no_pixels_reason(ds: Any) -> str:
+    """Why a parsed DICOM has no pixel-data element: a damaged header, a cut image, or a non-image object.
+
+    Telling these apart sends the user to the right problem. Only a well-formed modality code is shown,
+    never another header value (see `damaged_header_reason`).
+    """
+    from pydicom.uid import UID
+
+    damaged = damaged_header_reason(ds)
+    if damaged is not None:
+        return damaged
     modality = str(ds.get("Modality", ""))
     shown = modality if _MODALITY_CODE.fullmatch(modality) else "not a modality code"
     sop_classes = [ds.get("SOPClassUID"), getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID")]
@@ -244,7 +260,7 @@ def read_dicom(
         raise ImageReadError(str(path), f"corrupt DICOM header ({type(err).__name__})") from err
 
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise ImageReadError(str(path), _no_pixels_reason(ds))
+        raise ImageReadError(str(path), no_pixels_reason(ds))
 
     tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     try:
@@ -345,8 +361,8 @@ def read_nifti(
         img = nib.load(str(path))
     except FileNotFoundError as err:
         raise ImageReadError(str(path), "file does not exist") from err
-    except Exception as err:  # ImageFileError, gzip errors, header errors
-        raise ImageReadError(str(path), f"not a readable NIfTI file ({type(err).__name__}: {err})") from err
+    except Exception as err:  # ImageFileError, gzip errors, header errors; type only, as for DICOM
+        raise ImageReadError(str(path), f"not a readable NIfTI file ({type(err).__name__})") from err
     shape = img.shape
     try:
         if len(shape) == 2:
@@ -370,8 +386,8 @@ def read_nifti(
         slices = _axial_slices(img, indices)
     except ImageReadError:
         raise
-    except Exception as err:  # truncated data block, wrong dims
-        raise ImageReadError(str(path), f"corrupt NIfTI data ({type(err).__name__}: {err})") from err
+    except Exception as err:  # truncated data block, wrong dims (nibabel's message may quote the file name)
+        raise ImageReadError(str(path), f"corrupt NIfTI data ({type(err).__name__})") from err
     return slices[0] if selection.mode == "center" else slices
 
 
@@ -409,9 +425,9 @@ def read_image(
     except MemoryError as err:
         raise ImageReadError(str(path), "image too large to load") from err
     except Exception as err:  # a decoder bug or an odd file: still one skippable image, not a crash
-        # a DICOM error's message may quote a header value (a name typed into a coded field): type only
-        detail = "" if kind == "dicom" else f": {err}"
-        raise ImageReadError(str(path), f"{type(err).__name__}{detail}") from err
+        # any library's message may quote a header value (a name typed into a coded field) or the file's
+        # name: a fixed phrase and the exception's type only
+        raise ImageReadError(str(path), f"cannot be converted to an image ({type(err).__name__})") from err
     if out.size == 0:
         raise ImageReadError(str(path), "image has no pixels")
     return np.ascontiguousarray(out, dtype=np.float32)

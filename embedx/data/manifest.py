@@ -138,6 +138,15 @@ def _check_values(
                 problems.append(f"column {name!r} is declared binary but has {len(values)} values: {shown}")
 
 
+def _backslash_hint(missing: list[str]) -> str:
+    """A hint when missing paths are written with Windows backslashes (`..\\images\\a.png`): elsewhere a
+    backslash is part of the file name, so every such row is simply 'missing', which says nothing of why."""
+    if os.sep == "\\" or not any("\\" in item for item in missing):
+        return ""
+    return ("\n    (these paths use Windows backslashes '\\'; on this system a backslash is part of the "
+            "file name: write the paths with '/' instead, e.g. ../hospital/x.png)")
+
+
 _SUBJECT_LIKE = {"patientid", "patient", "subject", "participant", "participantid", "pid", "mrn", "caseid"}
 
 
@@ -229,7 +238,7 @@ def load_manifest(
         if missing:
             problems.append(
                 f"{len(missing)} file(s) do not exist (relative paths are resolved against {root}):"
-                + capped(missing)
+                + capped(missing) + _backslash_hint(missing)
             )
         unreadable = unreadable_files(present, root, lines, check_images)
         if unreadable:
@@ -328,6 +337,14 @@ def write_manifest(
     return path
 
 
+def _shown_value(value: object) -> str:
+    """A class as the user wrote it: a 0/1 column with a missing cell is read by pandas as floats, and
+    '0.0: 59, 1.0: 36' is not how the manifest spells its values ("0" and "1", as the store shows them)."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _values_summary(column: pd.Series, spec: AttributeSpec) -> str:
     present = column.dropna()
     if present.empty:
@@ -336,7 +353,7 @@ def _values_summary(column: pd.Series, spec: AttributeSpec) -> str:
         numeric = pd.to_numeric(present, errors="coerce")
         return f"min {numeric.min():.4g}, median {numeric.median():.4g}, max {numeric.max():.4g}"
     counts = present.value_counts()
-    shown = ", ".join(f"{k}: {v}" for k, v in counts.head(6).items())
+    shown = ", ".join(f"{_shown_value(k)}: {v}" for k, v in counts.head(6).items())
     more = f", ... ({len(counts)} values)" if len(counts) > 6 else ""
     return shown + more
 

@@ -90,7 +90,12 @@ def _scan_csv_records(path: Path, problems: list[str]) -> list[int]:
                     )
                 kept_lines.append(start_line)
     except UnicodeDecodeError as err:
-        raise ManifestError(f"{path}: not UTF-8 text (byte {err.start}); save the manifest as UTF-8") from err
+        # refused, not guessed: reading cp1252 as Latin-1 (or the reverse) silently changes values
+        raise ManifestError(
+            f"{path}: not UTF-8 text (byte {err.start}); save the manifest as UTF-8. From Excel: File > "
+            "Save As > 'CSV UTF-8 (Comma delimited)'. A Windows (cp1252/Latin-1) export can be converted "
+            f"with: iconv -f cp1252 -t utf-8 '{path}' > '{path.with_name(path.stem + '-utf8.csv')}'"
+        ) from err
     if bad:
         problems.append(f"{len(bad)} unreadable row(s) (wrong number of fields):" + capped(bad))
     return kept_lines

@@ -105,6 +105,15 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return volume, np.asarray(image.affine, dtype=np.float64)
 
 
+def _reason(err: Exception) -> str:
+    """A failure reason for shift.json: our own messages (shapes, NaN) as they are; a library's (nibabel,
+    MONAI) as a fixed phrase and its type only, since its message may quote the header or the file name
+    and shift.json is shared (DESIGN: no PHI, not even in failure reasons)."""
+    if isinstance(err, EmbedxError):
+        return str(err)
+    return f"not a readable NIfTI volume, or it cannot be brought to the grid ({type(err).__name__})"
+
+
 def _to_grid(
     volume: np.ndarray, affine: np.ndarray, grid: VolumeGrid, mask: bool
 ) -> tuple[torch.Tensor, float]:
@@ -158,7 +167,7 @@ def load_volumes(
                 if masks:
                     lesion, r_mm = _mask_for(manifest, row, volume.shape, affine, grid)
             except Exception as err:  # nibabel and MONAI raise many types for a broken file
-                failed.append((row, scrub_path(f"{type(err).__name__}: {err}", source)))
+                failed.append((row, scrub_path(_reason(err), source)))
                 advance(1)
                 continue
             images.append(image.to(torch.float16))
@@ -170,10 +179,9 @@ def load_volumes(
             advance(1)
     if failed:
         log.warning(
-            "%d volume(s) could not be read and are left out (listed in shift.json; first: row index %d, "
-            "counting from 0: %s)",
+            "%d volume(s) could not be read and are left out (listed in shift.json; first: %s: %s)",
             len(failed),
-            failed[0][0],
+            manifest.where(failed[0][0]),  # 'row N (line L)', as `embedx data check` names rows
             failed[0][1],
         )
     if not images:
@@ -202,7 +210,7 @@ def _mask_for(
     try:
         mask, mask_affine = _read(path)
     except Exception as err:
-        raise EmbedxError(f"its {MASK_COLUMN}: {scrub_path(str(err), path)}") from None
+        raise EmbedxError(f"its {MASK_COLUMN}: {scrub_path(_reason(err), path)}") from None
     if mask.shape != shape or not np.allclose(mask_affine, affine, atol=1e-3):
         raise EmbedxError(f"its {MASK_COLUMN} does not lie on the volume's grid ({mask.shape} vs {shape})")
     binary = (mask > 0).astype(np.float32)

@@ -9,12 +9,13 @@ holds the store's writer lock throughout.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,21 @@ def _volume(path: str) -> bool:
     return path.lower().endswith(NIFTI_SUFFIXES)
 
 
+@contextlib.contextmanager
+def _quiet_manifest_logs() -> Iterator[None]:
+    """No warnings from reading a manifest (only errors), for the training manifest encode re-reads to learn
+    which image kinds the run saw: "manifest.csv: 5 attribute(s) not declared" about that file, printed while
+    another file is being encoded, reads as a warning about the file being encoded. The loggers under
+    `embedx.data` have no level of their own, so the parent's level governs them."""
+    logger = logging.getLogger("embedx.data")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def check_manifest_fits_run(run: object, manifest: Manifest) -> None:
     """Refuse a manifest whose images are not what the run was trained on.
 
@@ -90,7 +106,8 @@ def check_manifest_fits_run(run: object, manifest: Manifest) -> None:
     train_manifest = info.get("manifest")
     if train_manifest and Path(train_manifest).exists():
         try:  # every kind the run saw (a scanned folder mixes 2-D images and NIfTI centre slices)
-            trained = load_manifest(train_manifest, check_files=False)
+            with _quiet_manifest_logs():  # its warnings were given at training, about that file
+                trained = load_manifest(train_manifest, check_files=False)
             trained_kinds = {_volume(str(p)) for p in trained.table["path"]}
         except EmbedxError:
             trained_kinds = set()
@@ -343,7 +360,8 @@ def encode(
             rows = store.add_samples(ids, man.table["subject_id"], man.table[man.attributes], man.schema,
                                      pseudonymise=True,
                                      extra={"fingerprint": plan.fingerprints, "filestat": plan.stats,
-                                            "cohort": [cohort] * len(ids)})
+                                            "cohort": [cohort] * len(ids)},
+                                     row_name=man.where)  # a bad value: 'row N (line L)' of the manifest
             record_manifest(store, man, cohort)
             store.ensure_embedding(name, dim, _provenance(run, man), xt_shape)
             if hasattr(run, "arrays"):  # state needed to encode later rows alike (plain arrays)

@@ -8,6 +8,7 @@ HDF5 cannot hold, manifest values as stored). They know nothing of embedx's layo
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -165,10 +166,20 @@ def _format_category(value: Any) -> str:
     return str(value)
 
 
+def input_row(row: int) -> str:
+    """How a row of the table given to `add_samples` is named when nothing better is known: counted from 1
+    like `embedx data check`'s rows, and said to be the input's, since a store row is another number."""
+    return f"row {row + 1} of the rows being added (counting from 1; not a store row)"
+
+
 def _column_values(
-    name: str, series: pd.Series, spec: AttributeSpec, existing: str | None
+    name: str, series: pd.Series, spec: AttributeSpec, existing: str | None,
+    row_name: Callable[[int], str] = input_row,
 ) -> tuple[np.ndarray, str]:
-    """Convert one manifest column to what the store holds: ("float", float64) or ("str", object)."""
+    """Convert one manifest column to what the store holds: ("float", float64) or ("str", object).
+
+    `row_name` names a 0-based position of `series` in an error (encode passes `Manifest.where`: 'row N
+    (line L)' of the manifest file)."""
     numeric = pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
     want = existing or (
         "float" if spec.kind == "continuous" or (spec.kind == "binary" and numeric) else "str"
@@ -178,10 +189,8 @@ def _column_values(
         bad = values.isna() & series.notna()
         if bad.any():
             first = series[bad].iloc[0]
-            raise StoreError(
-                f"attribute {name!r} is stored as numbers but row {int(np.flatnonzero(bad.to_numpy())[0])} "
-                f"holds {first!r}"
-            )
+            where = row_name(int(np.flatnonzero(bad.to_numpy())[0]))
+            raise StoreError(f"attribute {name!r} is stored as numbers but {where} holds {first!r}")
         return values.to_numpy(dtype=np.float64), "float"
     return np.array([_format_category(v) for v in series.tolist()], dtype=object), "str"
 

@@ -22,6 +22,7 @@ from embedx.store.h5io import (
     _format_category,
     _write_rows,
     escape_name,
+    input_row,
 )
 from embedx.store.repair import aligned_datasets
 
@@ -50,12 +51,15 @@ class SampleWrites:
         schema: Mapping[str, AttributeSpec] | None = None,
         pseudonymise: bool = False,
         extra: Mapping[str, Sequence[str] | np.ndarray] | None = None,
+        row_name: Callable[[int], str] = input_row,
     ) -> np.ndarray:
         """Insert new samples (appended) and update the given ones; returns their store rows, input order.
 
         Existing rows keep their latents; their subject id and attribute values are refreshed from the
         input, so the newest manifest is the truth. Every row-aligned dataset grows with the samples table.
         `extra` holds per-row text fields of /samples written in the same step (fingerprint, cohort).
+        `row_name` names an input row (0-based position) in an error; encode passes `Manifest.where`, so a
+        bad value is named by its manifest row and line, as `embedx data check` names it.
         A write that fails (a full disk) is undone, so the store never holds rows without ids.
         """
         self._need_write()
@@ -89,7 +93,7 @@ class SampleWrites:
             _write_rows(self._f["samples/subject_id"], rows, subjects)
             for field_name, values in (extra or {}).items():
                 self._write_sample_strings(field_name, rows, np.asarray(values, dtype=object))
-            self._write_attributes(rows, attributes, full_schema)
+            self._write_attributes(rows, attributes, full_schema, row_name)
         except BaseException as err:
             self._undo_growth(old_n)
             if not isinstance(err, OSError):
@@ -151,13 +155,14 @@ class SampleWrites:
         self._f.flush()
 
     def _write_attributes(self, rows: np.ndarray, attributes: pd.DataFrame,
-                          full_schema: Mapping[str, AttributeSpec]) -> None:
+                          full_schema: Mapping[str, AttributeSpec],
+                          row_name: Callable[[int], str] = input_row) -> None:
         group = self._f["samples/attrs"]
         for name in attributes.columns:
             spec = full_schema[name]
             key = escape_name(str(name))
             existing = group[key].attrs.get("dtype") if key in group else None
-            values, dtype = _column_values(str(name), attributes[name], spec, existing)
+            values, dtype = _column_values(str(name), attributes[name], spec, existing, row_name)
             if key not in group:
                 ds = _create_aligned(
                     group,
