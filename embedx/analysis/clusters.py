@@ -10,6 +10,8 @@ Clustering runs on PCA-reduced latents (distances in 512-d are dominated by nois
 k-means with k chosen by the silhouette on a sample (the default: every sample gets a cluster, it scales
 to 220k with MiniBatchKMeans), or scikit-learn's HDBSCAN (density clusters, some samples left as noise
 ``-1``; fitted on a sample above `HDBSCAN_FIT_MAX` rows and extended to the rest by nearest neighbour).
+k-means partitions any cloud, so its solution is compared with the same procedure on Gaussian clouds of the
+latents' covariance (`embedx.analysis.cluster_structure`); ``structure`` says whether it beat them.
 """
 
 from __future__ import annotations
@@ -28,7 +30,14 @@ from sklearn.metrics import silhouette_score
 from sklearn.neighbors import NearestNeighbors
 
 from embedx._version import __version__
-from embedx.analysis.enrichment import CohortTests, bh_adjust, sort_rows
+from embedx.analysis.cluster_structure import (
+    SILHOUETTE_SAMPLE,
+    density_verdict,
+    gaussian_reference,
+    sample_rows,
+    solve,
+)
+from embedx.analysis.enrichment import CohortTests, attribute_bh, bh_adjust, sort_rows
 from embedx.analysis.typed import JsonResult
 from embedx.data.schema import AttributeSpec
 from embedx.errors import EmbedxError
@@ -39,7 +48,6 @@ Method = Literal["kmeans", "hdbscan"]
 
 HDBSCAN_FIT_MAX = 10_000  # HDBSCAN's cost grows ~quadratically: fit on a sample, extend by 1-NN
 KMEANS_FULL_MAX = 50_000  # above this, MiniBatchKMeans for the final fit
-SILHOUETTE_SAMPLE = 3_000
 PCA_FIT_MAX = 250_000  # rows the standardise + PCA step is fitted on (all of them up to this)
 CHUNK = 65_536  # rows standardised and projected at a time above PCA_FIT_MAX
 
@@ -74,9 +82,18 @@ class ClustersResult(JsonResult):
     silhouette: float | None
     clusters: tuple[ClusterSummary, ...]
     labels: list[int]
-    correction: str = "Benjamini-Hochberg across all clusters x attribute values"
+    # beyond a Gaussian cloud of the latents' covariance (None: not tested); see `cluster_structure`
+    structure: bool | None = None
+    reference_silhouette: float | None = None
+    structure_test: dict[str, Any] | None = None
+    correction: str = (
+        "Benjamini-Hochberg across all clusters x attribute values (q_value) and across all clusters x "
+        "attributes (attribute_q)"
+    )
     test_unit: str = (
-        "one image per subject (seeded draw) for tests and odds ratios; counts and folds describe all images"
+        "subjects: every subject's share of its images for subject-constant categorical attributes, one "
+        "drawn image per subject otherwise (tests, odds ratios, Cramér's V); counts and folds describe all "
+        "images"
     )
     embedx_version: str = __version__
 
@@ -90,6 +107,7 @@ class Clustering:
     method: str
     params: dict
     silhouette: float | None
+    structure: dict[str, Any] | None = None  # the Gaussian-reference verdict (`cluster_structure`)
 
 
 def reduce(z: np.ndarray, n_components: int, seed: int) -> np.ndarray:
@@ -135,29 +153,6 @@ def _kmeans(x: np.ndarray, k: int, seed: int, n_init: int = 4) -> KMeans | MiniB
     return KMeans(n_clusters=k, random_state=seed, n_init=n_init).fit(x)
 
 
-def choose_k(
-    x: np.ndarray, k_range: tuple[int, int], seed: int, sample: int = 5_000
-) -> tuple[int, dict[int, float]]:
-    """k with the best silhouette on a random sample (the silhouette is quadratic in n)."""
-    rng = np.random.default_rng(seed)
-    idx = rng.choice(x.shape[0], size=min(sample, x.shape[0]), replace=False)
-    xs = x[idx]
-    lo, hi = k_range
-    hi = min(hi, xs.shape[0] - 1)
-    scores: dict[int, float] = {}
-    for k in range(max(2, lo), max(2, hi) + 1):
-        labels = KMeans(n_clusters=k, random_state=seed, n_init=3).fit_predict(xs)
-        if len(np.unique(labels)) < 2:
-            continue
-        scores[k] = float(
-            silhouette_score(xs, labels, sample_size=min(SILHOUETTE_SAMPLE, xs.shape[0]), random_state=seed)
-        )
-    if not scores:
-        raise EmbedxError("too few distinct latent vectors to form two clusters")
-    best = max(scores, key=lambda kk: scores[kk])
-    return best, scores
-
-
 def cluster_latents(
     z: np.ndarray,
     method: Method = "kmeans",
@@ -167,22 +162,37 @@ def cluster_latents(
     n_components: int = 20,
     min_cluster_size: int | None = None,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> Clustering:
-    """Cluster the rows of ``z`` (no NaN rows); see the module doc for the two methods."""
+    """Cluster the rows of ``z`` (no NaN rows); see the module doc for the two methods. ``groups`` (subject
+    id per row) keeps one outlying patient's images from passing for an island in the structure test."""
     n = z.shape[0]
     if n < 10:
         raise EmbedxError(f"clustering needs at least 10 encoded samples, the store has {n}")
+    structure: dict[str, Any] | None = None
     if method == "kmeans":
         x = reduce(z, n_components, seed)
-        scores: dict[int, float] = {}
-        if k is None:
-            k, scores = choose_k(x, k_range, seed)
-        labels = _kmeans(x, k, seed).labels_.astype(int)
+        sample = sample_rows(n, seed)  # k is chosen, and tested against the Gaussian reference, on these
+        xs, sample_groups = x[sample], None if groups is None else np.asarray(groups)[sample]
+        lo, hi = max(2, k_range[0]), max(2, min(k_range[1], len(xs) - 1))
+        ks = list(range(lo, hi + 1)) if k is None else [int(k)]
+        try:
+            observed = solve(xs, ks, seed, sample_groups) if max(ks) < len(xs) else None
+        except EmbedxError:
+            if k is None:
+                raise
+            observed = None  # a fixed k on degenerate latents: fitted below, nothing to test
+        if observed is not None:
+            structure = gaussian_reference(xs, seed, observed)
+        chosen = observed.k if observed is not None else ks[0]  # None only for a fixed k
+        labels = _kmeans(x, chosen, seed).labels_.astype(int)
         params = {
-            "k": int(k),
+            "k": chosen,
             "k_range": list(k_range),
             "n_components": x.shape[1],
-            "silhouette_by_k": {str(kk): round(v, 4) for kk, v in scores.items()},
+            "silhouette_by_k": {
+                str(kk): round(v, 4) for kk, v in (observed.scores if observed and k is None else {}).items()
+            },
         }
     elif method == "hdbscan":
         x = reduce(z, min(n_components, 10), seed)
@@ -202,6 +212,7 @@ def cluster_latents(
             nn = NearestNeighbors(n_neighbors=1).fit(x[fit_idx])
             labels[rest] = fit_labels[nn.kneighbors(x[rest], return_distance=False)[:, 0]]
         params = {"min_cluster_size": mcs, "n_components": x.shape[1], "fit_sample": len(fit_idx)}
+        structure = density_verdict(int((np.unique(labels) >= 0).sum()))
     else:
         raise EmbedxError(f"unknown clustering method {method!r} (kmeans or hdbscan)")
     clustered = labels >= 0
@@ -215,7 +226,9 @@ def cluster_latents(
                 random_state=seed,
             )
         )
-    return Clustering(labels=labels, reduced=x, method=method, params=params, silhouette=silhouette)
+    return Clustering(
+        labels=labels, reduced=x, method=method, params=params, silhouette=silhouette, structure=structure
+    )
 
 
 def _term(attribute: str, rows: pd.DataFrame) -> str:
@@ -286,8 +299,9 @@ def describe_clusters(
 ) -> list[ClusterSummary]:
     """Per cluster: size, enrichment (BH across all clusters x values), Cramér's V, representatives, name.
 
-    ``groups`` (subject ids) makes the tests subject-level (one image per subject), as a patient's images
-    tend to share a cluster; see `embedx.analysis.enrichment`.
+    ``groups`` (subject ids) makes the tests, and Cramér's V, subject-level, as a patient's images tend to
+    share a cluster; see `embedx.analysis.enrichment`. Each attribute's own test is BH-corrected across all
+    clusters x attributes (``attribute_q``), so a reader shows an attribute's V only where it passes.
     """
     labels = clustering.labels
     ids = sorted(int(c) for c in np.unique(labels) if c >= 0)
@@ -303,6 +317,7 @@ def describe_clusters(
     if not pooled.empty:
         pooled["q_value"] = bh_adjust(pooled["p_value"].to_numpy())
         pooled["significant"] = (pooled["q_value"] < alpha).fillna(False).astype(bool)
+        pooled["attribute_q"] = attribute_bh(pooled, ("cluster", "attribute"))  # gates the V shown
     out = []
     for cid in ids:
         member = labels == cid
@@ -315,9 +330,12 @@ def describe_clusters(
             ).to_numpy()
         ]
         continuous = sig.loc[(sig["kind"] == "continuous").to_numpy()]
-        attr_v = rows.drop_duplicates("attribute")[
-            ["attribute", "kind", "cramers_v", "attribute_p"]
-        ].sort_values("cramers_v", ascending=False)
+        attr_v = (  # one row per attribute; first non-missing V / p (a value absent from the units has none)
+            rows.groupby("attribute", sort=False)[["kind", "cramers_v", "attribute_p", "attribute_q"]]
+            .first()
+            .reset_index()
+            .sort_values("cramers_v", ascending=False)
+        )
         members = np.flatnonzero(member)
         centre = clustering.reduced[members].mean(axis=0)
         dist = np.linalg.norm(clustering.reduced[members] - centre, axis=1)
@@ -379,7 +397,9 @@ def run_clusters(
         subject_ids = np.asarray(store.subject_ids).astype(str)
     rows = np.flatnonzero(mask)
     encoded = z if len(rows) == len(z) else z[rows]  # no 2 GB copy of a million fully encoded rows
-    clustering = cluster_latents(encoded, method, k=k, min_cluster_size=min_cluster_size, seed=seed)
+    clustering = cluster_latents(
+        encoded, method, k=k, min_cluster_size=min_cluster_size, seed=seed, groups=subject_ids[rows]
+    )
     clusters = describe_clusters(
         clustering,
         attributes.iloc[rows].reset_index(drop=True),
@@ -403,6 +423,9 @@ def run_clusters(
         silhouette=clustering.silhouette,
         clusters=tuple(clusters),
         labels=labels.tolist(),
+        structure=None if clustering.structure is None else bool(clustering.structure["found"]),
+        reference_silhouette=(clustering.structure or {}).get("reference_silhouette"),
+        structure_test=clustering.structure,
     )
     if write:
         with Store.open(store_path, "a") as store:

@@ -12,8 +12,11 @@ chance:
   (Haldane +0.5 when a cell is empty), and per attribute Cramér's V of the value x selected table.
 * continuous attributes: Mann-Whitney U (location) and the Kolmogorov-Smirnov statistic (shape), with
   medians inside and outside and their difference.
-* all p-values of one call are corrected together with Benjamini-Hochberg (`q_value`); callers that test
-  several selections at once (clusters) pass ``correct=False`` and correct across everything themselves.
+* all p-values of one call are corrected together with Benjamini-Hochberg (`q_value`); each attribute's
+  own test (`attribute_p`: the value x selected table, Kruskal-Wallis on subject shares, or Mann-Whitney)
+  is corrected across the attributes (`attribute_q`), so that an attribute's Cramér's V can be shown only
+  where its association passes the correction. Callers that test several selections at once (clusters)
+  pass ``correct=False`` and correct across everything themselves (`attribute_bh`).
 
 Images of one patient are not independent (same anatomy, usually same site), so image-level tests would be
 too confident: given ``groups`` (subject ids), the subject is the unit of every test. A categorical attribute
@@ -22,7 +25,9 @@ of its images inside the selection (`embedx.analysis.subject_shares`): the 2 x 2
 is wholly in or out, Mann-Whitney / Kruskal-Wallis on the shares when some are split, so a patient with 8
 images split across clusters counts once but with all 8 (one drawn image found a 10 %-of-subjects value
 23 % of the time where the shares find it 90 %). Attributes that vary within a subject and continuous ones
-are tested on one image per subject (a seeded draw); `units_tested` says how many subjects. The counts,
+are tested on one image per subject (a seeded draw); `units_tested` says how many subjects. Cramér's V
+comes from the same units as the test (on images a patient with 8 images in a cluster counts 8 times and
+inflates it: a review saw a median top V of 0.20 in clusters of cohorts with no effect at all). The counts,
 shares and fold enrichment always describe all selected images.
 
 Missing values are left out per attribute and counted (`missing_selected`, `missing_rest`), never filled.
@@ -66,6 +71,7 @@ COLUMNS = [
     "direction",
     "cramers_v",
     "attribute_p",
+    "attribute_q",
     "median_selected",
     "median_rest",
     "median_shift",
@@ -89,6 +95,17 @@ def bh_adjust(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
     return q
 
 
+def attribute_bh(frame: pd.DataFrame, by: Sequence[str] = ("attribute",)) -> np.ndarray:
+    """BH q of every attribute's own test (`attribute_p`), one test per ``by`` group (an attribute, or a
+    cluster x attribute when several selections are pooled), spread back over that group's rows."""
+    if frame.empty:
+        return np.empty(0)
+    group = frame.groupby(list(by), sort=False).ngroup().to_numpy()
+    # first non-missing p of each group: a value absent from the drawn units has none of its own
+    p = pd.Series(frame["attribute_p"].to_numpy(dtype=float)).groupby(group).first()
+    return bh_adjust(p.to_numpy())[group]
+
+
 # Fields that come from the test (subject-level when groups are given); the rest describe all rows.
 _TEST_FIELDS = (
     "statistic",
@@ -96,6 +113,7 @@ _TEST_FIELDS = (
     "odds_ratio",
     "or_ci_low",
     "or_ci_high",
+    "cramers_v",
     "attribute_p",
     "ks_statistic",
 )
@@ -348,6 +366,7 @@ class CohortTests:
         frame = pd.DataFrame(rows)
         frame = frame.reindex(columns=COLUMNS)
         frame["q_value"] = bh_adjust(frame["p_value"].to_numpy()) if correct else np.nan
+        frame["attribute_q"] = attribute_bh(frame) if correct else np.nan
         frame["significant"] = (frame["q_value"] < alpha).fillna(False).astype(bool)
         return sort_rows(frame)
 

@@ -13,7 +13,9 @@ cluster holds all of a patient's images), the comparison is exactly the 2 x 2 ta
 the same Fisher / chi-square test, odds ratio and Woolf interval as before, now on every subject rather than
 a draw. When some subjects are split, each value's subjects are compared with the rest by Mann-Whitney on
 the shares (continuity-corrected, tie-corrected normal approximation), and the attribute as a whole by
-Kruskal-Wallis; the odds ratio is then that of the share-weighted subject counts, without an interval.
+Kruskal-Wallis; the odds ratio and Cramér's V are then those of the share-weighted subject counts (a subject
+with 3 of its 4 images inside counts 0.75 inside, 0.25 outside), the odds ratio without an interval; with
+whole subjects these are exactly the subject 2 x 2 table's.
 Attributes that vary within a subject (a view, an age at each visit) keep the one-drawn-image test.
 """
 
@@ -111,6 +113,7 @@ def _share_rows(r: np.ndarray, v: np.ndarray, uniques: np.ndarray, ranks: np.nda
         b, c = a.sum() - a, n1 - a
         d = n2 - b
         odds = (a * d) / (b * c)
+        cramers_v = _share_cramers_v(a[used], c[used])
     if k == 1:
         p[:] = np.nan
     return {
@@ -122,6 +125,18 @@ def _share_rows(r: np.ndarray, v: np.ndarray, uniques: np.ndarray, ranks: np.nda
             "or_ci_low": np.nan,
             "or_ci_high": np.nan,
             "attribute_p": attribute_p,
+            "cramers_v": cramers_v,
         }
         for i, value in enumerate(uniques)
     }
+
+
+def _share_cramers_v(inside: np.ndarray, outside: np.ndarray) -> float:
+    """Cramér's V of the value x (inside, outside) table of share-weighted subject counts; NaN when one
+    column or all but one value is empty (nothing to associate)."""
+    table = np.stack([inside, outside], axis=1)
+    total = table.sum()
+    if table.shape[0] < 2 or total <= 0 or (table.sum(axis=0) <= 0).any():
+        return float("nan")
+    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / total
+    return float(np.sqrt(((table - expected) ** 2 / expected).sum() / total))

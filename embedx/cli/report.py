@@ -25,6 +25,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
     ) -> None:
         """Cluster the latents and name each cluster by its over-represented attribute values."""
+        from embedx.analysis.cluster_structure import structure_sentence
         from embedx.analysis.clusters import run_clusters
         from embedx.errors import EmbedxError
 
@@ -39,12 +40,16 @@ def register(app: typer.Typer) -> None:
             seed=seed,
         )
         sil = result["silhouette"]
+        groups = "groups" if result["structure"] is False else "clusters"  # k-means slices of one cloud
         typer.echo(
-            f"{result['n_clusters']} clusters ({result['method']}, model {result['model']}, n={result['n']}"
+            f"{result['n_clusters']} {groups} ({result['method']}, model {result['model']}, n={result['n']}"
             + (f", silhouette {sil:.2f}" if sil is not None else "")
             + (f", {result['n_noise']} noise" if result["n_noise"] else "")
             + "), written to the store:"
         )
+        sentence = structure_sentence(result)
+        if sentence is not None:
+            typer.echo(f"  {sentence}")
         if result["n_clusters"] == 0:
             typer.echo("  no dense cluster found: every sample is noise (try --method kmeans or a smaller "
                        "--min-cluster-size)")

@@ -265,6 +265,9 @@ def selection_panel(
         "continuous: Mann–Whitney, median shift)"
     )
     table = data.cohort_tests(path, cohort).table(mask[cohort])
+    # an attribute's V (on subjects) only where its own test passes BH across the attributes: ungated, the
+    # largest V of a random selection reads like a finding
+    table["cramers_v"] = table["cramers_v"].where(table["attribute_q"] < 0.05)
     if table.empty:
         st.caption("The selection covers the whole (filtered) cohort: nothing to compare against.")
     else:
@@ -293,7 +296,9 @@ def selection_panel(
                 "pct_rest": st.column_config.NumberColumn("% rest", format="percent"),
                 "fold": st.column_config.NumberColumn(format="%.2f"),
                 "odds_ratio": st.column_config.NumberColumn("odds ratio", format="%.2f"),
-                "cramers_v": st.column_config.NumberColumn("Cramér's V", format="%.2f"),
+                "cramers_v": st.column_config.NumberColumn(
+                    "Cramér's V", format="%.2f", help="On subjects; blank unless the attribute's q < 0.05"
+                ),
                 "p_value": st.column_config.NumberColumn("p", format="%.2g"),
                 "q_value": st.column_config.NumberColumn("q (BH)", format="%.2g"),
             },

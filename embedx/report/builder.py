@@ -1,9 +1,10 @@
 """`embedx report`: one self-contained HTML page, `report.json` and the PNG figures for a store.
 
 The report reads the analyses already in the store and runs the missing ones with their defaults
-(`embedx.report.gather`); each section of the page is drawn by `embedx.report.sections`. The schema of
-`report.json` is documented in docs/report.md. Figures: matplotlib Agg, written as PNG files beside the HTML
-and embedded in it as base64 data URIs (the HTML needs no other file, CSS or script).
+(`embedx.report.gather`); each section of the page is drawn by `embedx.report.sections` (the clusters by
+`embedx.report.cluster_section`). The schema of `report.json` is documented in docs/report.md. Figures:
+matplotlib Agg, written as PNG files beside the HTML and embedded in it as base64 data URIs (the HTML needs
+no other file, CSS or script).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from embedx._version import __version__
 from embedx.analysis.results import build_document, write_json
 from embedx.errors import EmbedxError
 from embedx.report import sections
+from embedx.report.cluster_section import cluster_section
 from embedx.report.gather import gather, pick_site, pick_target, provenance, store_snapshot
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,7 @@ def build_report(
         "reference": sections.reference_section(gathered["reference"]),
         "calibration": sections.calibration_section(gathered["calibration"], col),
         "fairness": sections.fairness_section(gathered["fairness"], col),
-        "clusters": sections.cluster_section(gathered["clusters"], store_path, col),
+        "clusters": cluster_section(gathered["clusters"], store_path, col),
         "controls": sections.controls_section(gathered, col),
         "provenance": sections.provenance_html(prov),
     }

@@ -310,3 +310,74 @@ def test_many_null_selections_are_found_at_about_the_nominal_rate_and_a_rare_rea
         row = tests.table(picked).set_index(["attribute", "value"]).loc[("finding", "1")]
         found += bool(row["q_value"] < 0.05 and row["direction"] == "over")
     assert found >= 45, found
+
+
+def test_cramers_v_comes_from_the_tested_subjects_not_from_images() -> None:
+    """V describes the association the test judges, so it is computed on the same units: the subject table
+    (whole subjects), the share-weighted subject table (split subjects), the drawn image per subject (an
+    attribute that varies within a subject, and continuous ones: |rank-biserial|). On images a patient
+    with 11 images counts 11 times, which inflated the report's V (median top V 0.20 in null cohorts)."""
+    from scipy import stats
+
+    from embedx.analysis.enrichment import CohortTests
+
+    rng = np.random.default_rng(4)
+    n_subjects = 200
+    sizes = rng.integers(1, 12, n_subjects)
+    subjects = np.repeat(np.arange(n_subjects), sizes)
+    site = rng.choice(["a", "b", "c"], n_subjects)
+    frame = pd.DataFrame({
+        "site": site[subjects],
+        "view": rng.choice(["PA", "AP", "LAT"], len(subjects)),
+        "age": rng.normal(60, 10, n_subjects)[subjects] + rng.normal(0, 1, len(subjects)),
+    })
+    schema = {**SCHEMA, "view": AttributeSpec("view", "categorical", "acquisition")}
+    tests = CohortTests(frame, schema, groups=subjects)
+
+    def v_of(table: np.ndarray) -> float:
+        chi2 = stats.chi2_contingency(table, correction=False)[0]
+        return float(np.sqrt(chi2 / table.sum()))
+
+    # whole subjects: picked with a preference for site a (and for large subjects, so images and subjects
+    # disagree)
+    whole = rng.random(n_subjects) < np.where(site == "a", 0.5, 0.25) * np.where(sizes > 6, 1.5, 0.7)
+    rows = tests.table(whole[subjects]).drop_duplicates("attribute").set_index("attribute")
+    subject_table = pd.crosstab(site, whole).to_numpy()
+    image_table = pd.crosstab(site[subjects], whole[subjects]).to_numpy()
+    assert rows.loc["site", "cramers_v"] == pytest.approx(v_of(subject_table), rel=1e-9)
+    assert abs(v_of(image_table) - v_of(subject_table)) > 0.02  # the two units really differ here
+
+    # the drawn image per subject for an attribute that varies within subjects, and for continuous ones
+    units = one_per_subject(subjects, 0)
+    view_table = pd.crosstab(frame["view"].to_numpy()[units], whole[subjects][units]).to_numpy()
+    assert rows.loc["view", "cramers_v"] == pytest.approx(v_of(view_table), rel=1e-9)
+    age, inside = frame["age"].to_numpy()[units], whole[subjects][units]
+    u1 = stats.mannwhitneyu(age[inside], age[~inside]).statistic
+    expected = abs(2 * u1 / (inside.sum() * (~inside).sum()) - 1)
+    assert rows.loc["age", "cramers_v"] == pytest.approx(expected, rel=1e-9)
+
+    # split subjects: the table of share-weighted subject counts (a subject with 3 of 4 images inside
+    # counts 0.75 inside and 0.25 outside)
+    split = rng.random(len(subjects)) < np.where(site[subjects] == "a", 0.45, 0.3)
+    rows = tests.table(split).drop_duplicates("attribute").set_index("attribute")
+    share = np.bincount(subjects[split], minlength=n_subjects) / sizes
+    weighted = np.array([[share[site == s].sum(), (1 - share[site == s]).sum()] for s in ("a", "b", "c")])
+    assert rows.loc["site", "cramers_v"] == pytest.approx(v_of(weighted), rel=1e-9)
+
+
+def test_attribute_q_corrects_each_attributes_own_test_across_the_attributes(cohort: pd.DataFrame) -> None:
+    """One test per attribute (its attribute_p), Benjamini-Hochberg across the attributes of the call; the
+    value rows of an attribute share its q. Without correction (pooled by the caller) it is NaN."""
+    from embedx.analysis.enrichment import attribute_bh
+
+    selected = (cohort["site"] == "north").to_numpy() | (np.arange(len(cohort)) % 7 == 0)
+    table = enrichment(cohort, selected, SCHEMA)
+    per_attribute = table.groupby("attribute")["attribute_p"].first()
+    expected = dict(zip(per_attribute.index, bh_adjust(per_attribute.to_numpy()), strict=True))
+    for row in table.itertuples():
+        assert row.attribute_q == pytest.approx(expected[row.attribute])
+    assert table["attribute_q"].min() < 1e-6  # site: found
+    assert np.isnan(enrichment(cohort, selected, SCHEMA, correct=False)["attribute_q"]).all()
+    pooled = pd.concat([table.assign(cluster=0), table.assign(cluster=1)])
+    q = attribute_bh(pooled, ("cluster", "attribute"))  # twice the tests: larger q
+    assert (q >= np.r_[table["attribute_q"], table["attribute_q"]] - 1e-12).all()

@@ -147,6 +147,8 @@ def test_clusters_page_names_clusters_by_enriched_attributes(store, monkeypatch)
     overview = frames(at)[0]
     assert overview["size"].sum() == 300 and len(overview) == 3
     assert overview["name"].str.contains("site=").any()  # dae clusters follow the injected site
+    # k-means is compared with Gaussian clouds of the same covariance: the page says what it found
+    assert any("beyond a Gaussian cloud" in c.value for c in [*at.caption, *at.warning])
     at.button(key="cl_select").click().run()
     chosen = int(at.selectbox(key="cl_pick").value)
     assert len(at.session_state["selection"]) == int(overview.set_index("cluster").loc[chosen, "size"])

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from embedx.analysis.cluster_structure import structure_sentence
 from embedx.dashboard import data, shaping, widgets
 
 path, meta = widgets.require_store()
@@ -22,10 +23,16 @@ model = st.sidebar.selectbox("Model", list(results), key="cl_model")
 result = results[model]
 clusters = result["clusters"]
 st.caption(
-    f"{result.get('method', '?')} on {model}: {result.get('n_clusters', len(clusters))} clusters, "
+    f"{result.get('method', '?')} on {model}: {result.get('n_clusters', len(clusters))} "
+    f"{'groups' if result.get('structure') is False else 'clusters'}, "
     f"silhouette {result.get('silhouette') or float('nan'):.2f}. "
     f"{result.get('correction', '')}"
 )
+structure = structure_sentence(result)  # k-means divides any cloud: say when it found no more than that
+if structure is not None and result.get("structure") is False:
+    st.warning(structure)
+elif structure is not None:
+    st.caption(structure)
 overview = pd.DataFrame(
     [
         {"cluster": c.get("id"), "name": c.get("name", ""), "size": c.get("size"), "share": c.get("fraction")}
