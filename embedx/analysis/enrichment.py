@@ -342,9 +342,11 @@ class CohortTests:
         for name, kind, prepared, per_unit in self._columns:
             compute = _continuous_row if kind == "continuous" else _categorical_rows
             found = compute(name, kind, prepared, chosen)  # type: ignore[arg-type]
+            tested = None
             if name in self._subject_value and share is not None and self._shares is not None:
                 tested = self._shares.rows(name, kind, self._subject_value[name], prepared.uniques,  # type: ignore[union-attr]
-                                           share, _categorical_rows)
+                                           share, _categorical_rows)  # None: too many subjects to permute
+            if tested is not None and self._shares is not None:
                 for r in found:
                     t = tested.get(r["value"], {})
                     for key in _TEST_FIELDS:

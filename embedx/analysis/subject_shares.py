@@ -12,11 +12,21 @@ so a patient with 30 images counts once). When every subject is wholly in or out
 cluster holds all of a patient's images), the comparison is exactly the 2 x 2 table of subjects, and gets
 the same Fisher / chi-square test, odds ratio and Woolf interval as before, now on every subject rather than
 a draw. When some subjects are split, each value's subjects are compared with the rest by Mann-Whitney on
-the shares (continuity-corrected, tie-corrected normal approximation), and the attribute as a whole by
-Kruskal-Wallis; the odds ratio and Cramér's V are then those of the share-weighted subject counts (a subject
-with 3 of its 4 images inside counts 0.75 inside, 0.25 outside), the odds ratio without an interval; with
-whole subjects these are exactly the subject 2 x 2 table's.
+the shares, and the attribute as a whole by Kruskal-Wallis; the odds ratio and Cramér's V are then those
+of the share-weighted subject counts (a subject with 3 of its 4 images inside counts 0.75 inside, 0.25
+outside), the odds ratio without an interval; with whole subjects these are exactly the subject 2 x 2
+table's.
 Attributes that vary within a subject (a view, an age at each visit) keep the one-drawn-image test.
+
+The Mann-Whitney p is a permutation p. Most shares are 0 (a cluster holds a twelfth of the images), so a
+value's rank sum is skewed, and the normal approximation, right at p = 0.05, was 2x too small at 1e-3 and
+3x at 1e-4 over 35,000 null tests. Those are the p-values that decide Benjamini-Hochberg over hundreds of
+cluster x value tests: 17 % of null cohorts listed an enriched value, where 5 % is the promise. Values whose
+approximate p is below 0.05 therefore get a Monte-Carlo permutation p (exact permutations of the subjects'
+values; sequential, stopping after 20 exceedances as Besag & Clifford 1991, else (k + 1) / (B + 1) after B
+draws, B up to 100,000). The permutations cost draws x subjects, so above `EXACT_MAX_SUBJECTS` subjects an
+attribute whose subjects are split falls back to the one-drawn-image test, whose p is exact and whose power
+is ample at that size.
 """
 
 from __future__ import annotations
@@ -28,6 +38,40 @@ from scipy import stats
 
 from embedx.analysis.columns import CodedColumn
 from embedx.analysis.labels import value_text
+
+EXACT_MAX_SUBJECTS = 5_000  # permutation p above this many subjects would cost seconds per test
+PERMUTATION_BUDGET = 6e7  # subject ranks drawn per refined test (draws x subjects): ~0.5 s at most
+REFINE_BELOW = 0.05  # approximate p above this is accurate (0.9x nominal) and cannot pass BH anyway
+STOP_AFTER = 20  # exceedances before a sequential Monte-Carlo p stops (Besag & Clifford 1991)
+
+
+def permutation_p(ranks: np.ndarray, n_group: int, deviation: float,
+                  budget: float = PERMUTATION_BUDGET) -> tuple[float, int]:
+    """Two-sided Monte-Carlo permutation p of a group's rank sum, |sum - n_group * mean rank| >= deviation,
+    over random subsets of `n_group` subjects (drawn without replacement); and the draws made.
+
+    Sequential (Besag & Clifford 1991): stops once STOP_AFTER draws reach the observed deviation, giving
+    STOP_AFTER / draws, else (k + 1) / (draws + 1); both are valid p-values. Seeded by the test itself, so a
+    table is the same every time it is drawn.
+    """
+    n = ranks.size
+    m = int(min(n_group, n - n_group))  # the smaller side: its deviation equals the other's
+    if m <= 0:
+        return 1.0, 0
+    centre = m * float(ranks.mean())
+    rng = np.random.default_rng([n, int(n_group), round(deviation * 2)])
+    max_draws = int(np.clip(budget // n, 2_000, 100_000))
+    chunk = int(np.clip(4e6 // n, 200, 5_000))
+    tolerance = 1e-9 * (1 + abs(deviation))
+    exceed = draws = 0
+    while draws < max_draws:
+        b = min(chunk, max_draws - draws)
+        chosen = np.argpartition(rng.random((b, n)), m - 1, axis=1)[:, :m]
+        exceed += int(np.sum(np.abs(ranks[chosen].sum(axis=1) - centre) >= deviation - tolerance))
+        draws += b
+        if exceed >= STOP_AFTER:
+            return exceed / draws, draws
+    return (exceed + 1) / (draws + 1), draws
 
 
 def subject_values(codes: np.ndarray, subject: np.ndarray, n_subjects: int) -> np.ndarray | None:
@@ -54,8 +98,9 @@ class SubjectShareTests:
         return Shares(counts / np.maximum(self.images, 1))
 
     def rows(self, name: str, kind: str, values: np.ndarray, uniques: np.ndarray, share: Shares,
-             categorical_rows: Callable[..., list[dict]]) -> dict[str, dict]:
-        """value -> the test fields of that value (p, statistic, odds ratio and interval, attribute p)."""
+             categorical_rows: Callable[..., list[dict]]) -> dict[str, dict] | None:
+        """value -> the test fields of that value (p, statistic, odds ratio and interval, attribute p);
+        None where subjects are split and too many to permute (the caller then draws one image each)."""
         present = values >= 0
         everyone = bool(present.all())
         r, v = (share.values, values) if everyone else (share.values[present], values[present])
@@ -65,6 +110,8 @@ class SubjectShareTests:
             subjects = CodedColumn.from_codes(np.asarray(v, dtype=np.int64), uniques)
             found = categorical_rows(name, kind, subjects, np.flatnonzero(r == 1))
             return {row["value"]: row for row in found}
+        if r.size > EXACT_MAX_SUBJECTS:
+            return None
         ranks, tie_term = share.ranks() if everyone else _ranks(r)
         return _share_rows(r, v, uniques, ranks, tie_term)
 
@@ -114,11 +161,15 @@ def _share_rows(r: np.ndarray, v: np.ndarray, uniques: np.ndarray, ranks: np.nda
         d = n2 - b
         odds = (a * d) / (b * c)
         cramers_v = _share_cramers_v(a[used], c[used])
+    draws = np.zeros(k, dtype=int)
+    for i in np.flatnonzero((p < REFINE_BELOW) & (n1 > 0) & (n2 > 0)):
+        p[i], draws[i] = permutation_p(ranks, int(n1[i]), abs(float(rank_sum[i] - n1[i] * (n + 1) / 2)))
     if k == 1:
         p[:] = np.nan
     return {
         value_text(value): {
-            "test": "mannwhitney (subject shares)",
+            "test": "mannwhitney (subject shares)"
+            + (f", permutation p ({draws[i]:,} draws)" if draws[i] else ""),
             "statistic": float(u1[i]),
             "p_value": float(p[i]),
             "odds_ratio": float(odds[i]),
