@@ -41,6 +41,7 @@ __all__ = [
     "VERDICT_ENCODED",
     "VERDICT_NOT_FOUND",
     "build_document",
+    "correlation_text",
     "fairness_key",
     "probe_key",
     "probe_table",
@@ -135,6 +136,15 @@ def write_json(document: Mapping[str, Any], path: str | Path) -> Path:
     except OSError as err:
         raise EmbedxError(f"cannot write JSON results to {path}: {err}") from err
     return path
+
+
+def correlation_text(result: Mapping[str, Any]) -> str:
+    """A continuous probe's r of predictions with the value and its CI (what its verdict rests on); blank
+    for classes."""
+    r, ci = result.get("correlation"), result.get("correlation_ci") or (None, None)
+    if r is None:
+        return ""
+    return f"{r:.2f}" + ("" if ci[0] is None or ci[1] is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]")
 
 
 def _cell(result: Mapping[str, Any]) -> str:

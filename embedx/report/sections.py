@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from embedx.analysis.results import probe_table
+from embedx.analysis.results import correlation_text, probe_table
 from embedx.analysis.tables import family_line, gap_summary
 from embedx.report import control_figures, figures
 
@@ -107,6 +107,7 @@ def probe_section(probes: list[dict], col: Collector) -> str:
                 "CI low": ci[0],
                 "CI high": ci[1],
                 "chance": p.get("chance"),
+                "r [95% CI]": correlation_text(p),
                 "p": p.get("p_value"),
                 "p (Holm)": p.get("p_holm"),
                 "n": p.get("n"),

@@ -144,6 +144,12 @@ def test_report_json_has_design_card_probes_and_the_rest(built: tuple[Path, dict
     assert models == {"vae", "dae", "pixels"}  # stored for the vae and pixels, run by the report for the dae
     for p in data["probes"]:
         assert set(PROBE_FIELDS) <= set(p)
+    # the dae's probes are run by the report (the others are stored as an older embedx wrote them)
+    continuous = [p for p in data["probes"] if p["kind"] == "continuous" and p["model"] == "dae"]
+    assert continuous and all(len(p["correlation_ci"]) == 2 for p in continuous)
+    html_text = (out / "report.html").read_text(encoding="utf-8")
+    shown = continuous[0]
+    assert "r [95% CI]" in html_text and f"{shown['correlation']:.2f} [" in html_text
     assert data["fairness"][0]["sensitive"] == "sex"
     assert data["target"] == "finding"
     assert {c["model"] for c in data["clusters"]} == {"vae", "dae"}

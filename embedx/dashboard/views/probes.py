@@ -6,7 +6,7 @@ import streamlit as st
 
 from embedx.analysis.probe_result import judge_family
 from embedx.analysis.reference import AMPLIFIES, DISCARDS, WEAKER, compare_to_reference
-from embedx.analysis.results import probe_table
+from embedx.analysis.results import correlation_text, probe_table
 from embedx.analysis.tables import family_line
 from embedx.dashboard import data, figures, shaping, widgets
 
@@ -20,15 +20,6 @@ if not probes:
     )
     st.stop()
 models = sorted({str(p["model"]) for p in probes})
-
-
-def _correlation_text(probe: dict) -> str:
-    """A continuous probe's r with its CI (what its verdict rests on); blank for classes."""
-    r, ci = probe.get("correlation"), probe.get("correlation_ci") or (None, None)
-    if r is None:
-        return ""
-    return f"{r:.2f}" + ("" if ci[0] is None or ci[1] is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]")
-
 
 
 st.caption(
@@ -53,7 +44,7 @@ for p in probes:
             "ci low": (p.get("ci") or [None])[0],
             "ci high": (p.get("ci") or [None, None])[1],
             "chance": p.get("chance"),
-            "r [95% CI]": _correlation_text(p),
+            "r [95% CI]": correlation_text(p),
             "p": p.get("p_value"),
             "p (Holm)": p.get("p_holm"),
             "verdict": p.get("verdict")
