@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,20 @@ class DicomHeaderError(EmbedxError):
     """A DICOM file whose header cannot be used; the message names the file and a reason, never a value."""
 
 
+@contextlib.contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """No warnings or pydicom log records while reading a header: some of them quote element values."""
+    pyd_log = logging.getLogger("pydicom")
+    level = pyd_log.level
+    pyd_log.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        pyd_log.setLevel(level)
+
+
 def read_header(path: Path, salt: str) -> dict[str, Any]:
     """Allow-listed attributes of one DICOM file plus its `subject_id` pseudonym.
 
@@ -167,51 +182,44 @@ def read_header(path: Path, salt: str) -> dict[str, Any]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    pyd_log = logging.getLogger("pydicom")
-    level = pyd_log.level
-    pyd_log.setLevel(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    with quiet_pydicom():
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except InvalidDicomError:
+            # Old files may lack the 128-byte preamble and 'DICM' marker (as the field's viewers accept):
+            # read them as a bare dataset, and keep them only when they carry an image header.
             try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-            except InvalidDicomError:
-                # Old files may lack the 128-byte preamble and 'DICM' marker (as the field's viewers accept):
-                # read them as a bare dataset, and keep them only when they carry an image header.
-                try:
-                    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-                except Exception:
-                    ds = None
-                if ds is None or "Rows" not in ds:
-                    raise DicomHeaderError(
-                        f"{path}: not a DICOM file (no 'DICM' marker and no image header)"
-                    ) from None
-            except Exception as err:  # any parse failure: report the type only, messages may quote values
-                raise DicomHeaderError(f"{path}: not a readable DICOM file ({type(err).__name__})") from None
-            if str(ds.file_meta.get("MediaStorageSOPClassUID", "")) == "1.2.840.10008.1.3.10":
-                raise DicomHeaderError(f"{path}: a DICOMDIR index, not an image")
-            # the reasons training and encode give (`images.read_dicom`), so one file has one reason
-            damaged = damaged_header_reason(ds)
-            if damaged is not None:
-                raise DicomHeaderError(f"{path}: {damaged}")
-            little = getattr(ds, "original_encoding", (None, True))[1]
-            if not _has_pixel_data(path, little_endian=little is not False):
-                raise DicomHeaderError(f"{path}: {no_pixels_reason(ds)}")
-            out: dict[str, Any] = {}
-            for keyword, (column, _, _) in ATTRIBUTE_TAGS.items():
-                try:
-                    out[column] = _clean(keyword, ds.get(keyword))
-                except Exception:  # a malformed element: leave the attribute missing
-                    out[column] = None
-            try:
-                patient_id = str(ds.get("PatientID") or "").strip()
-                name_parts = [
-                    p for p in re.split(r"[\^\s,]+", str(ds.get("PatientName") or "")) if len(p) >= 3
-                ]
+                ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
             except Exception:
-                patient_id, name_parts = "", []
-    finally:
-        pyd_log.setLevel(level)
+                ds = None
+            if ds is None or "Rows" not in ds:
+                raise DicomHeaderError(
+                    f"{path}: not a DICOM file (no 'DICM' marker and no image header)"
+                ) from None
+        except Exception as err:  # any parse failure: report the type only, messages may quote values
+            raise DicomHeaderError(f"{path}: not a readable DICOM file ({type(err).__name__})") from None
+        if str(ds.file_meta.get("MediaStorageSOPClassUID", "")) == "1.2.840.10008.1.3.10":
+            raise DicomHeaderError(f"{path}: a DICOMDIR index, not an image")
+        # the reasons training and encode give (`images.read_dicom`), so one file has one reason
+        damaged = damaged_header_reason(ds)
+        if damaged is not None:
+            raise DicomHeaderError(f"{path}: {damaged}")
+        little = getattr(ds, "original_encoding", (None, True))[1]
+        if not _has_pixel_data(path, little_endian=little is not False):
+            raise DicomHeaderError(f"{path}: {no_pixels_reason(ds)}")
+        out: dict[str, Any] = {}
+        for keyword, (column, _, _) in ATTRIBUTE_TAGS.items():
+            try:
+                out[column] = _clean(keyword, ds.get(keyword))
+            except Exception:  # a malformed element: leave the attribute missing
+                out[column] = None
+        try:
+            patient_id = str(ds.get("PatientID") or "").strip()
+            name_parts = [
+                p for p in re.split(r"[\^\s,]+", str(ds.get("PatientName") or "")) if len(p) >= 3
+            ]
+        except Exception:
+            patient_id, name_parts = "", []
     # Without a PatientID the file is its own subject (hash of its path, so still stable and salted).
     out["subject_id"] = subject_pseudonym(patient_id if patient_id else f"file:{path}", salt)
     # Archives often name folders after the patient; the manifest's path column would then carry it. Only a

@@ -19,16 +19,14 @@ reason.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import re
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 
+from embedx.data.dicom_header import quiet_pydicom
 from embedx.data.images import DICOM_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES
 from embedx.data.manifest_read import where
 from embedx.errors import EmbedxError, ImageReadError
@@ -39,20 +37,6 @@ ReadCheck = Literal["off", "header", "decode"]
 # The fixed part of an `ImageReadError.reason`: what comes before its first "(" or ":" (the detail there
 # may quote a decoder's message).
 _PHRASE = re.compile(r"\s*[(:]")
-
-
-@contextlib.contextmanager
-def _quiet_readers() -> Iterator[None]:
-    """No warnings or pydicom log records while reading: some of them quote header values."""
-    pyd_log = logging.getLogger("pydicom")
-    level = pyd_log.level
-    pyd_log.setLevel(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        pyd_log.setLevel(level)
 
 
 def _kind(path: Path) -> str:
@@ -80,7 +64,7 @@ def header_problem(path: Path) -> str | None:
     except OSError as err:
         return f"cannot open ({type(err).__name__})"
     try:
-        with _quiet_readers():
+        with quiet_pydicom():
             if kind == "dicom":
                 from embedx.data.dicom_header import DicomHeaderError, read_header
 
@@ -121,7 +105,7 @@ def decode_problem(path: Path) -> str | None:
     if problem is not None:
         return problem
     try:
-        with _quiet_readers():
+        with quiet_pydicom():
             read_image(path)
     except ImageReadError as err:
         return generic_reason(err)
