@@ -62,3 +62,25 @@ def test_the_enrichment_table_uses_it_and_falls_back_to_a_drawn_image_above_its_
     drawn = CohortTests(frame, schema, groups=subject.astype(str)).table(inside, correct=False)
     assert not drawn["test"].str.contains("mannwhitney").any()
     assert (drawn["units_tested"] == shares.size).all()
+
+
+def test_the_kruskal_wallis_permutation_p_is_scipys() -> None:
+    from embedx.analysis.subject_shares import kruskal_permutation_p
+
+    rng = np.random.default_rng(9)
+    shares = np.where(rng.random(90) < 0.15, rng.choice([0.25, 0.5, 1.0], 90), 0.0)
+    groups = np.sort(rng.choice(3, 90, p=[0.6, 0.3, 0.1]))
+    shares[groups == 2] = np.maximum(shares[groups == 2], rng.choice([0.0, 0.5], (groups == 2).sum()))
+    ranks, _ = _ranks(shares)
+    sizes = np.bincount(groups).astype(float)
+    sums = np.bincount(groups, weights=ranks)
+    p, draws = kruskal_permutation_p(ranks, sizes, float(np.sum(sums**2 / sizes)))
+
+    def kruskal(*samples: np.ndarray, axis: int) -> np.ndarray:
+        return sum(x.sum(axis=axis) ** 2 / x.shape[axis] for x in samples)
+
+    scipy_p = stats.permutation_test([ranks[groups == g] for g in range(3)], kruskal, alternative="greater",
+                                     permutation_type="independent", n_resamples=20_000,
+                                     rng=np.random.default_rng(2)).pvalue
+    assert 1e-4 < scipy_p < 0.05  # a tail the chi-square approximation gets wrong
+    assert p == pytest.approx(scipy_p, rel=0.4) and draws >= 2_000
