@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -43,7 +42,8 @@ from embedx.analysis.folds import (
 )
 from embedx.analysis.labels import label_strings, merge_small_classes, missing_mask
 from embedx.analysis.linear_probe import C_GRID, PREDICT_CHUNK, LinearProbe
-from embedx.analysis.permutation import LAMBDAS, probe_permutation_test
+from embedx.analysis.permutation import probe_permutation_test
+from embedx.analysis.probe_config import ProbeConfig
 from embedx.analysis.probe_result import ProbeResult, judge_family
 from embedx.analysis.refit_bootstrap import REFIT_RESAMPLES, centred_interval, refit_replicates
 from embedx.analysis.stats import (
@@ -64,53 +64,6 @@ DEGENERATE_SHARE = 0.99  # a classifier predicting one class for >= 99 % of rows
 SMALL_CI_SUBJECTS = 30  # below this many subjects (in the rarest class) the CI comes from refits
 REFIT_MAX_ROWS = 5_000  # refits on resamples cost 200 cross-validations: affordable up to here
 MIN_MIXING = 0.1  # permutations that change < 10 % of what a free shuffle would: the test cannot reject
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    """Every knob of a probe; recorded in each result so that a number can be reproduced."""
-
-    folds: int = 5
-    inner_folds: int = 2  # grouped inner CV for C; 2 keeps tuning at a third of the probe cost
-    c_grid: tuple[float, ...] = C_GRID
-    kernel: Literal["linear", "rbf"] = "linear"
-    n_permutations: int = 1000
-    n_bootstrap: int = 2000
-    alpha: float = 0.05
-    max_train_rows: int = 20_000
-    tune_max_rows: int = 1_500
-    permutation_max_rows: int = 10_000
-    rbf_exact_max_rows: int = 10_000
-    nystroem_components: int = 500
-    ridge_lambdas: tuple[float, ...] = LAMBDAS
-    seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.folds < 2:
-            raise EmbedxError(f"probe folds must be at least 2, got {self.folds}")
-        if self.kernel not in ("linear", "rbf"):
-            raise EmbedxError(f"probe kernel must be 'linear' or 'rbf', got {self.kernel!r}")
-        if self.n_permutations < 0 or self.n_bootstrap < 0:
-            raise EmbedxError("numbers of permutations and bootstrap resamples cannot be negative")
-        if not self.c_grid or min(self.c_grid) <= 0:
-            raise EmbedxError(f"probe C grid must hold positive values, got {self.c_grid}")
-
-    def estimator(self, task: str) -> LinearProbe:
-        return LinearProbe(
-            task=task,
-            kernel=self.kernel,
-            c_grid=tuple(self.c_grid),
-            inner_folds=self.inner_folds,
-            tune_max_rows=self.tune_max_rows,
-            max_train_rows=self.max_train_rows,
-            rbf_exact_max_rows=self.rbf_exact_max_rows,
-            nystroem_components=self.nystroem_components,
-            seed=self.seed,
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def out_of_fold_scores(

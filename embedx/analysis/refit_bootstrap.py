@@ -37,7 +37,7 @@ from embedx.analysis.stats import CI_LEVEL
 from embedx.parallel import map_in_threads
 
 if TYPE_CHECKING:
-    from embedx.analysis.probe_core import ProbeConfig
+    from embedx.analysis.probe_config import ProbeConfig
 
 REFIT_RESAMPLES = 100  # each costs one cross-validation at fixed C (5 small fits); 100 covered as 200 did
 
