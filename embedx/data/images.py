@@ -62,7 +62,9 @@ class NiftiSelection:
     slices: int = 1
 
 
-def _kind(path: Path) -> str:
+def image_kind(path: Path) -> str:
+    """'nifti' | 'pil' | 'dicom': the reader `read_image` uses (by name, then the DICM marker); `data check`
+    asks the same question, so a file is checked by the reader that will read it."""
     name = path.name.lower()
     if name.endswith(NIFTI_SUFFIXES):
         return "nifti"
@@ -410,7 +412,7 @@ def read_image(
         raise ImageReadError(str(path), "file does not exist")
     if path.is_dir():
         raise ImageReadError(str(path), "is a folder, not an image file")
-    kind = _kind(path)
+    kind = image_kind(path)
     try:
         if kind == "nifti":
             out = read_nifti(path, nifti, rng)

@@ -27,7 +27,7 @@ from typing import Literal
 import pandas as pd
 
 from embedx.data.dicom_header import quiet_pydicom
-from embedx.data.images import DICOM_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES
+from embedx.data.images import image_kind
 from embedx.data.manifest_read import where
 from embedx.errors import EmbedxError, ImageReadError
 from embedx.progress import progress_bar
@@ -39,20 +39,6 @@ ReadCheck = Literal["off", "header", "decode"]
 _PHRASE = re.compile(r"\s*[(:]")
 
 
-def _kind(path: Path) -> str:
-    """'nifti' | 'dicom' | 'raster': the reader `images.read_image` will use (name, then the DICM marker)."""
-    name = path.name.lower()
-    if name.endswith(NIFTI_SUFFIXES):
-        return "nifti"
-    if name.endswith(PIL_SUFFIXES):
-        return "raster"
-    if name.endswith(DICOM_SUFFIXES):
-        return "dicom"
-    with path.open("rb") as handle:
-        head = handle.read(132)
-    return "dicom" if head[128:132] == b"DICM" else "raster"
-
-
 def header_problem(path: Path) -> str | None:
     """Why `path` cannot be an image, from its size and header alone; None when it looks readable."""
     try:
@@ -60,9 +46,9 @@ def header_problem(path: Path) -> str | None:
             return "is a folder, not an image file"
         if path.stat().st_size == 0:
             return "empty file (0 bytes)"
-        kind = _kind(path)
-    except OSError as err:
-        return f"cannot open ({type(err).__name__})"
+        kind = image_kind(path)
+    except (OSError, ImageReadError) as err:
+        return f"cannot open ({type(err.__cause__ or err).__name__})"
     try:
         with quiet_pydicom():
             if kind == "dicom":
