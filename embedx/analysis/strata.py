@@ -4,6 +4,13 @@ If site is still decodable among, say, women aged 60-79 only, the site probe can
 differing in their sex or age mix. Each stratum is probed with the same probe as everywhere
 (`cross_validated_probe`); Holm runs once across the strata probed; strata too small to probe are listed
 with their n and the reason, not dropped.
+
+A band is wide (20 years by default): inside "60-79" one site's patients may be 75 and the other's 62, and
+latents that rightly carry age then tell the sites apart through age. So inside each stratum the latents are
+first residualised on the continuous stratifying columns (a quadratic in age, fitted on the stratum's rows;
+label-free, so the permutation test stays valid). Without it, a site with no signature but a different age
+mix inside the bands was called encoded in a stratum in 20 % of cohorts under Holm at 5 % (reproduction:
+/tmp/review-controls/strata_null.py).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ class StrataResult(JsonResult):
     n_strata_encoded: int
     encoded_in_every_stratum: bool
     family_size: int
+    residualised_on: tuple[str, ...] = ()
     control: str = "within_strata"
 
 
@@ -60,6 +68,19 @@ def strata_labels(
     return out
 
 
+def _residualised(X: np.ndarray, covariates: np.ndarray) -> np.ndarray:
+    """X minus its least-squares fit on [1, c, c^2] of each covariate column (rows with finite X only)."""
+    sd = covariates.std(axis=0)
+    c = (covariates - covariates.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    design = np.column_stack([np.ones(len(c)), c, c**2])
+    out = np.asarray(X, dtype=np.float64).copy()
+    ok = np.all(np.isfinite(out), axis=1)
+    if ok.sum() > design.shape[1]:
+        coef, *_ = np.linalg.lstsq(design[ok], out[ok], rcond=None)
+        out[ok] -= design[ok] @ coef
+    return out
+
+
 def probe_within_strata(
     X: np.ndarray,
     y: np.ndarray,
@@ -79,6 +100,9 @@ def probe_within_strata(
     labels = strata_labels(strata.reset_index(drop=True), kinds, age_edges)
     X, y = np.asarray(X), np.asarray(y, dtype=object)
     groups = np.asarray(groups).astype(str)
+    frame = strata.reset_index(drop=True)
+    continuous = [c for c in frame.columns if kinds.get(c) == "continuous"]
+    cov = frame[continuous].apply(pd.to_numeric, errors="coerce").to_numpy(float) if continuous else None
     results: list[ProbeResult] = []
     for stratum in sorted({s for s in labels if s is not None}):
         rows = np.flatnonzero(labels == stratum)
@@ -94,8 +118,9 @@ def probe_within_strata(
                 skipped=f"stratum has {n_subjects} subjects (< {min_subjects})",
             )
         else:
+            Xs = X[rows] if cov is None else _residualised(X[rows], cov[rows])
             r = cross_validated_probe(
-                X[rows], y[rows], groups[rows], kind, model=model, attribute=attribute, config=cfg
+                Xs, y[rows], groups[rows], kind, model=model, attribute=attribute, config=cfg
             )
         results.append(r.replace(stratum=stratum))
     results = judge_family(results, cfg.alpha)
@@ -111,4 +136,5 @@ def probe_within_strata(
         n_strata_encoded=int(sum(r.encoded for r in probed)),
         encoded_in_every_stratum=bool(probed) and all(r.encoded for r in probed),
         family_size=len(probed),
+        residualised_on=tuple(continuous),
     )
