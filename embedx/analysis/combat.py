@@ -21,7 +21,10 @@ reproduces neuroCombat exactly where that is wanted (regression-tested against n
 
 The control (`probe_after_combat`): if a site probe falls to chance after harmonisation while the sex and age
 probes hold, the site signal was a location/scale shift per feature; if site stays decodable, it lives in
-feature interactions that ComBat cannot remove.
+feature interactions that ComBat cannot remove. The site probe after harmonisation reads the latents net of
+the covariates' fitted effects (`ComBat.transform_residual`): where sites differ in age mix and the latents
+carry age, a blind transform left site readable through age in every simulated cohort (reproduction:
+/tmp/review-controls/combat_null.py, scenario age_confounded), a false "still encoded".
 """
 
 from __future__ import annotations
@@ -189,6 +192,16 @@ class ComBat:
         adjusted = (s - self.gamma_[codes]) / np.sqrt(self.delta_[codes])
         return adjusted * scale + stand_mean
 
+    def transform_residual(self, Y: np.ndarray, batch: Sequence[Any], covariates: pd.DataFrame) -> np.ndarray:
+        """Harmonised rows with each row's own fitted covariate term taken out (the training mean term kept).
+
+        For probing the batch itself after harmonisation: the biology that the covariates explain (age read
+        from the latents, say) would otherwise let a site that differs in age mix be read through age.
+        """
+        C = self.design_.matrix(covariates.reset_index(drop=True), len(Y))
+        own = C @ self.beta_ - self.mean_covariate_term_
+        return self.transform(Y, batch, covariates) - own
+
     def fit_transform(
         self, Y: np.ndarray, batch: Sequence[Any], covariates: pd.DataFrame | None = None
     ) -> np.ndarray:
@@ -227,12 +240,15 @@ def _folds_covering_sites(groups: np.ndarray, site: np.ndarray, folds: int, seed
 
 
 def fold_harmoniser(
-    X: np.ndarray, site: np.ndarray, covariates: pd.DataFrame | None, fold: np.ndarray
+    X: np.ndarray, site: np.ndarray, covariates: pd.DataFrame | None, fold: np.ndarray,
+    residual: bool = False,
 ) -> Callable[[int], np.ndarray]:
     """`harmonised(f)`: every row harmonised by a ComBat fitted on fold f's training rows, applied blind.
 
     A row's output depends on its latents and site only, never on its own covariates (module doc), so a
     probe of sex or age after harmonisation cannot read a label that ComBat wrote into the features.
+    With `residual` (for probing the batch itself) each row's fitted covariate term is also taken out, so a
+    site that differs in age or sex mix is not read through the age or sex that the latents carry.
     """
     cache: dict[int, np.ndarray] = {}
 
@@ -240,7 +256,8 @@ def fold_harmoniser(
         if f not in cache:
             train = fold != f
             combat = ComBat().fit(X[train], site[train], None if covariates is None else covariates[train])
-            cache[f] = combat.transform(X, site)
+            cache[f] = (combat.transform_residual(X, site, covariates) if residual and covariates is not None
+                        else combat.transform(X, site))
         return cache[f]
 
     return harmonised
@@ -296,12 +313,14 @@ def probe_after_combat(
     groups_k = np.asarray(groups).astype(str)[rows]
     site = frame_k[batch].astype(str).to_numpy()
     fold = _folds_covering_sites(groups_k, site, cfg.folds, cfg.seed)
-    harmonisers: dict[tuple[str, ...], Callable[[int], np.ndarray]] = {}
+    harmonisers: dict[tuple[tuple[str, ...], bool], Callable[[int], np.ndarray]] = {}
 
-    def harmoniser(keep: tuple[str, ...]) -> Callable[[int], np.ndarray]:
-        if keep not in harmonisers:
-            harmonisers[keep] = fold_harmoniser(Xk, site, frame_k[list(keep)] if keep else None, fold)
-        return harmonisers[keep]
+    def harmoniser(keep: tuple[str, ...], residual: bool = False) -> Callable[[int], np.ndarray]:
+        if (keep, residual) not in harmonisers:
+            harmonisers[keep, residual] = fold_harmoniser(
+                Xk, site, frame_k[list(keep)] if keep else None, fold, residual=residual
+            )
+        return harmonisers[keep, residual]
 
     before, after = [], []
     for attribute in probe:
@@ -311,8 +330,11 @@ def probe_after_combat(
         before.append(cross_validated_probe(Xk, y, groups_k, kind, **options))  # type: ignore[arg-type]
         # A probed covariate is left out of the harmonisation that it is probed after: the harmonised
         # matrices then do not depend on its labels, which keeps its permutation test valid.
+        # The batch itself is probed with the covariates' fitted effects taken out of every row: a site that
+        # differs in age mix would otherwise stay "encoded" through the age that the latents rightly carry.
         keep = tuple(c for c in covariates if c != attribute)
-        r = cross_validated_probe(Xk, y, groups_k, kind, fold_X=harmoniser(keep), **options)  # type: ignore[arg-type]
+        residual = attribute == batch and bool(keep)
+        r = cross_validated_probe(Xk, y, groups_k, kind, fold_X=harmoniser(keep, residual), **options)  # type: ignore[arg-type]
         after.append(
             r.replace(
                 harmonised={
@@ -320,7 +342,8 @@ def probe_after_combat(
                     "batch": batch,
                     "covariates": list(keep),
                     "fit": "outer training folds only",
-                    "transform": "blind to covariates (training mean term)",
+                    "transform": "each row's fitted covariate term removed (site read net of covariates)"
+                    if residual else "blind to covariates (training mean term)",
                 }
             )
         )
