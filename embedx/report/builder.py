@@ -39,8 +39,13 @@ def build_report(
     seed: int = 0,
     probe_options: Mapping[str, Any] | None = None,
     n_bootstrap: int = 1000,
+    calibration: Any = None,
 ) -> dict[str, Any]:
-    """Write `report.html`, `report.json` and `figures/*.png` into ``out_dir``; return the JSON document."""
+    """Write `report.html`, `report.json` and `figures/*.png` into ``out_dir``; return the JSON document.
+
+    `calibration` (a `CalibrationSettings`) sizes the calibration run for a model that has none stored;
+    None runs `embedx calibrate`'s defaults.
+    """
     store_path = Path(store_path)
     if not store_path.exists():
         raise EmbedxError(f"store {store_path} does not exist")
@@ -57,6 +62,7 @@ def build_report(
         seed=seed,
         probe_options=probe_options or {},
         n_bootstrap=n_bootstrap,
+        calibration_settings=calibration,
     )
     snap = store_snapshot(store_path) if run_missing else snap  # provenance after writes
     prov = provenance(store_path, snap)

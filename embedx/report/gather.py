@@ -151,6 +151,7 @@ def gather(
     seed: int,
     probe_options: Mapping[str, Any],
     n_bootstrap: int,
+    calibration_settings: Any = None,
 ) -> dict[str, Any]:
     models: list[str] = snap["models"]
     if not models:
@@ -296,7 +297,11 @@ def gather(
         from embedx.analysis.calibration import run_calibration
 
         for m in missing_calibration:
-            found = _attempt(lambda m=m: run_calibration(store_path, [m])[0], notes, f"calibration of {m}")
+            found = _attempt(
+                lambda m=m: run_calibration(store_path, [m], calibration_settings)[0],
+                notes,
+                f"calibration of {m}",
+            )
             if found is not None:
                 calibration[m] = found
                 notes.append(f"calibration (false-positive rate and power) computed for the report for {m}")

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from embedx.analysis.calibration import CalibrationSettings
 from embedx.analysis.results import PROBE_FIELDS
 from embedx.cli import app
 from embedx.data.schema import AttributeSpec
@@ -23,6 +24,14 @@ SCHEMA = {
     "age": AttributeSpec("age", "continuous", "demographic"),
     "finding": AttributeSpec("finding", "binary", "clinical"),
 }
+
+
+# The report calibrates a model that has no calibration stored. Its own suite checks calibration; here it only
+# has to be present, so a small run stands in for `embedx calibrate`'s 200 + 200 labels.
+LIGHT_CALIBRATION = CalibrationSettings(
+    n_null=20, n_planted=20, prevalences=(0.2,), effects=(0.8,), correlations=(0.3,), probe_checks=2,
+    probe_bootstrap=200,
+)
 
 
 def _probe(model: str, attribute: str, kind: str, score: float, chance: float, encoded: bool,
@@ -118,7 +127,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def built(store: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("out")
     document = build_report(
-        store, out, n_bootstrap=100, probe_options={"n_permutations": 20, "n_bootstrap": 100}
+        store, out, n_bootstrap=100, probe_options={"n_permutations": 20, "n_bootstrap": 100},
+        calibration=LIGHT_CALIBRATION,
     )
     return out, document
 
@@ -242,7 +252,8 @@ def test_a_pilot_cohort_gets_a_report_that_says_what_it_left_out(tmp_path: Path)
     )
     with Store.open(path, "a") as store:  # an encode that could not read 3 images: the report must say so
         store.set_embedding_attrs("vae", n_failed=3)
-    doc = build_report(path, tmp_path / "out", probe_options={"n_permutations": 50, "n_bootstrap": 50})
+    doc = build_report(path, tmp_path / "out", probe_options={"n_permutations": 50, "n_bootstrap": 50},
+                       calibration=LIGHT_CALIBRATION)
     assert (tmp_path / "out" / "report.html").is_file()
     notes = " ".join(doc["notes"])
     assert "vae: 3 image(s) could not be read by its last encode" in notes
@@ -274,7 +285,8 @@ def test_partial_and_stale_analyses_are_recomputed_not_reused(tmp_path: Path) ->
     run_probes(path, attributes=["site"], config=ProbeConfig(n_permutations=99, n_bootstrap=100))
     with Store.open(path, "a") as store:
         store.write_latents("m", np.arange(120, n), z[120:])  # the encode finishes
-    doc = build_report(path, tmp_path / "out", probe_options={"n_permutations": 200, "n_bootstrap": 100})
+    doc = build_report(path, tmp_path / "out", probe_options={"n_permutations": 200, "n_bootstrap": 100},
+                       calibration=LIGHT_CALIBRATION)
     by = {p["attribute"]: p for p in doc["probes"]}
     assert set(by) == {"site", "sex"}
     assert by["site"]["n"] == n and by["site"]["rows_encoded"] == n
@@ -320,7 +332,8 @@ def test_probes_with_too_few_permutations_for_the_reports_family_get_no_verdict_
     summary = (tmp_path / "kept" / "report.html").read_text(encoding="utf-8")
     assert "<b>No verdict</b> (see each probe&#x27;s verdict): sex, site." in summary
 
-    rerun = build_report(path, tmp_path / "rerun", probe_options={"n_bootstrap": 100})
+    rerun = build_report(path, tmp_path / "rerun", probe_options={"n_bootstrap": 100},
+                         calibration=LIGHT_CALIBRATION)
     site_probe = next(p for p in rerun["probes"] if p["attribute"] == "site")
     assert site_probe["encoded"] and site_probe["permutation"]["permutations"] >= 1000
     assert any("too few permutations" in note for note in rerun["notes"])
