@@ -4,6 +4,7 @@ into an existing map without moving the old points."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -150,6 +151,25 @@ def test_umap_fit_and_transform(tmp_path):
     with Store.open(path) as store:
         assert store.projection_info("m", "umap")["params"]["n_neighbors"] == 10
         _check_placed_near_neighbours(store, "umap", new_rows)
+
+
+def test_seeded_umap_raises_no_n_jobs_warning_and_stores_unchanged_params(tmp_path) -> None:
+    """umap-learn's "n_jobs value 1 overridden to 1 by setting random_state" used to be printed on every
+    seeded run (review item 14). Beside the other UMAP tests, so that numba compiles UMAP once per worker."""
+    rng = np.random.default_rng(0)
+    z = (rng.integers(0, 3, 120)[:, None] * 5.0 + rng.normal(size=(120, 8))).astype(np.float32)
+    ids = [f"a{i}" for i in range(len(z))]
+    attrs = pd.DataFrame(index=range(len(z)))
+    path = write_store_from_arrays(tmp_path / "s.h5", ids, ids, attrs, None, {"m": z})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (result,) = project(str(path), "umap", n_neighbors=10)
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "overridden to 1 by setting random_state" in m], messages
+    assert np.isfinite(result.trustworthiness)
+    with Store.open(path) as store:
+        params = store.projection_info("m", "umap")["params"]
+    assert "n_jobs" not in params and params["random_state"] == 0  # the seed, not a thread count, is recorded
 
 
 @pytest.mark.slow
