@@ -126,22 +126,68 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return float(finite.mean()), float(finite.std(ddof=1)) if finite.size > 1 else 0.0
 
 
+def _factor(cov: np.ndarray) -> np.ndarray:
+    """A square root of a covariance (eigenvalues clipped at 0), so that ``normal @ factor.T`` has it."""
+    eigenvalues, vectors = np.linalg.eigh(np.atleast_2d(cov))
+    return vectors * np.sqrt(np.clip(eigenvalues, 0.0, None))
+
+
+def reference_cloud_maker(xs: np.ndarray, groups: np.ndarray | None) -> Any:
+    """``draw(rng)``: a Gaussian cloud shaped like ``xs``, with its subjects where ``groups`` has repeats.
+
+    Without subjects (or one row each) the cloud has the covariance of ``xs``. With them it is a Gaussian
+    *subject effect* plus Gaussian image scatter, in the same layout of images per subject: a cohort's
+    images clump around their patient, and a pilot of 30 patients with a few images each is 30 clumps that
+    k-means separates well. A plain Gaussian reference called such a pilot "cluster structure" in 10 of 10
+    review cohorts whose patients formed one Gaussian cloud (/tmp/review-claims/repro_pilot_clusters.sh).
+    The covariances are the method-of-moments split: within = pooled scatter around each subject's mean,
+    between = covariance of the subject means less the part their own image scatter adds (clipped to be
+    positive semi-definite).
+    """
+    if groups is not None:
+        _, codes, counts = np.unique(np.asarray(groups).astype(str), return_inverse=True, return_counts=True)
+        codes = codes.reshape(-1)
+        n, n_subjects = xs.shape[0], counts.size
+        if counts.max() > 1 and n_subjects > 1:
+            means = np.zeros((n_subjects, xs.shape[1]))
+            np.add.at(means, codes, xs)
+            means /= counts[:, None]
+            scatter = xs - means[codes]
+            within = scatter.T @ scatter / max(n - n_subjects, 1)
+            between = np.atleast_2d(np.cov(means, rowvar=False)) - within * float(np.mean(1.0 / counts))
+            between_f, within_f = _factor(between), _factor(within)
+
+            def draw_subjects(rng: np.random.Generator) -> np.ndarray:
+                effect = rng.standard_normal((n_subjects, xs.shape[1])) @ between_f.T
+                return effect[codes] + rng.standard_normal(xs.shape) @ within_f.T
+
+            return draw_subjects
+    factor = _factor(np.cov(xs, rowvar=False))
+
+    def draw(rng: np.random.Generator) -> np.ndarray:
+        return rng.standard_normal(xs.shape) @ factor.T
+
+    return draw
+
+
 def gaussian_reference(
-    xs: np.ndarray, seed: int, observed: Solution, draws: int = REFERENCE_DRAWS
+    xs: np.ndarray,
+    seed: int,
+    observed: Solution,
+    draws: int = REFERENCE_DRAWS,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Repeat the observed solution's k-means on Gaussian clouds with the covariance of ``xs``; the verdict
-    and its numbers.
+    """Repeat the observed solution's k-means on Gaussian clouds shaped like ``xs`` (with its subject effect
+    when ``groups`` gives the subject of each row); the verdict and its numbers.
 
     Returns the JSON-ready record stored as ``structure_test`` (see `docs/report.md`)."""
-    cov = np.atleast_2d(np.cov(xs, rowvar=False))
-    eigenvalues, vectors = np.linalg.eigh(cov)
-    factor = vectors * np.sqrt(np.clip(eigenvalues, 0.0, None))
+    draw = reference_cloud_maker(xs, groups)
     rng = np.random.default_rng([seed, 0x5EED])
     reference: list[Solution] = []
     for _ in range(draws):
-        cloud = rng.standard_normal(xs.shape) @ factor.T
+        cloud = draw(rng)
         try:
-            reference.append(solve(cloud, [observed.k], seed))
+            reference.append(solve(cloud, [observed.k], seed, groups))
         except EmbedxError:  # a degenerate draw (a handful of rows): it has no partition to compare
             continue
     sil_mean, sil_sd = _mean_sd([r.silhouette for r in reference])
@@ -159,7 +205,8 @@ def gaussian_reference(
     return {
         "found": bool(criteria),
         "criteria": criteria,
-        "reference": "k-means at the same k on Gaussian clouds with the covariance of the subsample",
+        "reference": "k-means at the same k on Gaussian clouds with the covariance of the subsample"
+        + ("" if groups is None else ", as a subject effect plus image scatter, images per subject kept"),
         "rows": int(xs.shape[0]),
         "draws": len(reference),
         "k": observed.k,

@@ -183,7 +183,7 @@ def cluster_latents(
                 raise
             observed = None  # a fixed k on degenerate latents: fitted below, nothing to test
         if observed is not None:
-            structure = gaussian_reference(xs, seed, observed)
+            structure = gaussian_reference(xs, seed, observed, groups=sample_groups)
         chosen = observed.k if observed is not None else ks[0]  # None only for a fixed k
         labels = _kmeans(x, chosen, seed).labels_.astype(int)
         params = {
