@@ -69,7 +69,22 @@ def _fmt(score: float | None, ci: tuple[float, float] | None) -> str:
     return f"{score:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
+def _compared(probe: Mapping[str, Any]) -> Mapping[str, Any]:
+    """What a probe is compared by. A continuous probe's verdict rests on its out-of-fold correlation and
+    that correlation's interval (`probe_result.clear_of_chance`); comparing MAE intervals instead read age
+    as "unclear" where the probes themselves disagreed plainly (review: /tmp/review-claims, rare seed 1).
+    Results stored before the correlation existed keep the MAE."""
+    r, ci = probe.get("correlation"), probe.get("correlation_ci")
+    if probe.get("metric") == "mae" and r is not None and ci and None not in ci:
+        return {**probe, "metric": "correlation", "score": r, "ci": ci, "chance": 0.0}
+    return probe
+
+
 def compare_one(model_probe: Mapping[str, Any], pixel_probe: Mapping[str, Any]) -> ReferenceComparison:
+    if model_probe.get("metric") == pixel_probe.get("metric") == "mae":
+        m_c, p_c = _compared(model_probe), _compared(pixel_probe)
+        if m_c["metric"] == p_c["metric"]:
+            model_probe, pixel_probe = m_c, p_c
     metric = str(model_probe.get("metric"))
     lower = metric == "mae"
     chance = model_probe.get("chance")
@@ -82,7 +97,7 @@ def compare_one(model_probe: Mapping[str, Any], pixel_probe: Mapping[str, Any]) 
         gap = _advantage(float(ps), float(chance), lower)
         if p_enc and gap > 0:
             kept = _advantage(float(ms), float(chance), lower) / gap
-    unit = "MAE" if lower else metric.replace("_", " ")
+    unit = "MAE" if lower else "r" if metric == "correlation" else metric.replace("_", " ")
     numbers = (f"pixels {_fmt(ps, pci)}, {model} {_fmt(ms, mci)}"
                + (f", chance {float(chance):.2f}" if chance is not None else "") + f" ({unit})")
     rows_m, rows_p = model_probe.get("rows_encoded"), pixel_probe.get("rows_encoded")

@@ -82,3 +82,21 @@ def test_equal_true_scores_are_rarely_called_different() -> None:
         found += compare_one(_p("m", float(a), (a - 1.96 * se, a + 1.96 * se), True),
                              _p("px", float(b), (b - 1.96 * se, b + 1.96 * se), True)).reading == "keeps less"
     assert found / 500 > 0.8
+
+
+def test_a_continuous_attribute_is_compared_by_the_correlation_its_verdict_rests_on() -> None:
+    """The review's case: MAE intervals that overlap (read 'unclear') while the correlations, on which each
+    continuous verdict rests, do not: the model reads age plainly (r 0.30 [0.24, 0.36], encoded), the pixels
+    barely (r 0.05 [-0.01, 0.11], not encoded)."""
+    model = {**_p("m", 11.6, (11.2, 12.0), True, "mae", 12.0), "correlation": 0.30,
+             "correlation_ci": [0.24, 0.36]}
+    pixels = {**_p("px", 11.9, (11.5, 12.3), False, "mae", 12.0), "correlation": 0.05,
+              "correlation_ci": [-0.01, 0.11]}
+    old_model, old_pixels = ({k: v for k, v in p.items() if not k.startswith("correlation")}
+                             for p in (model, pixels))
+    assert compare_one(old_model, old_pixels).reading == "unclear"
+    c = compare_one(model, pixels)
+    assert c.reading == "amplifies" and c.metric == "correlation" and c.chance == 0.0
+    assert "(r)" in c.sentence and c.model_score == pytest.approx(0.30)
+    # only one side with a correlation (an older stored probe): both stay on the MAE
+    assert compare_one(model, old_pixels).metric == "mae"
