@@ -322,9 +322,10 @@ def _sentences(
             )
         else:
             holm = (
-                f"the Holm threshold of this store's table (alpha / {cfg.family_size} = {threshold:.2g}) "
-                f"is below the smallest p that {cfg.null_permutations} permutations can give, so that rate "
-                "is not measured (raise --null-permutations)"
+                f"no p from {cfg.null_permutations} permutations (the smallest is "
+                f"1/{cfg.null_permutations + 1} = {1 / (cfg.null_permutations + 1):.2g}) can fall below the "
+                f"Holm threshold of this store's table (alpha / {cfg.family_size} = {threshold:.2g}), so "
+                "that rate is not measured (raise --null-permutations)"
             )
         lines.append(
             f"False-positive rate: {fp_hits}/{n_null} labels with no link to the images had "

@@ -141,6 +141,8 @@ def test_null_labels_vary_within_subjects_like_the_attribute_they_match(phantom_
     # alpha / 24 is below 1 / 100: with 99 permutations a Holm-level false positive cannot be measured
     assert row["passes_holm"] is None and result.false_positive_rate_holm is None
     assert "not measured" in result.text[0]
+    # the smallest p is 1/100 = 0.01 and the threshold 0.05/24 = 0.0021: said with both numbers
+    assert "the smallest is 1/100 = 0.01) can fall below" in result.text[0] and "= 0.0021" in result.text[0]
 
 
 def _random_cohort(n_subjects: int = 400, seed: int = 11) -> tuple[np.ndarray, np.ndarray]:
