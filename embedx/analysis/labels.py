@@ -123,3 +123,43 @@ def merge_small_classes(
         out[is_small] = None
         dropped = int(is_small.sum())
     return out, small, dropped
+
+
+FAR_OUT_IQR = 20.0  # beyond this many interquartile ranges from the quartiles a value is implausible
+DOMINANT_SD = 5.0  # ... and they dominate when the SD is this many times the SD the middle half implies
+
+
+def far_outlier_note(values: np.ndarray, subjects: np.ndarray) -> str | None:
+    """A warning when a few numbers lie absurdly far from the rest and dominate the spread, else None.
+
+    Why: a continuous probe's fit, MAE and correlation are all dominated by such values. A review planted 3
+    entry errors (1e6, -1e5, 9e9) in a BMI column of 300 subjects that the latents read plainly (r 0.83,
+    encoded): the probe printed an MAE of 1.4e8 and "not distinguishable from chance", with no word on why.
+    Nothing is dropped (a heavy-tailed quantity may be real); the user is told which values to check.
+    Two conditions, both needed: values more than 20 IQR beyond the quartiles (far outside Tukey's 3), and a
+    standard deviation over 5 times the one the interquartile range implies for a normal quantity (IQR /
+    1.349), i.e. those values set the scale. The first alone fired on 47 of 100 log-normal (sigma 1)
+    samples of 2,000; together, on none of 300 normal, log-normal and t(3) samples (the test). A few 999
+    "unknown" codes among ages set it off from 0.5 % of the rows (not at 0.2 %). A log-normal of sigma 1.5
+    sets it off in about a third of samples: its few largest values do set the scale there.
+    """
+    values = np.asarray(values, dtype=float)
+    finite = np.isfinite(values)
+    if finite.sum() < 8:
+        return None
+    q1, q3 = np.percentile(values[finite], [25, 75])
+    spread = q3 - q1
+    if not spread > 0 or not np.std(values[finite]) > DOMINANT_SD * spread / 1.349:
+        return None
+    is_far = finite & ((values < q1 - FAR_OUT_IQR * spread) | (values > q3 + FAR_OUT_IQR * spread))
+    if not is_far.any():
+        return None
+    far = values[is_far]
+    n_subjects = len(np.unique(np.asarray(subjects)[is_far]))
+    shown = ", ".join(f"{v:.4g}" for v in sorted(set(far.tolist()), key=abs, reverse=True)[:5])
+    return (
+        f"values of {n_subjects} subject(s) lie more than {FAR_OUT_IQR:g} interquartile ranges beyond the "
+        f"quartiles ({shown}; the middle half spans {q1:.4g} to {q3:.4g}): they dominate the fit, the MAE "
+        "and the correlation, so a real effect can read as chance; if they are entry errors or "
+        "missing-value codes, blank them in the manifest"
+    )

@@ -40,7 +40,7 @@ from embedx.analysis.folds import (
     stratified_splits,
     subject_codes,
 )
-from embedx.analysis.labels import label_strings, merge_small_classes, missing_mask
+from embedx.analysis.labels import far_outlier_note, label_strings, merge_small_classes, missing_mask
 from embedx.analysis.linear_probe import C_GRID, PREDICT_CHUNK, LinearProbe
 from embedx.analysis.permutation import probe_permutation_test
 from embedx.analysis.probe_config import ProbeConfig
@@ -183,6 +183,9 @@ def cross_validated_probe(
             raise EmbedxError(
                 f"attribute {attribute!r} is declared continuous but holds non-numbers"
             ) from err
+        far = far_outlier_note(labels, groups[keep])
+        if far:
+            small_notes.append(far)
     else:
         labels, merged, dropped = merge_small_classes(label_strings(y[keep]), groups[keep], cfg.folds)
         base.update(merged_classes=tuple(merged), n_dropped_small_classes=dropped)
