@@ -138,7 +138,14 @@ def gap_summary(result: Mapping[str, Any]) -> str:
         parts.append(text)
     if result.get("kind") == "continuous" and result.get("worst_group"):
         parts.append(f"worst group {result['worst_group']}")
-    return "; ".join(parts) or "no gaps: fewer than 2 groups large enough to compare"
+    return "; ".join(parts) or "gaps not tested (not \"no gap\"): fewer than 2 groups large enough to compare"
+
+
+def _counted(group: Mapping[str, Any], subjects: str, images: str) -> str:
+    """'87 (358)': subjects first, as the too-small rule and every interval count them; images beside."""
+    if group.get(subjects) is None:  # a result stored before subjects were counted
+        return _fmt(group.get(images))
+    return f"{_fmt(group[subjects])} ({_fmt(group.get(images))})"
 
 
 def fairness_rich_table(result: Mapping[str, Any]) -> Any:
@@ -149,12 +156,12 @@ def fairness_rich_table(result: Mapping[str, Any]) -> Any:
     title = f"{result.get('model', '')}: {result['target']} by {result['sensitive']}"
     table = Table(title=title, header_style="bold")
     columns = (
-        ("group", "n", "MAE [95% CI]", "bias", "note")
+        ("group", "subjects (images)", "MAE [95% CI]", "bias", "note")
         if continuous
         else (
             "group",
-            "n",
-            "pos",
+            "subjects (images)",
+            "positive subjects (images)",
             "accuracy",
             "TPR [95% CI]",
             "FPR [95% CI]",
@@ -170,12 +177,13 @@ def fairness_rich_table(result: Mapping[str, Any]) -> Any:
         note = "too small: not in gaps" if g.get("too_small") else (g.get("auc_note") or "")
         ci = g.get("ci") or {}
         if continuous:
-            row = [group, _fmt(g["n"]), _fmt(g["mae"]) + _fmt_ci(ci.get("mae")), _fmt(g.get("bias")), note]
+            row = [group, _counted(g, "n_subjects", "n"), _fmt(g["mae"]) + _fmt_ci(ci.get("mae")),
+                   _fmt(g.get("bias")), note]
         else:
             row = [
                 group,
-                _fmt(g["n"]),
-                _fmt(g.get("positives")),
+                _counted(g, "n_subjects", "n"),
+                _counted(g, "positive_subjects", "positives"),
                 _fmt(g.get("accuracy")),
                 _fmt(g.get("tpr")) + _fmt_ci(ci.get("tpr")),
                 _fmt(g.get("fpr")) + _fmt_ci(ci.get("fpr")),

@@ -191,7 +191,11 @@ def test_fairness_cli_prints_groups_and_writes_json(synth_store, tmp_path) -> No
     doc = json.loads(out.read_text())
     assert doc["probes"] == [] and doc["fairness"][0]["target"] == "sex"
     assert doc["fairness"][0]["sensitive"] == "site"
-    assert doc["fairness"][0]["by_group"]["north"]["n"] > 0
+    north = doc["fairness"][0]["by_group"]["north"]
+    assert north["n"] > 0
+    # subjects first (the too-small rule and every interval count them), images beside: "87 (358)"
+    assert f"{north['n_subjects']} ({north['n']})" in result.output
+    assert f"{north['positive_subjects']} ({north['positives']})" in result.output
 
 
 def test_gap_evidence_under_the_null_and_under_a_real_gap() -> None:
