@@ -118,6 +118,13 @@ def probe_section(probes: list[dict], col: Collector) -> str:
     fig = col.figure(
         figures.probe_bars(order), "probes", "Probe score per attribute and model, 95 % CI, chance"
     )
+    # what a probe says of itself (classes merged or left out, a pilot-sized interval, values that dominate
+    # a continuous attribute) belongs beside the table, as the CLI prints it below its own
+    notes = sorted({f"{p['model']} / {p['attribute']}: {n}" for p in order for n in p.get("notes") or []})
+    notes_html = (
+        "<h3>Notes on these probes</h3><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"
+        if notes else ""
+    )
     return (
         f"<p>{html.escape(family_line(order))}.</p>"
         "<h3>Poster table (score [95 % CI], * = encoded after Holm)</h3>"
@@ -125,6 +132,7 @@ def probe_section(probes: list[dict], col: Collector) -> str:
         + fig
         + "<h3>All probes</h3>"
         + table_html(pd.DataFrame(rows), index=False)
+        + notes_html
     )
 
 

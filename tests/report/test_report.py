@@ -337,3 +337,16 @@ def test_probes_with_too_few_permutations_for_the_reports_family_get_no_verdict_
     site_probe = next(p for p in rerun["probes"] if p["attribute"] == "site")
     assert site_probe["encoded"] and site_probe["permutation"]["permutations"] >= 1000
     assert any("too few permutations" in note for note in rerun["notes"])
+
+
+def test_a_probes_own_notes_are_listed_under_the_probe_tables(tmp_path: Path) -> None:
+    """A continuous attribute with entry errors, a merged class: the CLI prints these under its table; the
+    report printed the verdict without them."""
+    from embedx.report.sections import Collector, probe_section
+
+    sex = _probe("vae", "sex", "binary", 0.5, 0.5, False, 300)
+    bmi = {**_probe("vae", "bmi", "continuous", 1.4e8, 2.0, False, 300),
+           "notes": ["values of 3 subject(s) lie more than 20 interquartile ranges beyond the quartiles"]}
+    page = probe_section([bmi, sex], Collector(tmp_path))
+    assert "Notes on these probes" in page and "vae / bmi: values of 3 subject(s) lie" in page
+    assert "Notes on these probes" not in probe_section([sex], Collector(tmp_path))
