@@ -50,6 +50,7 @@ for p in probes:
             "verdict": p.get("verdict")
             or ("encoded" if p.get("encoded") else "not distinguishable from chance"),
             "n": p.get("n"),
+            "notes": "; ".join(p.get("notes") or []),  # merged classes, pilot intervals, dominating values
         }
     )
 st.subheader("Per model and attribute")
