@@ -165,18 +165,62 @@ def test_ks_flags_a_shifted_mode_and_not_identical_groups() -> None:
     sham = rng.choice(["x", "y", "z"], n)  # drawn independently of everything: must not separate
     z = rng.normal(size=(n, 8))
     z[group == "B", :4] += 1.5  # a shift shared by four latent units: the leading PCA mode after scaling
-    result = distribution_tests_arrays(z, pd.DataFrame({"group": group, "sham": sham}), n_modes=5)
+    one_each = np.arange(n).astype(str)  # independent rows: one subject id per row, said explicitly
+    frame = pd.DataFrame({"group": group, "sham": sham})
+    result = distribution_tests_arrays(z, frame, n_modes=5, groups=one_each)
     flagged = [t for t in result["tests"] if t["significant"]]
     assert any(t["attribute"] == "group" and t["mode"] == 1 for t in flagged)
     assert all(t["attribute"] == "group" for t in flagged)
     assert result["summary"]["sham"]["pairs_separated"] == 0
+    # the text names the pair, and says of the sham only that nothing was detected (not that none differ)
+    assert any(line.startswith("group: 1/1 pairs differ (A vs B)") for line in result["text"]), result["text"]
+    (sham_line,) = [line for line in result["text"] if line.startswith("sham:")]
+    assert "no difference detected" in sham_line and "a probe" in sham_line
     assert result["correction"].startswith("Benjamini-Yekutieli")
     # BY is stricter than the raw p-values: the q of every test is at least its p.
     assert all(t["q_value"] >= t["p_value"] for t in result["tests"])
-    assert result["test_unit"] == "image" and result["units_tested"] == n  # no subjects given: images
+    assert result["test_unit"] == "one image per subject" and result["units_tested"] == n
     subjects = np.repeat(np.arange(n // 3), 3).astype(str)
     per_subject = distribution_tests_arrays(z, pd.DataFrame({"group": group}), n_modes=5, groups=subjects)
     assert per_subject["test_unit"] == "one image per subject" and per_subject["units_tested"] == n // 3
+
+
+def _repeated_images_cohort(seed: int, effect: float = 0.0, n_subj: int = 150, per: int = 3):
+    """Three alike images per subject; site c (20 %) shifted by `effect` SD on 3 of 12 latents."""
+    rng = np.random.default_rng(seed)
+    subj = np.repeat(np.arange(n_subj), per)
+    site = rng.choice(["a", "b", "c"], n_subj, p=[0.5, 0.3, 0.2])
+    z = rng.normal(size=(n_subj, 12))[subj] + 0.3 * rng.normal(size=(len(subj), 12))
+    z[site[subj] == "c", :3] += effect
+    frame = pd.DataFrame({"site": site[subj], "sex": rng.choice(["F", "M"], n_subj)[subj],
+                          "age": rng.uniform(20, 90, n_subj)[subj]})
+    return z, frame, subj.astype(str)
+
+
+def test_ks_needs_subject_ids_and_holds_its_error_rate_with_repeated_images() -> None:
+    """Images as the unit flagged a difference in 76.5 % of null cohorts (/tmp/review-controls/dist_null.py):
+    that path must not be taken by omission. With subject ids: false flags <= ~5 %, a real shift found."""
+    z, frame, subj = _repeated_images_cohort(0)
+    with pytest.raises((TypeError, EmbedxError)):
+        distribution_tests_arrays(z, frame, n_modes=6)  # type: ignore[call-arg]
+    with pytest.raises(EmbedxError):
+        distribution_tests_arrays(z, frame, n_modes=6, groups=None)  # type: ignore[arg-type]
+    with pytest.raises(EmbedxError):
+        distribution_tests_arrays(z, frame, n_modes=6, groups=subj[:-1])
+    false_flags = 0
+    for seed in range(60):
+        z, frame, subj = _repeated_images_cohort(seed)
+        result = distribution_tests_arrays(z, frame, n_modes=6, seed=seed, groups=subj)
+        assert result["units_tested"] == 150
+        false_flags += any(t["significant"] for t in result["tests"])
+    assert false_flags <= 6  # 60 cohorts at alpha 0.05: P(>= 7) = 0.03
+    found = 0
+    for seed in range(20):
+        z, frame, subj = _repeated_images_cohort(1000 + seed, effect=1.5)
+        tests = distribution_tests_arrays(z, frame, n_modes=6, seed=seed, groups=subj)["tests"]
+        found += any(t["significant"] and t["attribute"] == "site" and "c" in (t["group_a"], t["group_b"])
+                     for t in tests)
+    assert found >= 18
 
 
 def test_control_background_cli_writes_strict_json(phantoms: dict[float, Path], tmp_path: Path) -> None:
