@@ -39,12 +39,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from threadpoolctl import threadpool_limits
 
-from embedx.analysis.folds import subject_codes, subject_folds
-from embedx.analysis.labels import label_strings, merge_small_classes
-from embedx.analysis.permutation import probe_permutation_test
-from embedx.analysis.probe_core import MIN_MIXING, ProbeConfig, cross_validated_probe
+from embedx.analysis.combat_kernel_permutation import batch_permutation
+from embedx.analysis.folds import subject_folds
+from embedx.analysis.probe_core import ProbeConfig, cross_validated_probe
 from embedx.analysis.probe_result import ProbeResult, judge_family
 from embedx.analysis.strata import StrataResult, probe_within_strata
 from embedx.analysis.typed import JsonResult
@@ -53,7 +51,6 @@ from embedx.errors import EmbedxError
 __all__ = ["ComBat", "CombatResult", "fold_harmoniser", "probe_after_combat", "run_confound_controls"]
 
 _EPS = 1e-8
-KERNEL_FEATURES = 256  # random Fourier features of the RBF kernel: the batch's permutation statistic
 _BATCH_NOTE = ("after harmonising by this attribute: Holm p < alpha and CI clear of chance; the p is taken "
                "on matrices harmonised with the observed labels (conservative for a linear probe)")
 
@@ -272,45 +269,6 @@ def fold_harmoniser(
     return harmonised
 
 
-class _KernelFeatures:
-    """`matrix[rows][i]` standardised, as random Fourier features of exp(-|x-y|^2 / d) (the probe's RBF)."""
-
-    def __init__(self, matrix: np.ndarray, rows: np.ndarray, seed: int) -> None:
-        self.matrix, self.rows, d = matrix, rows, matrix.shape[1]
-        rng = np.random.default_rng(seed)
-        self.W = rng.normal(0.0, np.sqrt(2.0 / d), (d, KERNEL_FEATURES))
-        self.b = rng.uniform(0.0, 2 * np.pi, KERNEL_FEATURES)
-
-    def __getitem__(self, i: Any) -> np.ndarray:
-        part = self.matrix[self.rows[i]]
-        std = part.std(axis=0)
-        part = (part - part.mean(axis=0)) / np.where(std > 0, std, 1.0)
-        return np.cos(part @ self.W + self.b).astype(np.float32)
-
-
-def _batch_permutation(
-    result: ProbeResult, X: np.ndarray, y: np.ndarray, groups: np.ndarray, fold: np.ndarray,
-    harmonised: Callable[[int], np.ndarray], cfg: ProbeConfig,
-) -> ProbeResult:
-    """The batch's permutation test after harmonising by it, on the kernel's features (module doc)."""
-    if result.skipped or not cfg.n_permutations:
-        return result
-    labels = merge_small_classes(label_strings(y), groups, cfg.folds)[0]  # the probe's own classes
-    rows = np.flatnonzero([v is not None for v in labels])
-    _, codes = np.unique(labels[rows].astype(str), return_inverse=True)
-    codes, subjects = codes.reshape(-1), subject_codes(groups[rows])
-    with threadpool_limits(limits=1):  # its serial 256 x 256 eigh ran 17x slower on threaded BLAS (2 cores)
-        permutation = probe_permutation_test(
-            X[rows], codes, subjects, int(codes.max()) + 1, False, cfg, fold[rows],
-            lambda f: _KernelFeatures(harmonised(int(f)), rows, cfg.seed + 4),  # type: ignore[arg-type,return-value]
-        )
-    permutation["features"] = f"{KERNEL_FEATURES} random Fourier features of the RBF kernel (gamma 1/d)"
-    mixing = permutation.get("mixing")
-    low = mixing is not None and mixing < MIN_MIXING
-    untestable = f"the permutations barely move this label (mixing {mixing:.2f})" if low else None
-    return result.replace(p_value=permutation.pop("p_value"), permutation=permutation, untestable=untestable)
-
-
 def probe_after_combat(
     X: np.ndarray,
     attributes: pd.DataFrame,
@@ -369,7 +327,7 @@ def probe_after_combat(
         options["config"] = replace(cfg, n_permutations=0) if kernel_test else cfg
         r = cross_validated_probe(Xk, y, groups_k, kind, fold_X=harmoniser(keep, residual), **options)  # type: ignore[arg-type]
         if kernel_test:
-            r = _batch_permutation(r, Xk, y, groups_k, fold, harmoniser(keep, residual), cfg)
+            r = batch_permutation(r, Xk, y, groups_k, fold, harmoniser(keep, residual), cfg)
         r = r.replace(notes=(*r.notes, _BATCH_NOTE)) if attribute == batch else r
         after.append(
             r.replace(
