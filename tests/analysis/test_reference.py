@@ -100,3 +100,37 @@ def test_a_continuous_attribute_is_compared_by_the_correlation_its_verdict_rests
     assert "(r)" in c.sentence and c.model_score == pytest.approx(0.30)
     # only one side with a correlation (an older stored probe): both stay on the MAE
     assert compare_one(model, old_pixels).metric == "mae"
+
+
+def _continuous_probe(name: str, X, age, subjects):
+    from embedx.analysis.probe_core import ProbeConfig, cross_validated_probe
+
+    result = cross_validated_probe(X, age, subjects, "continuous", model=name, attribute="age",
+                                   config=ProbeConfig(n_permutations=99, n_bootstrap=200))
+    return result.to_dict()
+
+
+def test_continuous_readings_from_real_probes_under_the_null_and_under_a_real_difference() -> None:
+    """Real probes of age (correlation CIs from the subject bootstrap): a model and pixels that carry age
+    equally are rarely called different; a model that carries none where the pixels carry it is 'discards'."""
+    import numpy as np
+
+    differ, discards = 0, 0
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        n = 200
+        index = np.repeat(np.arange(n), 2)  # two images per subject
+        subjects = index.astype(str)
+        age = rng.normal(60, 12, n)
+        signal = (age - 60) / 12
+        equal = [np.column_stack([0.5 * signal + rng.normal(size=n), rng.normal(size=(n, 3))])[index]
+                 + 0.3 * rng.normal(size=(2 * n, 4)) for _ in range(2)]
+        model, pixels = (_continuous_probe(m, x, age[index], subjects)
+                         for m, x in zip(("m", "px"), equal, strict=True))
+        comparison = compare_one(model, pixels)
+        assert comparison.metric == "correlation"
+        differ += comparison.reading in ("keeps less", "amplifies", "discards")
+        blind = _continuous_probe("m", rng.normal(size=(2 * n, 4)), age[index], subjects)
+        discards += compare_one(blind, pixels).reading == "discards"
+    assert differ <= 1, differ
+    assert discards >= 8, discards
