@@ -44,6 +44,7 @@ density mode of its own. Its result records that as the structure verdict.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,7 +133,9 @@ def _factor(cov: np.ndarray) -> np.ndarray:
     return vectors * np.sqrt(np.clip(eigenvalues, 0.0, None))
 
 
-def reference_cloud_maker(xs: np.ndarray, groups: np.ndarray | None) -> Any:
+def reference_cloud_maker(
+    xs: np.ndarray, groups: np.ndarray | None
+) -> Callable[[np.random.Generator], np.ndarray]:
     """``draw(rng)``: a Gaussian cloud shaped like ``xs``, with its subjects where ``groups`` has repeats.
 
     Without subjects (or one row each) the cloud has the covariance of ``xs``. With them it is a Gaussian

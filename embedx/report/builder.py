@@ -14,7 +14,7 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embedx._version import __version__
 from embedx.analysis.results import build_document, write_json
@@ -22,6 +22,9 @@ from embedx.errors import EmbedxError
 from embedx.report import sections
 from embedx.report.cluster_section import cluster_section
 from embedx.report.gather import gather, pick_site, pick_target, provenance, store_snapshot
+
+if TYPE_CHECKING:
+    from embedx.analysis.calibration import CalibrationSettings
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ def build_report(
     seed: int = 0,
     probe_options: Mapping[str, Any] | None = None,
     n_bootstrap: int = 1000,
-    calibration: Any = None,
+    calibration: CalibrationSettings | None = None,
 ) -> dict[str, Any]:
     """Write `report.html`, `report.json` and `figures/*.png` into ``out_dir``; return the JSON document.
 

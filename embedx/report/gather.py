@@ -24,6 +24,7 @@ from embedx.analysis.reference import REFERENCE_KIND, compare_to_reference
 from embedx.errors import EmbedxError
 
 if TYPE_CHECKING:
+    from embedx.analysis.calibration import CalibrationSettings
     from embedx.report.sections import Collector
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ def gather(
     seed: int,
     probe_options: Mapping[str, Any],
     n_bootstrap: int,
-    calibration_settings: Any = None,
+    calibration_settings: CalibrationSettings | None = None,
 ) -> dict[str, Any]:
     models: list[str] = snap["models"]
     if not models:
