@@ -126,6 +126,17 @@ def _macro_auc(codes: np.ndarray, scores: np.ndarray, k: int) -> float:
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
+def _class_aucs(codes: np.ndarray, scores: np.ndarray, class_names: np.ndarray) -> dict[str, float] | None:
+    """Each class's one-vs-rest AUC of the out-of-fold scores, highest first: which classes the probe
+    tells apart (site C at 0.93, A at 0.55 says the encoding is site C's). Only for more than two classes;
+    descriptive, with no test per class."""
+    if len(class_names) <= 2 or scores.ndim != 2:
+        return None
+    aucs = {str(name): float(roc_auc_score(codes == c, scores[:, c]))
+            for c, name in enumerate(class_names) if 0 < np.sum(codes == c) < len(codes)}
+    return dict(sorted(aucs.items(), key=lambda item: -item[1]))
+
+
 def cross_validated_probe(
     X: np.ndarray,
     y: np.ndarray,
@@ -285,6 +296,7 @@ def cross_validated_probe(
         predicted = np.bincount(pred, minlength=k)
         extra = {
             "auc": _macro_auc(codes, decision, k),
+            "class_auc": _class_aucs(codes, decision, class_names),
             "auc_chance": 0.5,
             "chance_method": "1/K: the balanced accuracy of any predictor that ignores the latents",
             "predicted_classes": {str(c): int(n) for c, n in zip(class_names, predicted, strict=True)},

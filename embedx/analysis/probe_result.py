@@ -22,8 +22,8 @@ from embedx.analysis.stats import holm
 from embedx.analysis.typed import JsonResult
 
 __all__ = [
-    "VERDICT_ENCODED",
     "INTERVAL_WITHOUT_TEST",
+    "VERDICT_ENCODED",
     "VERDICT_NOT_FOUND",
     "ProbeResult",
     "clear_of_chance",
@@ -99,6 +99,8 @@ class ProbeResult(JsonResult):
     C_per_fold: tuple[float, ...] = ()
     auc: float | None = None
     auc_chance: float | None = None
+    # categorical (> 2 classes): each class's one-vs-rest AUC of the out-of-fold scores, highest first
+    class_auc: dict[str, float] | None = None
     r2: float | None = None
     chance_r2: float | None = None
     chance_method: str = ""
@@ -117,6 +119,7 @@ class ProbeResult(JsonResult):
 
     omit_if_none: ClassVar[tuple[str, ...]] = (
         "stratum",
+        "class_auc",
         "ci_vs_chance",
         "correlation",
         "correlation_ci",

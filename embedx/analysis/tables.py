@@ -71,6 +71,24 @@ def family_line(results: Iterable[Mapping[str, Any]]) -> str:
     return line
 
 
+def class_separation_lines(results: Iterable[Mapping[str, Any]]) -> list[str]:
+    """For each encoded attribute of more than two classes, which classes its probe tells apart: the
+    one-vs-rest AUC of every class, highest first ("site" encoded may mean one hospital, not all)."""
+    lines = []
+    for r in results:
+        aucs = r.get("class_auc") or {}
+        if r.get("encoded") and len(aucs) > 2:
+            ranked = " · ".join(f"{name} {auc:.2f}" for name, auc in aucs.items())
+            lines.append(f"{r.get('model')}/{r.get('attribute')}: {ranked}")
+    return lines
+
+
+CLASS_SEPARATION_TITLE = (
+    "Which classes the probe tells apart (one-vs-rest AUC of the out-of-fold scores, 0.5 = not at all; "
+    "descriptive, no test per class)"
+)
+
+
 def probe_rich_table(results: Iterable[Mapping[str, Any]], title: str = "Probes") -> Any:
     """One row per model x attribute: score [95 % CI], chance, Holm p, n and the verdict; notes below."""
     from rich.table import Table
@@ -102,10 +120,15 @@ def probe_rich_table(results: Iterable[Mapping[str, Any]], title: str = "Probes"
     notes = sorted(
         {f"{r.get('model')}/{r.get('attribute')}: {n}" for r in results for n in r.get("notes") or []}
     )
+    captions = []
     if notes:
-        table.caption = (
-            "notes (also in the JSON): " + "; ".join(notes[:8]) + (" ..." if len(notes) > 8 else "")
-        )
+        more = " ..." if len(notes) > 8 else ""
+        captions.append("notes (also in the JSON): " + "; ".join(notes[:8]) + more)
+    separation = class_separation_lines(results)
+    if separation:
+        captions.append(CLASS_SEPARATION_TITLE + ": " + "; ".join(separation))
+    if captions:
+        table.caption = "\n".join(captions)
     return table
 
 

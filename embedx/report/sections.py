@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from embedx.analysis.results import correlation_text, probe_table
-from embedx.analysis.tables import family_line, gap_summary
+from embedx.analysis.tables import CLASS_SEPARATION_TITLE, class_separation_lines, family_line, gap_summary
 from embedx.report import control_figures, figures
 
 PROJECTION_PREFERENCE = ("tsne", "umap", "pca")
@@ -125,6 +125,10 @@ def probe_section(probes: list[dict], col: Collector) -> str:
         "<h3>Notes on these probes</h3><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"
         if notes else ""
     )
+    separation = class_separation_lines(order)
+    if separation:
+        notes_html += (f"<h3>{html.escape(CLASS_SEPARATION_TITLE)}</h3><ul>"
+                       + "".join(f"<li>{html.escape(line)}</li>" for line in separation) + "</ul>")
     return (
         f"<p>{html.escape(family_line(order))}.</p>"
         "<h3>Poster table (score [95 % CI], * = encoded after Holm)</h3>"

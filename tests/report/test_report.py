@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
@@ -350,3 +351,16 @@ def test_a_probes_own_notes_are_listed_under_the_probe_tables(tmp_path: Path) ->
     page = probe_section([bmi, sex], Collector(tmp_path))
     assert "Notes on these probes" in page and "vae / bmi: values of 3 subject(s) lie" in page
     assert "Notes on these probes" not in probe_section([sex], Collector(tmp_path))
+
+
+def test_an_encoded_sites_classes_are_ranked_under_the_probe_tables(tmp_path: Path) -> None:
+    """'site encoded' says nothing of which site: the report lists each class's one-vs-rest AUC."""
+    from embedx.analysis.tables import CLASS_SEPARATION_TITLE
+    from embedx.report.sections import Collector, probe_section
+
+    site = {**_probe("vae", "site", "categorical", 0.6, 1 / 3, True, 300),
+            "class_auc": {"C": 0.94, "A": 0.58, "B": 0.55}}
+    page = probe_section([site], Collector(tmp_path))
+    assert html.escape(CLASS_SEPARATION_TITLE) in page and "vae/site: C 0.94 · A 0.58 · B 0.55" in page
+    quiet = probe_section([{**site, "encoded": False}], Collector(tmp_path))
+    assert html.escape(CLASS_SEPARATION_TITLE) not in quiet

@@ -50,6 +50,8 @@ for p in probes:
             "verdict": p.get("verdict")
             or ("encoded" if p.get("encoded") else "not distinguishable from chance"),
             "n": p.get("n"),
+            # which classes an encoded categorical attribute's probe tells apart (one-vs-rest AUC)
+            "classes told apart": " · ".join(f"{c} {a:.2f}" for c, a in (p.get("class_auc") or {}).items()),
             "notes": "; ".join(p.get("notes") or []),  # merged classes, pilot intervals, dominating values
         }
     )
