@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ import pandas as pd
 from embedx.data.identifiers import drop_identifier_columns
 from embedx.data.identity import normalised_path, sample_id
 from embedx.data.manifest_read import PARQUET_SUFFIXES, capped, read_table, refuse_repeated_names, where
+from embedx.data.missing_codes import apply_missing_codes, warn_sentinels
 from embedx.data.readable import ReadCheck, unreadable_files
 from embedx.data.schema import (
     MOSTLY_NUMERIC,
@@ -47,6 +48,8 @@ class Manifest:
     schema: dict[str, AttributeSpec] = field(default_factory=dict)
     # text values of continuous columns that were read as missing: {column: {text: rows}}
     text_as_missing: dict[str, dict[str, int]] = field(default_factory=dict)
+    # declared missing-value codes and the rows each turned missing: {column: {code as shown: rows}}
+    coded_missing: dict[str, dict[str, int]] = field(default_factory=dict)
     # CSV: the file line of each row (a quoted value may span lines); None for Parquet or an in-memory table
     lines: list[int] | None = None
 
@@ -278,6 +281,8 @@ def load_manifest(
         declared.update(read_schema(sidecar))
     if schema_file is not None:
         declared.update(read_schema(schema_file))
+    # codes first: a 999 age is no number to check, a U sex no third value of a binary column
+    coded = apply_missing_codes(table, declared, path.name, csv=lines is not None)
     _check_values(table, declared, lines, problems, path.name)
 
     if problems:
@@ -295,8 +300,9 @@ def load_manifest(
     for name, spec in schema.items():
         if spec.inferred and spec.kind == "continuous" and not pd.api.types.is_numeric_dtype(table[name]):
             text_values[name] = _text_to_missing(table, name, path.name)  # mostly numbers, a few words
+    warn_sentinels(table, schema, path.name, Path(schema_file).name if schema_file else sidecar.name)
     manifest = Manifest(table=table, source=path, root=root, schema=schema, text_as_missing=text_values,
-                        lines=lines)
+                        coded_missing=coded, lines=lines)
     inferred = [f"{n} ({s.kind}/{s.role})" for n, s in schema.items() if s.inferred]
     if inferred:
         log.warning(
@@ -331,9 +337,7 @@ def write_manifest(
     else:
         table.to_csv(path, index=False)
     full = resolve_schema(table, schema)
-    write_schema(
-        {k: AttributeSpec(k, s.kind, s.role, inferred=False) for k, s in full.items()}, sidecar_path(path)
-    )
+    write_schema({k: replace(s, inferred=False) for k, s in full.items()}, sidecar_path(path))  # codes kept
     return path
 
 
@@ -380,6 +384,9 @@ def summarize_manifest(manifest: Manifest) -> str:
             f"{name:<{width}}  {spec.kind:<11}  {spec.role:<11}  {mark:<10}  {pct:>13}  "
             f"{_values_summary(table[name], spec)}"
         )
+    for name, codes in manifest.coded_missing.items():
+        shown = ", ".join(f"{code} x{rows}" for code, rows in codes.items())
+        lines.append(f"{name}: declared missing codes, counted as missing: {shown}")
     for name, text in manifest.text_as_missing.items():
         if text:
             shown = ", ".join(f"{v!r} x{c}" for v, c in list(text.items())[:8])

@@ -127,7 +127,7 @@ def read_table(path: Path, problems: list[str]) -> tuple[pd.DataFrame, list[int]
     return table, lines
 
 
-_PADDED = re.compile(r"^\s*[+-]?0\d")  # "01", "007": a code, not a number ("0", "0.5" are numbers)
+ZERO_PADDED = re.compile(r"^\s*[+-]?0\d")  # "01", "007": a code, not a number ("0", "0.5" are numbers)
 
 
 def _keep_padded_codes(path: Path, table: pd.DataFrame) -> None:
@@ -147,7 +147,7 @@ def _keep_padded_codes(path: Path, table: pd.DataFrame) -> None:
         return
     for name in numeric:
         text = raw[name]
-        padded = text.dropna().str.match(_PADDED)
+        padded = text.dropna().str.match(ZERO_PADDED)
         if padded.any():
             table[name] = text.str.strip().to_numpy(dtype=object)
             shown = ", ".join(repr(v) for v in text.dropna()[padded].unique()[:5])

@@ -9,6 +9,7 @@ user sees it and can pin it in the sidecar YAML.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,16 +113,42 @@ _DEMOGRAPHIC_WORDS = {
 }
 
 
+def missing_code_problem(code: object) -> str | None:
+    """Why `code` cannot be a missing-value code, or None. Only text and finite numbers: an empty cell is
+    missing already, and a YAML boolean is nearly always an unquoted word (`no`, `off`) meant as text."""
+    if isinstance(code, bool):
+        return f"{code!r} is a YAML boolean; write the text in quotes (e.g. 'no') if that is the code"
+    if code is None or (isinstance(code, str) and not code.strip()):
+        return "an empty value is missing already; list only the codes that stand for missing"
+    if isinstance(code, (int, float)):
+        return None if math.isfinite(code) else f"{code!r} is not a finite number"
+    if isinstance(code, str):
+        return None
+    return f"{code!r} is not a single value (text or a number)"
+
+
 @dataclass(frozen=True)
 class AttributeSpec:
-    """One attribute column: its kind, its role, and whether these were inferred rather than declared."""
+    """One attribute column: its kind, its role, and whether these were inferred rather than declared.
+
+    `missing` holds the codes that stand for a missing value in this column (age -1 or 999, sex U): the
+    manifest loader turns such cells missing before anything reads them as values (`missing_codes`).
+    """
 
     name: str
     kind: str
     role: str
     inferred: bool = False
+    missing: tuple[str | int | float, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.missing, (str, int, float)):  # tuple("unknown") would be seven codes
+            raise ManifestError(f"attribute {self.name!r}: missing codes must be a sequence, e.g. (-1, 999)")
+        object.__setattr__(self, "missing", tuple(self.missing))  # a list given in code stays hashable
+        for code in self.missing:
+            problem = missing_code_problem(code)
+            if problem:
+                raise ManifestError(f"attribute {self.name!r}: missing code {problem}")
         if self.kind not in KINDS:
             raise ManifestError(
                 f"attribute {self.name!r}: unknown kind {self.kind!r} (one of {', '.join(KINDS)})"
@@ -236,8 +263,28 @@ def resolve_schema(
     return schema
 
 
+def _parse_missing(name: str, value: Any, problems: list[str]) -> tuple[Any, ...] | None:
+    """The optional `missing: [codes]` field as a tuple (repeats dropped); None after adding a problem."""
+    if value is None:
+        return ()
+    field = f"attribute {name!r} field 'missing'"
+    if not isinstance(value, list):
+        problems.append(f"{field}: expected a list of values, e.g. [-1, 999] or [U, unknown], got {value!r}")
+        return None
+    codes: list[Any] = []
+    for code in value:
+        problem = missing_code_problem(code)
+        if problem:
+            problems.append(f"{field}: {problem}")
+            return None
+        if not any(code == c and isinstance(code, str) == isinstance(c, str) for c in codes):  # -1 = -1.0
+            codes.append(code)
+    return tuple(codes)
+
+
 def parse_schema(data: Any, source: str) -> dict[str, AttributeSpec]:
-    """Validate the YAML structure `{attributes: {name: {kind, role}}}`, naming the attribute and field."""
+    """Validate the YAML structure `{attributes: {name: {kind, role, missing}}}`, naming the attribute and
+    field, so that one message lists every mistake in the file."""
     if data is None:
         return {}
     if not isinstance(data, dict) or "attributes" not in data:
@@ -260,11 +307,14 @@ def parse_schema(data: Any, source: str) -> dict[str, AttributeSpec]:
         if not isinstance(entry, dict):
             problems.append(f"attribute {name!r}: expected {{kind: ..., role: ...}}, got {entry!r}")
             continue
-        extra = sorted(set(entry) - {"kind", "role"})
+        extra = sorted(set(entry) - {"kind", "role", "missing"})
         if extra:
-            problems.append(f"attribute {name!r}: unknown field(s) {', '.join(map(str, extra))} (kind, role)")
+            problems.append(
+                f"attribute {name!r}: unknown field(s) {', '.join(map(str, extra))} (kind, role, missing)"
+            )
         kind, role = entry.get("kind"), entry.get("role")
-        bad = False
+        missing = _parse_missing(name, entry.get("missing"), problems)
+        bad = missing is None
         if kind not in KINDS:
             problems.append(f"attribute {name!r} field 'kind': {kind!r} is not one of {', '.join(KINDS)}")
             bad = True
@@ -272,7 +322,7 @@ def parse_schema(data: Any, source: str) -> dict[str, AttributeSpec]:
             problems.append(f"attribute {name!r} field 'role': {role!r} is not one of {', '.join(ROLES)}")
             bad = True
         if not bad and not extra:
-            schema[name] = AttributeSpec(name=name, kind=kind, role=role, inferred=False)
+            schema[name] = AttributeSpec(name=name, kind=kind, role=role, inferred=False, missing=missing)
     if problems:
         raise ManifestError(f"{source}: invalid schema:\n  " + "\n  ".join(problems))
     return schema
@@ -292,7 +342,13 @@ def read_schema(path: str | Path) -> dict[str, AttributeSpec]:
 def write_schema(schema: dict[str, AttributeSpec], path: str | Path) -> Path:
     """Write every spec as declared, so that a reload reproduces this schema exactly."""
     path = Path(path)
-    data = {"attributes": {name: {"kind": s.kind, "role": s.role} for name, s in schema.items()}}
+    attributes: dict[str, dict[str, Any]] = {}
+    for name, spec in schema.items():
+        entry: dict[str, Any] = {"kind": spec.kind, "role": spec.role}
+        if spec.missing:  # only when declared: a sidecar without codes stays as it always was
+            entry["missing"] = list(spec.missing)
+        attributes[name] = entry
+    data = {"attributes": attributes}
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
 
