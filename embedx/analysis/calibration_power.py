@@ -86,13 +86,18 @@ def untestable_reason(smaller_class_subjects: int, folds: int) -> str | None:
 
 def auto_probe_checks(per_cell: int, rows: int, dims: int, smallest_class: int | None) -> int:
     """Passing labels per cell re-run through the real probe: all of them where one probe is cheap, fewer
-    (at least MIN_CHECKS) where it costs seconds: large stores, and small classes, whose CI the probe builds
-    from REFIT_RESAMPLES refitted cross-validations (`probe_core.SMALL_CI_SUBJECTS`, `REFIT_MAX_ROWS`)."""
+    (at least MIN_CHECKS) where it costs seconds: large stores, small classes, whose CI the probe builds
+    from REFIT_RESAMPLES refitted cross-validations (`probe_core.SMALL_CI_SUBJECTS`, `REFIT_MAX_ROWS`), and
+    every other CI's widening, which cross-validates `width_permutations` labellings on at most
+    `width_max_rows` rows (`cv_width`: about as many fits per labelling as one probe makes)."""
+    from embedx.analysis.probe_config import ProbeConfig
     from embedx.analysis.probe_core import REFIT_MAX_ROWS, SMALL_CI_SUBJECTS
     from embedx.analysis.refit_bootstrap import REFIT_RESAMPLES
 
     small = smallest_class is not None and smallest_class < SMALL_CI_SUBJECTS and rows <= REFIT_MAX_ROWS
-    cost = max(1, rows * dims) * (REFIT_RESAMPLES if small else 1)
+    defaults = ProbeConfig()
+    widening = 0 if small else min(rows, defaults.width_max_rows) * defaults.width_permutations
+    cost = max(1, rows * dims) * (REFIT_RESAMPLES if small else 1) + widening * dims
     return per_cell if cost <= CHECK_BUDGET else max(MIN_CHECKS, int(per_cell * CHECK_BUDGET / cost))
 
 

@@ -33,6 +33,9 @@ class ProbeConfig:
     rbf_exact_max_rows: int = 10_000
     nystroem_components: int = 500
     ridge_lambdas: tuple[float, ...] = LAMBDAS
+    # the interval's widening for what fixed predictions miss (`cv_width`): permuted labellings, rows
+    width_permutations: int = 20
+    width_max_rows: int = 1_000
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -41,7 +44,7 @@ class ProbeConfig:
             raise EmbedxError(f"probe folds must be at least 2, got {self.folds}")
         if self.kernel not in ("linear", "rbf"):
             raise EmbedxError(f"probe kernel must be 'linear' or 'rbf', got {self.kernel!r}")
-        if self.n_permutations < 0 or self.n_bootstrap < 0:
+        if self.n_permutations < 0 or self.n_bootstrap < 0 or self.width_permutations < 0:
             raise EmbedxError("numbers of permutations and bootstrap resamples cannot be negative")
         if not self.c_grid or min(self.c_grid) <= 0:
             raise EmbedxError(f"probe C grid must hold positive values, got {self.c_grid}")

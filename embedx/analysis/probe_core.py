@@ -34,6 +34,7 @@ from typing import Any, Literal
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, mean_absolute_error, r2_score, roc_auc_score
 
+from embedx.analysis.cv_width import null_width, widened
 from embedx.analysis.folds import (
     fold_splits,
     stratified_folds,
@@ -312,6 +313,20 @@ def cross_validated_probe(
     ci = percentile_ci(replicates) if oof_resamples else (float("nan"), float("nan"))
     if continuous and oof_resamples:
         extra.update(ci_vs_chance=percentile_ci(gaps), correlation_ci=percentile_ci(correlations))
+    width = None
+    if oof_resamples and c_used:  # what resampling fixed predictions misses, measured under the null
+        width = null_width(Xk if fold_X is None else np.asarray(fold_X(int(splits[0][0])))[rows], codes, gk,
+                           float(np.median(c_used)), cfg, continuous)
+    if width is not None:
+        factor = width.factors.get
+        upper = np.inf if continuous else 1.0  # MAE >= 0; balanced accuracy in [0, 1]
+        ci = widened(score, ci, factor("score", 1.0), lambda lo, hi: (max(0.0, lo), min(upper, hi)))
+        if continuous:
+            extra["ci_vs_chance"] = widened(score - chance, extra["ci_vs_chance"], factor("gap", 1.0))
+            if extra["correlation"] is not None:
+                extra["correlation_ci"] = widened(extra["correlation"], extra["correlation_ci"],
+                                                  factor("correlation", 1.0),
+                                                  lambda lo, hi: (max(-1.0, lo), min(1.0, hi)))
     if refit and refit_rows_ok:
         replicates = refit_replicates(Xk, codes, gk, fold_k, c_by_fold, cfg, continuous,
                                       min(cfg.n_bootstrap, REFIT_RESAMPLES),
@@ -373,6 +388,7 @@ def cross_validated_probe(
             "unit": "subject",
             "level": 0.95,
             "over": "refits on subject resamples" if refit and refit_rows_ok else "out-of-fold predictions",
+            "widened": None if width is None else width.as_dict(),
         },
         permutation=permutation,
         train_rows_per_fold=tuple(train_rows),

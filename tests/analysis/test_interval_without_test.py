@@ -1,9 +1,9 @@
 """A probe whose interval excludes chance while its permutation test fails must say so in its verdict.
 
-Near chance, the interval over fixed out-of-fold predictions runs narrow (in null simulations at 300-2,000
-subjects it excluded chance 9-18 % of the time); the permutation p decides. A bare "not distinguishable
-from chance" printed beside [0.51, 0.61] reads as a contradiction, or worse, the interval is read as the
-finding. These tests also hold the below-chance wording, which the permutation branch used to swallow.
+With no signal a 95 % interval still excludes chance about 1 time in 20; the verdict also needs the
+permutation p. A bare "not distinguishable from chance" printed beside [0.51, 0.61] reads as a
+contradiction, or worse, the interval is read as the finding. These tests also hold the below-chance
+wording, which the permutation branch used to swallow.
 """
 
 from __future__ import annotations
@@ -43,14 +43,14 @@ def test_below_chance_is_said_when_permutations_ran() -> None:
 
 
 def test_a_real_null_probe_with_a_narrow_interval_carries_the_note() -> None:
-    """Seed 7 of this null cohort (labels independent of the latents): its interval excludes chance, the
-    permutation test does not reject."""
-    rng = np.random.default_rng(7)
+    """Seed 36 of this null cohort (labels independent of the latents; the first of 37 seeds): its interval
+    excludes chance, the permutation test does not reject."""
+    rng = np.random.default_rng(36)
     label = np.arange(300) % 2
     rng.shuffle(label)
     rows = np.repeat(np.arange(300), 2)
     X = rng.normal(size=(300, 16))[rows] + 0.7 * rng.normal(size=(600, 16))
     r = cross_validated_probe(X, label[rows], rows.astype(str), "binary",
-                              config=ProbeConfig(n_permutations=199, n_bootstrap=500, seed=7))
+                              config=ProbeConfig(n_permutations=199, n_bootstrap=500, seed=36))
     assert clear_of_chance(r.to_dict()) and r.p_value > 0.05
     assert not r.encoded and r.verdict.endswith(INTERVAL_WITHOUT_TEST)
