@@ -9,27 +9,29 @@ the decision boundary: in null simulations (binary, 32-d, 1-3 images per subject
 score's spread was 1.2-1.4 x the interval's at 300-2,000 subjects, and 9-18 % of 95 % intervals excluded
 chance.
 
-How. The missing share is measured where the truth is known. `permutations` labellings, permuted between
-subjects (`SubjectPermuter`), carry no information by construction; each is cross-validated with the probe
-at the C its tuning chose, on freshly stratified folds, as the real label was. The spread of their scores
-is the whole variance of a null score; the mean of their fixed-prediction bootstrap variances is the part
-the interval sees. Their ratio, `factor` = sqrt(var(scores) / mean(bootstrap variance)), at least 1,
-widens the probe's own interval about its score. Above `max_rows` rows it is measured on a subsample of
-whole subjects that keeps each class's share (the ratio did not change with size from 300 to 2,000
-subjects, while the variances themselves do).
+How. The missing share is measured where the truth is known. `config.width_permutations` (20) labellings,
+permuted between subjects (`SubjectPermuter`), carry no information by construction; each is cross-validated
+with the probe at the C its tuning chose, on freshly stratified folds, as the real label was. The spread of
+their scores is the whole variance of a null score; the mean of their fixed-prediction bootstrap variances is
+the part the interval sees. Their ratio, `factor` = sqrt(var(scores) / mean(bootstrap variance)), at least 1
+and times t(n - 1)/z for its own uncertainty, widens the probe's own interval about its score. Above
+`config.width_max_rows` (1,000) rows it is measured on a subsample of whole subjects that keeps each class's
+share (the ratio did not change with size from 300 to 2,000 subjects, while the variances themselves do).
 
-Figures (same cohorts as above; `bench/probe_ci.py` runs such scenarios): with 30 permutations on at most
-1,000 rows, null intervals excluded chance in 2-4 % of 100 cohorts at 300-2,000 subjects (spread / interval
-0.92-0.95); under a modest effect (balanced accuracy 0.54 at 600 and 2,000 subjects) they covered the fold
-models' true accuracy in 93-95 % (84-90 % before), and the verdict found 43-57 % of those cohorts (the
-permutation p alone 63-75 %). A continuous label's correlation: 17 of 100 null intervals excluded 0 before,
-5 after. Schemes that resample the cohort itself and rerun the cross-validation (the subject bootstrap, half
-samples) measured x1.6 where x1.3 was needed, and were not adopted. Cost: 150 small fits per probe, about
-0.6 s at 200 rows x 8-d and 2-4 s at 1,000 rows x 512-d on 2 cores, whatever the cohort's size.
+Figures (same cohorts as above; `bench/probe_ci.py` runs such scenarios): with 20 permutations on at most
+1,000 rows, null intervals excluded chance in 1-5 % of 100 cohorts at 300-2,000 subjects (spread / interval
+0.86-0.92); under a modest effect (balanced accuracy 0.54 at 600 and 2,000 subjects) they covered the fold
+models' true accuracy in 95-97 % (84-90 % before), and the verdict found 33 % and 52 % of those cohorts (the
+permutation p alone 63 % and 75 %). A continuous label's correlation: 17 of 100 null intervals excluded 0
+before, 5 after (30 permutations). Schemes that resample the cohort itself and rerun the cross-validation (the
+subject bootstrap, half samples) measured x1.6 where x1.3 was needed, and were not adopted. Cost: 100 small
+fits per probe, about 0.3 s at 240 rows x 6-d and 1.1-1.4 s at 1,000 rows x 512-d on 2 cores, whatever the
+cohort's size.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -58,6 +60,7 @@ __all__ = ["NullWidth", "null_width", "widened"]
 WIDTH_BOOTSTRAP = 100  # fixed-prediction resamples per permuted labelling: its variance within ~15 %,
 # and the mean of 20 such variances within ~3 %
 METRICS = ("score", "gap", "correlation")
+MIN_PERMUTATIONS = 10
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,24 @@ def _subsample(codes: np.ndarray, subjects: np.ndarray, continuous: bool, max_ro
     return np.flatnonzero(np.isin(inverse, np.concatenate(chosen)))
 
 
+_CACHE: OrderedDict[tuple, NullWidth | None] = OrderedDict()
+_CACHE_SIZE = 64
+
+
+def _cache_key(X: np.ndarray, codes: np.ndarray, subjects: np.ndarray, c: float, config: ProbeConfig,
+               continuous: bool) -> tuple:
+    """What the null factor depends on: the rows (a checksum of up to 1,000 of them), the subjects, the
+    label's distribution (not its order: every labelling with the same values has the same null), C and
+    the knobs. The calibration re-runs hundreds of planted labels of one prevalence on one matrix: they
+    share it."""
+    step = max(1, len(X) // 1000)
+    rows = np.asarray(X[::step], dtype=np.float64)
+    values = np.sort(np.asarray(codes, dtype=np.float64))
+    return (X.shape, float(rows.sum()), float((rows * rows).sum()), hash(np.asarray(subjects).tobytes()),
+            hash(values.tobytes()), float(c), continuous, config.seed, config.folds, config.kernel,
+            config.width_permutations, config.width_max_rows, config.n_bootstrap // 20)
+
+
 def null_width(
     X: np.ndarray,
     codes: np.ndarray,
@@ -100,11 +121,35 @@ def null_width(
     config: ProbeConfig,
     continuous: bool,
 ) -> NullWidth | None:
-    """The widening factors from `config.width_permutations` permuted labellings (see the module doc);
-    None when switched off (0 permutations) or when too few labellings gave a score."""
-    n_perm = int(config.width_permutations)
-    if n_perm <= 0:
+    """`_measured_width`, remembered for the same rows, subjects, label distribution and C (see
+    `_cache_key`)."""
+    key = _cache_key(X, codes, subjects, c, config, continuous)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    width = _measured_width(X, codes, subjects, c, config, continuous)
+    _CACHE[key] = width
+    if len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return width
+
+
+def _measured_width(
+    X: np.ndarray,
+    codes: np.ndarray,
+    subjects: np.ndarray,
+    c: float,
+    config: ProbeConfig,
+    continuous: bool,
+) -> NullWidth | None:
+    """The widening factors from `config.width_permutations` permuted labellings (fewer, down to
+    MIN_PERMUTATIONS, for a quick interval of under 20 x that many resamples; see the module doc); None when
+    switched off (0 permutations) or when too few labellings gave a score."""
+    if config.width_permutations <= 0:
         return None
+    # an interval asked for with few resamples is a quick look: its widening is measured on fewer labellings
+    # too (at least MIN_PERMUTATIONS), and the t quantile below pays for their noise
+    n_perm = int(min(config.width_permutations, max(MIN_PERMUTATIONS, config.n_bootstrap // 20)))
     rng = np.random.default_rng(config.seed + 104_729)
     rows = _subsample(codes, subjects, continuous, config.width_max_rows, config.folds, rng)
     Xs = np.asarray(X[rows], dtype=np.float64)

@@ -78,3 +78,20 @@ def test_under_an_effect_the_interval_covers_the_fold_models_true_score_and_the_
         encoded += bool(r.encoded)
     assert covered >= 0.85 * n, covered
     assert encoded >= 0.6 * n, encoded
+
+
+def test_the_factor_is_measured_once_per_matrix_label_distribution_and_c() -> None:
+    """The calibration re-probes hundreds of planted labels of one prevalence on one matrix: the null
+    factor depends on the rows, the subjects, the label's distribution and C, not on which rows hold it."""
+    from embedx.analysis import cv_width
+
+    rng = np.random.default_rng(5)
+    X, y, g = _cohort(rng, 120)
+    config = ProbeConfig(n_bootstrap=400)
+    first = cv_width.null_width(X, y, g, 0.01, config, False)
+    assert first is not None and first.factors["score"] >= 1.0
+    assert cv_width.null_width(X, y[rng.permutation(len(y))], g, 0.01, config, False) is first
+    assert cv_width.null_width(X, y, g, 0.1, config, False) is not first
+    other = X.copy()
+    other[0, 0] += 1.0
+    assert cv_width.null_width(other, y, g, 0.01, config, False) is not first
