@@ -22,11 +22,11 @@ Figures (same cohorts as above; `bench/probe_ci.py` runs such scenarios): with 2
 1,000 rows, null intervals excluded chance in 1-5 % of 100 cohorts at 300-2,000 subjects (spread / interval
 0.86-0.92); under a modest effect (balanced accuracy 0.54 at 600 and 2,000 subjects) they covered the fold
 models' true accuracy in 95-97 % (84-90 % before), and the verdict found 33 % and 52 % of those cohorts (the
-permutation p alone 63 % and 75 %). A continuous label's correlation: 17 of 100 null intervals excluded 0
-before, 5 after (30 permutations). Schemes that resample the cohort itself and rerun the cross-validation (the
-subject bootstrap, half samples) measured x1.6 where x1.3 was needed, and were not adopted. Cost: 100 small
-fits per probe, about 0.3 s at 240 rows x 6-d and 1.1-1.4 s at 1,000 rows x 512-d on 2 cores, whatever the
-cohort's size.
+permutation p alone 63 % and 75 %). At 200 subjects x 8-d (the tests' cohorts): balanced accuracy 15 of 100
+null intervals excluding chance before, 7 after; a continuous label's correlation 17 before, 7 after. Schemes
+that resample the cohort itself and rerun the cross-validation (the subject bootstrap, half samples) measured
+x1.6 where x1.3 was needed, and were not adopted. Cost: 100 small fits per probe, about 0.3 s at 240 rows x
+6-d and 1.1-1.4 s at 1,000 rows x 512-d on 2 cores, whatever the cohort's size.
 """
 
 from __future__ import annotations
