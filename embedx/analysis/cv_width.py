@@ -107,7 +107,11 @@ def _cache_key(X: np.ndarray, codes: np.ndarray, subjects: np.ndarray, c: float,
     share it."""
     step = max(1, len(X) // 1000)
     rows = np.asarray(X[::step], dtype=np.float64)
-    values = np.sort(np.asarray(codes, dtype=np.float64))
+    values = np.asarray(codes, dtype=np.float64)
+    _, first, inverse = np.unique(subjects, return_index=True, return_inverse=True)
+    if np.array_equal(values, values[first][inverse.reshape(-1)]):  # one value per subject: the permutations
+        values = values[first]  # shuffle subjects, so only the subjects' values count, not their image counts
+    values = np.sort(values)
     return (X.shape, float(rows.sum()), float((rows * rows).sum()), hash(np.asarray(subjects).tobytes()),
             hash(values.tobytes()), float(c), continuous, config.seed, config.folds, config.kernel,
             config.width_permutations, config.width_max_rows, config.n_bootstrap // 20)

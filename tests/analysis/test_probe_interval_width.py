@@ -95,3 +95,18 @@ def test_the_factor_is_measured_once_per_matrix_label_distribution_and_c() -> No
     other = X.copy()
     other[0, 0] += 1.0
     assert cv_width.null_width(other, y, g, 0.01, config, False) is not first
+
+
+def test_subjects_with_one_value_each_share_the_factor_whatever_their_image_counts() -> None:
+    """Planted labels of one prevalence put their positives on different subjects, with different numbers
+    of images: the subject permutations' null is the same, and so is the factor."""
+    from embedx.analysis import cv_width
+
+    rng = np.random.default_rng(8)
+    subjects = np.repeat(np.arange(100), rng.integers(1, 4, 100))
+    X = rng.normal(size=(len(subjects), DIM))
+    per_subject = np.arange(100) % 2
+    config = ProbeConfig(n_bootstrap=400)
+    first = cv_width.null_width(X, per_subject[subjects], subjects, 0.01, config, False)
+    moved = per_subject[rng.permutation(100)][subjects]
+    assert cv_width.null_width(X, moved, subjects, 0.01, config, False) is first
