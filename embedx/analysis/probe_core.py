@@ -119,23 +119,20 @@ def _decision_columns(probe: LinearProbe, X: np.ndarray, k: int) -> np.ndarray:
     return full
 
 
-def _macro_auc(codes: np.ndarray, scores: np.ndarray, k: int) -> float:
-    """Macro one-vs-rest AUC from decision scores (sklearn's 'ovr' path wants probabilities)."""
-    if k == 2:
-        return float(roc_auc_score(codes == 1, scores if scores.ndim == 1 else scores[:, 1]))
-    aucs = [roc_auc_score(codes == c, scores[:, c]) for c in range(k) if 0 < np.sum(codes == c) < len(codes)]
-    return float(np.mean(aucs)) if aucs else float("nan")
-
-
-def _class_aucs(codes: np.ndarray, scores: np.ndarray, class_names: np.ndarray) -> dict[str, float] | None:
-    """Each class's one-vs-rest AUC of the out-of-fold scores, highest first: which classes the probe
-    tells apart (site C at 0.93, A at 0.55 says the encoding is site C's). Only for more than two classes;
-    descriptive, with no test per class."""
-    if len(class_names) <= 2 or scores.ndim != 2:
-        return None
+def _class_aucs(codes: np.ndarray, scores: np.ndarray, class_names: np.ndarray) -> dict[str, float]:
+    """Each class's one-vs-rest AUC of the decision scores, highest first (sklearn's 'ovr' path wants
+    probabilities). Their mean is the macro AUC; listed, they say which classes the probe tells apart (site C
+    at 0.93, A at 0.55: the encoding is site C's). Descriptive, with no test per class."""
     aucs = {str(name): float(roc_auc_score(codes == c, scores[:, c]))
             for c, name in enumerate(class_names) if 0 < np.sum(codes == c) < len(codes)}
     return dict(sorted(aucs.items(), key=lambda item: -item[1]))
+
+
+def _macro_auc(codes: np.ndarray, scores: np.ndarray, class_aucs: dict[str, float] | None) -> float:
+    """Two classes: the AUC of the one decision score; more: the mean of the per-class AUCs."""
+    if class_aucs is None:
+        return float(roc_auc_score(codes == 1, scores if scores.ndim == 1 else scores[:, 1]))
+    return float(np.mean(list(class_aucs.values()))) if class_aucs else float("nan")
 
 
 def cross_validated_probe(
@@ -293,11 +290,12 @@ def cross_validated_probe(
         degenerate = bool(np.std(pred) < 0.01 * np.std(codes))
     else:
         score, chance = float(balanced_accuracy_score(codes, pred)), 1.0 / k
+        class_auc = _class_aucs(codes, decision, class_names) if k > 2 else None
         replicates = bootstrap_balanced_accuracy(codes, pred, gk, oof_resamples, cfg.seed, index=index)
         predicted = np.bincount(pred, minlength=k)
         extra = {
-            "auc": _macro_auc(codes, decision, k),
-            "class_auc": _class_aucs(codes, decision, class_names),
+            "class_auc": class_auc,
+            "auc": _macro_auc(codes, decision, class_auc),
             "auc_chance": 0.5,
             "chance_method": "1/K: the balanced accuracy of any predictor that ignores the latents",
             "predicted_classes": {str(c): int(n) for c, n in zip(class_names, predicted, strict=True)},

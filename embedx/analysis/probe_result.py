@@ -233,10 +233,9 @@ def judge_family(
             verdict = "no verdict: no confidence interval (bootstrap resamples = 0)"
         elif r.score is not None and r.p_value is None:
             verdict = "no verdict: no permutation test was run (permutations = 0)"
-        elif not encoded and _unreachable(pvals, len(out), permutations, alpha) is not None:
+        elif not encoded and (reachable := _unreachable(pvals, len(out), permutations, alpha)) is not None:
             # "not distinguishable from chance" would be read as a finding where it is only a lack of
             # resolution: this probe could not pass Holm even with the smallest p its permutations allow
-            reachable = _unreachable(pvals, len(out), permutations, alpha)
             verdict = (
                 f"no verdict: {permutations} permutations cannot reach Holm's threshold over {m} tests "
                 f"(smallest adjusted p {reachable:.3f}); rerun with at least "
