@@ -19,19 +19,22 @@ from embedx.analysis.probe_core import ProbeConfig, cross_validated_probe
 DIM = 8
 
 
-def _cohort(rng: np.random.Generator, subjects: int, delta: float = 0.0, continuous: bool = False):
-    label = rng.normal(size=subjects) if continuous else (np.arange(subjects) % 2)[rng.permutation(subjects)]
+def _cohort(rng: np.random.Generator, subjects: int, delta: float = 0.0, continuous: bool = False,
+            prevalence: float = 0.5):
+    positives = np.arange(subjects) < round(prevalence * subjects)
+    label = rng.normal(size=subjects) if continuous else positives.astype(int)[rng.permutation(subjects)]
     z = rng.normal(size=(subjects, DIM))
     z[:, 0] += delta * label
     return z + 0.7 * rng.normal(size=(subjects, DIM)), label, np.arange(subjects).astype(str)
 
 
-def _null_runs(continuous: bool, width_permutations: int, cohorts: int = 40) -> tuple[int, float]:
+def _null_runs(continuous: bool, width_permutations: int, cohorts: int = 40,
+               prevalence: float = 0.5) -> tuple[int, float]:
     """(intervals that exclude chance, the score's spread / the interval's implied sd) over null cohorts."""
-    rng = np.random.default_rng(11 if continuous else 2024)
+    rng = np.random.default_rng(11 if continuous else 2024 + int(100 * prevalence))
     estimates, half_widths, excluded = [], [], 0
     for seed in range(cohorts):
-        X, y, g = _cohort(rng, 200, continuous=continuous)
+        X, y, g = _cohort(rng, 200, continuous=continuous, prevalence=prevalence)
         config = ProbeConfig(n_permutations=0, n_bootstrap=400, seed=seed,
                              width_permutations=width_permutations)
         r = cross_validated_probe(X, y, g, "continuous" if continuous else "binary", config=config)
@@ -50,6 +53,14 @@ def test_null_intervals_of_balanced_accuracy_match_the_scores_spread() -> None:
     assert excluded <= 5 and 0.75 < ratio < 1.15, (excluded, ratio)  # 5 of 40: binomial(40, 5 %)'s 95th %ile
     _, narrow_ratio = _null_runs(continuous=False, width_permutations=0)
     assert narrow_ratio > 1.2, narrow_ratio  # the fixed-prediction interval alone: what the widening mends
+
+
+def test_null_intervals_of_an_imbalanced_label_match_the_scores_spread() -> None:
+    """A 15 % class (30 of 200 subjects, just above the pilot refit path): the widening holds there too."""
+    excluded, ratio = _null_runs(continuous=False, width_permutations=20, cohorts=30, prevalence=0.15)
+    assert excluded <= 3 and ratio < 1.15, (excluded, ratio)  # 3 of 30: binomial(30, 5 %)'s 95th %ile
+    _, narrow_ratio = _null_runs(continuous=False, width_permutations=0, cohorts=30, prevalence=0.15)
+    assert narrow_ratio > 1.2, narrow_ratio  # 1.45 here: the fixed-prediction interval alone
 
 
 def test_null_intervals_of_a_continuous_labels_correlation_match_its_spread() -> None:
