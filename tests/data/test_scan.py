@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -168,6 +169,9 @@ def test_scan_extracts_attributes_and_never_phi(phi_folder: Path, tmp_path: Path
     # no PHI in any output: manifest, sidecar, salt file, stdout, stderr (with -vv logging)
     outputs = {p.name: p.read_text() for p in out.parent.iterdir()}
     assert set(outputs) == {"manifest.csv", "manifest.yaml", "manifest.salt"}
+    # the salt is random hex, which can hold a birth year's digits by chance ('...21195190f1'): it must be
+    # that and nothing else, and is not searched for fragments
+    assert re.fullmatch(r"[0-9a-f]{32}\n?", outputs.pop("manifest.salt")), "the salt is not 32 hex digits"
     outputs["stdout"], outputs["stderr"] = proc.stdout, proc.stderr
     for where, text in outputs.items():
         for fragment in PHI_FRAGMENTS:
