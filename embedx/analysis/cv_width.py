@@ -31,6 +31,7 @@ x1.6 where x1.3 was needed, and were not adopted. Cost: 100 small fits per probe
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -95,26 +96,37 @@ def _subsample(codes: np.ndarray, subjects: np.ndarray, continuous: bool, max_ro
     return np.flatnonzero(np.isin(inverse, np.concatenate(chosen)))
 
 
-_CACHE: OrderedDict[tuple, NullWidth | None] = OrderedDict()
+_CACHE: OrderedDict[str, NullWidth | None] = OrderedDict()
 _CACHE_SIZE = 64
 
 
-def _cache_key(X: np.ndarray, codes: np.ndarray, subjects: np.ndarray, c: float, config: ProbeConfig,
-               continuous: bool) -> tuple:
-    """What the null factor depends on: the rows (a checksum of up to 1,000 of them), the subjects, the
-    label's distribution (not its order: every labelling with the same values has the same null), C and
-    the knobs. The calibration re-runs hundreds of planted labels of one prevalence on one matrix: they
-    share it."""
+def _fingerprint(X: np.ndarray, codes: np.ndarray, subjects: np.ndarray, c: float, config: ProbeConfig,
+                 continuous: bool) -> str:
+    """What the null factor depends on, as a stable digest: the rows (up to 1,000 of them, evenly spaced),
+    the subjects, the label's distribution (not its order: every labelling with the same values has the
+    same null), C and the knobs. Not the probe's seed: the factor is a property of the data, so a label
+    re-probed under another seed (the calibration deals its planted labels over five) reuses it, and the
+    digest seeds the factor's own draws, so that it does not depend on which probe asked first."""
     step = max(1, len(X) // 1000)
     rows = np.asarray(X[::step], dtype=np.float64)
     values = np.asarray(codes, dtype=np.float64)
     _, first, inverse = np.unique(subjects, return_index=True, return_inverse=True)
     if np.array_equal(values, values[first][inverse.reshape(-1)]):  # one value per subject: the permutations
         values = values[first]  # shuffle subjects, so only the subjects' values count, not their image counts
-    values = np.sort(values)
-    return (X.shape, float(rows.sum()), float((rows * rows).sum()), hash(np.asarray(subjects).tobytes()),
-            hash(values.tobytes()), float(c), continuous, config.seed, config.folds, config.kernel,
-            config.width_permutations, config.width_max_rows, config.n_bootstrap // 20)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(inverse.reshape(-1).astype(np.int64).tobytes())  # which rows share a subject
+    digest.update(np.sort(values).tobytes())
+    digest.update(np.ascontiguousarray(rows).tobytes())
+    knobs = (X.shape, float(c), continuous, config.folds, config.kernel, config.width_permutations,
+             config.width_max_rows, _permutations(config))
+    digest.update(repr(knobs).encode())
+    return digest.hexdigest()
+
+
+def _permutations(config: ProbeConfig) -> int:
+    """Labellings drawn: `width_permutations`, fewer (down to MIN_PERMUTATIONS) for a quick interval of
+    under 20 x that many resamples, whose t quantile pays for their noise."""
+    return int(min(config.width_permutations, max(MIN_PERMUTATIONS, config.n_bootstrap // 20)))
 
 
 def null_width(
@@ -126,12 +138,14 @@ def null_width(
     continuous: bool,
 ) -> NullWidth | None:
     """`_measured_width`, remembered for the same rows, subjects, label distribution and C (see
-    `_cache_key`)."""
-    key = _cache_key(X, codes, subjects, c, config, continuous)
+    `_fingerprint`)."""
+    if config.width_permutations <= 0:
+        return None
+    key = _fingerprint(X, codes, subjects, c, config, continuous)
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
-    width = _measured_width(X, codes, subjects, c, config, continuous)
+    width = _measured_width(X, codes, subjects, c, config, continuous, seed=int(key[:12], 16))
     _CACHE[key] = width
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
@@ -145,16 +159,14 @@ def _measured_width(
     c: float,
     config: ProbeConfig,
     continuous: bool,
+    seed: int,
 ) -> NullWidth | None:
-    """The widening factors from `config.width_permutations` permuted labellings (fewer, down to
-    MIN_PERMUTATIONS, for a quick interval of under 20 x that many resamples; see the module doc); None when
-    switched off (0 permutations) or when too few labellings gave a score."""
+    """The widening factors from `_permutations(config)` permuted labellings drawn from `seed` (see the
+    module doc); None when switched off (0 permutations) or when too few labellings gave a score."""
     if config.width_permutations <= 0:
         return None
-    # an interval asked for with few resamples is a quick look: its widening is measured on fewer labellings
-    # too (at least MIN_PERMUTATIONS), and the t quantile below pays for their noise
-    n_perm = int(min(config.width_permutations, max(MIN_PERMUTATIONS, config.n_bootstrap // 20)))
-    rng = np.random.default_rng(config.seed + 104_729)
+    n_perm = _permutations(config)
+    rng = np.random.default_rng(seed)
     rows = _subsample(codes, subjects, continuous, config.width_max_rows, config.folds, rng)
     Xs = np.asarray(X[rows], dtype=np.float64)
     Xs = (Xs - Xs.mean(axis=0)) / np.where(Xs.std(axis=0) > 0, Xs.std(axis=0), 1.0)  # once, not per fold
