@@ -1,5 +1,6 @@
-"""The explorer's map as a Streamlit v2 component: `map_canvas.js` / `.css`, shipped in the package (no CDN,
-so it works behind a hospital firewall), drawing what `map_payload` builds.
+"""The explorer's map as a Streamlit v2 component: `map_canvas.js` (drawing) and `map_canvas_input.js` (the
+pointer's box, lasso, click, hover and zoom), joined into one module, and `.css`, shipped in the package (no
+CDN, so it works behind a hospital firewall), drawing what `map_payload` builds.
 
 Mounted without a shadow root so the browser tests (and a user's devtools) reach it with a plain selector;
 its CSS is scoped to `.embedx-map`.
@@ -13,11 +14,12 @@ from typing import Any
 import streamlit as st
 
 _HERE = Path(__file__).resolve().parent
+_JS = ("map_canvas.js", "map_canvas_input.js")  # one module in two files, joined in this order
 _MAP = st.components.v2.component(
     "embedx_map",
     html='<div class="embedx-map"></div>',
     css=(_HERE / "map_canvas.css").read_text(encoding="utf-8"),
-    js=(_HERE / "map_canvas.js").read_text(encoding="utf-8"),
+    js="\n".join((_HERE / name).read_text(encoding="utf-8") for name in _JS),
     isolate_styles=False,
 )
 
