@@ -239,5 +239,6 @@ def widened(estimate: float, interval: tuple[float, float], factor: float,
     low, high = interval
     if not (np.isfinite(low) and np.isfinite(high)) or factor == 1.0:
         return interval
-    low, high = estimate - factor * (estimate - low), estimate + factor * (high - estimate)
+    # a bound on the estimate's wrong side (an interval that misses it) is not pushed further out
+    low, high = estimate - factor * max(0.0, estimate - low), estimate + factor * max(0.0, high - estimate)
     return clip(low, high) if clip else (float(low), float(high))

@@ -122,13 +122,19 @@ def centred_interval(score: float, replicates: np.ndarray, continuous: bool,
                      level: float = CI_LEVEL, clip: bool = True) -> tuple[float, float]:
     """`score` plus the replicates' central quantiles around their own mean (see the module doc), kept
     inside the metric's range ([0, 1] for balanced accuracy, >= 0 for MAE) unless `clip` is off (a
-    difference such as MAE minus chance MAE, which may have either sign)."""
+    difference such as MAE minus chance MAE, which may have either sign).
+
+    The interval always holds `score`: replicates piled at the metric's edge (a pilot probe right on nearly
+    every resample, its mean below its 2.5 % quantile) would otherwise put both quantiles on one side of it,
+    and a perfect score got [1.00006, 1.0]."""
     values = np.asarray(replicates, dtype=float)
     values = values[np.isfinite(values)]
     if values.size < 2:
         return (float("nan"), float("nan"))
     alpha = (1 - level) / 2
     low, high = score + np.quantile(values - values.mean(), [alpha, 1 - alpha])
+    low, high = min(float(low), score), max(float(high), score)
     if not clip:
-        return (float(low), float(high))
-    return (max(0.0, float(low)), float(high) if continuous else min(1.0, float(high)))
+        return (low, high)
+    top = np.inf if continuous else 1.0
+    return (float(np.clip(low, 0.0, top)), float(np.clip(high, 0.0, top)))

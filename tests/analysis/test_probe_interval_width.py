@@ -129,3 +129,12 @@ def test_subjects_with_one_value_each_share_the_factor_whatever_their_image_coun
     first = cv_width.null_width(X, per_subject[subjects], subjects, 0.01, config, False)
     moved = per_subject[rng.permutation(100)][subjects]
     assert cv_width.null_width(X, moved, subjects, 0.01, config, False) is first
+
+
+def test_widening_moves_each_bound_away_from_the_estimate_and_never_past_it() -> None:
+    from embedx.analysis.cv_width import widened
+
+    assert np.allclose(widened(0.6, (0.5, 0.65), 2.0), (0.4, 0.7))
+    # an interval that misses its estimate (a bound on the wrong side) is not pushed further out
+    low, high = widened(1.0, (1.0002, 1.0002), 1.3)
+    assert low <= 1.0 <= high
