@@ -86,8 +86,8 @@ def test_the_centred_interval_is_the_score_plus_the_replicates_spread_and_stays_
     assert np.allclose([low, high], 0.7 + spread)
     assert centred_interval(0.98, reps, continuous=False)[1] == 1.0
     assert centred_interval(0.02, reps, continuous=True)[0] == 0.0
-    # replicates piled at the top (right on 98 of 100 resamples): the mean sits below the 2.5 % quantile, and
-    # the score plus the deviations' quantiles would be [1.0002, 1.0002]; the interval holds the score, in range
+    # replicates piled at the top (right on 98 of 100 resamples): the mean sits below the 2.5 % quantile,
+    # and the score plus the deviations' quantiles would be [1.0002, 1.0002]; the interval holds the score
     piled = np.r_[np.ones(98), 0.99, 0.99]
     low, high = centred_interval(1.0, piled, continuous=False)
     assert 0.0 <= low <= 1.0 == high
