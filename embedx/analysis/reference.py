@@ -11,6 +11,12 @@ would make a paired test more powerful). Where they overlap, the reading is "kee
 when both verdicts agree, and "unclear" when one probe is called encoded and the other not: a verdict that
 flips inside overlapping intervals is no evidence of a difference. Probes run on different rows (a model
 that encoded only part of the cohort) are not compared at all.
+
+The reference scales each image by its own percentiles, which removes any global brightness or contrast
+difference. A model trained with a fixed window (`data.preprocess.window`) still sees one, so a site that
+differs only in exposure reads as "amplifies ... where the pixels do not find it" although the raw pixels
+carry it plainly (review: /tmp/review1, a minority site at grey level 92 against 57). Where the store says a
+model's intensity scaling differs from the reference's, the sentence says so and `like_for_like` is false.
 """
 
 from __future__ import annotations
@@ -50,6 +56,27 @@ class ReferenceComparison(JsonResult):
     kept: float | None  # (model - chance) / (pixels - chance), oriented so that 1 = as readable as pixels
     reading: str
     sentence: str
+    like_for_like: bool = True  # the model and the reference saw identically scaled intensities (or unknown)
+
+
+def intensity_scaling(preprocess_json: str) -> str | None:
+    """A model's intensity scaling from the store's `preprocess` attribute, in words; None when unknown
+    (imported embeddings carry none)."""
+    import json
+
+    try:
+        pre = json.loads(preprocess_json) if preprocess_json else None
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(pre, dict) or "intensity" not in pre:
+        return None
+    mode = str(pre["intensity"])
+    if mode == "percentile":
+        return "per-image percentile scaling"
+    if mode == "window" and pre.get("window"):
+        centre, width = pre["window"]
+        return f"a fixed window (centre {centre:g}, width {width:g})"
+    return "per-image min-max scaling" if mode == "minmax" else mode
 
 
 def _ci(p: Mapping[str, Any]) -> tuple[float, float] | None:
@@ -80,7 +107,9 @@ def _compared(probe: Mapping[str, Any]) -> Mapping[str, Any]:
     return probe
 
 
-def compare_one(model_probe: Mapping[str, Any], pixel_probe: Mapping[str, Any]) -> ReferenceComparison:
+def compare_one(model_probe: Mapping[str, Any], pixel_probe: Mapping[str, Any],
+                scaling: tuple[str | None, str | None] = (None, None)) -> ReferenceComparison:
+    """`scaling`: the model's and the reference's intensity scaling in words (`intensity_scaling`)."""
     if model_probe.get("metric") == pixel_probe.get("metric") == "mae":
         m_c, p_c = _compared(model_probe), _compared(pixel_probe)
         if m_c["metric"] == p_c["metric"]:
@@ -136,20 +165,27 @@ def compare_one(model_probe: Mapping[str, Any], pixel_probe: Mapping[str, Any]) 
         else:
             reading = KEEPS
             text = f"{model} keeps {attribute} about as the pixels carry it ({numbers})"
+    like_for_like = None in scaling or scaling[0] == scaling[1]
+    if not like_for_like and reading != NO_READING:
+        text += (f"; not like for like: {model} saw {scaling[0]}, the pixel reference {scaling[1]}, so a "
+                 "global brightness or contrast difference shows in one and not the other")
     return ReferenceComparison(
         model=model, attribute=attribute, metric=metric, reference=str(pixel_probe["model"]),
         pixel_score=None if ps is None else float(ps), pixel_ci=pci, pixel_encoded=p_enc,
         model_score=None if ms is None else float(ms), model_ci=mci, model_encoded=m_enc,
         chance=None if chance is None else float(chance), kept=kept, reading=reading, sentence=text,
+        like_for_like=like_for_like,
     )
 
 
 def compare_to_reference(
-    probes: Sequence[Mapping[str, Any]], kinds: Mapping[str, str]
+    probes: Sequence[Mapping[str, Any]], kinds: Mapping[str, str], preprocess: Mapping[str, str] | None = None
 ) -> list[ReferenceComparison]:
     """Every (model, attribute) probe beside the same attribute's pixel-reference probe.
 
     `kinds` maps model name -> kind (store provenance); the first model of kind `pixels` is the reference.
+    `preprocess` maps model name -> its stored `preprocess` JSON, to say where the intensities were scaled
+    differently.
     """
     references = [m for m, k in kinds.items() if k == REFERENCE_KIND]
     if not references:
@@ -160,5 +196,7 @@ def compare_to_reference(
     for p in probes:
         if p.get("model") == ref or p.get("skipped") or str(p["attribute"]) not in by_attribute:
             continue
-        out.append(compare_one(p, by_attribute[str(p["attribute"])]))
+        scaling = (intensity_scaling((preprocess or {}).get(str(p.get("model")), "")),
+                   intensity_scaling((preprocess or {}).get(ref, "")))
+        out.append(compare_one(p, by_attribute[str(p["attribute"])], scaling))
     return sorted(out, key=lambda c: (c.attribute, c.model))

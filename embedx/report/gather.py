@@ -325,7 +325,8 @@ def gather(
         "background": background,
         "shift": [c for c in snap["controls"] if c.get("control") == "shift"],
         "target": target,
-        "reference": [c.to_dict() for c in compare_to_reference(probes, kinds)],
+        "reference": [c.to_dict() for c in compare_to_reference(
+            probes, kinds, {m: str(snap["embedding_info"][m].get("preprocess", "")) for m in models})],
     }
 
 

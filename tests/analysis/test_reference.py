@@ -47,6 +47,23 @@ def test_kept_share_and_the_reference_model_chosen_by_kind() -> None:
     assert compare_to_reference(probes, {"vae": "vae", "px": "imported"}) == []
 
 
+def test_a_model_that_saw_other_intensity_scaling_is_not_read_as_like_for_like() -> None:
+    """Per-image percentile scaling (the reference's) removes a global exposure difference that a fixed
+    window keeps: the sentence says so, from the stored preprocess of each model."""
+    window = '{"size": 64, "intensity": "window", "window": [127.5, 255.0]}'
+    percentile = '{"size": 64, "intensity": "percentile", "window": null}'
+    probes = [_p("vae", 0.67, (0.6, 0.74), True), _p("px", 0.34, (0.27, 0.41), False)]
+    kinds = {"vae": "vae", "px": "pixels"}
+    (differs,) = compare_to_reference(probes, kinds, {"vae": window, "px": percentile})
+    assert differs.reading == "amplifies" and not differs.like_for_like
+    assert "not like for like: vae saw a fixed window (centre 127.5, width 255)" in differs.sentence
+    assert "the pixel reference per-image percentile scaling" in differs.sentence
+    (same,) = compare_to_reference(probes, kinds, {"vae": percentile, "px": percentile})
+    assert same.like_for_like and "like for like" not in same.sentence
+    (unknown,) = compare_to_reference(probes, kinds, {"vae": "", "px": percentile})  # imported embeddings
+    assert unknown.like_for_like
+
+
 def test_probes_on_different_rows_are_not_compared() -> None:
     model = {**_p("half", 0.52, (0.48, 0.56), False), "n": 100, "rows_encoded": 100}
     pixels = {**_p("px", 0.72, (0.68, 0.76), True), "n": 200, "rows_encoded": 200}

@@ -72,7 +72,8 @@ for metric in sorted({str(p.get("metric")) for p in probes}):
 
 st.subheader("What each model keeps of what the pixels carry")
 model_kinds = {m: str(attrs.get("kind", "")) for m, attrs in meta.embedding_attrs.items()}
-comparisons = compare_to_reference(probes, model_kinds)
+model_preprocess = {m: str(attrs.get("preprocess", "")) for m, attrs in meta.embedding_attrs.items()}
+comparisons = compare_to_reference(probes, model_kinds, model_preprocess)
 if not comparisons:
     widgets.hint(
         "No pixel reference in this store. Encode what plain pixels carry (no training), then probe it:",
