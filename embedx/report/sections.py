@@ -171,6 +171,19 @@ def _score_ci(score: Any, ci: Any) -> str:
     return f"{score:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
+def power_cell(r: Mapping[str, Any]) -> str:
+    """One power cell of the HTML table, by the terminal table's rules: an untestable cell is not shown as a
+    measured 0.00 [0.00, 0.00], and an estimate (only some of the labels that passed p re-run through the
+    probe) is marked ~ and says what was counted, not found / planted."""
+    if r.get("untestable"):
+        return f"untestable ({r.get('positive_subjects')} subjects)"
+    interval = f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"
+    if r.get("found_estimated"):
+        return (f"~{r['power']:.2f} {interval} (estimated: {r.get('passed_p')}/{r['n_labels']} passed p, "
+                f"{r.get('probe_confirmed')} of {r.get('probe_checked')} re-run confirmed)")
+    return f"{r['power']:.2f} {interval} ({r['found']}/{r['n_labels']})"
+
+
 def calibration_section(calibration: Mapping[str, Mapping[str, Any]], col: Collector) -> str:
     """False-positive rate and power per model: a sentence, a table and the power figure."""
     if not calibration:
@@ -181,13 +194,12 @@ def calibration_section(calibration: Mapping[str, Mapping[str, Any]], col: Colle
         for r in result["power"]:
             label = f"prevalence {r['prevalence']:.0%}" if r["kind"] == "binary" else "continuous"
             effect = ("d = " if r["kind"] == "binary" else "r = ") + f"{r['effect']:g}"
-            rows.setdefault(label, {})[effect] = (
-                f"{r['power']:.2f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}] ({r['found']}/{r['n_labels']})"
-            )
+            rows.setdefault(label, {})[effect] = power_cell(r)
         text = list(result.get("text") or [])
         parts.append(
             f"<h3>{html.escape(model)}</h3><p>{html.escape(text[0] if text else '')}</p>"
-            + "<p>Share of planted labels found (95 % Wilson interval; found / planted):</p>"
+            + "<p>Share of planted labels found (95 % Wilson interval; found / planted; ~ estimated where "
+            "only some of the labels that passed p were re-run through the probe):</p>"
             + table_html(pd.DataFrame.from_dict(rows, orient="index").fillna(""))
             + "".join(f"<p class='meta'>{html.escape(n)}</p>" for n in result.get("notes") or [])
         )

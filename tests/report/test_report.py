@@ -364,3 +364,16 @@ def test_an_encoded_sites_classes_are_ranked_under_the_probe_tables(tmp_path: Pa
     assert html.escape(CLASS_SEPARATION_TITLE) in page and "vae/site: C 0.94 · A 0.58 · B 0.55" in page
     quiet = probe_section([{**site, "encoded": False}], Collector(tmp_path))
     assert html.escape(CLASS_SEPARATION_TITLE) not in quiet
+
+
+def test_power_cells_say_estimated_and_untestable_as_the_terminal_does() -> None:
+    """2/15 with power 0.17 read as a contradiction: an estimated cell is marked and says what it counted."""
+    from embedx.report.sections import power_cell
+
+    exact = {"power": 0.4, "ci": [0.2, 0.6], "found": 6, "n_labels": 15}
+    assert power_cell(exact) == "0.40 [0.20, 0.60] (6/15)"
+    estimated = {**exact, "power": 0.17, "found": 2, "found_estimated": True, "passed_p": 5,
+                 "probe_checked": 3, "probe_confirmed": 1}
+    assert power_cell(estimated).startswith("~0.17 [0.20, 0.60] (estimated: 5/15 passed p, 1 of 3 re-run")
+    assert "(2/15)" not in power_cell(estimated)
+    assert power_cell({**exact, "untestable": "too few", "positive_subjects": 3}) == "untestable (3 subjects)"
