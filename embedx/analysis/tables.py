@@ -22,6 +22,7 @@ __all__ = [
     "gap_summary",
     "poster_rich_table",
     "probe_rich_table",
+    "subjects_and_images",
     "terminal_console",
 ]
 
@@ -90,13 +91,15 @@ CLASS_SEPARATION_TITLE = (
 
 
 def probe_rich_table(results: Iterable[Mapping[str, Any]], title: str = "Probes") -> Any:
-    """One row per model x attribute: score [95 % CI], chance, Holm p, n and the verdict; notes below."""
+    """One row per model x attribute: score [95 % CI], chance, Holm p, subjects (images) and the verdict; notes below."""
     from rich.table import Table
 
     results = list(results)
     table = Table(title=title, header_style="bold")
-    for column in ("model", "attribute", "metric", "score [95% CI]", "chance", "p (Holm)", "n", "verdict"):
-        table.add_column(column, justify="right" if column in ("chance", "p (Holm)", "n") else "left")
+    n_column = "subjects (images)"  # subjects first: the unit of every fold, interval and permutation
+    columns = ("model", "attribute", "metric", "score [95% CI]", "chance", "p (Holm)", n_column, "verdict")
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("chance", "p (Holm)", n_column) else "left")
     for r in results:
         verdict = r.get("verdict") or verdict_text(bool(r.get("encoded")), r.get("skipped"))
         style = "green" if r.get("encoded") else ("yellow" if r.get("skipped") else "")
@@ -114,7 +117,7 @@ def probe_rich_table(results: Iterable[Mapping[str, Any]], title: str = "Probes"
             ("-" if r.get("score") is None else _fmt(r["score"]) + _fmt_ci(r.get("ci"))) + extra,
             _fmt(r.get("chance")),
             _fmt(r.get("p_holm")),
-            _fmt(r.get("n")),
+            subjects_and_images(r, "n_subjects", "n"),
             f"[{style}]{verdict}[/]" if style else verdict,
         )
     notes = sorted(
@@ -164,7 +167,7 @@ def gap_summary(result: Mapping[str, Any]) -> str:
     return "; ".join(parts) or "gaps not tested (not \"no gap\"): fewer than 2 groups large enough to compare"
 
 
-def _counted(group: Mapping[str, Any], subjects: str, images: str) -> str:
+def subjects_and_images(group: Mapping[str, Any], subjects: str, images: str) -> str:
     """'87 (358)': subjects first, as the too-small rule and every interval count them; images beside."""
     if group.get(subjects) is None:  # a result stored before subjects were counted
         return _fmt(group.get(images))
@@ -200,13 +203,14 @@ def fairness_rich_table(result: Mapping[str, Any]) -> Any:
         note = "too small: not in gaps" if g.get("too_small") else (g.get("auc_note") or "")
         ci = g.get("ci") or {}
         if continuous:
-            row = [group, _counted(g, "n_subjects", "n"), _fmt(g["mae"]) + _fmt_ci(ci.get("mae")),
+            row = [group, subjects_and_images(g, "n_subjects", "n"),
+                   _fmt(g["mae"]) + _fmt_ci(ci.get("mae")),
                    _fmt(g.get("bias")), note]
         else:
             row = [
                 group,
-                _counted(g, "n_subjects", "n"),
-                _counted(g, "positive_subjects", "positives"),
+                subjects_and_images(g, "n_subjects", "n"),
+                subjects_and_images(g, "positive_subjects", "positives"),
                 _fmt(g.get("accuracy")),
                 _fmt(g.get("tpr")) + _fmt_ci(ci.get("tpr")),
                 _fmt(g.get("fpr")) + _fmt_ci(ci.get("fpr")),

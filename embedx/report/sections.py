@@ -13,7 +13,13 @@ import numpy as np
 import pandas as pd
 
 from embedx.analysis.results import correlation_text, probe_table
-from embedx.analysis.tables import CLASS_SEPARATION_TITLE, class_separation_lines, family_line, gap_summary
+from embedx.analysis.tables import (
+    CLASS_SEPARATION_TITLE,
+    class_separation_lines,
+    family_line,
+    gap_summary,
+    subjects_and_images,
+)
 from embedx.report import control_figures, figures
 
 PROJECTION_PREFERENCE = ("tsne", "umap", "pca")
@@ -110,7 +116,7 @@ def probe_section(probes: list[dict], col: Collector) -> str:
                 "r [95% CI]": correlation_text(p),
                 "p": p.get("p_value"),
                 "p (Holm)": p.get("p_holm"),
-                "n": p.get("n"),
+                "subjects (images)": subjects_and_images(p, "n_subjects", "n"),
                 "verdict": p.get("verdict")
                 or ("encoded" if p.get("encoded") else "not distinguishable from chance"),
             }

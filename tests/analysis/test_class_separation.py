@@ -32,6 +32,9 @@ def test_the_one_site_with_a_signature_is_ranked_first() -> None:
     assert line.startswith("vae/site: C 0.9")
     table = probe_rich_table([r.to_dict()])
     assert CLASS_SEPARATION_TITLE in str(table.caption) and "vae/site: C" in str(table.caption)
+    # counts are subjects first, images beside them (the unit of every fold, interval and permutation)
+    (counts,) = [c for c in table.columns if c.header == "subjects (images)"]
+    assert list(counts.cells) == [f"{r.n_subjects} ({r.n})"] and r.n_subjects < r.n
 
 
 def test_no_line_for_an_attribute_that_is_not_encoded_or_binary() -> None:

@@ -7,7 +7,7 @@ import streamlit as st
 from embedx.analysis.probe_result import judge_family
 from embedx.analysis.reference import AMPLIFIES, DISCARDS, WEAKER, compare_to_reference
 from embedx.analysis.results import correlation_text, probe_table
-from embedx.analysis.tables import family_line
+from embedx.analysis.tables import family_line, subjects_and_images
 from embedx.dashboard import data, figures, shaping, widgets
 
 path, meta = widgets.require_store()
@@ -49,7 +49,7 @@ for p in probes:
             "p (Holm)": p.get("p_holm"),
             "verdict": p.get("verdict")
             or ("encoded" if p.get("encoded") else "not distinguishable from chance"),
-            "n": p.get("n"),
+            "subjects (images)": subjects_and_images(p, "n_subjects", "n"),
             # which classes an encoded categorical attribute's probe tells apart (one-vs-rest AUC)
             "classes told apart": " · ".join(f"{c} {a:.2f}" for c, a in (p.get("class_auc") or {}).items()),
             "notes": "; ".join(p.get("notes") or []),  # merged classes, pilot intervals, dominating values
