@@ -91,7 +91,8 @@ CLASS_SEPARATION_TITLE = (
 
 
 def probe_rich_table(results: Iterable[Mapping[str, Any]], title: str = "Probes") -> Any:
-    """One row per model x attribute: score [95 % CI], chance, Holm p, subjects (images) and the verdict; notes below."""
+    """One row per model x attribute: score [95 % CI], chance, Holm p, subjects (images) and the verdict;
+    notes below."""
     from rich.table import Table
 
     results = list(results)
