@@ -31,6 +31,7 @@ from embedx.data.schema import (
     sidecar_path,
     write_schema,
 )
+from embedx.data.value_variants import warn_spelling_variants
 from embedx.errors import ManifestError
 
 log = logging.getLogger(__name__)
@@ -301,6 +302,7 @@ def load_manifest(
         if spec.inferred and spec.kind == "continuous" and not pd.api.types.is_numeric_dtype(table[name]):
             text_values[name] = _text_to_missing(table, name, path.name)  # mostly numbers, a few words
     warn_sentinels(table, schema, path.name, Path(schema_file).name if schema_file else sidecar.name)
+    warn_spelling_variants(table, schema, path.name)
     manifest = Manifest(table=table, source=path, root=root, schema=schema, text_as_missing=text_values,
                         coded_missing=coded, lines=lines)
     inferred = [f"{n} ({s.kind}/{s.role})" for n, s in schema.items() if s.inferred]
