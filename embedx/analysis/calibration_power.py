@@ -69,9 +69,19 @@ def _planted_binary(
 
 
 def _cohens_d(score: np.ndarray, label: np.ndarray) -> float:
+    """The planted label's realised effect; NaN (quietly) where a class has fewer than two subjects."""
     a, b = score[label == 1], score[label == 0]
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
     pooled = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2))
     return float((a.mean() - b.mean()) / pooled) if pooled > 0 else float("nan")
+
+
+def _finite_mean(values: list[float]) -> float:
+    """The mean of the finite values, NaN when there are none (without numpy's empty-slice warning)."""
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    return float(finite.mean()) if finite.size else float("nan")
 
 
 def untestable_reason(smaller_class_subjects: int, folds: int) -> str | None:
@@ -256,7 +266,7 @@ def power_cells(
                 else "correlation r with the direction",
                 "effect_reached": bool(not binary or effect <= limit),
                 "max_effect": limit,
-                "realized_effect": float(np.nanmean(realized)),
+                "realized_effect": _finite_mean(realized),
                 "n_labels": per_cell,
                 "found": found,
                 "power": float(estimate),

@@ -254,3 +254,16 @@ def test_planted_labels_are_dealt_over_several_probe_seeds(monkeypatch) -> None:
     )
     (row,) = calibrate_arrays(X, groups, {}, settings).power
     assert row["fold_seeds"] == 5 and sorted(set(built)) == [5, 6, 7, 8, 9]
+
+
+def test_a_planted_class_of_one_subject_has_no_effect_size_and_no_numpy_warning() -> None:
+    """A 1 % prevalence on a pilot store plants one positive: its effect is NaN, said without a raw
+    RuntimeWarning in the user's terminal."""
+    import warnings
+
+    from embedx.analysis.calibration_power import _cohens_d, _finite_mean
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(_cohens_d(np.array([0.1, 0.2, 0.3, 0.4]), np.array([1, 0, 0, 0])))
+        assert np.isnan(_finite_mean([float("nan")])) and _finite_mean([1.0, float("nan"), 3.0]) == 2.0
