@@ -87,9 +87,15 @@ def register(app: typer.Typer) -> None:
                 f"  CNN on patches: balanced accuracy {c['score']:.3f} [{c['ci'][0]:.3f}, {c['ci'][1]:.3f}]"
             )
         if result["n_failed"]:
-            typer.echo(
-                f"  {result['n_failed']} image(s) could not be read and were skipped (listed in the JSON)"
-            )
+            failed = result.get("failed") or []
+            typer.echo(f"  {result['n_failed']} image(s) could not be read and were skipped"
+                       + (f" (the first {len(failed)} listed in {json_path})" if json_path else ":"))
+            if not json_path:  # the user's own terminal: rows and reasons, as data check prints them
+                for item in failed[:5]:
+                    where = f"row {item.get('row')}" + (f", line {item['line']}" if item.get("line") else "")
+                    typer.echo(f"    {where}: {item.get('reason')}")
+                if len(failed) > 5 or result["n_failed"] > len(failed):
+                    typer.echo("    ... (--json FILE lists up to 100)")
         typer.echo(f"verdict: {result['verdict']}")
         _emit(result, json_path)
 

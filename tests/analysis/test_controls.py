@@ -256,6 +256,20 @@ def test_control_background_cli_writes_strict_json(phantoms: dict[float, Path], 
     assert "verdict: acquisition signature" in result.output
     data = json.loads(out.read_text())  # strict JSON: NaN would not parse back as a number
     assert data["attribute"] == "site" and data["control"] == "background"
+    # an unreadable image without --json: its row and reason are printed, not "listed in the JSON"
+    import pandas as pd
+
+    table = pd.read_csv(phantoms[1.0])
+    table["path"] = [str((phantoms[1.0].parent / p).resolve()) for p in table["path"]]
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    table.loc[3, "path"] = str(tmp_path / "broken.png")
+    table.to_csv(tmp_path / "broken.csv", index=False)
+    printed = CliRunner().invoke(app, ["control", "background", "--manifest", str(tmp_path / "broken.csv"),
+                                       "--attribute", "site", "--patch", "8", "--size", "48",
+                                       "--permutations", "20", "--bootstrap", "100"])
+    assert printed.exit_code == 0, printed.output
+    assert "1 image(s) could not be read and were skipped:" in printed.output
+    assert "row 4, line 5: " in printed.output and "listed in the JSON" not in printed.output
     bad = CliRunner().invoke(
         app, ["control", "background", "--manifest", str(phantoms[1.0]), "--attribute", "scanner"]
     )
