@@ -136,10 +136,14 @@ def _check_values(
             else:
                 _text_to_missing(table, name, path_name)
         if spec.kind == "binary":
-            values = column.dropna().unique()
-            if len(values) > 2:
-                shown = ", ".join(repr(v) for v in list(values)[:10])
-                problems.append(f"column {name!r} is declared binary but has {len(values)} values: {shown}")
+            counts = column.dropna().value_counts()
+            if len(counts) > 2:
+                # the two commonest values are taken as the pair; the rows of the others are named
+                shown = ", ".join(f"{v!r} ({n} rows)" for v, n in list(counts.items())[:10])
+                odd = np.flatnonzero(column.notna().to_numpy() & ~column.isin(counts.index[:2]).to_numpy())
+                items = [f"{where(int(r), lines)}: {column.iloc[r]!r}" for r in odd]
+                problems.append(f"column {name!r} is declared binary but has {len(counts)} values ({shown}); "
+                                "besides the two commonest:" + capped(items))
 
 
 def _backslash_hint(missing: list[str]) -> str:

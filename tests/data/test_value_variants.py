@@ -41,3 +41,18 @@ def test_the_manifest_warns_and_names_the_spellings_but_merges_nothing(tmp_path,
     assert "'finding'" in text and "'yes' (7 rows) / 'Yes' (1 rows)" in text
     assert "column 'site'" not in text  # a clean column says nothing
     assert set(manifest.table["view"].dropna()) == {"PA", "P A", "AP"}  # kept apart: only the user knows
+
+
+def test_a_declared_binary_column_with_a_third_value_names_its_rows(tmp_path) -> None:
+    import pytest
+
+    from embedx.errors import ManifestError
+
+    sex = ["F", "M"] * 6 + ["m", "U", "F", "M"]
+    path = _manifest(tmp_path, {"sex": sex})
+    (tmp_path / "m.yaml").write_text("attributes:\n  sex: {kind: binary, role: demographic}\n")
+    with pytest.raises(ManifestError) as raised:
+        load_manifest(path)
+    text = str(raised.value)
+    assert "declared binary but has 4 values ('F' (7 rows), 'M' (7 rows), 'm' (1 rows), 'U' (1 rows))" in text
+    assert "row 13 (line 14): 'm'" in text and "row 14 (line 15): 'U'" in text
