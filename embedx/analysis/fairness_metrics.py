@@ -19,6 +19,7 @@ row, this computes what a fairness reviewer checks (see fairness-anchors.md):
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,6 +158,15 @@ def _negatives(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.sum(1 - np.asarray(y_true)))
 
 
+def display_order(group: str) -> tuple[int, float, str]:
+    """Sort key for group names: bands of a continuous attribute by their lower edge ("<40", "40-59",
+    "60-79", "80+"; text order put "<40" last), every other name after them in text order."""
+    match = re.match(r"^(<)?(-?\d+(?:\.\d+)?)", group)
+    if match is None:
+        return (2, 0.0, group)
+    return (0, float(match.group(2)), group) if match.group(1) else (1, float(match.group(2)), group)
+
+
 def subject_counts(labels: np.ndarray, groups: np.ndarray, flags: np.ndarray | None = None) -> pd.Series:
     frame = pd.DataFrame({"g": labels, "s": groups})
     if flags is not None:
@@ -260,7 +270,8 @@ def fairness_from_predictions(
     auc_reps, ece_reps = _auc_ece_replicates(codes, yt, pr, index, len(names), rules, rng)
 
     by_group: dict[str, dict[str, Any]] = {}
-    for j, g in enumerate(names):
+    for j in sorted(range(len(names)), key=lambda i: display_order(str(names[i]))):  # "<40" before "40-59"
+        g = names[j]
         row = by.loc[g]
         entry: dict[str, Any] = {
             k: float(row[k]) for k in ("accuracy", "tpr", "fpr", "auc", "selection_rate", "ece")

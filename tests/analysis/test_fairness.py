@@ -380,3 +380,11 @@ def test_equalized_odds_is_tested_where_one_of_its_rates_has_no_variance() -> No
     out = fairness_from_predictions("g", group, y, prob, pred, np.arange(n).astype(str), rules)
     assert out.gaps["equalized_odds_difference"]["p_value"] < 0.01
     assert out.gaps["equal_opportunity_difference"]["p_value"] == 1.0
+
+
+def test_age_bands_are_listed_youngest_first_and_other_groups_in_text_order() -> None:
+    from embedx.analysis.fairness_metrics import display_order
+
+    assert sorted(["80+", "40-59", "<40", "60-79"], key=display_order) == ["<40", "40-59", "60-79", "80+"]
+    assert sorted(["1.2+", "0.5-<1.2", "<0.5"], key=display_order) == ["<0.5", "0.5-<1.2", "1.2+"]
+    assert sorted(["M", "F", "x"], key=display_order) == ["F", "M", "x"]
