@@ -13,8 +13,9 @@ cohorts with at least one significant gap.
 Measured on 2026-12-04 (session 18), 400 subjects x 32-d, with the bootstrap-t test of
 `fairness_gaps.studentized_test`: seeds 500-559 (a reviewer's run of this design), raw p < 0.05 in 48 of 540
 gap tests (8.9 %; eth's equalised-odds gap 9 of 60) and 8 of 60 cohorts with a Holm-significant gap; seeds
-2000-2039, 19 of 360 (5.3 %) and 4 of 40. Seeds 3000-3099: 36 of 900 (4.0 %) and 3 of 100. Over all 200 cohorts, 103 of 1,800 (5.7 %), where a
-cohort's nine tests share its predictions and so vary more than a binomial's: no excess that holds up.
+2000-2039, 19 of 360 (5.3 %) and 4 of 40; seeds 3000-3099, 36 of 900 (4.0 %) and 3 of 100. Over all 200
+cohorts, 103 of 1,800 (5.7 %), where a cohort's nine tests share its predictions and so vary more than a
+binomial's: no excess that holds up.
 A studentized permutation null (subjects dealt to the groups at random, Welch's statistic; exact under
 exchangeability) gave 30 of 360 (8.3 %) on seeds 500-539 too: those seeds, not the bootstrap, ran high.
 """
