@@ -162,9 +162,8 @@ def _measured_width(
     seed: int,
 ) -> NullWidth | None:
     """The widening factors from `_permutations(config)` permuted labellings drawn from `seed` (see the
-    module doc); None when switched off (0 permutations) or when too few labellings gave a score."""
-    if config.width_permutations <= 0:
-        return None
+    module doc); None when too few labellings gave a score. Switched off (0 permutations) is `null_width`'s
+    to answer."""
     n_perm = _permutations(config)
     rng = np.random.default_rng(seed)
     rows = _subsample(codes, subjects, continuous, config.width_max_rows, config.folds, rng)

@@ -21,6 +21,7 @@ model's intensity scaling differs from the reference's, the sentence says so and
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,8 +63,6 @@ class ReferenceComparison(JsonResult):
 def intensity_scaling(preprocess_json: str) -> str | None:
     """A model's intensity scaling from the store's `preprocess` attribute, in words; None when unknown
     (imported embeddings carry none)."""
-    import json
-
     try:
         pre = json.loads(preprocess_json) if preprocess_json else None
     except (TypeError, ValueError):
@@ -193,10 +192,11 @@ def compare_to_reference(
     ref = references[0]
     by_attribute = {str(p["attribute"]): p for p in probes if p.get("model") == ref and not p.get("skipped")}
     out = []
+    preprocess = preprocess or {}
+    reference_scaling = intensity_scaling(preprocess.get(ref, ""))
     for p in probes:
         if p.get("model") == ref or p.get("skipped") or str(p["attribute"]) not in by_attribute:
             continue
-        scaling = (intensity_scaling((preprocess or {}).get(str(p.get("model")), "")),
-                   intensity_scaling((preprocess or {}).get(ref, "")))
+        scaling = (intensity_scaling(preprocess.get(str(p.get("model")), "")), reference_scaling)
         out.append(compare_one(p, by_attribute[str(p["attribute"])], scaling))
     return sorted(out, key=lambda c: (c.attribute, c.model))

@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
             failed = result.get("failed") or []
             typer.echo(f"  {result['n_failed']} image(s) could not be read and were skipped"
                        + (f" (the first {len(failed)} listed in {json_path})" if json_path else ":"))
-            if not json_path:  # the user's own terminal: rows and reasons, as data check prints them
+            if not json_path:  # the user's own terminal, where paths and reasons may be shown
                 for item in failed[:5]:
                     where = f"row {item.get('row')}" + (f", line {item['line']}" if item.get("line") else "")
                     typer.echo(f"    {where}: {item.get('reason')}")
