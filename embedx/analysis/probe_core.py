@@ -46,6 +46,7 @@ from embedx.analysis.linear_probe import C_GRID, PREDICT_CHUNK, LinearProbe
 from embedx.analysis.permutation import probe_permutation_test
 from embedx.analysis.probe_config import ProbeConfig
 from embedx.analysis.probe_result import ProbeResult, judge_family
+from embedx.analysis.recall_floor import recall_floor
 from embedx.analysis.refit_bootstrap import REFIT_RESAMPLES, centred_interval, refit_replicates
 from embedx.analysis.stats import (
     SubjectIndex,
@@ -338,6 +339,9 @@ def cross_validated_probe(
                 extra["correlation_ci"] = (max(-1.0, low), min(1.0, high))
             replicates = replicates[:, 0]
         ci = centred_interval(score, replicates, continuous)
+    floored = False
+    if not continuous:  # resampling cannot see a recall's uncertainty at 0 or 1 (see recall_floor)
+        ci, floored = recall_floor(score, ci, codes, pred, gk)
     permutation = probe_permutation_test(
         Xk,
         codes,
@@ -387,6 +391,7 @@ def cross_validated_probe(
             "level": 0.95,
             "over": "refits on subject resamples" if refit and refit_rows_ok else "out-of-fold predictions",
             "widened": None if width is None else width.as_dict(),
+            "recall_floor": floored,
         },
         permutation=permutation,
         train_rows_per_fold=tuple(train_rows),
