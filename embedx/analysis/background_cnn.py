@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from embedx.analysis.folds import stratified_splits
+from embedx.analysis.recall_floor import recall_floor
 from embedx.analysis.stats import bootstrap_balanced_accuracy, count_dropped, percentile_ci
 from embedx.errors import EmbedxError
 from embedx.progress import progress_bar
@@ -71,6 +72,7 @@ def cnn_on_patches(
     score = float(np.mean(recalls))
     reps = bootstrap_balanced_accuracy(y, predicted, groups, n_boot=n_bootstrap, seed=seed)
     ci = percentile_ci(reps) if n_bootstrap else (float("nan"), float("nan"))
+    ci = recall_floor(score, ci, y, predicted, groups)[0]  # a recall at 0 or 1 resamples to no width
     chance = 1.0 / len(classes)
     return {
         "model": "cnn (seed 000, 3 blocks) on stacked patches",

@@ -44,6 +44,7 @@ from embedx.analysis.fairness_gaps import (
     gap_nulls,
     rates_from_counts,
 )
+from embedx.analysis.recall_floor import proportion_floor
 from embedx.analysis.stats import (
     SubjectIndex,
     auc_weighted,
@@ -293,7 +294,11 @@ def fairness_from_predictions(
         if entry["negatives"] == 0:
             entry["fpr"] = float("nan")
             entry["fpr_note"] = "FPR undefined: this group holds no negatives"
-        entry["ci"] = {k: list(percentile_ci(reps[k][:, j])) for k in RATE_METRICS}
+        # a rate at 0 or 1 resamples to a zero-width interval: each is at least its Wilson interval
+        n_of = {"accuracy": counts[g][0], "tpr": counts[g][1], "fpr": counts[g][2],
+                "selection_rate": counts[g][0]}
+        entry["ci"] = {k: proportion_floor(entry[k], percentile_ci(reps[k][:, j]), n_of[k])
+                       for k in RATE_METRICS}
         entry["ci"]["auc"] = list(percentile_ci(auc_reps[:, j]))
         entry["ci"]["ece"] = list(percentile_ci(ece_reps[:, j]))
         # A resample of one or two patients' outcomes gives an interval of zero width around the estimate
