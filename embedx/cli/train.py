@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -40,7 +41,6 @@ def register(app: typer.Typer) -> None:
         else:
             resolved = load_config(kind, config, set_)
         run_dir = train(resolved, manifest, out, resume=resume)
-        from accelerate import PartialState
-
-        if PartialState().is_main_process:
+        # the launcher's rank, not Accelerate's state: its process group is already torn down here
+        if os.environ.get("RANK", "0") == "0":
             typer.echo(str(run_dir))
