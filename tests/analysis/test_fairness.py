@@ -13,6 +13,7 @@ from fairlearn.metrics import (
     equalized_odds_difference,
     true_positive_rate,
 )
+from statsmodels.stats.proportion import proportion_confint
 
 from embedx.analysis.fairness import FairnessConfig, fairness_arrays, fairness_from_predictions, run_fairness
 from embedx.analysis.fairness_metrics import GroupRules
@@ -388,3 +389,22 @@ def test_age_bands_are_listed_youngest_first_and_other_groups_in_text_order() ->
     assert sorted(["80+", "40-59", "<40", "60-79"], key=display_order) == ["<40", "40-59", "60-79", "80+"]
     assert sorted(["1.2+", "0.5-<1.2", "<0.5"], key=display_order) == ["<0.5", "0.5-<1.2", "1.2+"]
     assert sorted(["M", "F", "x"], key=display_order) == ["F", "M", "x"]
+
+
+def test_a_groups_rate_at_zero_or_one_gets_an_interval_of_its_subjects_not_zero_width() -> None:
+    """Group C's FPR is 0 of 6 negative subjects and every resample says 0: the interval is [0, 0] unless
+    it is floored at the Wilson interval, which allows a true FPR to 0.39; A's 50 subjects give 0.07."""
+    f = _hand_built()
+    out = fairness_from_predictions(
+        "group", f["group"].to_numpy(object), f["y"], f["prob"], f["pred"], f["subject"], FAST.rules
+    )
+    low, high = out["by_group"]["C"]["ci"]["fpr"]
+    assert low == 0.0 and high == pytest.approx(proportion_confint(0, 6, method="wilson")[1])
+    a = _block("A", 50, 50, 50, 0).assign(subject=lambda d: [f"a{i}" for i in range(len(d))])
+    b = _block("B", 50, 40, 50, 5).assign(subject=lambda d: [f"b{i}" for i in range(len(d))])
+    f = pd.concat([a, b], ignore_index=True)
+    out = fairness_from_predictions(
+        "group", f["group"].to_numpy(object), f["y"], f["prob"], f["pred"], f["subject"], FAST.rules
+    )
+    assert out["by_group"]["A"]["ci"]["tpr"] == pytest.approx(
+        [proportion_confint(50, 50, method="wilson")[0], 1.0])
