@@ -341,7 +341,11 @@ def cross_validated_probe(
         ci = centred_interval(score, replicates, continuous)
     floored = False
     if not continuous:  # resampling cannot see a recall's uncertainty at 0 or 1 (see recall_floor)
+        resampled = ci
         ci, floored = recall_floor(score, ci, codes, pred, gk)
+        if floored and (resampled[0] - ci[0]) + (ci[1] - resampled[1]) >= 0.01:
+            notes.append("CI widened to the binomial (Wilson) uncertainty of each class's recall over its "
+                         "subjects, which resampling cannot show where a recall is 0 or 1")
     permutation = probe_permutation_test(
         Xk,
         codes,

@@ -64,6 +64,7 @@ def test_a_rare_null_label_in_a_small_high_dimensional_cohort_is_not_placed_off_
     assert result.bootstrap["over"] == "refits on subject resamples"
     assert result.ci[0] <= 0.5 <= result.ci[1], (result.score, result.ci)
     assert result.bootstrap["recall_floor"] is True
+    assert any("Wilson" in note for note in result.notes)
 
 
 def test_a_groups_rate_at_one_gets_its_wilson_interval_not_zero_width() -> None:
