@@ -344,8 +344,8 @@ def cross_validated_probe(
         resampled = ci
         ci, floored = recall_floor(score, ci, codes, pred, gk)
         if floored and (resampled[0] - ci[0]) + (ci[1] - resampled[1]) >= 0.01:
-            notes.append("CI widened to the binomial (Wilson) uncertainty of each class's recall over its "
-                         "subjects, which resampling cannot show where a recall is 0 or 1")
+            notes.append("CI widened to the binomial (Wilson) uncertainty of a class recall at 0 or 1 over "
+                         "its subjects, which resampling cannot show")
     permutation = probe_permutation_test(
         Xk,
         codes,

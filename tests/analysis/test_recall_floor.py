@@ -32,7 +32,7 @@ def test_a_recall_at_zero_of_five_keeps_chance_inside_the_interval() -> None:
     (low, high), moved = recall_floor(score, (0.492, 0.498), codes, pred, subjects)
     assert moved
     upper_recall = proportion_confint(0, 5, alpha=0.05, method="wilson")[1]
-    assert high == pytest.approx(score + np.hypot(upper_recall, wilson_interval(144, 145)[1] - 144 / 145) / 2)
+    assert high == pytest.approx(score + upper_recall / 2)  # 144/145 is inside (0, 1): resampling's
     assert low < score < 0.5 < high
 
 
@@ -44,11 +44,14 @@ def test_the_floor_only_widens_and_leaves_a_wide_interval_alone() -> None:
     score = float(np.mean([np.mean(pred[codes == c] == c) for c in range(3)]))
     wide = (score - 0.2, score + 0.2)
     assert recall_floor(score, wide, codes, pred, subjects) == (wide, False)
-    (low, high), moved = recall_floor(score, (score, score), codes, pred, subjects)
-    assert moved and low < score < high
-    # a subject's rows are one piece of evidence: the floor for 400 subjects x 2 rows is that of 400
-    single = recall_floor(score, (score, score), codes[::2], pred[::2], subjects[::2])[0]
-    assert high - low > single[1] - single[0] - 0.02
+    # recalls inside (0, 1): resampling sees their spread, at the images' own n; no floor
+    assert recall_floor(score, (score, score), codes, pred, subjects) == ((score, score), False)
+    # a class recalled perfectly: its 2 rows per subject agree, so the floor counts its subjects
+    perfect = np.where(codes == 0, 0, pred)
+    score = float(np.mean([np.mean(perfect[codes == c] == c) for c in range(3)]))
+    (low, high), moved = recall_floor(score, (score, score), codes, perfect, subjects)
+    n0 = len(np.unique(subjects[codes == 0]))
+    assert moved and high == score and low == pytest.approx(score - (1 - wilson_interval(n0, n0)[0]) / 3)
 
 
 def test_a_rare_null_label_in_a_small_high_dimensional_cohort_is_not_placed_off_chance() -> None:
@@ -71,5 +74,6 @@ def test_a_groups_rate_at_one_gets_its_wilson_interval_not_zero_width() -> None:
     """A fairness group's TPR of 10 of 10 positive subjects resamples to [1, 1]."""
     assert proportion_floor(1.0, (1.0, 1.0), 10) == pytest.approx(
         [proportion_confint(10, 10, alpha=0.05, method="wilson")[0], 1.0])
-    assert proportion_floor(0.5, (0.2, 0.8), 10) == [0.2, 0.8]  # already wider: left alone
+    assert proportion_floor(0.5, (0.2, 0.8), 10) == [0.2, 0.8]  # inside (0, 1): resampling's own
+    assert proportion_floor(0.4, (0.4, 0.4), 10) == [0.4, 0.4]
     assert proportion_floor(float("nan"), (0.0, 1.0), 10) == [0.0, 1.0]
