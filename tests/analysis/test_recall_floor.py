@@ -2,7 +2,8 @@
 
 In null simulations (150 subjects x 256-d, a label in 3-10 % of subjects, near-duplicate rows) a probe that
 predicted no rare subject as rare got intervals such as 0.497 [0.492, 0.498]: 19 of 60 missed 0.5, the
-only true value of a label with no effect. The Wilson floor (`recall_floor`) brought that to 1 of 60.
+only true value of a label with no effect. The Wilson floor (`recall_floor`) brought that to 1 of 60
+(`python bench/recall_floor.py` measures it).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import pytest
 from statsmodels.stats.proportion import proportion_confint
 
 from embedx.analysis.probe_core import ProbeConfig, cross_validated_probe
-from embedx.analysis.recall_floor import proportion_floor, recall_floor, wilson_interval
+from embedx.analysis.recall_floor import proportion_floor, recall_floor
+from embedx.analysis.stats import wilson_interval
 
 
 @pytest.mark.parametrize(("successes", "n"), [(0, 5), (5, 5), (1, 7), (12, 40), (3.5, 9), (150, 300)])
