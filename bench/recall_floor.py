@@ -9,8 +9,11 @@ the floor (`embedx.analysis.recall_floor`) and without it, from the same probe r
 `bench/probe_ci.py` (32-d, 1-4 images per subject), coverage of the fold models' true balanced accuracy on
 20,000 new subjects and the share of intervals clear of chance, with and without the floor.
 
-Session 19 (floor on every recall, the first version): null 150 x 256-d, 19 of 60 -> 1 of 60; 60 x 64-d,
-7 of 60 -> 3 of 60; effects unchanged (coverage 97-98 %, 98 %, 92.5-95 %).
+Session 19, `--reps 40`, the floor on recalls at exactly 0 or 1: null 150 x 256-d, 8 of 40 intervals excluded
+0.5 without the floor, 3 with it; 60 x 64-d, 4 -> 2 of 40; under the three effects (26 cohorts each) the floor
+never moved an interval (coverage 92 %, 100 %, 88.5 %; clear of chance 11.5 %, 0 %, 7.7 %, both ways). The
+first version, which floored every recall, gave 19 -> 1 of 60 and 7 -> 3 of 60, but was ~1.5 x too wide
+where a subject's images disagree.
 """
 
 from __future__ import annotations
