@@ -31,14 +31,13 @@ def test_the_permutation_p_is_scipys_exact_one_where_the_normal_approximation_fa
     shares, group = _zero_inflated()
     n = shares.size
     ranks, _ = _ranks(shares)
-    n1 = int(group.sum())
 
     def deviation(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
         return np.abs(x.sum(axis=axis) - x.shape[axis] * (n + 1) / 2)
 
     exact = stats.permutation_test((ranks[group], ranks[~group]), deviation, permutation_type="independent",
                                    n_resamples=np.inf, alternative="greater").pvalue
-    p, draws = permutation_p(ranks, n1, float(deviation(ranks[group], None, 0)))
+    p, draws = permutation_p(ranks, group, float(deviation(ranks[group], None, 0)))
     assert draws >= 2_000
     assert p == pytest.approx(exact, rel=0.35)  # Monte-Carlo error of ~20 exceedances
     normal = stats.mannwhitneyu(shares[group], shares[~group], method="asymptotic").pvalue
@@ -65,16 +64,20 @@ def test_the_enrichment_table_uses_it_and_falls_back_to_a_drawn_image_above_its_
 
 
 def test_the_kruskal_wallis_permutation_p_is_scipys() -> None:
-    from embedx.analysis.subject_shares import kruskal_permutation_p
+    from embedx.analysis.subject_shares import RankMoments, kruskal_permutation_p
 
     rng = np.random.default_rng(9)
     shares = np.where(rng.random(90) < 0.15, rng.choice([0.25, 0.5, 1.0], 90), 0.0)
     groups = np.sort(rng.choice(3, 90, p=[0.6, 0.3, 0.1]))
     shares[groups == 2] = np.maximum(shares[groups == 2], rng.choice([0.0, 0.5], (groups == 2).sum()))
     ranks, _ = _ranks(shares)
-    sizes = np.bincount(groups).astype(float)
     sums = np.bincount(groups, weights=ranks)
-    p, draws = kruskal_permutation_p(ranks, sizes, float(np.sum(sums**2 / sizes)))
+    moments = RankMoments(ranks, groups, 3, np.zeros(90, dtype=np.int64))
+    used = np.ones(3, dtype=bool)
+    h, df = moments.kruskal(sums, used)
+    h_scipy = stats.kruskal(*(shares[groups == g] for g in range(3))).statistic
+    assert df == 2 and h[0] == pytest.approx(h_scipy)
+    p, draws = kruskal_permutation_p(moments, used, float(h[0]))
 
     def kruskal(*samples: np.ndarray, axis: int) -> np.ndarray:
         return sum(x.sum(axis=axis) ** 2 / x.shape[axis] for x in samples)
