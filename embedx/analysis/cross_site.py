@@ -37,7 +37,7 @@ from embedx.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-MIN_PER_CLASS = 5  # a site needs this many positives and negatives (and 2 subjects of each) to be a cell
+MIN_PER_CLASS = 5  # a site needs this many subjects with a positive and with a negative image to be a cell
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,9 @@ class CrossSiteResult(JsonResult):
 
     sites: list[str]
     skipped_sites: dict[str, str]
-    n: dict[str, int]
-    positives: dict[str, int]
-    prevalence: dict[str, float]
+    n: dict[str, int]  # images per site
+    positives: dict[str, int]  # positive images per site
+    prevalence: dict[str, float]  # subjects with a positive image / subjects, per site
     matrix: list[list[float | None]]
     matrix_ci: list[list[list[float | None]]]
     pooled: dict[str, Any]
@@ -63,6 +63,8 @@ class CrossSiteResult(JsonResult):
     bootstrap: str = "subjects resampled within each site; all cells re-scored on the same draws (paired)"
     bootstrap_dropped: dict[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    subjects: dict[str, int] = field(default_factory=dict)
+    positive_subjects: dict[str, int] = field(default_factory=dict)
     control: str = "cross_site"
     model: str | None = None
     target: str | None = None
@@ -108,10 +110,10 @@ def cross_site_arrays(
         rows = site == s
         pos_subj = len(np.unique(groups[rows & y]))
         neg_subj = len(np.unique(groups[rows & ~y]))
-        if min(int((rows & y).sum()), int((rows & ~y).sum())) < min_per_class or min(pos_subj, neg_subj) < 2:
+        if min(pos_subj, neg_subj) < min_per_class:  # subjects, the unit every interval here resamples
             skipped[s] = (
-                f"too few positives/negatives to score ({int((rows & y).sum())} positive, "
-                f"{int((rows & ~y).sum())} negative; need {min_per_class} of each)"
+                f"too few subjects to score: {pos_subj} with a positive image, {neg_subj} with a "
+                f"negative one; need {min_per_class} of each"
             )
             continue
         sites.append(str(s))
@@ -238,12 +240,16 @@ def cross_site_arrays(
     }
     headline.update(diff("mean_int", "mean_ext"))
     headline["verdict"] = gap_verdict(*headline["ci"])
+    subject_counts = {s: len(np.unique(groups[rows_of[s]])) for s in sites}
+    positive_subjects = {s: len(np.unique(groups[rows_of[s]][y[rows_of[s]]])) for s in sites}
     return CrossSiteResult(
         sites=sites,
         skipped_sites=skipped,
         n={s: len(rows_of[s]) for s in sites},
         positives={s: int(y[rows_of[s]].sum()) for s in sites},
-        prevalence={s: float(y[rows_of[s]].mean()) for s in sites},
+        prevalence={s: positive_subjects[s] / subject_counts[s] for s in sites},
+        subjects=subject_counts,
+        positive_subjects=positive_subjects,
         matrix=matrix,
         matrix_ci=matrix_ci,
         pooled={

@@ -127,10 +127,12 @@ def register(app: typer.Typer) -> None:
         sites = result["sites"]
         width = max(8, *(len(s) for s in sites))
         typer.echo(f"{target} AUC, rows trained on / columns tested on ({site}; model {result['model']}):")
-        typer.echo(" " * (width + 2) + "".join(f"{s:>{width + 2}}" for s in sites))
+        typer.echo(" " * (width + 2) + "".join(f"{s:>{width + 2}}" for s in sites) + "   subjects (positive)")
         for s, row in zip(sites, result["matrix"], strict=True):
             cells = "".join(f"{'-' if v is None else f'{v:.3f}':>{width + 2}}" for v in row)
-            typer.echo(f"{s:<{width + 2}}{cells}")
+            positive = result["positive_subjects"][s]
+            counts = f"{result['subjects'][s]} ({positive}, {result['prevalence'][s]:.0%})"
+            typer.echo(f"{s:<{width + 2}}{cells}   {counts}")
         head = result["internal_vs_external"]
         ci = head["ci"]
         ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci[0] is not None else ""

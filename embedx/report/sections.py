@@ -248,6 +248,13 @@ def fairness_section(fairness: list[dict], col: Collector) -> str:
     return "\n".join(parts)
 
 
+def _site_prevalence(result: Mapping[str, Any]) -> str:
+    """'A 12 of 40 (30 %), ...'; a result written before subjects were counted has its rates only."""
+    subjects, positive = result.get("subjects") or {}, result.get("positive_subjects") or {}
+    return ", ".join(f"{s} {positive[s]} of {subjects[s]} ({v:.0%})" if s in subjects else f"{s} {v:.0%}"
+                     for s, v in (result.get("prevalence") or {}).items())
+
+
 def controls_section(gathered: Mapping[str, Any], col: Collector) -> str:
     parts = ["<h3>Cross-site generalisation (Zech; seed 001)</h3>"]
     if gathered["cross_site"]:
@@ -260,8 +267,8 @@ def controls_section(gathered: Mapping[str, Any], col: Collector) -> str:
                 f"{_f(head.get('internal_auc'))} vs external {_f(head.get('external_auc'))}, difference "
                 f"{_f(head.get('difference'))} [{_f(ci[0])}, {_f(ci[1])}] — "
                 f"{html.escape(str(head.get('verdict')))}. "
-                f"Pooled grouped-CV AUC {_f((c.get('pooled') or {}).get('auc'))}; prevalence by site: "
-                + html.escape(", ".join(f"{s} {v:.0%}" for s, v in (c.get("prevalence") or {}).items()))
+                f"Pooled grouped-CV AUC {_f((c.get('pooled') or {}).get('auc'))}; subjects with a positive "
+                "image, by site: " + html.escape(_site_prevalence(c))
                 + "</p>"
             )
             parts.append(

@@ -283,3 +283,25 @@ def test_the_cross_site_verdict_reads_the_gaps_ci_in_both_directions() -> None:
     assert gap_verdict(-0.15, -0.01).startswith("external > internal")  # p < 0.05 must not read "no gap"
     assert gap_verdict(-0.1, 0.1).startswith("no internal-external gap")
     assert gap_verdict(None, None).startswith("no internal-external gap")
+
+
+def test_a_site_is_scored_only_with_five_positive_and_five_negative_subjects() -> None:
+    """Site C has 12 positive images but from 3 subjects (4 each): the rule counts subjects, as every
+    interval of the matrix resamples subjects, and the reason says so; prevalence is over subjects."""
+    from embedx.analysis.cross_site import cross_site_arrays
+
+    rng = np.random.default_rng(0)
+    subjects, sites, positive = [], [], []
+    for site, n_pos, n_neg in (("A", 12, 12), ("B", 12, 12), ("C", 3, 12)):
+        for i in range(n_pos + n_neg):
+            images = 4 if site == "C" and i < n_pos else 1
+            subjects += [f"{site}{i}"] * images
+            sites += [site] * images
+            positive += [i < n_pos] * images
+    y = np.array(positive)
+    X = rng.normal(size=(y.size, 4)) + y[:, None]
+    result = cross_site_arrays(X, y, np.array(sites), np.array(subjects), folds=3, n_bootstrap=20, tune=False)
+    assert result.sites == ["A", "B"]
+    assert result.skipped_sites["C"].startswith("too few subjects to score: 3 with a positive image, 12")
+    assert result.subjects == {"A": 24, "B": 24} and result.positive_subjects == {"A": 12, "B": 12}
+    assert result.prevalence["A"] == pytest.approx(0.5)
