@@ -227,7 +227,21 @@ class CombatResult(JsonResult):
     folds: str
     before: tuple[ProbeResult, ...]
     after: tuple[ProbeResult, ...]
+    excluded_sites: dict[str, str] = field(default_factory=dict)  # batch value -> why it is left out
     control: str = "combat"
+
+
+def _sites_too_small(groups: np.ndarray, site: np.ndarray, folds: int) -> dict[str, str]:
+    """Batch values that no fold split can leave with 2 subjects in every training fold (ComBat's spread
+    needs 2), and why: at best a fold holds ceil(n / folds) of a site's n subjects, so n - ceil(n / folds)
+    must reach 2 (3 subjects with 3+ folds). Such a site is left out of the control rather than failing it."""
+    subjects = pd.DataFrame({"g": groups, "s": site}).groupby("s")["g"].nunique()
+    least = next(n for n in range(2, 10 * folds + 3) if n - -(-n // folds) >= 2)
+    return {
+        str(s): f"{n} subject(s) with the batch label and every covariate; ComBat needs 2 of them in every "
+        f"training fold, which takes {least} with {folds} folds"
+        for s, n in subjects.items() if n < least
+    }
 
 
 def _folds_covering_sites(groups: np.ndarray, site: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -303,6 +317,16 @@ def probe_after_combat(
     Xk, frame_k = X[rows], frame.iloc[rows].reset_index(drop=True)
     groups_k = np.asarray(groups).astype(str)[rows]
     site = frame_k[batch].astype(str).to_numpy()
+    excluded = _sites_too_small(groups_k, site, cfg.folds)
+    if excluded:
+        kept = ~np.isin(site, list(excluded))
+        rows, Xk, groups_k, site = rows[kept], Xk[kept], groups_k[kept], site[kept]
+        frame_k = frame_k[kept].reset_index(drop=True)
+    if len(np.unique(site)) < 2:
+        raise EmbedxError(
+            f"ComBat control: fewer than 2 values of {batch!r} have enough subjects to harmonise; "
+            + "; ".join(f"{k}: {v}" for k, v in excluded.items())
+        )
     fold = _folds_covering_sites(groups_k, site, cfg.folds, cfg.seed)
     harmonisers: dict[tuple[tuple[str, ...], bool], Callable[[int], np.ndarray]] = {}
 
@@ -351,6 +375,7 @@ def probe_after_combat(
         folds="label-free subject folds, shared before / after (every training fold: 2+ subjects per site)",
         before=tuple(judge_family(before, cfg.alpha)),
         after=tuple(after),
+        excluded_sites=excluded,
     )
 
 

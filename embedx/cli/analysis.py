@@ -94,20 +94,26 @@ def register(app: typer.Typer) -> None:
         if len({r["model"] for r in results}) > 1:
             out.print(poster_rich_table(results))
         extra = {}
+        if json_path is not None:  # before the controls, which take long and can stop on a small site
+            write_json(build_document(store, probes=results), json_path)
         if controls:
             from embedx.analysis.combat import run_confound_controls
 
             perms = permutations or 1000
             cfg = ProbeConfig(folds=folds, n_permutations=perms, n_bootstrap=bootstrap, seed=seed)
-            outputs = run_confound_controls(
-                store,
-                name or None,
-                attribute=control_attribute,
-                within=_split(within) or [],
-                covariates=_split(covariates) or [],
-                config=cfg,
-                write=not no_write,
-            )
+            try:
+                outputs = run_confound_controls(
+                    store,
+                    name or None,
+                    attribute=control_attribute,
+                    within=_split(within) or [],
+                    covariates=_split(covariates) or [],
+                    config=cfg,
+                    write=not no_write,
+                )
+            except EmbedxError as error:
+                kept = f"; the probes above are in {json_path}" if json_path is not None else ""
+                raise EmbedxError(f"{error}{kept}") from error
             for o in outputs:
                 if o["control"] == "within_strata":
                     out.print(
@@ -128,6 +134,9 @@ def register(app: typer.Typer) -> None:
                         )
                     )
                     out.print(family_line(o.after))
+                    for value, why in o.excluded_sites.items():
+                        left = f"left out of the ComBat control: {o['batch']}={value} ({why})"
+                        out.print(left, soft_wrap=True)
             extra["controls"] = outputs
         if json_path is not None:
             write_json(build_document(store, probes=results, **extra), json_path)

@@ -222,3 +222,25 @@ def test_a_stratum_is_counted_in_subjects_not_images() -> None:
     by = {r.stratum: r for r in out.strata}
     assert by["F"].skipped == "stratum has 5 subjects (< 30)" and by["F"].n == 40
     assert not by["M"].skipped
+
+
+def test_a_site_too_small_for_the_folds_is_left_out_with_its_reason() -> None:
+    """A fourth site of 3 subjects, one missing its age: 2 subjects cannot leave 2 in every training fold,
+    so the site is left out (named, with its count) and the control runs on the other three."""
+    X, frame, subject = _cohort(seed=2, n_subjects=120, dim=8)
+    rng = np.random.default_rng(0)
+    extra = rng.normal(size=(6, X.shape[1])) + 3
+    X = np.vstack([X, extra])
+    small = pd.DataFrame({"site": "d", "sex": ["F", "F", "M", "M", "F", "F"],
+                          "age": [40.0, 40.0, 50.0, 50.0, np.nan, np.nan]})
+    frame = pd.concat([frame, small], ignore_index=True)
+    subject = np.r_[subject, ["d0", "d0", "d1", "d1", "d2", "d2"]]
+    kinds = {"site": "categorical", "sex": "categorical", "age": "continuous"}
+    config = ProbeConfig(n_permutations=50, n_bootstrap=50, c_grid=(0.1,))
+    result = probe_after_combat(X, frame, subject, kinds, probe=["site"], config=config)
+    assert list(result.excluded_sites) == ["d"]
+    why = result.excluded_sites["d"]
+    assert why.startswith("2 subject(s)") and "takes 3 with 5 folds" in why
+    assert result.n == 240 and result.n_excluded == 6
+    with pytest.raises(EmbedxError, match="fewer than 2 values of 'site'"):
+        probe_after_combat(X[-6:], frame.iloc[-6:], subject[-6:], kinds, probe=["site"], config=config)

@@ -411,3 +411,26 @@ def test_a_class_too_small_to_probe_is_named_beside_the_verdict() -> None:
                                    config=ProbeConfig(n_permutations=0, n_bootstrap=0))
     assert result.merged_classes == ("Sami",) and result.n_dropped_small_classes == 2
     assert any("left out of this probe (2 rows): Sami" in note for note in result.notes), result.notes
+
+
+def test_probe_json_survives_a_control_that_stops(synth_store, tmp_path, monkeypatch) -> None:
+    """The confound controls run after the probes and may stop on a cohort they cannot harmonise; the probes'
+    document is written first, and the error says where it is."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from embedx.analysis import combat
+    from embedx.cli import app
+    from embedx.errors import EmbedxError
+
+    def stop(*args, **kwargs):
+        raise EmbedxError("ComBat control: fewer than 2 values of 'site' have enough subjects to harmonise")
+
+    monkeypatch.setattr(combat, "run_confound_controls", stop)
+    out = tmp_path / "probes.json"
+    args = ["probe", str(synth_store(1.0)), "--attributes", "site", "--name", "pixels-pca", "--permutations",
+            "50", "--bootstrap", "20", "--json", str(out), "--no-write", "--controls"]
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, EmbedxError) and str(out) in str(result.exception)
+    assert [p["attribute"] for p in json.loads(out.read_text())["probes"]] == ["site"]
