@@ -61,7 +61,7 @@ class CalibrationSettings:
     correlations: tuple[float, ...] = (0.1, 0.3)
     null_permutations: int = 199
     permutations: int | None = None  # planted labels; None: what the probes would run for the family
-    family_size: int | None = None  # None: attributes x models of the store (run_calibration), else 1
+    family_size: int | None = None  # None: m of the store's probe table (run_calibration), else 1
     alpha: float = 0.05
     folds: int = 5
     permutation_max_rows: int = 10_000
@@ -364,8 +364,9 @@ def run_calibration(
 ) -> list[CalibrationResult]:
     """Calibrate every model (or those named) of a store; `/analysis/calibration/<model>` unless not `write`.
 
-    Unset in `settings`, the family size m is what `embedx probe` would correct for (attributes x models of
-    the store) and the planted labels' permutations what the probes would run for that family.
+    Unset in `settings`, the family size m is what the store's probe table corrected for (attributes x
+    models before any `embedx probe` run) and the planted labels' permutations what the probes would run
+    for that family.
     """
     from embedx.analysis.probes import resolve_names
     from embedx.progress import progress_bar
@@ -380,7 +381,7 @@ def run_calibration(
         table = store.attributes()
         base = settings or CalibrationSettings()
         if base.family_size is None:
-            base = replace(base, family_size=max(1, len(store.models()) * len(schema)))
+            base = replace(base, family_size=_table_family_size(store, len(store.models()) * len(schema)))
         attributes = {n: (s.kind, table[n].to_numpy()) for n, s in schema.items()}
         subjects = np.asarray(store.subject_ids).astype(str)
         with progress_bar(len(names), "calibrate", unit="model") as advance:
@@ -392,3 +393,11 @@ def run_calibration(
             for r in results:
                 store.write_analysis("calibration", r.model, r.to_dict())
     return results
+
+
+def _table_family_size(store: Any, every_probe: int) -> int:
+    """The m that Holm used in the probe table `embedx probe` last wrote to this store: skipped and
+    untestable probes are not tests there, so attributes x models (the fallback before any probe run)
+    overstated it (a review: alpha / 56 where the table said 52 tests)."""
+    stored = [r for r in store.read_analysis("probes") if r.get("family_size")]
+    return max(1, int(stored[-1]["family_size"]) if stored else every_probe)

@@ -267,3 +267,19 @@ def test_a_planted_class_of_one_subject_has_no_effect_size_and_no_numpy_warning(
         warnings.simplefilter("error")
         assert np.isnan(_cohens_d(np.array([0.1, 0.2, 0.3, 0.4]), np.array([1, 0, 0, 0])))
         assert np.isnan(_finite_mean([float("nan")])) and _finite_mean([1.0, float("nan"), 3.0]) == 2.0
+
+
+def test_the_holm_threshold_counts_the_tests_of_the_stored_probe_table(synth_store, tmp_path) -> None:
+    """Skipped probes are not tests: the m is the family size the probe table printed, not attributes x
+    models; a store without probe results falls back to the latter."""
+    import shutil
+
+    from embedx.analysis.calibration import _table_family_size
+
+    path = tmp_path / "copy.h5"
+    shutil.copy(synth_store(0.0), path)
+    with Store.open(path, mode="a") as store:
+        every = len(store.models()) * len(store.schema())
+        assert _table_family_size(store, every) == every
+        store.write_analysis("probes", "m__a", {"model": "m", "attribute": "a", "family_size": every - 4})
+        assert _table_family_size(store, every) == every - 4
