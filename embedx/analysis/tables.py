@@ -63,12 +63,20 @@ def family_line(results: Iterable[Mapping[str, Any]]) -> str:
         f"Holm over {size} test(s) at alpha {alpha:g} (the table above); p-values from "
         f"{'/'.join(map(str, perms))} subject permutations on label-free folds, p = (k + 1) / (P + 1)"
     )
-    subjects = max(int(r.get("n_subjects") or 0) for r in results)
-    if 0 < subjects < PILOT_SUBJECTS:  # "not distinguishable" from a pilot is weak evidence of absence
+    subjects = [int(r.get("n_subjects") or 0) for r in results]
+    small = sorted(n for n in subjects if 0 < n < PILOT_SUBJECTS)
+    # "not distinguishable" from a pilot is weak evidence of absence; a strata table's probes differ in size,
+    # and naming the largest ("a pilot of 49") hid strata of 12
+    if small and len(small) == len(subjects) and small[0] == small[-1]:
+        line += f". A pilot of {small[0]} subjects finds only large effects"
+    elif small:
+        span = f"{small[0]}" if small[0] == small[-1] else f"{small[0]}-{small[-1]}"
         line += (
-            f". A pilot of {subjects} subjects finds only large effects: `embedx calibrate STORE` "
-            "measures the power of these tests on this cohort"
+            f". {len(small)} of these {len(subjects)} probes rest on fewer than {PILOT_SUBJECTS} subjects "
+            f"({span}) and find only large effects"
         )
+    if small:
+        line += ": `embedx calibrate STORE` measures the power of these tests on this cohort"
     return line
 
 

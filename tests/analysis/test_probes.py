@@ -394,6 +394,9 @@ def test_the_line_under_a_pilot_probe_table_points_to_calibrate() -> None:
 
     pilot = family_line([{"family_size": 3, "permutation": {"permutations": 999}, "n_subjects": 30}])
     assert "A pilot of 30 subjects finds only large effects" in pilot and "embedx calibrate" in pilot
+    strata = family_line([{"family_size": 3, "permutation": {"permutations": 999}, "n_subjects": n}
+                          for n in (12, 49, 400)])  # within-strata probes differ in size
+    assert "2 of these 3 probes rest on fewer than" in strata and "(12-49)" in strata
     cohort = family_line([{"family_size": 3, "permutation": {"permutations": 999}, "n_subjects": 3000}])
     assert "pilot" not in cohort
 
