@@ -129,19 +129,36 @@ def probe_rich_table(results: Iterable[Mapping[str, Any]], title: str = "Probes"
             subjects_and_images(r, "n_subjects", "n"),
             f"[{style}]{verdict}[/]" if style else verdict,
         )
-    notes = sorted(
-        {f"{r.get('model')}/{r.get('attribute')}: {n}" for r in results for n in r.get("notes") or []}
-    )
     captions = []
+    notes = note_lines(results)
     if notes:
-        more = " ..." if len(notes) > 8 else ""
-        captions.append("notes (also in the JSON): " + "; ".join(notes[:8]) + more)
+        captions.append("notes (also in the JSON): " + "; ".join(notes))
     separation = class_separation_lines(results)
     if separation:
         captions.append(CLASS_SEPARATION_TITLE + ": " + "; ".join(separation))
     if captions:
         table.caption = "\n".join(captions)
     return table
+
+
+MAX_NOTES = 8
+_FIRST_NOTES = ("left out of this probe", "merged into")  # a minority out of "not encoded" must be seen
+
+
+def note_lines(results: Iterable[Mapping[str, Any]], limit: int = MAX_NOTES) -> list[str]:
+    """The probes' notes for a caption: one line per distinct note with the probes it concerns, notes on
+    classes left out or merged first, at most `limit` with a count of the rest (the JSON has them all).
+    Listed alphabetically and cut at 8, a dropped minority class's note fell off the console."""
+    where: dict[str, list[str]] = {}
+    for r in results:
+        for note in r.get("notes") or []:
+            where.setdefault(str(note), []).append(f"{r.get('model')}/{r.get('attribute')}")
+    ordered = sorted(where, key=lambda n: (not any(k in n for k in _FIRST_NOTES), n))
+    lines = [f"{', '.join(dict.fromkeys(where[n]))}: {n}" for n in ordered]
+    shown = lines[: max(limit, sum(any(k in n for k in _FIRST_NOTES) for n in ordered))]
+    if len(shown) < len(lines):
+        shown.append(f"{len(lines) - len(shown)} more note(s) in the JSON")
+    return shown
 
 
 _GAP_LABELS = (

@@ -437,3 +437,17 @@ def test_probe_json_survives_a_control_that_stops(synth_store, tmp_path, monkeyp
     result = CliRunner().invoke(app, args)
     assert isinstance(result.exception, EmbedxError) and str(out) in str(result.exception)
     assert [p["attribute"] for p in json.loads(out.read_text())["probes"]] == ["site"]
+
+
+def test_a_left_out_class_note_heads_the_notes_and_repeated_notes_are_merged() -> None:
+    from embedx.analysis.tables import note_lines
+
+    filler = [{"model": "vae", "attribute": f"a{i}", "notes": [f"approximate CI {i}"]} for i in range(12)]
+    repeated = [{"model": m, "attribute": "site", "notes": ["the same note"]} for m in ("vae", "dae")]
+    minority = {"model": "vae", "attribute": "view", "notes": [
+        "class(es) seen in fewer than 5 subjects left out of this probe (3 rows): LL"]}
+    lines = note_lines([*filler, *repeated, minority])
+    assert lines[0].startswith("vae/view: class(es)") and "LL" in lines[0]
+    assert "vae/site, dae/site: the same note" not in lines  # cut: alphabetically after the filler
+    assert len(lines) == 9 and lines[-1] == "6 more note(s) in the JSON"
+    assert "vae/site, dae/site: the same note" in note_lines(repeated)
