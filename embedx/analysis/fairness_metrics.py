@@ -303,12 +303,15 @@ def fairness_from_predictions(
         entry["ci"]["ece"] = list(percentile_ci(ece_reps[:, j]))
         # A resample of one or two patients' outcomes gives an interval of zero width around the estimate
         # ("TPR 1.000 [1.000, 1.000]" from one positive subject), which reads as certainty: none is shown.
-        few = {"tpr": counts[g][1], "fpr": counts[g][2], "auc": min(counts[g][1:])}
+        # The group's own size bounds accuracy, selection rate and ECE the same way: one subject's images
+        # resample to themselves ("ECE 0.310 [0.310, 0.310]").
+        few = {"tpr": counts[g][1], "fpr": counts[g][2], "auc": min(counts[g][1:]), "ece": counts[g][0],
+               "accuracy": counts[g][0], "selection_rate": counts[g][0]}
         for metric, subjects_of_class in few.items():
             if subjects_of_class < MIN_SUBJECTS_FOR_CI:
                 entry["ci"][metric] = [None, None]
-                entry.setdefault("ci_note", f"no interval where a class has fewer than {MIN_SUBJECTS_FOR_CI} "
-                                 "subjects in this group")  # fmt: skip
+                entry.setdefault("ci_note", f"no interval where the group or a class has fewer than "
+                                 f"{MIN_SUBJECTS_FOR_CI} subjects in this group")  # fmt: skip
         entry["ci_dropped"] = {k: count_dropped(reps[k][:, j]) for k in ("tpr", "fpr")} | {
             "auc": count_dropped(auc_reps[:, j])
         }

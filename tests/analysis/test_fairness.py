@@ -66,6 +66,13 @@ def test_known_tpr_gap_and_small_group_marked_not_dropped() -> None:
     small = out["by_group"]["C"]  # 4 positive subjects: no interval of zero width passed off as certainty
     assert small["ci"]["tpr"] == [None, None] and small["ci"]["auc"] == [None, None]
     assert small["ci"]["fpr"][0] is not None and "fewer than 5 subjects" in small["ci_note"]
+    one = f[f["group"] == "A"].copy()  # one subject's 7 images: its accuracy and ECE cannot be resampled
+    one.loc[one.index[:7], ["group", "subject"]] = ["D", "d0"]
+    merged = pd.concat([f[f["group"] != "A"], one], ignore_index=True)
+    lone = fairness_from_predictions("group", merged["group"].to_numpy(object), merged["y"], merged["prob"],
+                                     merged["pred"], merged["subject"], FAST.rules)["by_group"]["D"]
+    assert lone["n_subjects"] == 1 and lone["n"] == 7
+    assert all(lone["ci"][k] == [None, None] for k in ("ece", "accuracy", "selection_rate", "auc"))
 
 
 def test_numbers_equal_fairlearns_own_functions() -> None:
