@@ -89,6 +89,8 @@ def mae_by_group(
         "kind": "continuous",
         "n": int(present.sum()),
         "n_missing_sensitive": int((~present).sum()),
+        "n_subjects": len(np.unique(np.asarray(groups)[present])),
+        "n_missing_sensitive_subjects": len(np.unique(np.asarray(groups)[~present])),
         "min_group_n": rules.min_group_n,
         "groups_excluded_from_gaps": tuple(names[j] for j in range(len(names)) if j not in eligible),
         "gaps_note": "rate-based gaps are not defined for a continuous target; see mae_difference",

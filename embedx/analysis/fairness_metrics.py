@@ -109,8 +109,10 @@ class FairnessResult(JsonResult):
     gaps_ci: dict[str, list[float | None]] = field(default_factory=dict)
     gaps_note: str | None = None
     groups_excluded_from_gaps: tuple[str, ...] = ()
-    n: int = 0
-    n_missing_sensitive: int = 0
+    n: int = 0  # rows with a value of the sensitive attribute
+    n_missing_sensitive: int = 0  # rows without one
+    n_subjects: int = 0
+    n_missing_sensitive_subjects: int = 0  # subjects with a row that lacks the sensitive attribute
     model: str | None = None
     kind: str = "binary"
     positive_class: str | None = None
@@ -322,6 +324,8 @@ def fairness_from_predictions(
         "by_group": by_group,
         "n": int(present.sum()),
         "n_missing_sensitive": int((~present).sum()),
+        "n_subjects": len(np.unique(groups[present])),
+        "n_missing_sensitive_subjects": len(np.unique(groups[~present])),
         "groups_excluded_from_gaps": tuple(g for g in names if too_small[g]),
         "min_group_n": rules.min_group_n,
         "min_group_class": rules.min_group_class,

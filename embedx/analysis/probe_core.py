@@ -200,9 +200,11 @@ def cross_validated_probe(
         labels, merged, dropped = merge_small_classes(label_strings(y[keep]), groups[keep], cfg.folds)
         base.update(merged_classes=tuple(merged), n_dropped_small_classes=dropped)
         if merged:  # said beside the verdict: a minority left out of "not encoded" must not go unseen
+            gone = len(np.unique(groups[keep][np.array([v is None for v in labels])])) if dropped else 0
             small_notes.append(
                 f"class(es) seen in fewer than {cfg.folds} subjects "
-                + (f"left out of this probe ({dropped} rows): " if dropped else "merged into '(other)': ")
+                + (f"left out of this probe ({gone} subject(s), {dropped} rows): " if dropped
+                   else "merged into '(other)': ")
                 + ", ".join(merged)
             )
         if dropped:

@@ -78,7 +78,8 @@ def register(app: typer.Typer) -> None:
         ci = result["ci"]
         typer.echo(
             f"background control, {attribute} from {len(result['positions'])} patches of {patch} px "
-            f"({result['selection']}), n={result['n']}: balanced accuracy {result['score']:.3f} "
+            f"({result['selection']}), {result.get('n_subjects', '?')} subjects ({result['n']} images): "
+            f"balanced accuracy {result['score']:.3f} "
             f"[{ci[0]:.3f}, {ci[1]:.3f}], chance {result['chance']:.3f}, p={result['p_value']:.4f}"
         )
         if "cnn" in result:

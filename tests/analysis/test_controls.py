@@ -255,6 +255,7 @@ def test_control_background_cli_writes_strict_json(phantoms: dict[float, Path], 
     assert result.exit_code == 0, result.output
     assert "verdict: acquisition signature" in result.output
     data = json.loads(out.read_text())  # strict JSON: NaN would not parse back as a number
+    assert f"{data['n_subjects']} subjects ({data['n']} images)" in result.output
     assert data["attribute"] == "site" and data["control"] == "background"
     # an unreadable image without --json: its row and reason are printed, not "listed in the JSON"
     import pandas as pd

@@ -72,6 +72,12 @@ def test_known_tpr_gap_and_small_group_marked_not_dropped() -> None:
     lone = fairness_from_predictions("group", merged["group"].to_numpy(object), merged["y"], merged["prob"],
                                      merged["pred"], merged["subject"], FAST.rules)["by_group"]["D"]
     assert lone["n_subjects"] == 1 and lone["n"] == 7
+    missing = merged["group"].to_numpy(object).copy()
+    missing[:3] = None  # three rows (of three subjects) without the sensitive attribute
+    counted = fairness_from_predictions("group", missing, merged["y"], merged["prob"], merged["pred"],
+                                        merged["subject"], FAST.rules)
+    assert counted["n_missing_sensitive"] == 3 and counted["n_missing_sensitive_subjects"] == 3
+    assert counted["n_subjects"] == merged["subject"].nunique() - 3
     assert all(lone["ci"][k] == [None, None] for k in ("ece", "accuracy", "selection_rate", "auc"))
 
 

@@ -218,6 +218,9 @@ def test_summary_for_data_check(cohort):
     assert "(inferred)" in age_line
     finding_line = next(line for line in text.splitlines() if line.startswith("finding"))
     assert "(inferred)" not in finding_line
+    assert "0: 3 (3)" in finding_line and "1: 3 (3)" in finding_line  # every subject has both
+    site_line = next(line for line in text.splitlines() if line.startswith("site"))
+    assert "north: 2 (2)" in site_line and "values: subjects (images)" in text
 
 
 def test_a_numeric_column_with_a_few_text_values_is_continuous_and_says_which(tmp_path, caplog) -> None:
