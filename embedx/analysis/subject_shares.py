@@ -179,6 +179,7 @@ class SubjectShareTests:
         self.subject = np.asarray(subject, dtype=np.int64)
         self.n_subjects = n_subjects
         self.images = np.bincount(self.subject, minlength=n_subjects).astype(float)
+        self._strata: dict[str, CountStrata] = {}
 
     def shares(self, chosen: np.ndarray) -> Shares:
         """Each subject's share of its images among the chosen rows."""
@@ -201,7 +202,9 @@ class SubjectShareTests:
         if r.size > EXACT_MAX_SUBJECTS:
             return None
         images = self.images if everyone else self.images[present]
-        strata = count_strata(images, v)
+        if name not in self._strata:  # a column's strata do not depend on the selection
+            self._strata[name] = count_strata(images, v)
+        strata = self._strata[name]
         if strata.subsampled:
             selected = np.rint(r * images)
             ranks = _ranks(common_count_shares(selected, images, strata, draw_seed(name, selected)))[0]
