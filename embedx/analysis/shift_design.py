@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 ALL = "all"  # the mixed training group / the whole test set
 TIER_ORDER = ("easy", "medium", "hard")
-MIN_PER_CLASS = 5  # training positives and negatives a group needs to get a model
+MIN_PER_CLASS = 5  # positives and negatives a group needs: to get a model, and (subjects) to carry a verdict
 THRESHOLD = 0.5  # P(positive) at which a volume is called positive (the seed's)
 
 

@@ -76,8 +76,8 @@ def test_a_harder_test_group_is_not_a_shift_for_the_paired_contrast_though_the_o
         old = gaps(summarise(design, records, ["auroc"], n_boot=0), design.groups, "auroc")
         old_gap_called.append(max(x["gap"] for x in old if x["train"] != ALL) >= 0.10)
     assert np.mean(old_gap_called) >= 0.25, np.mean(old_gap_called)  # the defect: ~42 % in the review
-    assert np.mean(called) <= 0.10, np.mean(called)  # per contrast (3.5 % in 300 cohorts)
-    assert np.mean(any_called) <= 0.12, np.mean(any_called)  # some contrast of a cohort (7 %)
+    assert np.mean(called) <= 0.10, np.mean(called)  # per contrast (1.2 % in 300 cohorts)
+    assert np.mean(any_called) <= 0.12, np.mean(any_called)  # some contrast of a cohort (2.3 %)
     # The subject-bootstrap part alone is a 95 % interval here (its models differ per image only).
     assert 0.90 <= np.mean(subject_covered) <= 0.985, np.mean(subject_covered)
 
@@ -92,8 +92,8 @@ def test_a_lucky_training_seed_is_not_a_shift_either() -> None:
             assert c["train_sd"] is not None
             called.append(c["verdict"] != NO_EVIDENCE)
             subject_only_called.append(not c["ci_subjects"][0] <= 0 <= c["ci_subjects"][1])
-    assert np.mean(subject_only_called) >= 0.2, np.mean(subject_only_called)  # 31 % in 300 cohorts
-    assert np.mean(called) <= 0.10, np.mean(called)  # 5.2 %
+    assert np.mean(subject_only_called) >= 0.2, np.mean(subject_only_called)  # 25 % in 300 cohorts
+    assert np.mean(called) <= 0.10, np.mean(called)  # 2.5 %
 
 
 def test_a_model_that_fits_its_own_group_is_found() -> None:
@@ -105,7 +105,7 @@ def test_a_model_that_fits_its_own_group_is_found() -> None:
             wrong_way.append(c["verdict"] == OWN_WORSE)
             p_values.append(c["p_value"])
             assert c["difference"] > 0
-    assert np.mean(found) >= 0.8, np.mean(found)  # 92 % of contrasts in 300 cohorts
+    assert np.mean(found) >= 0.8, np.mean(found)  # 88 % of contrasts in 300 cohorts
     assert not any(wrong_way)
     assert np.median(p_values) < 0.01
     # and the other way round: a model that is worse on its own group is named so
