@@ -39,14 +39,16 @@ def test_every_training_fold_holds_two_subjects_of_every_site() -> None:
         assert _subjects_per_training_fold(fold, groups, site) >= 2
 
 
-def test_a_site_of_two_patients_is_refused_however_many_images() -> None:
+def test_a_site_of_two_patients_is_left_out_and_named_however_many_images() -> None:
     groups, site = _sites(small_subjects=2, images=10)
     with pytest.raises(EmbedxError, match="too few subjects"):
         _folds_covering_sites(groups, site, 5, 0)
     rng = np.random.default_rng(0)
     n = len(site)
     frame = pd.DataFrame({"site": site, "sex": rng.choice(["F", "M"], n), "age": rng.uniform(20, 90, n)})
-    with pytest.raises(EmbedxError, match="too few subjects"):
-        probe_after_combat(rng.normal(size=(len(site), 4)), frame, groups,
-                           {"site": "categorical", "sex": "binary", "age": "continuous"}, probe=["site"],
-                           config=ProbeConfig(n_permutations=9, n_bootstrap=20, c_grid=(1.0,)))
+    result = probe_after_combat(rng.normal(size=(len(site), 4)), frame, groups,
+                                {"site": "categorical", "sex": "binary", "age": "continuous"}, probe=["site"],
+                                config=ProbeConfig(n_permutations=9, n_bootstrap=20, c_grid=(1.0,)))
+    assert list(result.excluded_sites) == ["c"]  # 20 images, 2 patients: left out, not counted as 20
+    assert result.excluded_sites["c"].startswith("2 subject(s)")
+    assert result.n == 120
