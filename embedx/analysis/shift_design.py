@@ -166,12 +166,16 @@ def plan_design(
 def training_counts(
     design: Design, readable: np.ndarray, tier: str, train_group: str
 ) -> tuple[np.ndarray, str | None]:
-    """The training rows of one condition, and why it gets no model (None when it does)."""
+    """The training rows of one condition, and why it gets no model (None when it does).
+
+    Subjects are counted, not images: five scans of two patients are two patients' worth of positives."""
     train = readable & design.in_tier(tier) & ~design.is_test & design.in_group(train_group)
-    n_pos, n_neg = int((train & design.label).sum()), int((train & ~design.label).sum())
+    subject = design.table["subject_id"].astype(str).to_numpy()
+    n_pos, n_neg = (len(set(subject[train & (design.label == k)])) for k in (True, False))
     if min(n_pos, n_neg) < MIN_PER_CLASS:
         return train, (
-            f"{n_pos} positives / {n_neg} negatives in training (at least {MIN_PER_CLASS} of each needed)"
+            f"{n_pos} positive / {n_neg} negative subjects in training "
+            f"(at least {MIN_PER_CLASS} of each needed)"
         )
     return train, None
 

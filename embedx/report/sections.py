@@ -378,15 +378,20 @@ def _shift_contrast_html(r: dict, metric: str) -> str:
             "versus score": c["other"], "difference": c["difference"],
             "95 % CI": "n/a" if not ci else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]",
             "p": c["p_value"], "p (Holm)": c.get("p_holm") if c["headline"] else None,
-            "reading": c["verdict"],
+            "reading": f"{c['verdict']} ({c['skipped']})" if c.get("skipped") else c["verdict"],
         })
     if not rows:
         return ""
     found = [c for c in contrasts if c["headline"] and c["metric"] == metric and c.get("p_holm") is not None
              and c["p_holm"] < 0.05 and c["verdict"] != "no evidence of a shift"]
-    heads = sum(1 for c in contrasts if c["headline"] and c["metric"] == metric)
-    lead = (f"{len(found)} of {heads} headline contrasts of {metric} hold after Holm"
-            if heads else "no headline contrast (a single group was trained)")
+    headline = [c for c in contrasts if c["headline"] and c["metric"] == metric]
+    tested = [c for c in headline if not c.get("skipped")]
+    lead = (f"{len(found)} of {len(tested)} tested headline contrasts of {metric} hold after Holm"
+            if tested else "no headline contrast was tested" if headline
+            else "no headline contrast (a single group was trained)")
+    if len(tested) < len(headline):
+        lead += (f"; {len(headline) - len(tested)} not tested (fewer than 5 positive or negative test "
+                 "subjects, see the reading)")
     return ("<p>Does a model fit its own group? On each group's test subjects, the model trained on that "
             "group minus a model trained on another (or the mean of the others, or all mixed): both on the "
             "same subjects, interval from the same subject resamples plus the training-replicate spread. "

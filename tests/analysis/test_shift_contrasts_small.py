@@ -168,6 +168,34 @@ def test_a_test_site_with_one_positive_subject_gets_no_verdict_and_says_why() ->
     assert all(c["p_holm"] == pytest.approx(c["p_value"]) for c in on_a)
 
 
+def test_the_report_names_a_skipped_contrast_and_leaves_it_out_of_the_count(tmp_path) -> None:
+    from embedx.report.sections import _shift_contrast_html
+
+    design, records = _cohort(np.random.default_rng(24), n_per_group=80, own_bonus=3.0, images=3,
+                              positives_in_b=1)
+    contrasts = paired_contrasts(design, records, METRICS, n_boot=200)
+    html = _shift_contrast_html({"contrasts": contrasts}, "auroc")
+    assert "of 1 tested headline contrasts of auroc" in html  # B's skipped contrast is not in M
+    assert "1 not tested" in html and "test group B: 1 positive" in html
+
+
+def test_a_training_group_is_counted_in_subjects_not_images() -> None:
+    from embedx.analysis.shift_design import training_counts
+
+    design, _ = _cohort(np.random.default_rng(3), n_per_group=20, images=4)
+    readable = np.ones(len(design.group), dtype=bool)
+    train, reason = training_counts(design, readable, ALL, "A")
+    subject = design.table["subject_id"].to_numpy()
+    n_pos = len(set(subject[train & design.label]))
+    if n_pos >= MIN_PER_CLASS:  # few positives cut to 4 images each: images would always pass
+        keep = train & design.label
+        drop = np.isin(subject, sorted(set(subject[keep]))[MIN_PER_CLASS - 1:])
+        readable &= ~(keep & drop)
+        train, reason = training_counts(design, readable, ALL, "A")
+    assert int((train & design.label).sum()) >= MIN_PER_CLASS  # 4 subjects x 4 images = 16 rows
+    assert reason is not None and f"{MIN_PER_CLASS - 1} positive /" in reason and "subjects" in reason
+
+
 def test_the_subject_floor_is_agresti_min_where_the_bootstrap_collapses() -> None:
     # no disagreement seen among n subjects: half a subject each way, variance 1 / (n + 2)^2
     assert subject_floor(0.0, [(20, 1.0)]) == pytest.approx(1 / 22**2)
