@@ -137,6 +137,8 @@ def register(app: typer.Typer) -> None:
         head = result["internal_vs_external"]
         ci = head["ci"]
         ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci[0] is not None else ""
+        if head.get("widening"):
+            ci_text += f" (widened x{head['widening']['factor']:.2f} by site-permuted refits)"
         typer.echo(
             f"leave-one-site-out: internal {head['internal_auc']:.3f} vs external "
             f"{head['external_auc']:.3f}, difference {head['difference']:.3f}{ci_text}"

@@ -255,6 +255,15 @@ def _site_prevalence(result: Mapping[str, Any]) -> str:
                      for s, v in (result.get("prevalence") or {}).items())
 
 
+def _widening(head: Mapping[str, Any]) -> str:
+    """Why the headline's interval is wider than a bootstrap of fixed predictions would make it."""
+    width = head.get("widening")
+    if not width:
+        return ""
+    return (f" (interval widened ×{float(width['factor']):.2f}: refits on sites re-dealt at random, since "
+            "other subjects train other probes)")
+
+
 def controls_section(gathered: Mapping[str, Any], col: Collector) -> str:
     parts = ["<h3>Cross-site generalisation (Zech; seed 001)</h3>"]
     if gathered["cross_site"]:
@@ -265,7 +274,7 @@ def controls_section(gathered: Mapping[str, Any], col: Collector) -> str:
                 f"<p><b>{html.escape(str(c.get('target')))} across {html.escape(str(c.get('site')))}</b> "
                 f"({html.escape(str(c.get('model')))}): leave-one-site-out internal AUC "
                 f"{_f(head.get('internal_auc'))} vs external {_f(head.get('external_auc'))}, difference "
-                f"{_f(head.get('difference'))} [{_f(ci[0])}, {_f(ci[1])}] — "
+                f"{_f(head.get('difference'))} [{_f(ci[0])}, {_f(ci[1])}]{_widening(head)} — "
                 f"{html.escape(str(head.get('verdict')))}. "
                 f"Pooled grouped-CV AUC {_f((c.get('pooled') or {}).get('auc'))}; subjects with a positive "
                 "image, by site: " + html.escape(_site_prevalence(c))

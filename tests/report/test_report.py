@@ -168,6 +168,8 @@ def test_report_json_has_design_card_probes_and_the_rest(built: tuple[Path, dict
     cross = data["controls"]["cross_site"]
     assert {c["model"] for c in cross} == {"vae", "dae"}  # one matrix per model
     assert all(c["target"] == "finding" and c["site"] == "site" and len(c["matrix"]) == 3 for c in cross)
+    factors = [c["internal_vs_external"]["widening"]["factor"] for c in cross]
+    assert all(f >= 1 for f in factors) and f"widened ×{factors[0]:.2f}" in html_text
     assert {d["model"] for d in data["controls"]["distribution"]} == {"vae", "dae"}
     assert [m["checkpoint_hash"] for m in data["provenance"]["models"]] == ["c0ffee", "beef", None]
     assert any("PCA computed" in n or "PCA" in n for n in data["notes"])  # the dae had no stored map
@@ -228,6 +230,7 @@ def test_cli_report_clusters_and_controls(store: Path, tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "cs.json").read_text())["sites"] == ["east", "north", "south"]
+    assert "by site-permuted refits" in result.output  # the headline says why its interval is wide
     assert (tmp_path / "cs.png").read_bytes()[:4] == b"\x89PNG"
 
 
