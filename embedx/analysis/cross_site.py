@@ -64,7 +64,7 @@ from typing import Any
 import numpy as np
 
 from embedx._version import __version__
-from embedx.analysis.cross_site_null import MIN_PERMUTATIONS, site_permutation_width
+from embedx.analysis.cross_site_null import permutations_for, site_permutation_width
 from embedx.analysis.cv_width import widened
 from embedx.analysis.folds import stratified_splits, subject_codes
 from embedx.analysis.labels import positive_class
@@ -272,7 +272,7 @@ def cross_site_arrays(
         width = site_permutation_width(
             X, y, site, groups,
             model=cfg.estimator("classification").model_after_scaling(c, train_rows, X.shape[1]),
-            folds=folds, seed=seed, permutations=_permutations(width_permutations, n_bootstrap),
+            folds=folds, seed=seed, permutations=permutations_for(width_permutations, n_bootstrap),
             min_per_class=min_per_class,
         )
         if width is not None:
@@ -373,12 +373,6 @@ def _folds_inside_and_out(
         external.append(outside)
         chosen.append(float(probe.C_))
     return internal, external, chosen
-
-
-def _permutations(wanted: int, n_bootstrap: int) -> int:
-    """Site-permuted refits: `wanted`, fewer (down to MIN_PERMUTATIONS) for a quick interval of under 20 x
-    that many resamples (as `cv_width`), whose t quantile pays for their noise."""
-    return int(min(wanted, max(MIN_PERMUTATIONS, n_bootstrap // 20)))
 
 
 def gap_verdict(lo: float | None, hi: float | None) -> str:

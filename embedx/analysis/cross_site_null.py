@@ -66,6 +66,12 @@ class SiteWidth:
         }
 
 
+def permutations_for(wanted: int, n_bootstrap: int) -> int:
+    """Site-permuted refits: `wanted`, fewer (down to MIN_PERMUTATIONS) for a quick interval of under 20 x
+    that many resamples (as `cv_width`), whose t quantile pays for their noise."""
+    return int(min(wanted, max(MIN_PERMUTATIONS, n_bootstrap // 20)))
+
+
 def _units(site: np.ndarray, groups: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(unit of each row, each unit's site, each unit's class): a unit is one subject within one site."""
     site_code, group_code = pd.factorize(site)[0], pd.factorize(groups)[0]  # hashing, not sorting strings
