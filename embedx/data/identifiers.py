@@ -33,14 +33,28 @@ UNIQUE_SHARE = 0.9  # a text column whose values are distinct for >= 90 % of sub
 MIN_SUBJECTS = 20
 
 
+# Parts of a column name that make it an identifier wherever they appear ("PatientID (MRN)", "patient_id_2").
+IDENTIFIER_PARTS = ("patientid", "patientname", "patientsname", "medicalrecord", "birthdate", "dateofbirth",
+                    "accessionn", "nhsnumber", "socialsecurity")
+IDENTIFIER_WORDS = frozenset({"mrn", "ssn", "dob", "accession", "accno"})  # as whole words only
+
+
 def normalised(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def looks_like_identifier(name: str) -> bool:
+    """Whether a column's name says it holds a direct identifier, also under a decorated name."""
+    flat = normalised(name)
+    words = set(re.findall(r"[a-z0-9]+", re.sub(r"([a-z])([A-Z])", r"\1 \2", name).lower()))
+    return (flat in IDENTIFIER_NAMES or any(p in flat for p in IDENTIFIER_PARTS)
+            or bool(words & IDENTIFIER_WORDS))
 
 
 def drop_identifier_columns(table: pd.DataFrame, declared: Container[str], where: str) -> pd.DataFrame:
     """`table` without its undeclared identifier columns (warned, by name); warns of near-unique text ones."""
     dropped = [c for c in table.columns if c not in ("path", "subject_id") and c not in declared
-               and normalised(str(c)) in IDENTIFIER_NAMES]
+               and looks_like_identifier(str(c))]
     if dropped:
         log.warning(
             "%s: column(s) %s look like patient identifiers (PHI): left out of the analysis and never "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from embedx._version import __version__
 from embedx.data.identity import sample_id
 from embedx.errors import EmbedxError
 from embedx.store.h5store import Store, now_iso
+from embedx.store.import_columns import drop_metadata_columns, warn_label_like
 
 ID_KEYS = ("sample_id", "sample_ids", "id", "ids")
 PATH_KEYS = ("path", "paths", "filename", "file")
@@ -63,7 +65,7 @@ def _named(rows: np.ndarray | list[int], values: Any | None = None) -> str:
     return ", ".join(shown) + (f" and {len(rows) - MAX_NAMED} more" if len(rows) > MAX_NAMED else "")
 
 
-def _from_table(frame: pd.DataFrame, source: Path) -> Loaded:
+def _from_table(frame: pd.DataFrame, source: Path, attributes: Sequence[str] = ()) -> Loaded:
     if frame.empty:
         raise EmbedxError(f"{source}: the table has no rows")
     index_like = [c for c in frame.columns if re.fullmatch(r"Unnamed: \d+", str(c))]
@@ -75,6 +77,8 @@ def _from_table(frame: pd.DataFrame, source: Path) -> Loaded:
     id_col, path_col = _pick(columns, ID_KEYS), _pick(columns, PATH_KEYS)
     key_col = id_col or path_col
     vec_col = _pick(columns, VECTOR_KEYS)
+    if vec_col is None or frame[vec_col].dtype != object:  # features are the columns: metadata is not one
+        frame = drop_metadata_columns(frame, [c for c in columns if c != key_col], attributes, source)
     if vec_col is not None and frame[vec_col].dtype == object:  # one list / array per row (Parquet)
         empty = np.flatnonzero(frame[vec_col].isna().to_numpy())
         if empty.size:
@@ -94,6 +98,7 @@ def _from_table(frame: pd.DataFrame, source: Path) -> Loaded:
                               "feature columns" + (" (the file looks separated by something other than "
                               "commas; save it as comma-separated)" if separator else ""))
         vectors = frame[features].to_numpy(dtype=np.float32)
+        warn_label_like(vectors, [str(c) for c in features], source)
     if key_col is None:
         return Loaded(vectors, None, "order")
     keys = frame[key_col].astype(str).to_numpy(dtype=object)
@@ -122,8 +127,9 @@ def _from_arrays(arrays: dict[str, np.ndarray], source: Path, array: str | None)
     return Loaded(vectors, keys, "sample_id" if key_name == id_name else "path")
 
 
-def load_embeddings(path: Path, array: str | None = None) -> Loaded:
-    """Read .npy / .npz / .parquet / .csv / .h5 into vectors and (maybe) keys."""
+def load_embeddings(path: Path, array: str | None = None, attributes: Sequence[str] = ()) -> Loaded:
+    """Read .npy / .npz / .parquet / .csv / .h5 into vectors and (maybe) keys. A table's columns named
+    like one of `attributes` (the store's) or like an identifier are metadata, not features."""
     suffix = path.suffix.lower()
     if not path.is_file():
         raise EmbedxError(f"{path}: no such file")
@@ -134,9 +140,9 @@ def load_embeddings(path: Path, array: str | None = None) -> Loaded:
             with np.load(path, allow_pickle=False) as data:
                 return _from_arrays({k: data[k] for k in data.files}, path, array)
         if suffix in (".parquet", ".pq"):
-            return _from_table(pd.read_parquet(path), path)
+            return _from_table(pd.read_parquet(path), path, attributes)
         if suffix in (".csv", ".tsv"):
-            return _from_table(pd.read_csv(path, sep="\t" if suffix == ".tsv" else ","), path)
+            return _from_table(pd.read_csv(path, sep="\t" if suffix == ".tsv" else ","), path, attributes)
         if suffix in (".h5", ".hdf5"):
             import h5py
 
@@ -227,11 +233,13 @@ def import_embeddings(
     source = Path(source)
     escape_name(name)
     man = load_manifest(manifest, check_files=False) if manifest is not None else None
-    loaded = load_embeddings(source, array)
-    _check_vectors(loaded, source)
     if not Path(store_path).exists():
         raise EmbedxError(f"store {store_path} does not exist: encode the cohort first (e.g. `embedx "
                           "encode --pixels`), so that its rows and attributes are there")
+    with Store.open(store_path) as store:
+        attributes = store.attribute_names()
+    loaded = load_embeddings(source, array, attributes)
+    _check_vectors(loaded, source)
     with Store.open(store_path, "a") as store:
         if name in store.models() and not replace:
             raise EmbedxError(f"{store_path}: a model named {name!r} is already there; choose another "

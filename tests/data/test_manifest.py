@@ -324,11 +324,15 @@ def test_identifier_columns_of_a_hospital_export_are_left_out_and_said_so(tmp_pa
         "site": ["a", "b"] * (n // 2),
         "note": [f"seen by Dr X on visit {i}" for i in range(n)],
         "name": ["kept"] * n,
+        "PatientID (MRN)": 100000 + np.arange(n),  # numbers, under a decorated name
+        "mrn_2": 200000 + np.arange(n),
+        "dosage": np.arange(n) % 3,  # holds "dos", not an identifier
     }).to_csv(tmp_path / "m.csv", index=False)
     (tmp_path / "m.yaml").write_text("attributes:\n  name: {kind: categorical, role: clinical}\n")
     with caplog.at_level(logging.WARNING):
         manifest = load_manifest(tmp_path / "m.csv", check_files=False)
-    assert set(manifest.attributes) == {"site", "note", "name"}
-    assert "'Patient Name', 'birth_date', 'AccessionNumber' look like patient identifiers" in caplog.text
+    assert set(manifest.attributes) == {"site", "note", "name", "dosage"}
+    assert ("'Patient Name', 'birth_date', 'AccessionNumber', 'PatientID (MRN)', 'mrn_2' look like patient "
+            "identifiers") in caplog.text
     assert "column 'note' has a distinct value for nearly every subject" in caplog.text
     assert "DOE" not in caplog.text

@@ -186,3 +186,34 @@ def test_a_partial_import_names_the_rows_left_without_a_vector(pixel_store, coho
     assert "--manifest" in by_id.without_named
     complete = import_embeddings(store_path, tmp_path / "part.npz", "part-id", replace=True, manifest=cohort)
     assert "row 4" in complete.without_named and complete.n_store_rows_without == 2
+
+
+def test_metadata_exported_beside_the_features_is_left_out_and_named(pixel_store, cohort, tmp_path,
+                                                                      caplog) -> None:
+    """A pandas export `path, finding, age, PatientID (MRN), label, f0..` : a column `finding` taken as a
+    feature made the probe of finding read its own label (1.000, "encoded"), and the MRNs went into z."""
+    store_path = _copy_store(pixel_store, tmp_path / "s.h5")
+    man = load_manifest(cohort)
+    with Store.open(store_path) as store:
+        z = store.latents("pixels")
+        rows = store.rows_of(store.ids_for(man))
+        attributes = store.attributes().iloc[rows].reset_index(drop=True)
+    assert {"finding", "age"} <= set(attributes.columns)
+    table = pd.DataFrame(z[rows], columns=[f"f{i}" for i in range(z.shape[1])])
+    table.insert(0, "path", man.table["path"].to_numpy())
+    table.insert(1, "Finding", attributes["finding"].to_numpy())  # the store's attribute, another case
+    table.insert(2, "age", attributes["age"].to_numpy())
+    table.insert(3, "PatientID (MRN)", 100000 + np.arange(len(table)))
+    table["label"] = np.random.default_rng(0).integers(0, 3, len(table))
+    table.to_csv(tmp_path / "export.csv", index=False)
+    with caplog.at_level("WARNING"):
+        result = import_embeddings(store_path, tmp_path / "export.csv", "export", manifest=cohort)
+    assert result.dim == z.shape[1] + 1  # the label-like column is kept (it may be a quantised feature) ...
+    said = caplog.text
+    assert "'Finding' (the store's attribute 'finding')" in said and "'age' (the store's attribute" in said
+    assert "'PatientID (MRN)' (a patient identifier" in said
+    assert "'label'" in said and "drop them from the file" in said  # ... and named
+    with Store.open(store_path) as store:
+        stored = store.latents("export")[rows]
+    np.testing.assert_allclose(stored[:, :-1], z[rows], rtol=1e-6)  # exactly the features, no MRN
+    assert not np.isin(100000 + np.arange(len(table)), stored).any()
