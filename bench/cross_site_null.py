@@ -55,9 +55,10 @@ from embedx.errors import EmbedxError
 
 
 def simulate(seed: int, effect: bool, shortcut: float = 1.0, low: float = 0.1, high: float = 0.6,
-             null_site_shift: float = 0.0, subjects: tuple[int, int] = (40, 120),
+             null_site_shift: float = 0.0, subjects: tuple[int, int] = (40, 120), turn: float = 0.0,
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
-    """One cohort: (X, y, site, subject, its design)."""
+    """One cohort: (X, y, site, subject, its design). `turn` (degrees): in odd-numbered sites the finding's
+    direction is turned by that much, from latent 0 towards latent 4 (a pairs effect; 0: none)."""
     rng = np.random.default_rng(seed)
     k = int(rng.integers(3, 5))
     sizes = rng.integers(subjects[0], subjects[1] + 1, k)
@@ -74,29 +75,35 @@ def simulate(seed: int, effect: bool, shortcut: float = 1.0, low: float = 0.1, h
         offsets = null_site_shift * rng.standard_normal((k, 3))
     finding = rng.random(n_subjects) < share
     Z = rng.standard_normal((n_subjects, dim))
-    Z[:, 0] += signal * finding
+    odd = (site_of % 2 == 1) & (turn != 0.0)
+    angle = np.radians(turn)
+    Z[:, 0] += signal * finding * np.where(odd, np.cos(angle), 1.0)
+    Z[:, 4] += signal * finding * np.where(odd, np.sin(angle), 0.0)
     Z[:, 1:4] += offsets[site_of]
     rows = np.repeat(np.arange(n_subjects), rng.integers(1, 4, n_subjects))
     X = Z[rows] + 0.5 * rng.standard_normal((len(rows), dim))
-    design = {"sites": k, "subjects": sizes.tolist(), "dim": dim, "signal": round(signal, 3),
+    design = {"sites": k, "subjects": sizes.tolist(), "dim": dim, "signal": round(signal, 3), "turn": turn,
               "prevalence": round(prevalence, 3) if not effect else [low, high]}
     sites = np.array([f"s{j}" for j in site_of[rows]])
     return X, finding[rows], sites, np.array([f"p{r}" for r in rows]), design
 
 
 def one(args: tuple) -> dict:
-    seed, effect, shortcut, low, high, null_site_shift, n_bootstrap, folds, permutations, size = args
-    X, y, site, subjects, design = simulate(seed, effect, shortcut, low, high, null_site_shift, size)
+    (seed, effect, shortcut, low, high, null_site_shift, n_bootstrap, folds, permutations, size, turn,
+     tune) = args
+    X, y, site, subjects, design = simulate(seed, effect, shortcut, low, high, null_site_shift, size, turn)
     start = time.perf_counter()
     try:
         result = cross_site_arrays(X, y, site, subjects, folds=folds, n_bootstrap=n_bootstrap, seed=seed,
-                                   tune=False, width_permutations=permutations)
+                                   tune=tune, width_permutations=permutations)
     except EmbedxError as err:  # fewer than two sites with 5 positive subjects (a 10 % draw of 40)
         return {"seed": seed, **design, "skipped": str(err)}
     seconds = time.perf_counter() - start
     head = result.internal_vs_external
     return {"seed": seed, **design, "rows": len(y), "difference": head["difference"], "ci": head["ci"],
-            "verdict": head["verdict"], "widening": head.get("widening"), "seconds": round(seconds, 3)}
+            "verdict": head["verdict"], "widening": head.get("widening"), "seconds": round(seconds, 3),
+            "pairs": [{k: p[k] for k in ("test", "train", "difference", "ci", "p_value", "null_difference",
+                                         "widening_factor", "p_zero_tmp")} for p in result.pairs]}
 
 
 def main() -> None:
@@ -109,6 +116,9 @@ def main() -> None:
     parser.add_argument("--low", type=float, default=0.1)
     parser.add_argument("--high", type=float, default=0.6)
     parser.add_argument("--null-site-shift", type=float, default=0.0)
+    parser.add_argument("--turn", type=float, default=0.0,
+                        help="degrees the finding's direction turns in odd-numbered sites (a pairs effect)")
+    parser.add_argument("--tune", action="store_true", help="tune C as the CLI does (slower)")
     parser.add_argument("--bootstrap", type=int, default=400, help="resamples (under 400: fewer refits)")
     parser.add_argument("--permutations", type=int, default=20, help="site-permuted refits (0: no widening)")
     parser.add_argument("--folds", type=int, default=5)
@@ -119,7 +129,7 @@ def main() -> None:
     args = parser.parse_args()
     first = args.seed if args.seed is not None else (1000 if args.effect else 0)
     tasks = [(first + c, args.effect, args.shortcut, args.low, args.high, args.null_site_shift,
-              args.bootstrap, args.folds, args.permutations, tuple(args.subjects))
+              args.bootstrap, args.folds, args.permutations, tuple(args.subjects), args.turn, args.tune)
              for c in range(args.cohorts)]
     start = time.perf_counter()
     if args.workers > 1:
@@ -140,8 +150,11 @@ def main() -> None:
     diffs = np.array([r["difference"] for r in records], dtype=float)
     kind = (f"effect (prevalence {args.low:g}/{args.high:g} by site, site offsets {args.shortcut:g} sd)"
             if args.effect else f"null (site offsets {args.null_site_shift:g} sd, prevalence equal)")
+    if args.turn:
+        kind += f", finding turned {args.turn:g} degrees in odd-numbered sites"
     print(f"{n} cohorts, seeds {first}-{first + args.cohorts - 1}, {kind}, {args.bootstrap} resamples, "
-          f"{args.folds} folds, {args.permutations} site permutations at most")
+          f"{args.folds} folds, {args.permutations} site permutations at most, "
+          f"C {'tuned' if args.tune else '0.1'}")
     print(f"claims a gap: {above + below} of {n} ({(above + below) / n:.1%}): internal > external {above}, "
           f"external > internal {below}; CI covers 0 in {n - above - below} ({(n - above - below) / n:.1%})")
     print(f"point difference: mean {np.nanmean(diffs):+.4f}, sd {np.nanstd(diffs, ddof=1):.4f}")
@@ -152,12 +165,31 @@ def main() -> None:
     if factors:
         print(f"widening factor: median {np.median(factors):.2f}, "
               f"range {min(factors):.2f}-{max(factors):.2f}")
+    _pairs_summary(records, bool(args.turn))
     seconds = np.array([r["seconds"] for r in records])
     rows = int(np.median([r["rows"] for r in records]))
     print(f"seconds per cohort: median {np.median(seconds):.2f}, mean {seconds.mean():.2f}, "
           f"max {seconds.max():.2f} (wall {wall:.0f} s with {args.workers} worker(s)); rows median {rows}")
     if args.json:
         args.json.write_text(json.dumps(records, indent=1))
+
+
+def _pairs_summary(records: list[dict], turned: bool) -> None:
+    """The pairs' claims (p < 0.05; CI excluding 0), apart for pairs of sites that differ (one odd-numbered,
+    one even: the finding's direction differs when turned) and pairs that do not (exchangeable)."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        for p in r["pairs"]:
+            differ = turned and (int(p["test"][1:]) % 2 != int(p["train"][1:]) % 2)
+            groups.setdefault("sites differ" if differ else "exchangeable", []).append(p)
+    for name, pairs in sorted(groups.items()):
+        p = np.array([q["p_value"] for q in pairs], dtype=float)
+        lo = np.array([q["ci"][0] for q in pairs], dtype=float)
+        hi = np.array([q["ci"][1] for q in pairs], dtype=float)
+        d = np.array([q["difference"] for q in pairs], dtype=float)
+        print(f"pairs, {name}: {len(pairs)}; p < 0.05 in {np.mean(p < 0.05):.1%} ({int(np.sum(p < 0.05))}; "
+              f"own > other {int(np.sum((p < 0.05) & (d > 0)))}); CI excludes 0 in "
+              f"{np.mean((lo > 0) | (hi < 0)):.1%}; mean difference {np.mean(d):+.4f}")
 
 
 if __name__ == "__main__":

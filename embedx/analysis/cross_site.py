@@ -65,6 +65,7 @@ import numpy as np
 
 from embedx._version import __version__
 from embedx.analysis.cross_site_null import permutations_for, site_permutation_width
+from embedx.analysis.cross_site_pairs import pair_entries
 from embedx.analysis.cv_width import widened
 from embedx.analysis.folds import stratified_splits, subject_codes
 from embedx.analysis.labels import positive_class
@@ -170,11 +171,13 @@ def cross_site_arrays(
     K = len(sites)
     # Each cell: (rows it is scored on, decision scores for those rows).
     cells: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    site_c: list[float] = []  # each site's own model's C: the pairs' refits use their median
     with progress_bar(2 * K + 1, "cross-site probes", unit="fits") as advance:
         for s in sites:
             r = rows_of[s]
             cells[(s, s)] = (r, oof(r))
             model = fitted(r)
+            site_c.append(float(model.C_))
             for t in sites:
                 if t != s:
                     cells[(s, t)] = (rows_of[t], model.decision_function(X[rows_of[t]]))
@@ -232,7 +235,7 @@ def cross_site_arrays(
             return [None, None]
         return [_num(v) for v in percentile_ci(reps[key])]
 
-    def diff(a: str, b: str, factor: float = 1.0) -> dict:
+    def diff(a: str, b: str, factor: float = 1.0, null: float = 0.0) -> dict:
         d = point[a] - point[b]
         out: dict = {"difference": _num(d), "ci": [None, None], "p_value": None}
         if reps:
@@ -244,26 +247,13 @@ def cross_site_arrays(
                 delta = d + factor * (delta - d)
             else:
                 out["ci"] = [_num(v) for v in percentile_ci(delta)]
-            # Two-sided bootstrap p for "no difference": how often the resampled difference crosses zero.
-            crossing = min(int((delta <= 0).sum()), int((delta >= 0).sum()))
+            # Two-sided bootstrap p: how often the resampled difference crosses `null` (0: no difference)
+            crossing = min(int((delta <= null).sum()), int((delta >= null).sum()))
             out["p_value"] = float(min(1.0, (1 + 2 * crossing) / (1 + len(delta))))
         return out
 
     matrix = [[_num(point[f"cell:{s}:{t}"]) for t in sites] for s in sites]
     matrix_ci = [[ci(f"cell:{s}:{t}") for t in sites] for s in sites]
-    pairs = []
-    for t in sites:
-        for s in sites:
-            if s == t:
-                continue
-            entry = {
-                "test": t,
-                "train": s,
-                "internal_auc": _num(point[f"cell:{t}:{t}"]),
-                "external_auc": _num(point[f"cell:{s}:{t}"]),
-            }
-            entry.update(diff(f"cell:{t}:{t}", f"cell:{s}:{t}"))
-            pairs.append(entry)
     width = None
     if reps and width_permutations > 0:
         # C: the fold probes' median choice (one value, 0.1, without tuning)
@@ -273,7 +263,8 @@ def cross_site_arrays(
             X, y, site, groups,
             model=cfg.estimator("classification").model_after_scaling(c, train_rows, X.shape[1]),
             folds=folds, seed=seed, permutations=permutations_for(width_permutations, n_bootstrap),
-            min_per_class=min_per_class,
+            min_per_class=min_per_class, pair_model=cfg.estimator("classification").model_after_scaling(
+                float(np.median(site_c)), int(np.median([len(r) for r in rows_of.values()])), X.shape[1]),
         )
         if width is not None:
             notes.add(
@@ -285,6 +276,7 @@ def cross_site_arrays(
         else:
             notes.add("the headline's interval is not widened: too few site-permuted refits gave a value "
                       "(fixed-prediction bootstrap only, too narrow)")
+    pairs = pair_entries(sites, point, diff, width, _num)
     loso_out = []
     for s in sites:
         entry = {

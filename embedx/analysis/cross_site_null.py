@@ -31,6 +31,7 @@ import sklearn
 from scipy import stats
 from sklearn.base import clone
 
+from embedx.analysis.cross_site_pairs import pair_keys, permuted_pair_gaps
 from embedx.analysis.folds import stratified_splits
 from embedx.analysis.stats import auc_weighted, stratified_subject_weights
 from embedx.errors import EmbedxError
@@ -53,6 +54,9 @@ class SiteWidth:
     permutations: int  # permuted cohorts that gave a headline
     rows: int
     site_factors: dict[str, float] = field(default_factory=dict)  # the same, per held-out site's difference
+    # per (test, train) pair (`cross_site_pairs`): the factor, and the mean permuted difference
+    pair_factors: dict[tuple[str, str], float] = field(default_factory=dict)
+    pair_null_means: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -114,12 +118,14 @@ def site_permutation_width(
     permutations: int = 20,
     max_rows: int = 2_000,
     min_per_class: int = 5,
+    pair_model: object | None = None,
 ) -> SiteWidth | None:
     """The headline's widening factor from `permutations` class-stratified site permutations (module doc).
 
     `model` is the probe's estimator after scaling (`LinearProbe.model_after_scaling` at the C used): the
     rows are standardised once here. None when fewer than `MIN_PERMUTATIONS` permuted cohorts gave a value
-    or their bootstrap variance is 0.
+    or their bootstrap variance is 0. With `pair_model` (the per-site probes' estimator after scaling), the
+    ``pairs``' differences are refit on the same permuted cohorts too (`cross_site_pairs`).
     """
     y = np.asarray(y, dtype=bool)
     site, groups = np.asarray(site).astype(str), np.asarray(groups).astype(str)
@@ -135,6 +141,7 @@ def site_permutation_width(
     unit_s = unit_s.reshape(-1)
     site_u, class_u = unit_site[kept], unit_class[kept]
     sites = np.unique(site_u)
+    pairs = pair_keys([str(s) for s in sites]) if pair_model is not None else []
     draws = []
     for _ in range(permutations):
         dealt = site_u.copy()
@@ -146,7 +153,7 @@ def site_permutation_width(
 
     def one(i: int) -> np.ndarray:
         """Permuted cohort i: per held-out site and for the mean, (statistic, its bootstrap variance)."""
-        failed = np.full((len(sites) + 1, 2), np.nan)
+        failed = np.full((len(sites) + 1 + len(pairs), 2), np.nan)
         row_site = draws[i][unit_s]
         W = np.vstack([np.ones((1, len(ys))), stratified_subject_weights(
             row_site, gs, WIDTH_BOOTSTRAP, np.random.default_rng(seeds[i]))])
@@ -166,7 +173,11 @@ def site_permutation_width(
                     internal[outer] = fit.decision_function(Xs[train[outer]])
                     external.append(auc_weighted(fit.decision_function(Xs[test]), ys[test], W[:, test]))
                 gaps.append(auc_weighted(internal, ys[train], W[:, train]) - np.mean(external, axis=0))
-        gaps.append(np.mean(gaps, axis=0))
+            gaps.append(np.mean(gaps, axis=0))
+            if pairs:
+                pair_gaps = permuted_pair_gaps(Xs, ys, gs, row_site, sites, W, pair_model, folds,
+                                               int(seeds[i]))
+                gaps += pair_gaps if pair_gaps is not None else [np.full(len(W), np.nan)] * len(pairs)
         out = failed.copy()
         for j, d in enumerate(gaps):
             boot = d[1:][np.isfinite(d[1:])]
@@ -174,7 +185,7 @@ def site_permutation_width(
                 out[j] = d[0], np.var(boot, ddof=1)
         return out
 
-    values = np.array(map_in_threads(one, range(permutations)), dtype=float)  # (m, sites + 1, 2)
+    values = np.array(map_in_threads(one, range(permutations)), dtype=float)  # (m, sites + 1 + pairs, 2)
 
     def factor(column: np.ndarray) -> tuple[float, float, int] | None:
         ok = np.isfinite(column).all(axis=1)
@@ -185,17 +196,27 @@ def site_permutation_width(
         t_over_z = stats.t.ppf(0.975, ok.sum() - 1) / stats.norm.ppf(0.975)
         return float(max(1.0, ratio) * t_over_z), ratio, int(ok.sum())
 
-    headline = factor(values[:, -1])
+    last = len(sites)  # the headline's column; the pairs' follow
+    headline = factor(values[:, last])
     if headline is None:
         return None
-    ok = np.isfinite(values[:, -1]).all(axis=1)
+    ok = np.isfinite(values[:, last]).all(axis=1)
     per_site = {str(s): f[0] for s, f in ((s, factor(values[:, j])) for j, s in enumerate(sites)) if f}
+    pair_factors, pair_null_means = {}, {}
+    for j, key in enumerate(pairs):
+        column = values[:, last + 1 + j]
+        found = factor(column)
+        if found:
+            pair_factors[key] = found[0]
+            pair_null_means[key] = float(np.mean(column[np.isfinite(column).all(axis=1), 0]))
     return SiteWidth(
         factor=headline[0],
         ratio=headline[1],
-        null_mean=float(np.mean(values[ok, -1, 0])),
-        null_sd=float(np.std(values[ok, -1, 0], ddof=1)),
+        null_mean=float(np.mean(values[ok, last, 0])),
+        null_sd=float(np.std(values[ok, last, 0], ddof=1)),
         permutations=headline[2],
         rows=len(rows),
         site_factors=per_site,
+        pair_factors=pair_factors,
+        pair_null_means=pair_null_means,
     )

@@ -292,14 +292,28 @@ def gather(
             )
             if found is not None:
                 distributions[m] = found
+    # The calibration qualifies this report's table: its Holm threshold must be alpha / (this table's m).
     calibration = {c["model"]: c for c in snap["calibration"] if current(c, snap)}
+    other_family = sorted(m for m, c in calibration.items() if family and c.get("family_size") != family)
+    if other_family and run_missing:
+        notes.append(f"calibration of {', '.join(other_family)} recomputed for Holm over the {family} tests "
+                     "this report shows (it was stored for another probe table)")
+        calibration = {m: c for m, c in calibration.items() if m not in other_family}
+    elif other_family:
+        notes.append(f"stored calibration of {', '.join(other_family)} used Holm over another family than "
+                     f"the {family} tests shown; rerun `embedx calibrate` after `embedx probe`")
     missing_calibration = [m for m in audited if m not in calibration]
     if missing_calibration and run_missing:
-        from embedx.analysis.calibration import run_calibration
+        from dataclasses import replace
 
+        from embedx.analysis.calibration import CalibrationSettings, run_calibration
+
+        settings = calibration_settings or CalibrationSettings()
+        if family:
+            settings = replace(settings, family_size=family)
         for m in missing_calibration:
             found = _attempt(
-                lambda m=m: run_calibration(store_path, [m], calibration_settings)[0],
+                lambda m=m: run_calibration(store_path, [m], settings)[0],
                 notes,
                 f"calibration of {m}",
             )
