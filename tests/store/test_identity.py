@@ -188,3 +188,21 @@ def test_repair_pads_a_short_dataset_instead_of_cutting_rows_with_ids(cohort, va
     assert (result.n_new_samples, result.n_encoded_now, result.n_encoded_total) == (0, 10, 30)
     with Store.open(store_path) as store:
         assert store.n == 30 and store.encoded_mask("vae-tiny").all()
+
+
+def test_store_info_counts_subjects_with_images_in_brackets(tmp_path):
+    """A minority site of 3 patients with 19 images read '19' in `store info` while every other command said
+    '3 (19)': the info table counts subjects first, as the rest of embedx does."""
+    import pandas as pd
+
+    from embedx.store.h5store import write_store_from_arrays
+
+    subjects = [f"a{i}" for i in range(10)] + ["c0"] * 7 + ["c1"] * 6 + ["c2"] * 6
+    site = ["big"] * 10 + ["small"] * 19
+    sex = ["F", "M"] * 5 + [None] * 7 + ["F"] * 12  # c0's seven images have no sex
+    path = write_store_from_arrays(tmp_path / "s.h5", [f"i{i}" for i in range(29)], subjects,
+                                   pd.DataFrame({"site": site, "sex": sex}), None,
+                                   {"m": np.zeros((29, 2), dtype=np.float32)})
+    by = {a["name"]: a for a in store_summary(path)["attributes"]}
+    assert by["site"]["summary"] == "2 values: big 10 (10), small 3 (19)"
+    assert (by["sex"]["missing"], by["sex"]["missing_subjects"]) == (7, 1)
