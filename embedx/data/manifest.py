@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from embedx.data.consistency import warn_inconsistent_attributes
 from embedx.data.identifiers import drop_identifier_columns
 from embedx.data.identity import normalised_path, sample_id
 from embedx.data.manifest_read import PARQUET_SUFFIXES, capped, read_table, refuse_repeated_names, where
@@ -307,6 +308,7 @@ def load_manifest(
             text_values[name] = _text_to_missing(table, name, path.name)  # mostly numbers, a few words
     warn_sentinels(table, schema, path.name, Path(schema_file).name if schema_file else sidecar.name)
     warn_spelling_variants(table, schema, path.name)
+    warn_inconsistent_attributes(table, schema, path.name, lines)
     manifest = Manifest(table=table, source=path, root=root, schema=schema, text_as_missing=text_values,
                         coded_missing=coded, lines=lines)
     inferred = [f"{n} ({s.kind}/{s.role})" for n, s in schema.items() if s.inferred]

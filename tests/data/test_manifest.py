@@ -336,3 +336,22 @@ def test_identifier_columns_of_a_hospital_export_are_left_out_and_said_so(tmp_pa
             "identifiers") in caplog.text
     assert "column 'note' has a distinct value for nearly every subject" in caplog.text
     assert "DOE" not in caplog.text
+
+
+def test_a_sex_that_differs_within_a_subject_and_a_single_valued_column_are_said(tmp_path, caplog):
+    """One image of two patients with the other sex: they were counted in both groups without a word; a
+    scanner column of one value got 'fewer than 2 groups large enough' from fairness, much later."""
+    n = 12
+    pd.DataFrame({
+        "path": [f"img/{i}.png" for i in range(n)],
+        "subject_id": [f"Doe^P{i // 3}" for i in range(n)],  # ids may be names: rows are named instead
+        "sex": ["F", "F", "M", "M", "M", "M", "F", "F", "F", "M", "M", "F"],
+        "view": ["PA", "AP", "PA"] * 4,  # varies within subjects, as views do: not warned
+        "scanner": ["GE"] * n,
+    }).to_csv(tmp_path / "m.csv", index=False)
+    (tmp_path / "m.yaml").write_text("attributes:\n  sex: {kind: binary, role: demographic}\n")
+    with caplog.at_level(logging.WARNING):
+        load_manifest(tmp_path / "m.csv", check_files=False)
+    assert "attribute 'sex' differs between the images of 2 subject(s) (6 rows; first: row 1" in caplog.text
+    assert "attribute 'scanner' has one value (GE)" in caplog.text
+    assert "'view' differs" not in caplog.text and "Doe" not in caplog.text
