@@ -235,7 +235,7 @@ def cross_site_arrays(
             return [None, None]
         return [_num(v) for v in percentile_ci(reps[key])]
 
-    def diff(a: str, b: str, factor: float = 1.0, null: float = 0.0) -> dict:
+    def diff(a: str, b: str, factor: float = 1.0) -> dict:
         d = point[a] - point[b]
         out: dict = {"difference": _num(d), "ci": [None, None], "p_value": None}
         if reps:
@@ -247,8 +247,8 @@ def cross_site_arrays(
                 delta = d + factor * (delta - d)
             else:
                 out["ci"] = [_num(v) for v in percentile_ci(delta)]
-            # Two-sided bootstrap p: how often the resampled difference crosses `null` (0: no difference)
-            crossing = min(int((delta <= null).sum()), int((delta >= null).sum()))
+            # Two-sided bootstrap p for "no difference": how often the resampled difference crosses zero.
+            crossing = min(int((delta <= 0).sum()), int((delta >= 0).sum()))
             out["p_value"] = float(min(1.0, (1 + 2 * crossing) / (1 + len(delta))))
         return out
 

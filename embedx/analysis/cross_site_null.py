@@ -1,6 +1,8 @@
-"""How much wider the cross-site headline's interval must be than resampling fixed predictions says.
+"""How much wider the cross-site headline's interval (and the ``pairs``') must be than resampling fixed
+predictions says.
 
-See `cross_site`'s module doc for why and for the figures; this module measures the factor.
+See `cross_site`'s module doc for why and for the figures; this module measures the factors (the pairs' with
+`cross_site_pairs.permuted_pair_gaps`, on the same permuted cohorts, when `pair_model` is given).
 
 The null here is "the latents do not depend on the site, given the target": each (site, subject) unit's site
 is dealt at random to another unit *of the same class* (a subject with a positive image, or not), so every
@@ -54,9 +56,7 @@ class SiteWidth:
     permutations: int  # permuted cohorts that gave a headline
     rows: int
     site_factors: dict[str, float] = field(default_factory=dict)  # the same, per held-out site's difference
-    # per (test, train) pair (`cross_site_pairs`): the factor, and the mean permuted difference
-    pair_factors: dict[tuple[str, str], float] = field(default_factory=dict)
-    pair_null_means: dict[tuple[str, str], float] = field(default_factory=dict)
+    pair_factors: dict[tuple[str, str], float] = field(default_factory=dict)  # per (test, train) of ``pairs``
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -202,13 +202,8 @@ def site_permutation_width(
         return None
     ok = np.isfinite(values[:, last]).all(axis=1)
     per_site = {str(s): f[0] for s, f in ((s, factor(values[:, j])) for j, s in enumerate(sites)) if f}
-    pair_factors, pair_null_means = {}, {}
-    for j, key in enumerate(pairs):
-        column = values[:, last + 1 + j]
-        found = factor(column)
-        if found:
-            pair_factors[key] = found[0]
-            pair_null_means[key] = float(np.mean(column[np.isfinite(column).all(axis=1), 0]))
+    found = ((key, factor(values[:, last + 1 + j])) for j, key in enumerate(pairs))
+    pair_factors = {key: f[0] for key, f in found if f}
     return SiteWidth(
         factor=headline[0],
         ratio=headline[1],
@@ -218,5 +213,4 @@ def site_permutation_width(
         rows=len(rows),
         site_factors=per_site,
         pair_factors=pair_factors,
-        pair_null_means=pair_null_means,
     )

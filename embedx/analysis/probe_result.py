@@ -40,6 +40,12 @@ INTERVAL_WITHOUT_TEST = (
     " (the interval alone excludes chance, but the permutation test, which the verdict also needs, is not "
     "passed)"
 )
+# The other half: the test is passed but the interval still reaches chance (a small effect, or a wide
+# interval of few subjects). Without it "not distinguishable from chance" beside Holm p 0.03 read as wrong.
+TEST_WITHOUT_INTERVAL = (
+    " (the permutation test is passed, but the interval, which the verdict also needs, still reaches chance: "
+    "a small effect or too few subjects to size it)"
+)
 
 
 def verdict_text(
@@ -245,6 +251,8 @@ def judge_family(
             verdict += " (below chance: the probe does worse than guessing, which is no evidence of encoding)"
         elif verdict == VERDICT_NOT_FOUND and p_holm is not None and clear_of_chance(r):
             verdict += INTERVAL_WITHOUT_TEST
+        elif verdict == VERDICT_NOT_FOUND and p_holm is not None and p_holm < alpha:
+            verdict += TEST_WITHOUT_INTERVAL
         out.append(r.replace(p_holm=p_holm, family_size=m, alpha=alpha, encoded=encoded, verdict=verdict))
     return out
 

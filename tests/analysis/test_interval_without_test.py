@@ -13,6 +13,7 @@ import numpy as np
 from embedx.analysis.probe_core import ProbeConfig, cross_validated_probe
 from embedx.analysis.probe_result import (
     INTERVAL_WITHOUT_TEST,
+    TEST_WITHOUT_INTERVAL,
     VERDICT_ENCODED,
     VERDICT_NOT_FOUND,
     clear_of_chance,
@@ -35,6 +36,14 @@ def test_the_note_is_absent_when_the_test_passes_or_the_interval_holds_chance() 
     [plain] = judge_family([_result((0.47, 0.61), 0.2)])
     assert passed.encoded and passed.verdict == VERDICT_ENCODED
     assert not plain.encoded and plain.verdict == VERDICT_NOT_FOUND
+
+
+def test_a_passed_test_with_an_interval_that_reaches_chance_is_said_in_the_verdict() -> None:
+    """Holm p 0.03 beside [0.488, 0.599] read 'not distinguishable from chance' with no word of why."""
+    [r] = judge_family([_result((0.488, 0.599), 0.03)])
+    assert not r.encoded and r.verdict == VERDICT_NOT_FOUND + TEST_WITHOUT_INTERVAL
+    failed, _ = judge_family([_result((0.488, 0.599), 0.03), _result((0.47, 0.52), 0.5)])  # Holm: 0.06
+    assert not failed.encoded and failed.verdict == VERDICT_NOT_FOUND
 
 
 def test_below_chance_is_said_when_permutations_ran() -> None:
