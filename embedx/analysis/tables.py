@@ -149,6 +149,7 @@ def note_lines(results: Iterable[Mapping[str, Any]], limit: int = MAX_NOTES) -> 
     """The probes' notes for a caption: one line per distinct note with the probes it concerns, notes on
     classes left out or merged first, at most `limit` with a count of the rest (the JSON has them all).
     Listed alphabetically and cut at 8, a dropped minority class's note fell off the console."""
+    results = list(results)
     where: dict[str, list[str]] = {}
     for r in results:
         for note in r.get("notes") or []:
@@ -158,7 +159,19 @@ def note_lines(results: Iterable[Mapping[str, Any]], limit: int = MAX_NOTES) -> 
     shown = lines[: max(limit, sum(any(k in n for k in _FIRST_NOTES) for n in ordered))]
     if len(shown) < len(lines):
         shown.append(f"{len(lines) - len(shown)} more note(s) in the JSON")
-    return shown
+    return _without_vectors(results) + shown
+
+
+def _without_vectors(results: list[Mapping[str, Any]]) -> list[str]:
+    """One line per model with images that have no vector: they are in none of its probes, and the table's
+    counts alone (781 (2684) beside a 2,734-image cohort) did not say why."""
+    missing: dict[str, tuple[int, int]] = {}
+    for r in results:
+        total, encoded = r.get("n_total"), r.get("rows_encoded")
+        if total is not None and encoded is not None and int(encoded) < int(total):
+            missing[str(r.get("model"))] = (int(total) - int(encoded), int(total))
+    return [f"{model}: {count} of {total} images have no vector (not encoded, or not in the imported file) "
+            "and are in none of its probes" for model, (count, total) in missing.items()]
 
 
 _GAP_LABELS = (

@@ -165,6 +165,10 @@ def gather(
         if failed:
             notes.append(f"{model}: {failed} image(s) could not be read by its last encode and are in none "
                          f"of its analyses (listed with their reasons under /embeddings/{model}/failed_ids)")
+        without = snap["n"] - snap["encoded"][model] - failed
+        if without > 0:
+            notes.append(f"{model}: {without} of {snap['n']} images have no vector (not encoded yet, or not "
+                         "in the imported file) and are in none of its analyses")
     # Probes: every model x attribute of the store, computed on the rows encoded now.
     attributes = set(snap["schema"])
     probes = latest_by(snap["probes"], ("model", "attribute"))
