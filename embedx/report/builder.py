@@ -86,7 +86,7 @@ def build_report(
     notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in col.notes) or "<li>none</li>"
     page = Template(TEMPLATE.read_text(encoding="utf-8")).substitute(
         title=html.escape(f"embedx report — {store_path.name}"),
-        store=html.escape(str(store_path)),
+        store=html.escape(store_path.name),  # the file, not its folder: folders may name people
         summary=summary,
         notes=notes_html,
         version=html.escape(__version__),
@@ -96,7 +96,7 @@ def build_report(
     html_path = out_dir / "report.html"
     html_path.write_text(page, encoding="utf-8")
     document = build_document(
-        store_path,
+        store_path.name,
         gathered["probes"],
         gathered["fairness"],
         target=gathered["target"],

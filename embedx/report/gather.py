@@ -103,7 +103,7 @@ def provenance(store_path: Any, snap: Mapping[str, Any]) -> dict[str, Any]:
             }
         )
     return {
-        "store": str(store_path.resolve()),
+        "store": store_path.name,  # the file only: folders may name people
         "store_created": snap["file_attrs"].get("created"),
         "store_embedx_version": snap["file_attrs"].get("embedx_version"),
         "n_samples": int(snap["n"]),
