@@ -161,13 +161,18 @@ def _negatives(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.sum(1 - np.asarray(y_true)))
 
 
-def display_order(group: str) -> tuple[int, float, str]:
+def display_order(group: str) -> tuple[tuple[int, float, str], ...]:
     """Sort key for group names: bands of a continuous attribute by their lower edge ("<40", "40-59",
-    "60-79", "80+"; text order put "<40" last), every other name after them in text order."""
-    match = re.match(r"^(<)?(-?\d+(?:\.\d+)?)", group)
-    if match is None:
-        return (2, 0.0, group)
-    return (0, float(match.group(2)), group) if match.group(1) else (1, float(match.group(2)), group)
+    "60-79", "80+"; text order put "<40" last), every other name after them in text order; an intersection
+    ("F|<40") part by part, so "F|<40" comes before "F|40-59" as "<40" does alone."""
+    key = []
+    for part in group.split("|"):
+        match = re.match(r"^(<)?(-?\d+(?:\.\d+)?)", part)
+        if match is None:
+            key.append((2, 0.0, part))
+        else:
+            key.append((0 if match.group(1) else 1, float(match.group(2)), part))
+    return tuple(key)
 
 
 def subject_counts(labels: np.ndarray, groups: np.ndarray, flags: np.ndarray | None = None) -> pd.Series:

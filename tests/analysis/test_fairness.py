@@ -402,6 +402,8 @@ def test_age_bands_are_listed_youngest_first_and_other_groups_in_text_order() ->
     assert sorted(["80+", "40-59", "<40", "60-79"], key=display_order) == ["<40", "40-59", "60-79", "80+"]
     assert sorted(["1.2+", "0.5-<1.2", "<0.5"], key=display_order) == ["<0.5", "0.5-<1.2", "1.2+"]
     assert sorted(["M", "F", "x"], key=display_order) == ["F", "M", "x"]
+    intersections = ["F|80+", "M|<40", "F|40-59", "F|<40"]  # part by part: "F|<40" sorted as text came last
+    assert sorted(intersections, key=display_order) == ["F|<40", "F|40-59", "F|80+", "M|<40"]
 
 
 def test_a_groups_rate_at_zero_or_one_gets_an_interval_of_its_subjects_not_zero_width() -> None:
