@@ -335,6 +335,9 @@ def fairness_from_predictions(
         "min_group_n": rules.min_group_n,
         "min_group_class": rules.min_group_class,
     }
+    if len(names) < 2:  # nothing to compare, however large the group: not a question of size
+        return FairnessResult(**base, gaps_note=f"the sensitive attribute has one value ({names[0]}): no "
+                              "groups to compare" if len(names) else "no rows with a sensitive value")
     if eligible.size < 2:
         return FairnessResult(
             **base,

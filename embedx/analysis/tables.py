@@ -184,6 +184,9 @@ _GAP_LABELS = (
 )
 
 
+FEW_GROUPS = "fewer than 2 groups large enough to compare"
+
+
 def gap_summary(result: Mapping[str, Any]) -> str:
     """'DP diff 0.050 [-0.010, 0.110] (F - M), p 0.12; ...': each gap with its interval, pair and p-value."""
     gaps = result.get("gaps") or {}
@@ -203,7 +206,7 @@ def gap_summary(result: Mapping[str, Any]) -> str:
         parts.append(text)
     if result.get("kind") == "continuous" and result.get("worst_group"):
         parts.append(f"worst group {result['worst_group']}")
-    return "; ".join(parts) or "gaps not tested (not \"no gap\"): fewer than 2 groups large enough to compare"
+    return "; ".join(parts) or f"gaps not tested (not \"no gap\"): {result.get('gaps_note') or FEW_GROUPS}"
 
 
 def subjects_and_images(group: Mapping[str, Any], subjects: str, images: str) -> str:

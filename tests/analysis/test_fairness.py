@@ -122,6 +122,20 @@ def test_single_class_group_gives_nan_auc_with_a_reason() -> None:
     assert out["by_group"]["C"]["tpr"] == 0.4  # 4 of its 10 positives are predicted positive
 
 
+def test_a_sensitive_attribute_of_one_value_is_named_as_such() -> None:
+    """'scanner: GE' everywhere got 'fewer than 2 groups large enough to compare': a question of size, which
+    it is not."""
+    from embedx.analysis.tables import gap_summary
+
+    f = _hand_built()
+    f = f[f["group"] == "A"]
+    out = fairness_from_predictions(
+        "scanner", f["group"].to_numpy(object), f["y"], f["prob"], f["pred"], f["subject"], FAST.rules
+    )
+    assert out["gaps_note"] == "the sensitive attribute has one value (A): no groups to compare"
+    assert gap_summary(out) == 'gaps not tested (not "no gap"): ' + out["gaps_note"]
+
+
 def test_probe_fairness_on_the_synthetic_cohort(synth_store) -> None:
     path = synth_store(1.0)
     results = run_fairness(path, "sex", ["site", "age"], model="pixels-pca", config=FAST)
