@@ -1,8 +1,9 @@
-"""The cross-site headline (`internal_vs_external`) under its null and under a real site shortcut.
+"""The cross-site headline (`internal_vs_external`) and ``pairs`` under their null and under real effects.
 
     .venv/bin/python bench/cross_site_null.py                    # 60 null cohorts
     .venv/bin/python bench/cross_site_null.py --effect           # 60 cohorts with a Zech-style shortcut
     .venv/bin/python bench/cross_site_null.py --cohorts 20 --workers 2 --json /tmp/x.json
+    .venv/bin/python bench/cross_site_null.py --turn 90 --seed 2000 --cohorts 80   # a pairs effect
 
 Each cohort: 3-4 sites of 40-120 subjects, 1-3 images per subject, 8-32-d latents (subject ~ N(0, I), image
 noise 0.5 sd), a binary finding per subject that shifts one latent direction by 0.5-1.0 sd (within-site AUC
@@ -13,13 +14,18 @@ direction, is a false claim. `--null-site-shift S` writes the site into three ot
 prevalence alternates between `--low` (10 %) and `--high` (60 %) over the sites and each site's latents
 carry an offset of `--shortcut` sd (1.0) along three directions, so that a probe trained across sites ranks by
 site and thereby by finding, which is worth nothing within a held-out site (Zech 2018): internal > external is
-real.
+real. **Pairs effect** (`--turn D`, with the null's prevalence and no offsets): in odd-numbered sites the
+finding shifts a direction turned D degrees from the even sites' (latent 0 towards latent 4), so on an even
+site a model trained at an odd one is worse than the site's own (and vice versa): those ``pairs`` (sites of
+different parity) should read own > other; pairs of the same parity stay exchangeable.
 
 The cohorts go through `cross_site_arrays` (what `embedx control cross-site` runs) with `tune=False` (C =
 0.1, for speed) and `--bootstrap` (400) resamples; `--permutations 0` switches the widening off (the external
 score stays the fold models'; the code before this bench scored it with one model fitted on all training
 sites). Printed: the share of cohorts whose verdict claims a gap (each direction), the mean point difference,
-the headline's widening factor where the result has one, and the seconds per cohort.
+the headline's widening factor where the result has one, the ``pairs``' claims (p < 0.05; CI excluding 0)
+apart for exchangeable pairs and, with `--turn`, pairs of sites that differ, and the seconds per cohort.
+`--tune` tunes C as the CLI does.
 
 Measured on 2 shared cores (session 20), 5 folds, 400 resamples, tune off; the same seeds before and after:
 
@@ -33,6 +39,27 @@ Measured on 2 shared cores (session 20), 5 folds, 400 resamples, tune off; the s
 * seconds per cohort (about 570 rows): 0.2 before, 1.1 now (20 site-permuted refits of the whole leave-one-
   site-out design); 0.65 and 2.3 at 3,700 rows. With C tuned, as the CLI runs, the refits add less: 1.4 ->
   2.4 s at 630 rows x 32-d, 15.6 -> 21.2 s at 8,000 rows x 512-d.
+
+Session 30 (2 shared cores, same settings): the ``pairs``, refit on the same site-permuted cohorts since
+(`cross_site_pairs`); the headline's figures are unchanged (null seeds 0-199: 16 of 199, as before).
+
+* null, seeds 0-199 (199 cohorts, 1,804 pairs): fixed-prediction pairs had p < 0.05 in 270 (15.0 %; CI
+  excluding 0 15.6 %; 184 of the 281 CI claims "other > own"; root mean square of difference / (half-width /
+  1.96) 1.43); widened, 134 (7.4 %; CI 8.1 %; factor median 1.28, 5-95 % 1.07-1.64; rms 1.13). Seeds 200-349
+  (150 cohorts, 1,296 pairs), widened only: 84 (6.5 %); together 218 of 3,100 (7.0 %). Still above 5 %: CI
+  excluding 0 in 11.1 % of the pairs whose test site has under 70 subjects, 5.1 % at 100 or more; mostly
+  "other > own" (a small site's own grouped CV scores low). Testing against the permuted pairs' mean
+  difference instead of 0 left 7.4 % (too noisy per pair from 20 refits), and standardising per fit in the
+  refits changed nothing (factor median 1.286 vs 1.290, seeds 0-29): not adopted. With C tuned (`--tune`,
+  seeds 0-99, before the pairs' widening): pairs 117 of 942 (12.4 %); the headline 6 of 100 (6.0 %).
+* pairs effect, seeds 2000-2079, 80 cohorts (466 pairs of sites that differ, 232 exchangeable): `--turn 90`,
+  own > other with p < 0.05 in 73 (15.7 %) with fixed predictions and 29 (6.2 %) widened; the exchangeable
+  pairs 33 (14.2 %) and 19 (8.2 %). `--turn 60`: 39 (8.4 %) and 9 (1.9 %); exchangeable 31 and 19. The bench's
+  findings are weak (0.5-1.0 sd) and its sites small: the widening costs most of the pairs' power here (of
+  the exchangeable pairs, 7 read own > other with fixed predictions, 4 widened). With a 2 sd finding turned
+  90 degrees at 70 subjects per site (`tests/analysis/test_cross_site_pairs.py`): 24 of 32 found.
+* seconds per cohort at about 560 rows: median 2.5 while sharing the cores with another worker (1.1 in
+  session 20); on one cohort the refits took 1.54 s with the pairs and 0.87 s without (x1.8, 10 refits).
 """
 
 from __future__ import annotations

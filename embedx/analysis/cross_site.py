@@ -55,11 +55,12 @@ measured on all rows (1.3): conservative. Cost: 20 x k x folds small fits, about
 6.0 -> 9.3 s at 12,000 x 128-d and 15.6 -> 21.2 s at 8,000 x 512-d. C tuned, seeds 0-99: 6 % of null claims.
 
 The ``pairs`` are widened alike, each by its own factor from the same permuted cohorts refit as the analysis
-fits them (`cross_site_pairs`; the refits cost x1.8). Null cohorts (seeds 0-199, 1,804 pairs): p < 0.05 fell
-from 15.0 % (12.4 % of 942 with C tuned, seeds 0-99) to 7.4 %, still above 5 %: most of the rest read "other
-> own" at test sites under 70 subjects, whose own CV scores low. Not widened: the matrix and single AUCs. On
-null cohorts the off-diagonal cells' CIs missed the fixed model's true AUC (40,000 fresh rows) in 6.3 % of
-1,804; the diagonal (grouped CV) cells' missed their fold models' mean true AUC in 16.0 % of 698: too narrow.
+fits them (`cross_site_pairs`; the refits take x1.8). Null cohorts (seeds 0-199, 1,804 pairs): p < 0.05 fell
+from 15.0 % (12.4 % of 942 with C tuned, seeds 0-99) to 7.4 % (6.5 % of 1,296 at seeds 200-349), above 5 %:
+most of the rest read "other > own" at test sites under 70 subjects, whose own CV scores low. Not widened: the
+matrix and single AUCs. On null cohorts the off-diagonal cells' CIs missed the fixed model's true AUC (40,000
+fresh rows) in 6.3 % of 1,804; the diagonal (grouped CV) cells' missed their fold models' mean true AUC in
+16.0 % of 698: too narrow.
 """
 from __future__ import annotations
 
@@ -275,14 +276,14 @@ def cross_site_arrays(
         )
         if width is not None:
             notes.add(
-                "the internal-external differences' intervals are widened for the probe's training "
-                f"variability, which fixed predictions miss: x{width.factor:.2f} for the headline, measured "
-                f"on {width.permutations} refits with the sites dealt at random within class (see "
-                "internal_vs_external.widening)"
+                "the internal-external differences' and the pairs' intervals are widened for the probes' "
+                f"training variability, which fixed predictions miss: x{width.factor:.2f} for the headline, "
+                f"measured on {width.permutations} refits with the sites dealt at random within class (see "
+                "internal_vs_external.widening; each pair's widening_factor)"
             )
         else:
-            notes.add("the headline's interval is not widened: too few site-permuted refits gave a value "
-                      "(fixed-prediction bootstrap only, too narrow)")
+            notes.add("the headline's and the pairs' intervals are not widened: too few site-permuted refits "
+                      "gave a value (fixed-prediction bootstrap only, too narrow)")
     pairs = pair_entries(sites, point, diff, width, _num)
     loso_out = []
     for s in sites:
