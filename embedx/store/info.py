@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from embedx.data.manifest import subjects_per_value
 from embedx.store.h5io import _format_category
 from embedx.store.h5store import Store
 from embedx.store.identity import cohort_counts, duplicate_rows
@@ -52,7 +53,7 @@ def store_summary(path: str | Path) -> dict[str, Any]:
                 values = present.to_numpy(dtype=float)
                 entry["summary"] = f"mean {values.mean():.3g}, range {values.min():.3g}..{values.max():.3g}"
             else:
-                entry["summary"] = _value_counts(present.map(_format_category), subjects[present.index])
+                entry["summary"] = subjects_per_value(present.map(_format_category), subjects[present.index])
             summary["attributes"].append(entry)
         for model, methods in store.projections().items():
             for method in methods:
@@ -66,16 +67,6 @@ def store_summary(path: str | Path) -> dict[str, Any]:
                     "library": f"{pinfo.get('library', '')} {pinfo.get('library_version', '')}".strip(),
                 })
     return summary
-
-
-def _value_counts(values: pd.Series, subjects: pd.Series, shown: int = 6) -> str:
-    """'Charite 15 (57), ...': subjects (images) per value, most subjects first. Subjects are the unit of
-    every other count: a minority site of 15 patients with 57 images must not read as 57."""
-    table = pd.DataFrame({"v": values.to_numpy(), "s": subjects.to_numpy()}).groupby("v")
-    counts = pd.DataFrame({"subjects": table["s"].nunique(), "images": table.size()})
-    counts = counts.sort_values(["subjects", "images"], ascending=False)
-    top = ", ".join(f"{k} {r.subjects} ({r.images})" for k, r in counts.head(shown).iterrows())
-    return f"{len(counts)} values: {top}" + (" ..." if len(counts) > shown else "")
 
 
 def render_info(summary: dict[str, Any]) -> None:

@@ -204,5 +204,5 @@ def test_store_info_counts_subjects_with_images_in_brackets(tmp_path):
                                    pd.DataFrame({"site": site, "sex": sex}), None,
                                    {"m": np.zeros((29, 2), dtype=np.float32)})
     by = {a["name"]: a for a in store_summary(path)["attributes"]}
-    assert by["site"]["summary"] == "2 values: big 10 (10), small 3 (19)"
+    assert by["site"]["summary"] == "big: 10 (10), small: 3 (19)"
     assert (by["sex"]["missing"], by["sex"]["missing_subjects"]) == (7, 1)
