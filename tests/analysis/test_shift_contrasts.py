@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
+from shift_sim import simulated_design, simulated_records
 
 from embedx.analysis.shift_contrasts import (
     NO_EVIDENCE,
@@ -42,20 +42,9 @@ def _cohort(
     is_test = rng.random(len(g)) < 0.3
     separation = np.where(g == groups[-1], 1.8 - fainter, 1.8)
     image = y * separation + rng.normal(0, 1, len(g))
-    design = Design(
-        table=pd.DataFrame({"subject_id": np.arange(len(g)).astype(str)}), rows=np.arange(len(g)), label=y,
-        tier_names=[ALL], tier_of=np.where(y, ALL, ""), group=g, groups=list(groups), is_test=is_test,
-        positive_value="1", difficulty=None,
-    )
-    test = np.flatnonzero(is_test)
-    records = []
-    for train in [*groups, ALL]:
-        for replicate in range(replicates):
-            logit = (image[test] - 0.9 + rng.normal(0, 0.5, len(test))
-                     + y[test] * (own_bonus * (g[test] == train) + rng.normal(0, seed_sd)))
-            records.append({"tier": ALL, "train": train, "replicate": replicate, "rows": test,
-                            "score": 1 / (1 + np.exp(-logit))})
-    return design, records
+    design = simulated_design(np.arange(len(g)), g, y, is_test, groups)
+    return design, simulated_records(rng, design, image, 0.9, replicates=replicates, own_bonus=own_bonus,
+                                     seed_sd=seed_sd)
 
 
 def _headline(design: Design, records: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:

@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
+from shift_sim import simulated_design, simulated_records
 
 from embedx.analysis.shift_contrasts import (
     NO_EVIDENCE,
@@ -56,20 +56,9 @@ def _cohort(
     subject = np.repeat(np.arange(len(subject_group)), images)
     g, y, is_test = subject_group[subject], positive[subject], test_subject[subject]
     shows = y * separation + rng.normal(0, 1, len(g))
-    design = Design(
-        table=pd.DataFrame({"subject_id": subject.astype(str)}), rows=np.arange(len(g)), label=y,
-        tier_names=[ALL], tier_of=np.where(y, ALL, ""), group=g, groups=list(groups), is_test=is_test,
-        positive_value="1", difficulty=None,
-    )
-    test = np.flatnonzero(is_test)
-    records = []
-    for train in [*groups, ALL]:
-        for replicate in range(replicates):
-            logit = (shows[test] - separation / 2 + rng.normal(0, 0.5, len(test))
-                     + y[test] * (own_bonus * (g[test] == train) + rng.normal(0, seed_sd)))
-            records.append({"tier": ALL, "train": train, "replicate": replicate, "rows": test,
-                            "score": 1 / (1 + np.exp(-logit))})
-    return design, records
+    design = simulated_design(subject, g, y, is_test, groups)
+    return design, simulated_records(rng, design, shows, separation / 2, replicates=replicates,
+                                     own_bonus=own_bonus, seed_sd=seed_sd)
 
 
 def _headlines(design: Design, records: list[dict[str, Any]], seed: int,
