@@ -29,6 +29,9 @@ IDENTIFIER_NAMES = frozenset({
     "email", "emailaddress", "referringphysician", "referringphysicianname", "physician", "physicianname",
     "operatorsname", "performingphysicianname", "mothersmaidenname", "patientmotherbirthname",
 })
+# Normalised names under which a column identifies the subject (the manifest's hint; the importer's metadata).
+SUBJECT_LIKE_NAMES = frozenset({"patientid", "patient", "subject", "participant", "participantid", "pid",
+                                "mrn", "caseid"})
 UNIQUE_SHARE = 0.9  # a text column whose values are distinct for >= 90 % of subjects reads as an identifier
 MIN_SUBJECTS = 20
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from embedx.data.consistency import warn_inconsistent_attributes
-from embedx.data.identifiers import drop_identifier_columns
+from embedx.data.identifiers import SUBJECT_LIKE_NAMES, drop_identifier_columns
 from embedx.data.identity import normalised_path, sample_id
 from embedx.data.manifest_read import PARQUET_SUFFIXES, capped, read_table, refuse_repeated_names, where
 from embedx.data.missing_codes import apply_missing_codes, warn_sentinels
@@ -156,7 +156,6 @@ def _backslash_hint(missing: list[str]) -> str:
             "file name: write the paths with '/' instead, e.g. ../hospital/x.png)")
 
 
-_SUBJECT_LIKE = {"patientid", "patient", "subject", "participant", "participantid", "pid", "mrn", "caseid"}
 
 
 def _strip_text_values(table: pd.DataFrame, where: str) -> None:
@@ -273,7 +272,7 @@ def load_manifest(
                 "subject, and splits and intervals would mix one patient's images)"
             )
             raise ManifestError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
-        hint = [c for c in table.columns if re.sub(r"[^a-z]", "", c.lower()) in _SUBJECT_LIKE]
+        hint = [c for c in table.columns if re.sub(r"[^a-z]", "", c.lower()) in SUBJECT_LIKE_NAMES]
         log.warning(
             "%s has no 'subject_id' column: every row is treated as its own subject%s", path,
             f" (if {hint[0]!r} identifies the patient, name it 'subject_id')" if hint else "",

@@ -25,12 +25,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from embedx.data.identifiers import looks_like_identifier, normalised
+from embedx.data.identifiers import SUBJECT_LIKE_NAMES, looks_like_identifier, normalised
 
 log = logging.getLogger(__name__)
 
-SUBJECT_NAMES = frozenset({"subjectid", "subject", "patient", "participant", "participantid", "pid",
-                           "caseid", "studyid", "seriesid", "imageid", "index", "cohort", "split", "fold"})
+# the subject's names of the manifest, and the row-level ids and bookkeeping an export carries beside them
+SUBJECT_NAMES = SUBJECT_LIKE_NAMES | {"subjectid", "studyid", "seriesid", "imageid", "index", "cohort",
+                                      "split", "fold"}
 FEW_VALUES = 10  # distinct whole numbers that make a column look like a label among real-valued features
 
 
