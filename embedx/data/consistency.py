@@ -28,12 +28,14 @@ def subjects_with_two_values(values: pd.Series, subjects: pd.Series) -> tuple[in
     present = values.notna().to_numpy()
     if not present.any():
         return 0, []
-    frame = pd.DataFrame({"s": subjects.to_numpy()[present], "v": values.astype(str).to_numpy()[present]})
-    counts = frame.groupby("s")["v"].nunique()
-    mixed = counts.index[counts.to_numpy() > 1]
+    # integer codes: a min/max per subject is a fraction of a text groupby's nunique (every manifest load)
+    subject_code = pd.factorize(subjects.to_numpy()[present])[0]
+    value_code = pd.factorize(values.astype(str).to_numpy()[present])[0]
+    spread = pd.Series(value_code).groupby(subject_code).agg(["min", "max"])
+    mixed = spread.index.to_numpy()[(spread["min"] != spread["max"]).to_numpy()]
     if not len(mixed):
         return 0, []
-    rows = np.flatnonzero(present)[frame["s"].isin(mixed).to_numpy()]
+    rows = np.flatnonzero(present)[np.isin(subject_code, mixed)]
     return len(mixed), [int(r) for r in rows]
 
 
