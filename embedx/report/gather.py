@@ -99,7 +99,8 @@ def provenance(store_path: Any, snap: Mapping[str, Any]) -> dict[str, Any]:
                 "config": info.get("config"),
                 "embedx_version": info.get("embedx_version"),
                 "date": info.get("date"),
-                "run_dir": info.get("run_dir"),
+                # the run folder's name only, as for the store: the folders above it may name people
+                "run_dir": Path(info["run_dir"]).name if info.get("run_dir") else "",
             }
         )
     return {

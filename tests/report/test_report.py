@@ -88,7 +88,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         {"vae": z, "dae": z + rng.normal(size=z.shape).astype(np.float32), "pixels": pixels},
         thumbnails=rng.integers(0, 255, (n, 64, 64)).astype(np.uint8),
         embedding_attrs={
-            "vae": {"kind": "vae", "checkpoint_hash": "c0ffee", "config": "model:\n  kind: vae\n"},
+            "vae": {"kind": "vae", "checkpoint_hash": "c0ffee", "config": "model:\n  kind: vae\n",
+                    "run_dir": "/home/jane.doe/runs/vae-7"},
             "dae": {"kind": "dae", "checkpoint_hash": "beef"},
             "pixels": {"kind": "pixels"},
         },
@@ -144,6 +145,7 @@ def test_html_is_one_self_contained_file(built: tuple[Path, dict]) -> None:
     for section in ("Probes", "Fairness", "Clusters", "Control experiments", "Provenance", "Maps"):
         assert section in page
     assert "c0ffee" in page  # checkpoint hash in the provenance
+    assert "vae-7" in page and "jane.doe" not in page  # the run by its folder's name; the folders above may name people
 
 
 def test_report_json_has_design_card_probes_and_the_rest(built: tuple[Path, dict], store: Path) -> None:
@@ -151,6 +153,7 @@ def test_report_json_has_design_card_probes_and_the_rest(built: tuple[Path, dict
     data = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert data == document
     assert data["store"] == store.name and data["embedx_version"]
+    assert {m["name"]: m["run_dir"] for m in data["provenance"]["models"]}["vae"] == "vae-7"
     family = {p["family_size"] for p in data["probes"] if not p.get("skipped")}
     assert len(family) == 1 and data["calibration"]  # one Holm family; the calibration made for it
     assert {c["family_size"] for c in data["calibration"]} == family
