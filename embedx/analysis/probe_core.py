@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import balanced_accuracy_score, mean_absolute_error, r2_score, roc_auc_score
 
 from embedx.analysis.cv_width import null_width, widened
@@ -197,7 +198,11 @@ def cross_validated_probe(
         if far:
             small_notes.append(far)
     else:
-        labels, merged, dropped = merge_small_classes(label_strings(y[keep]), groups[keep], cfg.folds)
+        raw = label_strings(y[keep])
+        # every class's subjects before any is left out: what a skipped probe reports
+        per_class = pd.DataFrame({"y": raw, "g": groups[keep]}).groupby("y")["g"].nunique()
+        before = {"n": int(keep.sum()), "n_subjects": len(np.unique(groups[keep]))}
+        labels, merged, dropped = merge_small_classes(raw, groups[keep], cfg.folds)
         base.update(merged_classes=tuple(merged), n_dropped_small_classes=dropped)
         if merged:  # said beside the verdict: a minority left out of "not encoded" must not go unseen
             gone = len(np.unique(groups[keep][np.array([v is None for v in labels])])) if dropped else 0
@@ -221,7 +226,10 @@ def cross_validated_probe(
         values, counts = np.unique(labels.astype(str), return_counts=True)
         base["classes"] = {str(v): int(c) for v, c in zip(values, counts, strict=True)}
         if len(values) < 2:
-            return _skipped(base, f"fewer than 2 classes with at least {cfg.folds} subjects each")
+            largest = per_class.sort_values(ascending=False)[:10]
+            counts_text = ", ".join(f"{k}: {v}" for k, v in largest.items())
+            return _skipped(base | before, f"fewer than 2 classes with at least {cfg.folds} subjects each "
+                                           f"(subjects per class: {counts_text})")
     elif len(np.unique(labels)) < 2:
         return _skipped(base, "the attribute is constant")
     if base["n_subjects"] < cfg.folds:

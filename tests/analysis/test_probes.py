@@ -108,6 +108,9 @@ def test_tiny_classes_are_merged_or_skipped_not_crashing() -> None:
     only_one = probe_arrays(X, np.array(["a"] * 97 + ["b"] * 3, dtype=object), groups, "binary", config=FAST)
     assert only_one["skipped"] and not only_one["encoded"]
     assert only_one["verdict"].startswith("skipped")
+    # the attribute's subjects, both classes, not just the class that was left after the small one went
+    assert only_one["n_subjects"] == 100 and only_one["n"] == 100
+    assert "a: 97, b: 3" in only_one["skipped"]
 
 
 def test_holm_family_can_overturn_a_single_test(cohort) -> None:
