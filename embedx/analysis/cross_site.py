@@ -44,23 +44,21 @@ fixed-prediction interval of the headline claimed a gap in 16-17 % of cohorts (3
   same spread (0.048), and across designs the refits' spread matched the spread of the difference over 40-100
   fresh cohorts of that design (0.039 vs 0.041, 0.063 vs 0.057, 0.027 vs 0.024).
 
-Figures (`bench/cross_site_null.py`, 5 folds, 400 resamples, tune off, 2 shared cores): null claims 34 of
-599 cohorts (5.7 %; 16 of 199 and 18 of 400; before 32 and 67, 16.5 %), 1 of 60 at 400-700 subjects per
-site (6 before); factor median 1.34 (1.07-2.1). Site shortcut (prevalence 10 / 60 % alternating, site
-offsets of 1 or 2 sd in three latent directions, 100 cohorts each): found in 31 % and 56 % (36 % and 56 %
-before; the widening costs little where the smaller external training set no longer hides part of the gap).
-At 12,000 rows the factor measured on the 2,000-row subsample (median 1.5 over 6 cohorts) was above the one
-measured on all rows (1.3): conservative. Cost: 20 x k x folds small fits, about 1 s at 600 rows and 2 s at
-4,000 (tune off: x4 and x3.5 the analysis); with C tuned as the CLI runs, 1.4 -> 2.4 s at 630 rows x 32-d,
-6.0 -> 9.3 s at 12,000 x 128-d and 15.6 -> 21.2 s at 8,000 x 512-d. C tuned, seeds 0-99: 6 % of null claims.
+Figures (`bench/cross_site_null.py`: 5 folds, 400 resamples, tune off, 2 shared cores): null claims 34 of
+599 cohorts (5.7 %; 16.5 % before the widening), 1 of 60 at 400-700 subjects per site; factor median 1.34
+(1.07-2.1); with C tuned, 6 of 100. A Zech-style site shortcut (prevalence 10 / 60 %, site offsets of 1 or
+2 sd) is found in 31 % and 56 % of cohorts. Cost: 20 x k x folds small fits (about x1.7 the analysis with C
+tuned, e.g. 15.6 -> 21.2 s at 8,000 rows x 512-d).
 
-The ``pairs`` are widened alike, each by its own factor from the same permuted cohorts refit as the analysis
-fits them (`cross_site_pairs`; the refits take x1.8). Null cohorts (seeds 0-199, 1,804 pairs): p < 0.05 fell
-from 15.0 % (12.4 % of 942 with C tuned, seeds 0-99) to 7.4 % (6.5 % of 1,296 at seeds 200-349), above 5 %:
-most of the rest read "other > own" at test sites under 70 subjects, whose own CV scores low. Not widened: the
-matrix and single AUCs. On null cohorts the off-diagonal cells' CIs missed the fixed model's true AUC (40,000
-fresh rows) in 6.3 % of 1,804; the diagonal (grouped CV) cells' missed their fold models' mean true AUC in
-16.0 % of 698: too narrow.
+The ``pairs`` are widened alike, each by its own factor from the same permuted cohorts (`cross_site_pairs`).
+Against 0, null pairs had p < 0.05 in 7.4 % (15.0 % before), mostly "other > own" at small test sites; but a
+pair compares two fitted models, and a model trained on more subjects truly scores higher: against the two
+models' true AUCs (`bench/cross_site_cells.py`) the pairs' intervals missed in 5.3 % (no finding) and 6.1 %.
+The matrix's diagonal and the pooled row are grouped-CV AUCs, whose fixed-prediction intervals missed their
+fold models' true AUC in 11-23 % of cells: they are widened by factors measured on labellings permuted
+within each site (`cross_site_cells`: 3-6 %). A fixed model's AUC on another site (off the diagonal, and the
+held-out sites' external AUCs) is widened by the small-sample factor t(r-1)/z of the test site's rarer class
+(`cross_site_cells.small_sample_factor`: 9.5 % -> 7.5 % and 6.4 % -> 4.7 % missed).
 """
 from __future__ import annotations
 
@@ -72,16 +70,16 @@ from typing import Any
 import numpy as np
 
 from embedx._version import __version__
+from embedx.analysis.cross_site_cells import cell_widths, small_sample_factor
+from embedx.analysis.cross_site_loso import folds_inside_and_out, gap_verdict
 from embedx.analysis.cross_site_null import permutations_for, site_permutation_width
 from embedx.analysis.cross_site_pairs import pair_entries
 from embedx.analysis.cv_width import widened
-from embedx.analysis.folds import stratified_splits, subject_codes
 from embedx.analysis.labels import positive_class
 from embedx.analysis.probe_core import ProbeConfig, out_of_fold_scores
 from embedx.analysis.stats import auc_weighted, count_dropped, percentile_ci, stratified_subject_weights
 from embedx.analysis.typed import JsonResult
 from embedx.errors import EmbedxError
-from embedx.parallel import map_in_threads
 from embedx.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -112,6 +110,7 @@ class CrossSiteResult(JsonResult):
     matrix_axes: str = "rows: trained on; columns: tested on; diagonal: grouped CV within the site"
     bootstrap: str = "subjects resampled within each site; all cells re-scored on the same draws (paired)"
     bootstrap_dropped: dict[str, int] = field(default_factory=dict)
+    cell_widening: dict[str, Any] | None = None  # the CV cells' factors (`cross_site_cells`)
     notes: tuple[str, ...] = ()
     subjects: dict[str, int] = field(default_factory=dict)
     positive_subjects: dict[str, int] = field(default_factory=dict)
@@ -157,6 +156,7 @@ def cross_site_arrays(
     groups = np.asarray(groups).astype(str)
     skipped: dict[str, str] = {}
     sites: list[str] = []
+    rarer: dict[str, int] = {}  # subjects of the rarer class per site: the AUC's small-sample precision
     for s in sorted(np.unique(site)):
         rows = site == s
         pos_subj = len(np.unique(groups[rows & y]))
@@ -168,6 +168,7 @@ def cross_site_arrays(
             )
             continue
         sites.append(str(s))
+        rarer[str(s)] = min(pos_subj, neg_subj)
     if len(sites) < 2:
         raise EmbedxError(
             "cross-site needs at least two sites with enough positives and negatives; "
@@ -197,7 +198,7 @@ def cross_site_arrays(
         chosen_c: list[float] = []
         for s in sites:
             train = np.flatnonzero(site != s)
-            internal, external, fold_c = _folds_inside_and_out(X, y, groups, train, rows_of[s], cfg, notes)
+            internal, external, fold_c = folds_inside_and_out(X, y, groups, train, rows_of[s], cfg, notes)
             chosen_c += fold_c
             model = fitted(train)
             loso[s] = (train, internal, external, model.decision_function(X[rows_of[s]]))
@@ -238,10 +239,14 @@ def cross_site_arrays(
         done += step
     reps = {k: np.concatenate(v) for k, v in boot.items()} if boot else {}
 
-    def ci(key: str) -> list[float | None]:
+    def ci(key: str, factor: float | None = None) -> list[float | None]:
+        """The percentile interval, widened about the point by `factor` where one is given."""
         if not reps:
             return [None, None]
-        return [_num(v) for v in percentile_ci(reps[key])]
+        lo, hi = percentile_ci(reps[key])
+        if factor and factor != 1.0 and np.isfinite(point[key]):
+            lo, hi = widened(point[key], (lo, hi), factor, _unit_interval)
+        return [_num(lo), _num(hi)]
 
     def diff(a: str, b: str, factor: float = 1.0) -> dict:
         d = point[a] - point[b]
@@ -261,11 +266,19 @@ def cross_site_arrays(
         return out
 
     matrix = [[_num(point[f"cell:{s}:{t}"]) for t in sites] for s in sites]
-    matrix_ci = [[ci(f"cell:{s}:{t}") for t in sites] for s in sites]
-    width = None
+    width, cells_width = None, None
     if reps and width_permutations > 0:
         # C: the fold probes' median choice (one value, 0.1, without tuning)
         c = float(np.median(chosen_c)) if chosen_c else 0.1
+        probe = cfg.estimator("classification")
+        site_n = {s: len(r) * (folds - 1) // folds for s, r in rows_of.items()}
+        cells_width = cell_widths(
+            X, y, site, groups, folds=folds, seed=seed,
+            permutations=permutations_for(width_permutations, n_bootstrap),
+            site_models={s: probe.model_after_scaling(site_c[i], site_n[s], X.shape[1])
+                         for i, s in enumerate(sites)},
+            pooled_model=probe.model_after_scaling(c, len(y) * (folds - 1) // folds, X.shape[1]),
+        )
         train_rows = int(np.median([len(loso[s][0]) for s in sites])) * (folds - 1) // folds
         width = site_permutation_width(
             X, y, site, groups,
@@ -285,6 +298,16 @@ def cross_site_arrays(
             notes.add("the headline's and the pairs' intervals are not widened: too few site-permuted refits "
                       "gave a value (fixed-prediction bootstrap only, too narrow)")
     pairs = pair_entries(sites, point, diff, width, _num)
+
+    # grouped-CV cells by their measured factors (`cross_site_cells`); a fixed model's AUC on another site by
+    # the small-sample factor of that site's rarer class
+    diagonal = cells_width.diagonal if cells_width else {}
+    matrix_ci = [[ci(f"cell:{s}:{t}", diagonal.get(s) if s == t else small_sample_factor(rarer[t]))
+                  for t in sites] for s in sites]
+    if cells_width:
+        notes.add("the matrix's diagonal and the pooled row are grouped CV, whose intervals are widened for "
+                  "what resampling fixed out-of-fold scores misses (cell_widening; measured on "
+                  f"{cells_width.permutations} labellings permuted within each site)")
     loso_out = []
     for s in sites:
         entry = {
@@ -292,9 +315,9 @@ def cross_site_arrays(
             "internal_auc": _num(point[f"loso_int:{s}"]),
             "internal_ci": ci(f"loso_int:{s}"),
             "external_auc": _num(point[f"loso_ext:{s}"]),
-            "external_ci": ci(f"loso_ext:{s}"),
+            "external_ci": ci(f"loso_ext:{s}", small_sample_factor(rarer[s])),
             "external_auc_full_model": _num(point[f"loso_full:{s}"]),
-            "external_full_model_ci": ci(f"loso_full:{s}"),
+            "external_full_model_ci": ci(f"loso_full:{s}", small_sample_factor(rarer[s])),
         }
         factor = width.site_factors.get(s, width.factor) if width else 1.0  # too few: the headline's
         entry.update(diff(f"loso_int:{s}", f"loso_ext:{s}", factor))
@@ -334,11 +357,14 @@ def cross_site_arrays(
         matrix_ci=matrix_ci,
         pooled={
             "auc": _num(point["pooled"]),
-            "ci": ci("pooled"),
+            "ci": ci("pooled", cells_width.pooled if cells_width else None),
             "by_site": {
-                s: {"auc": _num(point[f"pooled_site:{s}"]), "ci": ci(f"pooled_site:{s}")} for s in sites
+                s: {"auc": _num(point[f"pooled_site:{s}"]),
+                    "ci": ci(f"pooled_site:{s}", cells_width.pooled_site.get(s) if cells_width else None)}
+                for s in sites
             },
         },
+        cell_widening=cells_width.as_dict() if cells_width else None,
         leave_one_site_out=loso_out,
         pairs=pairs,
         internal_vs_external=headline,
@@ -350,47 +376,8 @@ def cross_site_arrays(
     )
 
 
-def _folds_inside_and_out(
-    X: np.ndarray, y: np.ndarray, groups: np.ndarray, train: np.ndarray, test: np.ndarray, cfg: ProbeConfig,
-    notes: set[str],
-) -> tuple[np.ndarray, list[np.ndarray], list[float]]:
-    """Grouped CV on the `train` rows (the folds of `out_of_fold_scores`): (out-of-fold scores, each fold
-    model's scores of the `test` rows, each fold model's C). The external score thus comes from the very
-    models that give the internal one, trained on the same (k-1)/k of the training sites' rows."""
-    codes = subject_codes(groups[train])
-    splits = stratified_splits(y[train], codes, cfg.folds, cfg.seed)
-
-    def fit_fold(split: tuple[np.ndarray, np.ndarray]):
-        inner, outer = split
-        probe = cfg.estimator("classification").fit(X, y[train][inner], codes[inner], rows_of_X=train[inner])
-        return probe, probe.decision_function(X[train[outer]]), probe.decision_function(X[test])
-
-    internal = np.zeros(len(train))
-    external, chosen = [], []
-    for (_, outer), (probe, inside, outside) in zip(splits, map_in_threads(fit_fold, splits), strict=True):
-        notes.update(probe.notes_)
-        internal[outer] = inside
-        external.append(outside)
-        chosen.append(float(probe.C_))
-    return internal, external, chosen
-
-
-def gap_verdict(lo: float | None, hi: float | None) -> str:
-    """The headline's reading of the internal - external CI, in both directions.
-
-    A gap below zero is no sign of a site shortcut; it is named anyway, since "no gap" would contradict the
-    printed CI. Held-out sites that are easier lean the difference that way. (Internal CV trained on fewer
-    rows than the external model did until the external score came from the same fold models; results
-    stored before that carry the lean too.)
-    """
-    if lo is not None and lo > 0:
-        return "internal > external: the probe's internal score does not transfer to unseen sites"
-    if hi is not None and hi < 0:
-        return (
-            "external > internal: the held-out sites score higher than internal CV (no sign of a site "
-            "shortcut; held-out sites may be easier)"
-        )
-    return "no internal-external gap distinguishable from zero"
+def _unit_interval(low: float, high: float) -> tuple[float, float]:
+    return max(0.0, float(low)), min(1.0, float(high))
 
 
 def _num(value: float) -> float | None:

@@ -39,7 +39,7 @@ from embedx.analysis.stats import auc_weighted, stratified_subject_weights
 from embedx.errors import EmbedxError
 from embedx.parallel import map_in_threads
 
-__all__ = ["SiteWidth", "site_permutation_width"]
+__all__ = ["SiteWidth", "site_permutation_width", "units_of", "whole_unit_subsample"]
 
 WIDTH_BOOTSTRAP = 100  # fixed-prediction resamples per permuted cohort (as `cv_width`)
 MIN_PERMUTATIONS = 10
@@ -76,7 +76,8 @@ def permutations_for(wanted: int, n_bootstrap: int) -> int:
     return int(min(wanted, max(MIN_PERMUTATIONS, n_bootstrap // 20)))
 
 
-def _units(site: np.ndarray, groups: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def units_of(site: np.ndarray, groups: np.ndarray, y: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(unit of each row, each unit's site, each unit's class): a unit is one subject within one site."""
     site_code, group_code = pd.factorize(site)[0], pd.factorize(groups)[0]  # hashing, not sorting strings
     unit, _ = pd.factorize(site_code.astype(np.int64) * (int(group_code.max()) + 1) + group_code)
@@ -90,8 +91,8 @@ def _units(site: np.ndarray, groups: np.ndarray, y: np.ndarray) -> tuple[np.ndar
     return unit, site[first], positive
 
 
-def _subsample(unit: np.ndarray, unit_site: np.ndarray, unit_class: np.ndarray, max_rows: int, keep: int,
-               rng: np.random.Generator) -> np.ndarray:
+def whole_unit_subsample(unit: np.ndarray, unit_site: np.ndarray, unit_class: np.ndarray, max_rows: int,
+                         keep: int, rng: np.random.Generator) -> np.ndarray:
     """Rows of whole units, about `max_rows`, each (site, class) stratum keeping its share and at least
     `keep` units where it has them."""
     if len(unit) <= max_rows:
@@ -130,8 +131,8 @@ def site_permutation_width(
     y = np.asarray(y, dtype=bool)
     site, groups = np.asarray(site).astype(str), np.asarray(groups).astype(str)
     rng = np.random.default_rng(seed)
-    unit, unit_site, unit_class = _units(site, groups, y)
-    rows = _subsample(unit, unit_site, unit_class, max_rows, max(2 * folds, min_per_class), rng)
+    unit, unit_site, unit_class = units_of(site, groups, y)
+    rows = whole_unit_subsample(unit, unit_site, unit_class, max_rows, max(2 * folds, min_per_class), rng)
     Xs = np.asarray(X[rows], dtype=np.float64)
     sd = Xs.std(axis=0)
     Xs = (Xs - Xs.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
