@@ -143,6 +143,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cohorts", type=int, default=60)
+    parser.add_argument("--quick", action="store_true", help="8 cohorts, to check that it runs")
     parser.add_argument("--seed", type=int, default=0, help="first seed")
     parser.add_argument("--signal", type=float, nargs=2, default=(0.5, 1.0), metavar=("LOW", "HIGH"),
                         help="the finding's shift of latent 0, in sd, drawn between these")
@@ -152,6 +153,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
+    if args.quick:
+        args.cohorts = 8
     tasks = [(args.seed + c, tuple(args.signal), tuple(args.subjects), args.bootstrap, args.folds,
               args.permutations) for c in range(args.cohorts)]
     start = time.perf_counter()
