@@ -145,7 +145,8 @@ def test_html_is_one_self_contained_file(built: tuple[Path, dict]) -> None:
     for section in ("Probes", "Fairness", "Clusters", "Control experiments", "Provenance", "Maps"):
         assert section in page
     assert "c0ffee" in page  # checkpoint hash in the provenance
-    assert "vae-7" in page and "jane.doe" not in page  # the run by its folder's name; the folders above may name people
+    # the run by its folder's name: the folders above it may name people
+    assert "vae-7" in page and "jane.doe" not in page
 
 
 def test_report_json_has_design_card_probes_and_the_rest(built: tuple[Path, dict], store: Path) -> None:
