@@ -28,9 +28,10 @@ def subjects_with_two_values(values: pd.Series, subjects: pd.Series) -> tuple[in
     present = values.notna().to_numpy()
     if not present.any():
         return 0, []
-    # integer codes: a min/max per subject is a fraction of a text groupby's nunique (every manifest load)
-    subject_code = pd.factorize(subjects.to_numpy()[present])[0]
-    value_code = pd.factorize(values.astype(str).to_numpy()[present])[0]
+    # integer codes: a min/max per subject is a fraction of a text groupby's nunique (every manifest load);
+    # the whole columns are coded (as stored, no copy to Python objects) and the present rows taken after
+    subject_code = pd.factorize(subjects)[0][present]
+    value_code = pd.factorize(values.astype(str))[0][present]
     spread = pd.Series(value_code).groupby(subject_code).agg(["min", "max"])
     mixed = spread.index.to_numpy()[(spread["min"] != spread["max"]).to_numpy()]
     if not len(mixed):

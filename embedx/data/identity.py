@@ -24,6 +24,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 FULL_HASH_BYTES = 1 << 20
 BLOCKS = 16
 BLOCK_BYTES = 16 << 10
@@ -46,6 +49,42 @@ def normalised_path(path_as_written: str, root: Path | None) -> str:
     return posixpath.normpath(text)
 
 
+# A path that `normalised_path` keeps as written (relative) or only takes the root off (absolute): not empty,
+# no backslash, no empty, '.' or '..' part, no trailing '/', no drive-like second character ('C:'), and only
+# printable ASCII at either end (where a strip could remove something). Any other path goes one by one.
+_IRREGULAR = r"^$|\\|//|/$|(?:^|/)\.\.?(?:/|$)|^.:|^[^!-~]|[^!-~]$"
+
+
+def normalised_paths(paths: pd.Series, root: Path | None) -> pd.Series:
+    """`normalised_path` of each path (same index, object dtype), without a Python call per usual path.
+
+    A million-row manifest is re-keyed on every load. With pandas' pyarrow strings (pandas >= 3), the paths
+    that need no normalising are found by one pass of a pattern and keep their text; absolute ones inside
+    `root` lose the root's prefix, as the relative path computed by `normalised_path`. Every other path
+    (`..`, backslashes, spaces, a drive, an absolute path on Windows, the root itself) goes through
+    `normalised_path`, so the keys are the same. Python strings (pandas 2) go through it one by one: there
+    a pattern per path would cost more than the call.
+    """
+    if getattr(paths.dtype, "storage", None) != "pyarrow" or paths.isna().any():
+        return pd.Series([normalised_path(p, root) for p in paths], index=paths.index, dtype=object)
+    keys = paths.to_numpy(dtype=object).copy()
+    slow = np.array(paths.str.contains(_IRREGULAR, regex=True), dtype=bool)  # a copy: pandas' is read-only
+    absolute = ~slow & paths.str.startswith("/").to_numpy(dtype=bool)
+    if root is not None and absolute.any():
+        base = os.path.normpath(str(root.absolute()))
+        if os.path is not posixpath or base == "/" or base.startswith("//"):
+            slow |= absolute
+        else:
+            slow |= absolute & (paths == base).to_numpy(dtype=bool)  # the root itself: "."
+            inside = np.flatnonzero(absolute & paths.str.startswith(base + "/").to_numpy(dtype=bool))
+            rest = paths.iloc[inside].str.slice(len(base) + 1).to_numpy(dtype=object)
+            relative = np.array([not r.startswith("..") for r in rest], dtype=bool)  # "..x" stays absolute
+            keys[inside[relative]] = rest[relative]
+    for i in np.flatnonzero(slow):
+        keys[i] = normalised_path(keys[i], root)
+    return pd.Series(keys, index=paths.index, dtype=object)
+
+
 def sample_id(path_as_written: str, root: Path | None = None, cohort: str = "", salt: str = "") -> str:
     """Hash of the cohort-relative path (prefixed by the cohort name when one is given), 16 hex characters.
 
@@ -53,7 +92,15 @@ def sample_id(path_as_written: str, root: Path | None = None, cohort: str = "", 
     often name the patient, and an unsalted hash of a guessed path would confirm that a patient is in the
     cohort to anyone holding a report or an exported CSV. Without one it is sha1(key), the older ids.
     """
-    key = normalised_path(path_as_written, root)
+    return _hashed(normalised_path(path_as_written, root), cohort, salt)
+
+
+def sample_ids(paths: pd.Series, root: Path | None = None, cohort: str = "", salt: str = "") -> list[str]:
+    """`sample_id` of each path, normalised by `normalised_paths`."""
+    return [_hashed(key, cohort, salt) for key in normalised_paths(paths, root)]
+
+
+def _hashed(key: str, cohort: str, salt: str) -> str:
     if cohort:
         key = f"{cohort}\x00{key}"
     if salt:

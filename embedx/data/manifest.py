@@ -19,8 +19,9 @@ import pandas as pd
 
 from embedx.data.consistency import warn_inconsistent_attributes
 from embedx.data.identifiers import SUBJECT_LIKE_NAMES, drop_identifier_columns
-from embedx.data.identity import normalised_path, sample_id
+from embedx.data.identity import normalised_paths, sample_id, sample_ids  # noqa: F401  (sample_id: re-exported)
 from embedx.data.manifest_read import PARQUET_SUFFIXES, capped, read_table, refuse_repeated_names, where
+from embedx.data.manifest_values import plain_text, to_numbers
 from embedx.data.missing_codes import apply_missing_codes, warn_sentinels
 from embedx.data.readable import ReadCheck, unreadable_files
 from embedx.data.schema import (
@@ -36,9 +37,6 @@ from embedx.data.value_variants import warn_spelling_variants
 from embedx.errors import ManifestError
 
 log = logging.getLogger(__name__)
-
-# How many offending rows one problem lists before it says "... and N more".
-
 
 @dataclass
 class Manifest:
@@ -85,7 +83,7 @@ class Manifest:
         """The store's join key per row: the cohort-relative path, hashed (see `embedx.data.identity`).
 
         A store salts its ids: use `Store.ids_for(manifest)` to get the ids a given store uses."""
-        return np.array([sample_id(p, self.root, cohort, salt) for p in self.table["path"]], dtype=str)
+        return np.array(sample_ids(self.table["path"], self.root, cohort, salt), dtype=str)
 
     def missing_counts(self) -> dict[str, int]:
         """Missing values per attribute; they are counted and reported, never filled."""
@@ -99,7 +97,7 @@ class Manifest:
 def _text_to_missing(table: pd.DataFrame, name: str, where: str) -> dict[str, int]:
     """A continuous column's text values ("unknown", "89+") become missing; say which, and how many."""
     column = table[name]
-    numeric = pd.to_numeric(column, errors="coerce")
+    numeric = to_numbers(column)
     text = column[numeric.isna() & column.notna()].astype(str).value_counts()
     if len(text):
         shown = ", ".join(f"{v!r} x{c}" for v, c in text.head(8).items())
@@ -126,7 +124,7 @@ def _check_values(
             continue
         column = table[name]
         if spec.kind == "continuous" and not pd.api.types.is_numeric_dtype(column):
-            numeric = pd.to_numeric(column, errors="coerce")
+            numeric = to_numbers(column)
             bad_rows = np.flatnonzero(numeric.isna().to_numpy() & column.notna().to_numpy())
             if len(bad_rows) > (1 - MOSTLY_NUMERIC) * column.notna().sum():
                 items = [f"{where(int(r), lines)}: {column.iloc[r]!r}" for r in bad_rows]
@@ -156,6 +154,12 @@ def _backslash_hint(missing: list[str]) -> str:
             "file name: write the paths with '/' instead, e.g. ../hospital/x.png)")
 
 
+def _strip_changes(column: pd.Series) -> bool:
+    """Whether stripping a text column changes a value or blanks one, each distinct value tried once with
+    the same `.str.strip` as `_strip_text_values` uses."""
+    distinct = column.dropna().drop_duplicates()
+    stripped = distinct.str.strip()
+    return bool((stripped != distinct).any() or (stripped == "").any())
 
 
 def _strip_text_values(table: pd.DataFrame, where: str) -> None:
@@ -168,6 +172,8 @@ def _strip_text_values(table: pd.DataFrame, where: str) -> None:
             continue
         if isinstance(column.dtype, pd.CategoricalDtype):  # Parquet categories: " A" and "A" may be two
             column = column.astype(object)
+        if plain_text(column) and not _strip_changes(column):
+            continue  # no value has spaces around it, none is blank: the column stays as read
         texts = column.map(lambda v: isinstance(v, str))
         if not texts.any():
             continue
@@ -180,6 +186,83 @@ def _strip_text_values(table: pd.DataFrame, where: str) -> None:
                         "value; a cell of spaces is missing)", where, name, changed)  # fmt: skip
         if changed or blank.any():
             table[name] = stripped
+
+
+def _check_paths(table: pd.DataFrame, root: Path, lines: list[int] | None, problems: list[str]) -> pd.Series:
+    """Empty paths and paths naming one file twice; strips the paths in place, returns the present ones."""
+    paths = table["path"]
+    stripped = paths.astype(str).str.strip()
+    empty = np.flatnonzero(paths.isna().to_numpy() | (stripped == "").to_numpy())
+    if len(empty):
+        problems.append(
+            f"{len(empty)} row(s) with an empty 'path':" + capped([where(int(r), lines) for r in empty])
+        )
+    table["path"] = paths.where(paths.isna(), stripped)
+
+    present = table["path"].dropna()
+    # "a.png", "./a.png" and "<root>/a.png" are one file: compare the paths as the store keys them
+    keyed = normalised_paths(present, root)
+    dup_mask = keyed.duplicated(keep=False)
+    if dup_mask.any():
+        items = []
+        for _, rows in keyed[dup_mask].groupby(keyed[dup_mask], sort=False).groups.items():
+            written = present[rows]
+            if written.nunique() == 1:
+                items.append(f"{written.iloc[0]!r} at " + ", ".join(where(int(r), lines) for r in rows))
+            else:
+                items.append("one file written as " + ", ".join(
+                    f"{present[r]!r} ({where(int(r), lines)})" for r in rows))
+        problems.append(f"{len(items)} duplicated path(s):" + capped(items))
+    return present
+
+
+def _check_files(present: pd.Series, root: Path, lines: list[int] | None, problems: list[str],
+                 check_images: ReadCheck) -> None:
+    """Files that do not exist, and (`check_images`) files that exist but cannot be read."""
+    missing = []
+    for r, value in present.items():
+        p = Path(value)
+        if not os.path.exists(p if p.is_absolute() else root / p):
+            missing.append(f"{where(int(r), lines)}: {value}")
+    if missing:
+        problems.append(
+            f"{len(missing)} file(s) do not exist (relative paths are resolved against {root}):"
+            + capped(missing) + _backslash_hint(missing)
+        )
+    unreadable = unreadable_files(present, root, lines, check_images)
+    if unreadable:
+        how = ("cannot be decoded" if check_images == "decode"
+               else "are not readable images (size and header checked; --read decodes them in full)")
+        problems.append(f"{len(unreadable)} file(s) {how}:" + capped(unreadable))
+
+
+def _check_subjects(table: pd.DataFrame, path: Path, root: Path, lines: list[int] | None,
+                    problems: list[str]) -> None:
+    """Empty subject ids (stripped in place); without the column, each row is its own subject."""
+    if "subject_id" in table.columns:
+        sid = table["subject_id"]
+        blank = np.flatnonzero(sid.isna().to_numpy() | (sid.astype(str).str.strip() == "").to_numpy())
+        if len(blank):
+            problems.append(
+                f"{len(blank)} row(s) with an empty 'subject_id':"
+                + capped([where(int(r), lines) for r in blank])
+            )
+        table["subject_id"] = sid.astype(str).str.strip()
+        return
+    spelled = [c for c in table.columns if re.sub(r"[^a-z]", "", c.lower()) == "subjectid"]
+    if spelled:
+        problems.append(
+            f"no 'subject_id' column, but {spelled[0]!r} looks like one (column names are "
+            "case-sensitive: rename it to 'subject_id'; without it every image counts as its own "
+            "subject, and splits and intervals would mix one patient's images)"
+        )
+        raise ManifestError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+    hint = [c for c in table.columns if re.sub(r"[^a-z]", "", c.lower()) in SUBJECT_LIKE_NAMES]
+    log.warning(
+        "%s has no 'subject_id' column: every row is treated as its own subject%s", path,
+        f" (if {hint[0]!r} identifies the patient, name it 'subject_id')" if hint else "",
+    )
+    table["subject_id"] = sample_ids(table["path"].fillna(""), root)
 
 
 def load_manifest(
@@ -213,71 +296,11 @@ def load_manifest(
         raise ManifestError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     table = table.reset_index(drop=True)
 
-    paths = table["path"]
-    empty = np.flatnonzero(paths.isna().to_numpy() | (paths.astype(str).str.strip() == "").to_numpy())
-    if len(empty):
-        problems.append(
-            f"{len(empty)} row(s) with an empty 'path':" + capped([where(int(r), lines) for r in empty])
-        )
-    table["path"] = paths.where(paths.isna(), paths.astype(str).str.strip())
-
     root = path.resolve().parent
-    present = table["path"].dropna()
-    # "a.png", "./a.png" and "<root>/a.png" are one file: compare the paths as the store keys them
-    keyed = present.map(lambda p: normalised_path(p, root))
-    dup_mask = keyed.duplicated(keep=False)
-    if dup_mask.any():
-        items = []
-        for _, rows in keyed[dup_mask].groupby(keyed[dup_mask], sort=False).groups.items():
-            written = present[rows]
-            if written.nunique() == 1:
-                items.append(f"{written.iloc[0]!r} at " + ", ".join(where(int(r), lines) for r in rows))
-            else:
-                items.append("one file written as " + ", ".join(
-                    f"{present[r]!r} ({where(int(r), lines)})" for r in rows))
-        problems.append(f"{len(items)} duplicated path(s):" + capped(items))
-
+    present = _check_paths(table, root, lines, problems)
     if check_files:
-        missing = []
-        for r, value in present.items():
-            p = Path(value)
-            if not os.path.exists(p if p.is_absolute() else root / p):
-                missing.append(f"{where(int(r), lines)}: {value}")
-        if missing:
-            problems.append(
-                f"{len(missing)} file(s) do not exist (relative paths are resolved against {root}):"
-                + capped(missing) + _backslash_hint(missing)
-            )
-        unreadable = unreadable_files(present, root, lines, check_images)
-        if unreadable:
-            how = ("cannot be decoded" if check_images == "decode"
-                   else "are not readable images (size and header checked; --read decodes them in full)")
-            problems.append(f"{len(unreadable)} file(s) {how}:" + capped(unreadable))
-
-    if "subject_id" in table.columns:
-        sid = table["subject_id"]
-        blank = np.flatnonzero(sid.isna().to_numpy() | (sid.astype(str).str.strip() == "").to_numpy())
-        if len(blank):
-            problems.append(
-                f"{len(blank)} row(s) with an empty 'subject_id':"
-                + capped([where(int(r), lines) for r in blank])
-            )
-        table["subject_id"] = sid.astype(str).str.strip()
-    else:
-        spelled = [c for c in table.columns if re.sub(r"[^a-z]", "", c.lower()) == "subjectid"]
-        if spelled:
-            problems.append(
-                f"no 'subject_id' column, but {spelled[0]!r} looks like one (column names are "
-                "case-sensitive: rename it to 'subject_id'; without it every image counts as its own "
-                "subject, and splits and intervals would mix one patient's images)"
-            )
-            raise ManifestError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
-        hint = [c for c in table.columns if re.sub(r"[^a-z]", "", c.lower()) in SUBJECT_LIKE_NAMES]
-        log.warning(
-            "%s has no 'subject_id' column: every row is treated as its own subject%s", path,
-            f" (if {hint[0]!r} identifies the patient, name it 'subject_id')" if hint else "",
-        )
-        table["subject_id"] = [sample_id(p, root) for p in table["path"].fillna("")]
+        _check_files(present, root, lines, problems, check_images)
+    _check_subjects(table, path, root, lines, problems)
     _strip_text_values(table, path.name)
 
     declared: dict[str, AttributeSpec] = {}

@@ -7,6 +7,7 @@ says where (`row N (line L)`).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import logging
 import re
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from embedx.errors import ManifestError
@@ -55,6 +57,9 @@ def _scan_csv_records(path: Path, problems: list[str]) -> list[int]:
     user the line numbers. Returns the line number of each record that pandas will keep (blank lines and
     over-long records are dropped by pandas, so they are dropped here too).
     """
+    simple = _scan_simple_csv(path, problems)
+    if simple is not None:
+        return simple
     kept_lines: list[int] = []
     bad: list[str] = []
     try:
@@ -99,6 +104,56 @@ def _scan_csv_records(path: Path, problems: list[str]) -> list[int]:
     if bad:
         problems.append(f"{len(bad)} unreadable row(s) (wrong number of fields):" + capped(bad))
     return kept_lines
+
+
+# The csv module's own limit on one field (characters); a longer line is left to it, to say so as it does.
+_LONGEST_SIMPLE_LINE = 100_000
+
+
+def _scan_simple_csv(path: Path, problems: list[str]) -> list[int] | None:
+    """`_scan_csv_records` for a file without quotes, in a few numpy passes instead of a loop per record.
+
+    Without a quote character a record is exactly one line and its fields are its commas plus one, which is
+    what the csv module would find, line numbers included. None when the file needs the csv module itself:
+    quotes, a carriage return not followed by a line feed, NUL bytes, a very long line, a blank first line,
+    or bytes that are not UTF-8 (the csv pass raises the one message for that)."""
+    data = path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    if not data or b'"' in data or b"\x00" in data or (
+            b"\r" in data and data.count(b"\r") != data.count(b"\r\n")):
+        return None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(buffer == ord("\n"))
+    starts = np.concatenate(([0], ends + 1))
+    stops = np.concatenate((ends, [len(data)]))
+    if starts[-1] == len(data):  # the file ends with a line feed: no line after it
+        starts, stops = starts[:-1], stops[:-1]
+    lengths = stops - starts
+    carriage = np.zeros(len(stops), dtype=bool)
+    ended = lengths > 0
+    carriage[ended] = buffer[stops[ended] - 1] == ord("\r")
+    lengths = lengths - carriage
+    if lengths[0] == 0 or int(lengths.max()) >= _LONGEST_SIMPLE_LINE:
+        return None
+    commas = np.add.reduceat(buffer == ord(","), starts, dtype=np.int64)  # a line and its line feed
+    header = data[starts[0]:starts[0] + lengths[0]].decode("utf-8").split(",")
+    n_fields = len(header)
+    refuse_repeated_names(path, header)
+    records = np.flatnonzero(lengths[1:] > 0) + 1  # blank lines are no records (csv module and pandas alike)
+    fields = commas[records] + 1
+    line_numbers = records + 1
+    bad = [f"row {record} (line {line}): {count} fields, header has {n_fields}"
+           for record, line, count in zip(np.flatnonzero(fields != n_fields) + 1,
+                                          line_numbers[fields != n_fields].tolist(),
+                                          fields[fields != n_fields].tolist(), strict=True)]  # fmt: skip
+    if bad:
+        problems.append(f"{len(bad)} unreadable row(s) (wrong number of fields):" + capped(bad))
+    return line_numbers[fields <= n_fields].tolist()
 
 
 def read_table(path: Path, problems: list[str]) -> tuple[pd.DataFrame, list[int] | None]:
@@ -147,6 +202,8 @@ def _keep_padded_codes(path: Path, table: pd.DataFrame) -> None:
         return
     for name in numeric:
         text = raw[name]
+        if not _any_padded(text):
+            continue
         padded = text.dropna().str.match(ZERO_PADDED)
         if padded.any():
             table[name] = text.str.strip().to_numpy(dtype=object)
@@ -155,3 +212,10 @@ def _keep_padded_codes(path: Path, table: pd.DataFrame) -> None:
                 "%s: column %r has leading zeros (%s): read as codes, so that '01' and '1' stay two values, "
                 "unless it is declared continuous or holds fractions", path.name, name, shown,
             )  # fmt: skip
+
+
+def _any_padded(text: pd.Series) -> bool:
+    """Whether a zero-padded code is among the texts, each distinct text tried once (a million-row column
+    of ages holds a hundred of them)."""
+    distinct = text.dropna().unique()
+    return any(ZERO_PADDED.match(value) for value in distinct if isinstance(value, str))

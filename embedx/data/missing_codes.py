@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from embedx.data.manifest_read import ZERO_PADDED
+from embedx.data.manifest_values import equals_text, plain_text, to_numbers
 from embedx.data.schema import AttributeSpec
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ def _numbers(column: pd.Series) -> pd.Series:
         return pd.Series(np.nan, index=column.index)
     if pd.api.types.is_numeric_dtype(column):
         return column.astype(float)
+    if plain_text(column):  # every cell a str or missing: each distinct text converted once
+        return to_numbers(column.astype(object)).astype(float)
     values = column.astype(object)
     readable = values.map(lambda v: isinstance(v, (str, int, float, np.integer, np.floating))
                           and not isinstance(v, (bool, np.bool_)))  # fmt: skip
@@ -51,8 +54,7 @@ def code_mask(column: pd.Series, code: str | int | float) -> np.ndarray:
     the text "-1", never -10 or "-1.5". A text code matches the same text (cells are stripped before), and
     a number equal to it where the column was read as numbers (the code was quoted in the YAML)."""
     if isinstance(code, str):
-        text = column.astype(object).map(lambda v: isinstance(v, str) and v == code.strip())
-        mask = np.array(text, dtype=bool)  # a copy: pandas' own arrays are read-only
+        mask = equals_text(column, code.strip())  # writable, for the `|=` below
         if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
             number = pd.to_numeric(pd.Series([code]), errors="coerce").iloc[0]
             if pd.notna(number):
@@ -112,11 +114,11 @@ def _as_read_without_codes(column: pd.Series) -> pd.Series:
     """A CSV text column whose remaining values are all plain numbers, as numbers (zero-padded codes such
     as "01" stay text, as `manifest_read` keeps them)."""
     present = column.dropna()
-    if present.empty or not all(isinstance(v, str) for v in present):
+    if present.empty or not (plain_text(present) or all(isinstance(v, str) for v in present)):
         return column
-    if present.str.match(ZERO_PADDED).any():
+    if any(ZERO_PADDED.match(value) for value in present.unique()):  # each distinct text once
         return column
-    numeric = pd.to_numeric(column, errors="coerce")
+    numeric = to_numbers(column)
     return numeric if numeric.notna().sum() == len(present) else column
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from embedx.data.manifest_values import to_numbers
 from embedx.errors import ManifestError
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,7 @@ def text_among_numbers(values: pd.Series) -> dict[str, int] | None:
     present = values.dropna()
     if present.empty or pd.api.types.is_numeric_dtype(present):
         return None
-    numeric = pd.to_numeric(present, errors="coerce")
+    numeric = to_numbers(present)
     share = float(numeric.notna().mean())
     if share < MOSTLY_NUMERIC or share == 1.0:
         return None
@@ -216,7 +217,7 @@ def infer_kind(values: pd.Series) -> str:
     if len(distinct) > 2 and not pd.api.types.is_numeric_dtype(present):
         # zero-padded numbers kept as text ("011", "045"): codes (40 site codes are no quantity), unless
         # fractional; a padded quantity is declared continuous in the sidecar
-        numbers = pd.to_numeric(present, errors="coerce")
+        numbers = to_numbers(present)
         if numbers.notna().all():
             as_float = numbers.to_numpy(dtype=float)
             if bool(np.any(np.abs(as_float - np.round(as_float)) > 1e-9)):
