@@ -38,7 +38,7 @@ from embedx.analysis.fairness_metrics import (
     safe_auc,
 )
 from embedx.analysis.folds import fold_splits, stratified_folds, subject_codes
-from embedx.analysis.labels import label_strings, missing_mask, positive_class
+from embedx.analysis.labels import is_age_name, label_strings, missing_mask, positive_class
 from embedx.analysis.probe_core import ProbeConfig, out_of_fold_scores
 from embedx.analysis.stats import band, holm
 from embedx.errors import EmbedxError
@@ -127,7 +127,7 @@ def _oof_continuous(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: Fairn
 
 def _group_labels(values: np.ndarray, kind: str, name: str, cfg: FairnessConfig) -> np.ndarray:
     if kind == "continuous":
-        edges = cfg.age_edges if "age" in name.lower() else None
+        edges = cfg.age_edges if is_age_name(name) else None
         return band(np.asarray(values, dtype=float), edges, name=name)
     labels = label_strings(values).astype(object)
     labels[missing_mask(values)] = None

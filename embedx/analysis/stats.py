@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from embedx.analysis.labels import is_age_name
+
 __all__ = [
     "AGE_BANDS",
     "SubjectIndex",
@@ -416,13 +418,13 @@ def stratified_subject_weights(
 def band(values: np.ndarray, edges: tuple[float, ...] | None = None, name: str = "") -> np.ndarray:
     """Continuous values -> band labels (object array; None where missing).
 
-    `edges` are the inner cut points; by default `AGE_BANDS` for an attribute whose name contains "age",
+    `edges` are the inner cut points; by default `AGE_BANDS` for an attribute named as an age (`is_age_name`),
     otherwise the quartiles of the present values. Integer edges read as "40-59"; others as "0.5-<1.2".
     """
     v = np.asarray(values, dtype=float)
     present = ~np.isnan(v)
     if edges is None:
-        if "age" in name.lower():
+        if is_age_name(name):
             edges = AGE_BANDS
         else:
             edges = tuple(np.unique(np.quantile(v[present], [0.25, 0.5, 0.75]))) if present.any() else ()

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from embedx.analysis.labels import label_strings, missing_mask
+from embedx.analysis.labels import is_age_name, label_strings, missing_mask
 from embedx.analysis.probe_core import Kind, ProbeConfig, cross_validated_probe
 from embedx.analysis.probe_result import ProbeResult, judge_family
 from embedx.analysis.stats import band
@@ -56,7 +56,7 @@ def strata_labels(
     for name in frame.columns:
         values = frame[name].to_numpy()
         if kinds.get(name) == "continuous":
-            parts.append(band(values, age_edges if "age" in name.lower() else None, name=name))
+            parts.append(band(values, age_edges if is_age_name(name) else None, name=name))
         else:
             labels = label_strings(values).astype(object)
             labels[missing_mask(values)] = None

@@ -437,3 +437,15 @@ def test_a_groups_rate_at_zero_or_one_gets_an_interval_of_its_subjects_not_zero_
     )
     assert out["by_group"]["A"]["ci"]["tpr"] == pytest.approx(
         [proportion_confint(50, 50, method="wilson")[0], 1.0])
+
+
+def test_only_an_age_by_name_is_cut_into_age_bands() -> None:
+    """`average_income` (about 22,000) was cut at 40/60/80 years: every subject in "80+", never audited."""
+    from embedx.analysis.labels import is_age_name
+    from embedx.analysis.stats import band
+
+    assert all(is_age_name(n) for n in ("age", "Age", "age_at_scan", "PatientAge", "AgeYears", "patient age"))
+    assert not any(is_age_name(n) for n in ("average_income", "stage", "dosage", "percentage", "wage"))
+    income = np.linspace(15_000, 30_000, 40)
+    assert len(set(band(income, name="average_income"))) == 4  # quartiles, not one "80+"
+    assert set(band(np.array([30.0, 50.0, 70.0, 90.0]), name="PatientAge")) == {"<40", "40-59", "60-79", "80+"}
