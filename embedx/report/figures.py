@@ -195,7 +195,9 @@ def fairness_figure(result: Mapping[str, Any], metrics: Sequence[str] = ("tpr", 
             values.append(np.nan if value is None else float(value))
             cis.append(ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else [None, None])
             small.append(bool(entry.get("too_small")))
-            labels.append(f"{g} (n={entry.get('n', '?')}{', small' if small[-1] else ''})")
+            count = (f"{entry['n_subjects']} subj." if entry.get("n_subjects") is not None  # the unit of
+                     else f"n={entry.get('n', '?')}")  # every count and interval; older results: images
+            labels.append(f"{g} ({count}{', small' if small[-1] else ''})")
         x = np.arange(len(names))
         shown = np.nan_to_num(values)
         err = ci_error_bars([v if np.isfinite(v) else 0.0 for v in values], cis)
