@@ -448,4 +448,5 @@ def test_only_an_age_by_name_is_cut_into_age_bands() -> None:
     assert not any(is_age_name(n) for n in ("average_income", "stage", "dosage", "percentage", "wage"))
     income = np.linspace(15_000, 30_000, 40)
     assert len(set(band(income, name="average_income"))) == 4  # quartiles, not one "80+"
-    assert set(band(np.array([30.0, 50.0, 70.0, 90.0]), name="PatientAge")) == {"<40", "40-59", "60-79", "80+"}
+    ages = band(np.array([30.0, 50.0, 70.0, 90.0]), name="PatientAge")
+    assert set(ages) == {"<40", "40-59", "60-79", "80+"}
