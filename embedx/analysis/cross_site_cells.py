@@ -30,12 +30,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import sklearn
 from scipy import stats
-from sklearn.base import clone
 
 from embedx.analysis.cross_site_null import units_of, whole_unit_subsample
-from embedx.analysis.folds import stratified_splits
-from embedx.analysis.stats import SubjectIndex, SubjectPermuter, auc_weighted, stratified_subject_weights
-from embedx.errors import EmbedxError
+from embedx.analysis.cross_site_pairs import oof_auc
+from embedx.analysis.stats import SubjectIndex, SubjectPermuter, stratified_subject_weights
 from embedx.parallel import map_in_threads
 
 __all__ = ["CellWidth", "cell_widths", "small_sample_factor"]
@@ -83,22 +81,6 @@ def small_sample_factor(rarer_subjects: int) -> float:
     return float(stats.t.ppf(0.975, rarer_subjects - 1) / stats.norm.ppf(0.975))
 
 
-def _oof_auc(Xs: np.ndarray, y: np.ndarray, groups: np.ndarray, rows: np.ndarray, model: object, folds: int,
-             seed: int, W: np.ndarray, score_on: list[np.ndarray]) -> list[np.ndarray] | None:
-    """Grouped CV of `model` on `rows`: the out-of-fold AUC (for every row of `W`) on each subset of rows
-    in `score_on` (indices into `rows`). None where the folds cannot be made or a fold lacks a class."""
-    try:
-        splits = stratified_splits(y[rows], groups[rows], folds, seed)
-    except (ValueError, EmbedxError):
-        return None
-    scores = np.zeros(len(rows))
-    for inner, outer in splits:
-        if len(np.unique(y[rows[inner]])) < 2:
-            return None
-        scores[outer] = clone(model).fit(Xs[rows[inner]], y[rows[inner]]).decision_function(Xs[rows[outer]])
-    return [auc_weighted(scores[part], y[rows[part]], W[:, rows[part]]) for part in score_on]
-
-
 def cell_widths(
     X: np.ndarray,
     y: np.ndarray,
@@ -142,9 +124,9 @@ def cell_widths(
         values: list[np.ndarray | None] = []
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
             for s, r in zip(sites, site_rows, strict=True):
-                own = _oof_auc(Xs, yi, gs, r, site_models[s], folds, int(seeds[i]), W, [np.arange(len(r))])
+                own = oof_auc(Xs, yi, gs, r, site_models[s], folds, int(seeds[i]), W, [np.arange(len(r))])
                 values.append(None if own is None else own[0])
-            pooled = _oof_auc(Xs, yi, gs, everything, pooled_model, folds, int(seeds[i]), W,
+            pooled = oof_auc(Xs, yi, gs, everything, pooled_model, folds, int(seeds[i]), W,
                               [*site_rows, everything])
         values += pooled if pooled is not None else [None] * (len(sites) + 1)
         for j, v in enumerate(values):

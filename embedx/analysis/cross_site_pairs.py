@@ -24,12 +24,28 @@ from embedx.analysis.folds import stratified_splits
 from embedx.analysis.stats import auc_weighted
 from embedx.errors import EmbedxError
 
-__all__ = ["pair_entries", "pair_keys", "permuted_pair_gaps"]
+__all__ = ["oof_auc", "pair_entries", "pair_keys", "permuted_pair_gaps"]
 
 
 def pair_keys(sites: list[str]) -> list[tuple[str, str]]:
     """(test, train) for every ordered pair of distinct sites, test-major: the order of ``pairs``."""
     return [(t, s) for t in sites for s in sites if s != t]
+
+
+def oof_auc(Xs: np.ndarray, y: np.ndarray, groups: np.ndarray, rows: np.ndarray, model: object, folds: int,
+             seed: int, W: np.ndarray, score_on: list[np.ndarray]) -> list[np.ndarray] | None:
+    """Grouped CV of `model` on `rows`: the out-of-fold AUC (for every row of `W`) on each subset of rows
+    in `score_on` (indices into `rows`). None where the folds cannot be made or a fold lacks a class."""
+    try:
+        splits = stratified_splits(y[rows], groups[rows], folds, seed)
+    except (ValueError, EmbedxError):
+        return None
+    scores = np.zeros(len(rows))
+    for inner, outer in splits:
+        if len(np.unique(y[rows[inner]])) < 2:
+            return None
+        scores[outer] = clone(model).fit(Xs[rows[inner]], y[rows[inner]]).decision_function(Xs[rows[outer]])
+    return [auc_weighted(scores[part], y[rows[part]], W[:, rows[part]]) for part in score_on]
 
 
 def permuted_pair_gaps(
@@ -44,17 +60,10 @@ def permuted_pair_gaps(
     full: dict[str, object] = {}
     for s in sites:
         rows = np.flatnonzero(row_site == s)
-        try:
-            splits = stratified_splits(ys[rows], gs[rows], folds, seed)
-        except (ValueError, EmbedxError):
+        scored = oof_auc(Xs, ys, gs, rows, model, folds, seed, W, [np.arange(len(rows))])
+        if scored is None:
             return None
-        scores = np.zeros(len(rows))
-        for inner, outer in splits:
-            if len(np.unique(ys[rows[inner]])) < 2:
-                return None
-            fit = clone(model).fit(Xs[rows[inner]], ys[rows[inner]])
-            scores[outer] = fit.decision_function(Xs[rows[outer]])
-        own[s] = auc_weighted(scores, ys[rows], W[:, rows])
+        own[s] = scored[0]
         full[s] = clone(model).fit(Xs[rows], ys[rows])
     gaps = []
     for t, s in pair_keys(list(sites)):
